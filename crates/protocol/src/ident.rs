@@ -1,0 +1,92 @@
+//! Identifiers that arrive in paths, headers and bodies (app, table, record,
+//! device, changeset and user ids), and the rules they must follow.
+//!
+//! The rules exist so that nothing a client sends can fail inside the database
+//! (Postgres rejects NUL in text) or blow up an index: every identifier is
+//! non-empty, bounded, and free of control characters.
+
+use std::fmt;
+
+/// Longest app id, table name or field name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest record id, device id, changeset id or user id, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentError {
+    /// The identifier is the empty string.
+    #[error("must not be empty")]
+    Empty,
+    /// The identifier is longer than allowed.
+    #[error("must be at most {max} bytes long")]
+    TooLong {
+        /// The limit that was exceeded.
+        max: usize,
+    },
+    /// The identifier contains a control character (including NUL).
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+/// Checks an identifier against the common rules.
+pub fn check_identifier(value: &str, max_len: usize) -> Result<(), IdentError> {
+    if value.is_empty() {
+        return Err(IdentError::Empty);
+    }
+    if value.len() > max_len {
+        return Err(IdentError::TooLong { max: max_len });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(IdentError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// The user whose data a request may touch: the `sub` of a verified token, or an
+/// operator's explicit choice on the command line.
+///
+/// Every store operation takes one, and there is no store operation that reads
+/// across users; that is how isolation is kept in the queries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Validates and wraps a user id.
+    pub fn new(id: impl Into<String>) -> Result<Self, IdentError> {
+        let id = id.into();
+        check_identifier(&id, MAX_ID_LEN)?;
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_must_be_printable_bounded_and_present() {
+        assert_eq!(check_identifier("tasks", MAX_NAME_LEN), Ok(()));
+        assert_eq!(check_identifier("", MAX_NAME_LEN), Err(IdentError::Empty));
+        assert_eq!(
+            check_identifier(&"x".repeat(MAX_NAME_LEN + 1), MAX_NAME_LEN),
+            Err(IdentError::TooLong { max: MAX_NAME_LEN })
+        );
+        assert_eq!(
+            check_identifier("a\0b", MAX_NAME_LEN),
+            Err(IdentError::ControlCharacter)
+        );
+        assert_eq!(check_identifier("ünïcødé ✓", MAX_NAME_LEN), Ok(()));
+    }
+}

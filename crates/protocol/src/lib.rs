@@ -1,0 +1,21 @@
+//! The mana-sync wire protocol: the JSON that devices and the server exchange,
+//! how it is validated, the opaque cursor codec and the schema versions.
+//!
+//! Everything here is pure (no I/O), so the server, the Rust client and the
+//! tests share one definition of what a valid change is. The shapes are those of
+//! the system mana-sync replaces (see `DESIGN.md`); additions are backwards
+//! compatible: older clients ignore keys they do not know.
+
+pub mod change;
+pub mod cursor;
+pub mod ident;
+pub mod json;
+pub mod messages;
+pub mod schema;
+pub mod timestamp;
+
+pub use change::{Change, FieldChange, FieldChanges, Op, SyncChange, WireChange};
+pub use cursor::{Cursor, Since};
+pub use ident::UserId;
+pub use messages::{ErrorBody, PullResponse, PushRequest, PushResponse, StreamChanges};
+pub use timestamp::Timestamp;

@@ -1,0 +1,73 @@
+//! Request and reply bodies of the sync endpoints.
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::{SyncChange, WireChange};
+
+/// `POST /sync/{appId}`: a device's changes, and where it wants to resume from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushRequest {
+    /// The pushing device (the `X-Client-Id` header takes precedence).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The device's cursor; the reply carries other devices' changes after it.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// The changes, stored all together or not at all.
+    pub changes: Vec<WireChange>,
+    /// Schema version of changes that carry none; absent means 1.
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    /// Idempotency key: a changeset with a known id is acknowledged, not stored again.
+    #[serde(default)]
+    pub changeset_id: Option<String>,
+}
+
+/// The reply to a push, and to a pull.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushResponse {
+    /// Other devices' changes after `since`, in commit order.
+    pub server_changes: Vec<SyncChange>,
+    /// Always empty: concurrent edits are merged per field on the devices.
+    #[serde(default)]
+    pub conflicts: Vec<serde_json::Value>,
+    /// The cursor to send as `since` next time.
+    pub synced_until: String,
+    /// More changes are waiting after `synced_until`.
+    pub has_more: bool,
+}
+
+/// The reply to `GET /sync/{appId}/pull` (the same shape as a push reply).
+pub type PullResponse = PushResponse;
+
+/// The data of one `event: changes` on the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamChanges {
+    /// The collection these changes belong to.
+    pub table: String,
+    /// The changes, in commit order.
+    pub changes: Vec<SyncChange>,
+    /// The cursor after these changes.
+    pub synced_until: String,
+    /// More backlog follows.
+    pub has_more: bool,
+}
+
+/// The body of every error reply: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code such as `invalid_change`.
+    pub code: String,
+    /// A sentence saying what was wrong and, where possible, how to fix it.
+    pub message: String,
+}
