@@ -1,0 +1,174 @@
+//! The change log of mana-sync, behind one [`Store`] trait with an embedded
+//! SQLite implementation (the default) and a Postgres one (for production and
+//! for several server instances).
+//!
+//! The log is append-only. Each change gets a per-user sequence number taken
+//! under that user's counter row lock inside the pushing transaction, so one
+//! user's sequence numbers become visible in increasing order: a reader that
+//! remembers "I have seen everything up to N" never misses a change that commits
+//! later with a smaller number. That number, wrapped as an opaque
+//! [`Cursor`](mana_sync_protocol::Cursor), is what devices resume from.
+//!
+//! Every operation takes the [`UserId`] it acts for, and no operation reads or
+//! writes across users; on Postgres, row-level security enforces the same
+//! boundary inside the database.
+
+mod migrations;
+pub mod postgres;
+pub mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mana_sync_protocol::{Cursor, UserId};
+
+pub use types::{ChangePage, ChangeQuery, NewChangeset, PushOutcome, StoredChange};
+
+/// The largest page a read returns, whatever the caller asks for.
+pub const MAX_PAGE: usize = 1000;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// Postgres server.
+    Postgres,
+}
+
+impl StoreKind {
+    /// A lowercase name for logs and `/health`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// What went wrong in the store. None of these is caused by a client's input:
+/// input is validated before it reaches the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The `DATABASE_URL` cannot be used.
+    #[error("invalid database URL: {0}")]
+    Config(String),
+    /// The database cannot be reached or has no free connection in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused or failed a statement.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored row cannot be read back (written by something else than this server).
+    #[error("stored change is unreadable: {0}")]
+    Corrupt(String),
+    /// Bringing the schema up to date failed.
+    #[error("migration {version} failed: {message}")]
+    Migration {
+        /// The migration that failed.
+        version: u32,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The change log.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The database this store runs on.
+    fn kind(&self) -> StoreKind;
+
+    /// Answers when the database does (for `/health`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a whole changeset in one transaction, or nothing of it.
+    ///
+    /// A changeset whose `changeset_id` this user already stored is not stored
+    /// again and yields [`PushOutcome::Duplicate`].
+    async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome>;
+
+    /// Reads the user's changes after `query.since`, in commit order, at most
+    /// `query.limit` (capped at [`MAX_PAGE`]).
+    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage>;
+
+    /// Returns the server-wide setting `name`, storing `make()` first if it has none.
+    /// Instances sharing a database thus agree on the value.
+    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String>;
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections to hold open (Postgres) or reader connections (SQLite).
+    pub pool_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { pool_size: 16 }
+    }
+}
+
+/// Opens the store `url` names (`sqlite://PATH` or `postgres://…`) and brings
+/// its schema up to date.
+pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Store>> {
+    if let Some(path) = sqlite::path_from_url(url) {
+        Ok(Arc::new(sqlite::SqliteStore::open(path, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(url, options).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "`{}` is neither sqlite://PATH nor postgres://…",
+            redact_url(url)
+        )))
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The cursor a read ends at: the last change returned when more follow,
+/// otherwise the user's newest sequence number in the same snapshot (so the
+/// cursor moves past changes the query filtered out, and past a cursor from a
+/// database that was since restored to an earlier state).
+fn page_end(changes: &[StoredChange], has_more: bool, newest: u64) -> Cursor {
+    match changes.last() {
+        Some(last) if has_more => Cursor::at(last.seq),
+        _ => Cursor::at(newest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://app:secret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}

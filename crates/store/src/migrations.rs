@@ -1,0 +1,51 @@
+//! Schema migrations, one ordered list per database.
+//!
+//! Each migration runs once, recorded in `mana_schema_migrations`; all pending
+//! ones run in a single transaction at start-up, so a crash mid-way leaves the
+//! schema as it was. On Postgres the transaction first takes an advisory lock,
+//! so instances starting together migrate one after the other instead of racing.
+//! Migrations only ever add: a database written by an older build is upgraded
+//! in place and keeps every change.
+
+/// A schema step.
+pub(crate) struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "change log",
+        sql: include_str!("../migrations/postgres/0001_change_log.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "changesets",
+        sql: include_str!("../migrations/postgres/0002_changesets.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "server settings",
+        sql: include_str!("../migrations/postgres/0003_server_settings.sql"),
+    },
+];
+
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "change log",
+        sql: include_str!("../migrations/sqlite/0001_change_log.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "changesets",
+        sql: include_str!("../migrations/sqlite/0002_changesets.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "server settings",
+        sql: include_str!("../migrations/sqlite/0003_server_settings.sql"),
+    },
+];

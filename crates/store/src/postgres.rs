@@ -1,0 +1,448 @@
+//! The production store: Postgres, shared by any number of server instances.
+//!
+//! Every transaction first declares its user with
+//! `set_config('mana.user_id', $user, true)`; the row-level security policies
+//! created by the migrations then hide and refuse every other user's rows, even
+//! if a query forgot its `user_id` condition. The server must therefore connect
+//! as a role that is neither superuser nor `BYPASSRLS`; it warns when it is.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
+};
+use mana_sync_protocol::{Cursor, Since, UserId};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+use uuid::Uuid;
+
+use crate::migrations::{Migration, POSTGRES};
+use crate::types::{RawColumns, encode};
+use crate::{
+    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
+    StoreOptions, StoreResult, StoredChange, page_end,
+};
+
+/// Key of the advisory lock that serialises migrations across instances.
+const MIGRATION_LOCK: i64 = 0x6d61_6e61_7379_6e63; // "manasync"
+
+/// The change log in Postgres.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+fn database_error(error: tokio_postgres::Error) -> StoreError {
+    if error.is_closed() {
+        return StoreError::Unavailable(error.to_string());
+    }
+    match error.as_db_error() {
+        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => database_error(error),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn seq_value(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+impl PostgresStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Self> {
+        Self::open_with(url, options, POSTGRES).await
+    }
+
+    pub(crate) async fn open_with(
+        url: &str,
+        options: &StoreOptions,
+        migrations: &[Migration],
+    ) -> StoreResult<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let store = Self { pool };
+        store.migrate(migrations).await?;
+        store.warn_if_rls_is_bypassed().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self, migrations: &[Migration]) -> StoreResult<()> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(database_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(database_error)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS mana_schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .map_err(database_error)?;
+        let applied: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations", &[])
+            .await
+            .map_err(database_error)?
+            .get(0);
+        for migration in migrations
+            .iter()
+            .filter(|m| i64::from(m.version) > i64::from(applied))
+        {
+            tx.batch_execute(migration.sql)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    version: migration.version,
+                    message: database_error(e).to_string(),
+                })?;
+            let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
+            tx.execute(
+                "INSERT INTO mana_schema_migrations (version, name) VALUES ($1, $2)",
+                &[&version, &migration.name],
+            )
+            .await
+            .map_err(database_error)?;
+            tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        }
+        tx.commit().await.map_err(database_error)
+    }
+
+    async fn warn_if_rls_is_bypassed(&self) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_one(
+                "SELECT current_user::text, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(database_error)?;
+        let (role, bypasses): (String, bool) = (row.get(0), row.get(1));
+        if bypasses {
+            tracing::warn!(
+                role,
+                "connected as a superuser or BYPASSRLS role: row-level security is not \
+                 enforced; connect as a dedicated role (see README, Running on Postgres)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction acting for `user`: row-level security now lets it
+    /// see and write that user's rows only.
+    async fn begin_as<'a>(
+        client: &'a mut deadpool_postgres::Client,
+        user: &UserId,
+        snapshot: bool,
+    ) -> StoreResult<Transaction<'a>> {
+        let builder = client.build_transaction();
+        let builder = if snapshot {
+            builder
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+        } else {
+            builder
+        };
+        let tx = builder.start().await.map_err(database_error)?;
+        let set_user = tx
+            .prepare_cached("SELECT set_config('mana.user_id', $1, true)")
+            .await
+            .map_err(database_error)?;
+        tx.query_one(&set_user, &[&user.as_str()])
+            .await
+            .map_err(database_error)?;
+        Ok(tx)
+    }
+}
+
+async fn newest_seq(tx: &Transaction<'_>, user: &UserId) -> StoreResult<u64> {
+    let statement = tx
+        .prepare_cached("SELECT last_seq FROM mana_user_seq WHERE user_id = $1")
+        .await
+        .map_err(database_error)?;
+    let row = tx
+        .query_opt(&statement, &[&user.as_str()])
+        .await
+        .map_err(database_error)?;
+    Ok(row.map_or(0, |row| seq_value(row.get(0))))
+}
+
+fn select_changes_sql(collection: bool, exclude: bool) -> String {
+    let mut sql = String::from(
+        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
+                client_id, schema_version, created_at
+         FROM mana_changes WHERE user_id = $1 AND app_id = $2 AND seq > $3",
+    );
+    let mut next_param = 5;
+    if collection {
+        sql.push_str(&format!(" AND table_name = ${next_param}"));
+        next_param += 1;
+    }
+    if exclude {
+        sql.push_str(&format!(" AND client_id <> ${next_param}"));
+    }
+    sql.push_str(" ORDER BY seq LIMIT $4");
+    sql
+}
+
+fn stored_change(row: &Row) -> StoreResult<StoredChange> {
+    let columns = RawColumns {
+        op: row.get(5),
+        data: row.get(6),
+        fields: row.get(7),
+        deleted_at: row.get(8),
+        actor: row.get(9),
+    }
+    .decode()?;
+    let schema_version: i32 = row.get(11);
+    Ok(StoredChange {
+        seq: seq_value(row.get(0)),
+        event_id: row.get(1),
+        app_id: row.get(2),
+        table: row.get(3),
+        record_id: row.get(4),
+        op: columns.op,
+        data: columns.data,
+        fields: columns.fields,
+        deleted_at: columns.deleted_at,
+        actor: columns.actor,
+        client_id: row.get(10),
+        schema_version: u32::try_from(schema_version).unwrap_or(1),
+        created_at: row.get(12),
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Postgres
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.simple_query("SELECT 1").await.map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = Self::begin_as(&mut client, user, false).await?;
+        if let Some(changeset_id) = changeset.changeset_id {
+            let statement = tx
+                .prepare_cached(
+                    "INSERT INTO mana_changesets (user_id, changeset_id) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(database_error)?;
+            let inserted = tx
+                .execute(&statement, &[&user.as_str(), &changeset_id])
+                .await
+                .map_err(database_error)?;
+            if inserted == 0 {
+                tx.rollback().await.map_err(database_error)?;
+                return Ok(PushOutcome::Duplicate);
+            }
+        }
+        if changeset.changes.is_empty() {
+            let newest = newest_seq(&tx, user).await?;
+            tx.commit().await.map_err(database_error)?;
+            return Ok(PushOutcome::Stored {
+                count: 0,
+                last: Cursor::at(newest),
+            });
+        }
+        let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
+        // Taking the next numbers locks this user's counter row until commit:
+        // a concurrent push of the same user waits here, so its numbers are
+        // larger and become visible after ours. That is the cursor guarantee.
+        let reserve = tx
+            .prepare_cached(
+                "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
+                 RETURNING last_seq",
+            )
+            .await
+            .map_err(database_error)?;
+        let last: i64 = tx
+            .query_one(&reserve, &[&user.as_str(), &count])
+            .await
+            .map_err(database_error)?
+            .get(0);
+        let columns = ChangeColumns::new(changeset.changes);
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+                     op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+                 SELECT $1, $2 + u.ord, u.event_id, $3, u.table_name, u.record_id, u.op, u.data,
+                     u.fields, u.deleted_at, u.actor, $4, u.schema_version, now()
+                 FROM UNNEST($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[], $12::text[], $13::int4[])
+                     WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
+                         deleted_at, actor, schema_version, ord)",
+            )
+            .await
+            .map_err(database_error)?;
+        let before_first = last - count;
+        tx.execute(
+            &insert,
+            &[
+                &user.as_str(),
+                &before_first,
+                &changeset.app_id,
+                &changeset.client_id,
+                &columns.event_ids,
+                &columns.tables,
+                &columns.record_ids,
+                &columns.ops,
+                &columns.data,
+                &columns.fields,
+                &columns.deleted_at,
+                &columns.actors,
+                &columns.schema_versions,
+            ],
+        )
+        .await
+        .map_err(database_error)?;
+        tx.commit().await.map_err(database_error)?;
+        Ok(PushOutcome::Stored {
+            count: changeset.changes.len(),
+            last: Cursor::at(seq_value(last)),
+        })
+    }
+
+    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        // Repeatable read: the newest sequence number and the rows are read
+        // from one snapshot, so every number up to `newest` is visible here.
+        let tx = Self::begin_as(&mut client, user, true).await?;
+        let newest = newest_seq(&tx, user).await?;
+        let after = match query.since {
+            Since::Cursor(cursor) => cursor.seq(),
+            Since::Timestamp(instant) => {
+                let statement = tx
+                    .prepare_cached(
+                        "SELECT seq FROM mana_changes WHERE user_id = $1 AND created_at > $2
+                         ORDER BY seq LIMIT 1",
+                    )
+                    .await
+                    .map_err(database_error)?;
+                tx.query_opt(&statement, &[&user.as_str(), &instant])
+                    .await
+                    .map_err(database_error)?
+                    .map_or(newest, |row| seq_value(row.get::<_, i64>(0) - 1))
+            }
+        };
+        let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
+        let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
+        let user_id = user.as_str();
+        let after = seq_param(after);
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&user_id, &query.app_id, &after, &fetch];
+        if let Some(collection) = &query.collection {
+            params.push(collection);
+        }
+        if let Some(client_id) = &query.exclude_client {
+            params.push(client_id);
+        }
+        let rows = tx.query(&statement, &params).await.map_err(database_error)?;
+        tx.commit().await.map_err(database_error)?;
+        let mut changes = rows.iter().map(stored_change).collect::<StoreResult<Vec<_>>>()?;
+        let has_more = changes.len() > limit;
+        changes.truncate(limit);
+        let next = page_end(&changes, has_more, newest);
+        Ok(ChangePage {
+            changes,
+            next,
+            has_more,
+        })
+    }
+
+    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "INSERT INTO mana_server_settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&name, &make()],
+            )
+            .await
+            .map_err(database_error)?;
+        let row = client
+            .query_one("SELECT value FROM mana_server_settings WHERE name = $1", &[&name])
+            .await
+            .map_err(database_error)?;
+        Ok(row.get(0))
+    }
+}
+
+/// A changeset turned into one array per column, for a single `UNNEST` insert.
+struct ChangeColumns<'a> {
+    event_ids: Vec<Uuid>,
+    tables: Vec<&'a str>,
+    record_ids: Vec<&'a str>,
+    ops: Vec<&'static str>,
+    data: Vec<Option<&'a str>>,
+    fields: Vec<Option<String>>,
+    deleted_at: Vec<Option<&'a str>>,
+    actors: Vec<Option<&'a str>>,
+    schema_versions: Vec<i32>,
+}
+
+impl<'a> ChangeColumns<'a> {
+    fn new(changes: &'a [mana_sync_protocol::Change]) -> Self {
+        let capacity = changes.len();
+        let mut columns = Self {
+            event_ids: Vec::with_capacity(capacity),
+            tables: Vec::with_capacity(capacity),
+            record_ids: Vec::with_capacity(capacity),
+            ops: Vec::with_capacity(capacity),
+            data: Vec::with_capacity(capacity),
+            fields: Vec::with_capacity(capacity),
+            deleted_at: Vec::with_capacity(capacity),
+            actors: Vec::with_capacity(capacity),
+            schema_versions: Vec::with_capacity(capacity),
+        };
+        for change in changes {
+            let encoded = encode(change);
+            columns.event_ids.push(Uuid::now_v7());
+            columns.tables.push(&change.table);
+            columns.record_ids.push(&change.id);
+            columns.ops.push(change.op.as_str());
+            columns.data.push(encoded.data);
+            columns.fields.push(encoded.fields);
+            columns.deleted_at.push(encoded.deleted_at);
+            columns.actors.push(encoded.actor);
+            columns
+                .schema_versions
+                .push(i32::try_from(change.schema_version).unwrap_or(i32::MAX));
+        }
+        columns
+    }
+}

@@ -1,0 +1,411 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Writes go through a single connection, so SQLite's one-writer rule never
+//! makes a push wait on a busy lock and commit order is simply write order.
+//! Reads use a small pool of read-only connections that see consistent WAL
+//! snapshots while writes continue. rusqlite is synchronous, so every call runs
+//! on Tokio's blocking pool.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mana_sync_protocol::{Cursor, Since, UserId};
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::migrations::{Migration, SQLITE};
+use crate::types::{RawColumns, encode};
+use crate::{
+    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
+    StoreOptions, StoreResult, StoredChange, page_end,
+};
+
+/// The path in `sqlite://PATH` (or `sqlite:PATH`), if `url` is a SQLite URL.
+pub fn path_from_url(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .filter(|path| !path.is_empty())
+}
+
+/// The change log in a SQLite file.
+pub struct SqliteStore {
+    writer: Pool<SqliteConnectionManager>,
+    readers: Pool<SqliteConnectionManager>,
+}
+
+fn database_error(error: rusqlite::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+fn pool_error(error: r2d2::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn micros(instant: OffsetDateTime) -> i64 {
+    i64::try_from(instant.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn from_micros(value: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(value) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &str, options: &StoreOptions) -> StoreResult<Self> {
+        let path = path.to_owned();
+        let readers = options.pool_size.clamp(1, 8);
+        tokio::task::spawn_blocking(move || Self::open_blocking(Path::new(&path), readers, SQLITE))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    pub(crate) fn open_blocking(
+        path: &Path,
+        readers: usize,
+        migrations: &[Migration],
+    ) -> StoreResult<Self> {
+        let writer_manager = SqliteConnectionManager::file(path).with_init(|conn| {
+            // FULL: a push acknowledged to a device survives a power cut; the
+            // device drops it from its outbox on our word.
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA busy_timeout = 5000;",
+            )
+        });
+        let writer = Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(30))
+            .build(writer_manager)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        {
+            let mut conn = writer.get().map_err(pool_error)?;
+            migrate(&mut conn, migrations)?;
+        }
+        let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
+            conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+        });
+        let readers = Pool::builder()
+            .max_size(u32::try_from(readers).unwrap_or(4))
+            .connection_timeout(Duration::from_secs(30))
+            .build(reader_manager)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Self { writer, readers })
+    }
+
+    async fn with_connection<R: Send + 'static>(
+        pool: &Pool<SqliteConnectionManager>,
+        work: impl FnOnce(&mut PooledConnection<SqliteConnectionManager>) -> StoreResult<R>
+        + Send
+        + 'static,
+    ) -> StoreResult<R> {
+        let pool = pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(pool_error)?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(database_error)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS mana_schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .map_err(database_error)?;
+    let applied: u32 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(database_error)?;
+    for migration in migrations.iter().filter(|m| m.version > applied) {
+        tx.execute_batch(migration.sql)
+            .map_err(|e| StoreError::Migration {
+                version: migration.version,
+                message: e.to_string(),
+            })?;
+        tx.execute(
+            "INSERT INTO mana_schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![migration.version, migration.name, micros(OffsetDateTime::now_utc())],
+        )
+        .map_err(database_error)?;
+        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+    }
+    tx.commit().map_err(database_error)
+}
+
+fn newest_seq(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT last_seq FROM mana_user_seq WHERE user_id = ?1",
+            [user],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+}
+
+fn select_changes_sql(collection: bool, exclude: bool) -> String {
+    let mut sql = String::from(
+        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
+                client_id, schema_version, created_at
+         FROM mana_changes WHERE user_id = :user AND app_id = :app AND seq > :after",
+    );
+    if collection {
+        sql.push_str(" AND table_name = :collection");
+    }
+    if exclude {
+        sql.push_str(" AND client_id <> :exclude");
+    }
+    sql.push_str(" ORDER BY seq LIMIT :limit");
+    sql
+}
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredChangeHead, RawColumns)> {
+    Ok((
+        StoredChangeHead {
+            seq: row.get(0)?,
+            event_id: row.get(1)?,
+            app_id: row.get(2)?,
+            table: row.get(3)?,
+            record_id: row.get(4)?,
+            client_id: row.get(10)?,
+            schema_version: row.get(11)?,
+            created_at: row.get(12)?,
+        },
+        RawColumns {
+            op: row.get(5)?,
+            data: row.get(6)?,
+            fields: row.get(7)?,
+            deleted_at: row.get(8)?,
+            actor: row.get(9)?,
+        },
+    ))
+}
+
+struct StoredChangeHead {
+    seq: i64,
+    event_id: String,
+    app_id: String,
+    table: String,
+    record_id: String,
+    client_id: String,
+    schema_version: u32,
+    created_at: i64,
+}
+
+fn assemble(head: StoredChangeHead, raw: RawColumns) -> StoreResult<StoredChange> {
+    let columns = raw.decode()?;
+    let event_id = Uuid::parse_str(&head.event_id)
+        .map_err(|e| StoreError::Corrupt(format!("event_id: {e}")))?;
+    Ok(StoredChange {
+        seq: u64::try_from(head.seq).unwrap_or(0),
+        event_id,
+        app_id: head.app_id,
+        table: head.table,
+        record_id: head.record_id,
+        op: columns.op,
+        data: columns.data,
+        fields: columns.fields,
+        deleted_at: columns.deleted_at,
+        actor: columns.actor,
+        client_id: head.client_id,
+        schema_version: head.schema_version,
+        created_at: from_micros(head.created_at),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sqlite
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Self::with_connection(&self.readers, |conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(database_error)
+        })
+        .await
+    }
+
+    async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
+        let user = user.as_str().to_owned();
+        let app_id = changeset.app_id.to_owned();
+        let client_id = changeset.client_id.to_owned();
+        let changeset_id = changeset.changeset_id.map(str::to_owned);
+        let changes = changeset.changes.to_vec();
+        Self::with_connection(&self.writer, move |conn| {
+            let now = micros(OffsetDateTime::now_utc());
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database_error)?;
+            if let Some(changeset_id) = &changeset_id {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO mana_changesets (user_id, changeset_id, created_at)
+                         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                        params![user, changeset_id, now],
+                    )
+                    .map_err(database_error)?;
+                if inserted == 0 {
+                    return Ok(PushOutcome::Duplicate);
+                }
+            }
+            if changes.is_empty() {
+                let newest = newest_seq(&tx, &user).map_err(database_error)?;
+                tx.commit().map_err(database_error)?;
+                return Ok(PushOutcome::Stored {
+                    count: 0,
+                    last: Cursor::at(newest),
+                });
+            }
+            let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
+            let last: i64 = tx
+                .query_row(
+                    "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
+                     ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+                     RETURNING last_seq",
+                    params![user, count],
+                    |row| row.get(0),
+                )
+                .map_err(database_error)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name,
+                             record_id, op, data, fields, deleted_at, actor, client_id,
+                             schema_version, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    )
+                    .map_err(database_error)?;
+                let first = last - count + 1;
+                for (offset, change) in (0_i64..).zip(changes.iter()) {
+                    let encoded = encode(change);
+                    insert
+                        .execute(params![
+                            user,
+                            first + offset,
+                            Uuid::now_v7().to_string(),
+                            app_id,
+                            change.table,
+                            change.id,
+                            change.op.as_str(),
+                            encoded.data,
+                            encoded.fields,
+                            encoded.deleted_at,
+                            encoded.actor,
+                            client_id,
+                            change.schema_version,
+                            now,
+                        ])
+                        .map_err(database_error)?;
+                }
+            }
+            tx.commit().map_err(database_error)?;
+            Ok(PushOutcome::Stored {
+                count: changes.len(),
+                last: Cursor::at(u64::try_from(last).unwrap_or(0)),
+            })
+        })
+        .await
+    }
+
+    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage> {
+        let user = user.as_str().to_owned();
+        let app_id = query.app_id.to_owned();
+        let collection = query.collection.map(str::to_owned);
+        let exclude = query.exclude_client.map(str::to_owned);
+        let since = query.since;
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        Self::with_connection(&self.readers, move |conn| {
+            // One read transaction: the newest sequence number and the rows
+            // come from the same snapshot.
+            let tx = conn.transaction().map_err(database_error)?;
+            let newest = newest_seq(&tx, &user).map_err(database_error)?;
+            let after = match since {
+                Since::Cursor(cursor) => cursor.seq(),
+                Since::Timestamp(instant) => tx
+                    .query_row(
+                        "SELECT seq FROM mana_changes WHERE user_id = ?1 AND created_at > ?2
+                         ORDER BY seq LIMIT 1",
+                        params![user, micros(instant)],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()
+                    .map_err(database_error)?
+                    .map_or(newest, |first| u64::try_from(first - 1).unwrap_or(0)),
+            };
+            let sql = select_changes_sql(collection.is_some(), exclude.is_some());
+            let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
+            let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+            let after = seq_param(after);
+            let mut named: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+                (":user", &user),
+                (":app", &app_id),
+                (":after", &after),
+                (":limit", &fetch),
+            ];
+            if let Some(collection) = &collection {
+                named.push((":collection", collection));
+            }
+            if let Some(exclude) = &exclude {
+                named.push((":exclude", exclude));
+            }
+            let rows = statement
+                .query_map(named.as_slice(), read_row)
+                .map_err(database_error)?;
+            let mut changes = Vec::with_capacity(limit.min(64));
+            for row in rows {
+                let (head, raw) = row.map_err(database_error)?;
+                changes.push(assemble(head, raw)?);
+            }
+            let has_more = changes.len() > limit;
+            changes.truncate(limit);
+            let next = page_end(&changes, has_more, newest);
+            Ok(ChangePage {
+                changes,
+                next,
+                has_more,
+            })
+        })
+        .await
+    }
+
+    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String> {
+        let name = name.to_owned();
+        let candidate = make();
+        Self::with_connection(&self.writer, move |conn| {
+            conn.execute(
+                "INSERT INTO mana_server_settings (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![name, candidate],
+            )
+            .map_err(database_error)?;
+            conn.query_row(
+                "SELECT value FROM mana_server_settings WHERE name = ?1",
+                [&name],
+                |row| row.get(0),
+            )
+            .map_err(database_error)
+        })
+        .await
+    }
+}
