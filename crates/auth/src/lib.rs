@@ -138,8 +138,8 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let (key, algorithm) = match header.alg {
             Algorithm::HS256 => match &self.secret {
                 Some(secret) => (secret.clone(), Algorithm::HS256),
@@ -161,11 +161,11 @@ impl Verifier {
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
         })?;
         let subject = data
             .claims

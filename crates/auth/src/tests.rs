@@ -53,15 +53,18 @@ fn public(key: &EncodingKey, alg: Algorithm, kid: &str) -> Jwk {
 /// A JWKS endpoint on a free port whose key set the test can replace.
 async fn jwks_server(keys: Vec<Jwk>) -> (String, Arc<RwLock<JwkSet>>) {
     let set = Arc::new(RwLock::new(JwkSet { keys }));
-    let app = axum::Router::new()
-        .route(
-            "/jwks",
-            get(|State(set): State<Arc<RwLock<JwkSet>>>| async move {
-                Json(set.read().await.clone())
-            }),
-        )
-        .with_state(set.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let app =
+        axum::Router::new()
+            .route(
+                "/jwks",
+                get(|State(set): State<Arc<RwLock<JwkSet>>>| async move {
+                    Json(set.read().await.clone())
+                }),
+            )
+            .with_state(set.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
     let addr = listener.local_addr().expect("has address");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/jwks"), set)
@@ -78,9 +81,20 @@ async fn hs_verifier() -> Verifier {
 
 #[tokio::test]
 async fn hs256_tokens_name_their_user() {
-    let token = mint_token(SECRET, &UserId::new("alice").expect("valid"), Duration::from_secs(60))
-        .expect("mints");
-    assert_eq!(hs_verifier().await.verify(&token).await.map(|u| u.to_string()), Ok("alice".into()));
+    let token = mint_token(
+        SECRET,
+        &UserId::new("alice").expect("valid"),
+        Duration::from_secs(60),
+    )
+    .expect("mints");
+    assert_eq!(
+        hs_verifier()
+            .await
+            .verify(&token)
+            .await
+            .map(|u| u.to_string()),
+        Ok("alice".into())
+    );
 }
 
 #[tokio::test]
@@ -88,19 +102,36 @@ async fn refuses_wrong_secret_expiry_missing_sub_and_garbage() {
     let verifier = hs_verifier().await;
     let other = EncodingKey::from_secret(b"another secret");
     let wrong = sign(Algorithm::HS256, None, &other, claims("alice"));
-    assert!(matches!(verifier.verify(&wrong).await, Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        verifier.verify(&wrong).await,
+        Err(AuthError::Invalid(_))
+    ));
 
     let key = EncodingKey::from_secret(SECRET.as_bytes());
-    let expired = sign(Algorithm::HS256, None, &key, json!({"sub": "alice", "exp": now() - 3600}));
+    let expired = sign(
+        Algorithm::HS256,
+        None,
+        &key,
+        json!({"sub": "alice", "exp": now() - 3600}),
+    );
     assert_eq!(verifier.verify(&expired).await, Err(AuthError::Expired));
 
     let no_sub = sign(Algorithm::HS256, None, &key, json!({"exp": now() + 60}));
-    assert!(matches!(verifier.verify(&no_sub).await, Err(AuthError::Subject(_))));
+    assert!(matches!(
+        verifier.verify(&no_sub).await,
+        Err(AuthError::Subject(_))
+    ));
 
     let no_exp = sign(Algorithm::HS256, None, &key, json!({"sub": "alice"}));
-    assert!(matches!(verifier.verify(&no_exp).await, Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        verifier.verify(&no_exp).await,
+        Err(AuthError::Invalid(_))
+    ));
 
-    assert!(matches!(verifier.verify("not.a.jwt").await, Err(AuthError::Malformed(_))));
+    assert!(matches!(
+        verifier.verify("not.a.jwt").await,
+        Err(AuthError::Malformed(_))
+    ));
     assert_eq!(verifier.verify("").await, Err(AuthError::Missing));
 }
 
@@ -110,9 +141,15 @@ async fn refuses_alg_none() {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = b64.encode(claims("alice").to_string());
-    for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+    for token in [
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}"),
+    ] {
         assert!(
-            matches!(hs_verifier().await.verify(&token).await, Err(AuthError::Malformed(_))),
+            matches!(
+                hs_verifier().await.verify(&token).await,
+                Err(AuthError::Malformed(_))
+            ),
             "{token} accepted"
         );
     }
@@ -139,11 +176,22 @@ async fn verifies_eddsa_rs256_and_es256_from_the_key_set() {
         (Algorithm::ES256, "ec", &keys.ec, "ec-user"),
     ] {
         let token = sign(alg, Some(kid), key, claims(user));
-        assert_eq!(verifier.verify(&token).await.map(|u| u.to_string()), Ok(user.to_owned()));
+        assert_eq!(
+            verifier.verify(&token).await.map(|u| u.to_string()),
+            Ok(user.to_owned())
+        );
     }
     // Without a secret, HS256 is not accepted at all.
-    let hs = sign(Algorithm::HS256, None, &EncodingKey::from_secret(b"x"), claims("mallory"));
-    assert!(matches!(verifier.verify(&hs).await, Err(AuthError::AlgorithmNotAccepted(_))));
+    let hs = sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(b"x"),
+        claims("mallory"),
+    );
+    assert!(matches!(
+        verifier.verify(&hs).await,
+        Err(AuthError::AlgorithmNotAccepted(_))
+    ));
 }
 
 #[tokio::test]
@@ -169,10 +217,16 @@ async fn refuses_algorithm_confusion() {
         &EncodingKey::from_secret(public_pem),
         claims("mallory"),
     );
-    assert!(matches!(verifier.verify(&forged).await, Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        verifier.verify(&forged).await,
+        Err(AuthError::Invalid(_))
+    ));
     // An RS256 header naming the EC key: the key decides, not the header.
     let mixed = sign(Algorithm::RS256, Some("ec"), &keys.rsa, claims("mallory"));
-    assert!(matches!(verifier.verify(&mixed).await, Err(AuthError::AlgorithmNotAccepted(_))));
+    assert!(matches!(
+        verifier.verify(&mixed).await,
+        Err(AuthError::AlgorithmNotAccepted(_))
+    ));
     // A valid signature by a key that is not in the set.
     let stranger = sign(Algorithm::ES256, Some("nope"), &keys.ec, claims("mallory"));
     assert_eq!(verifier.verify(&stranger).await, Err(AuthError::UnknownKey));
@@ -191,8 +245,14 @@ async fn refetches_the_key_set_for_an_unknown_key_id() {
     .expect("configured");
     let token = sign(Algorithm::EdDSA, Some("new"), &keys.ed, claims("rotated"));
     assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
-    set.write().await.keys.push(public(&keys.ed, Algorithm::EdDSA, "new"));
-    assert_eq!(verifier.verify(&token).await.map(|u| u.to_string()), Ok("rotated".into()));
+    set.write()
+        .await
+        .keys
+        .push(public(&keys.ed, Algorithm::EdDSA, "new"));
+    assert_eq!(
+        verifier.verify(&token).await.map(|u| u.to_string()),
+        Ok("rotated".into())
+    );
 }
 
 #[tokio::test]
@@ -206,7 +266,10 @@ async fn refresh_is_rate_limited() {
     })
     .await
     .expect("configured");
-    set.write().await.keys.push(public(&keys.ed, Algorithm::EdDSA, "new"));
+    set.write()
+        .await
+        .keys
+        .push(public(&keys.ed, Algorithm::EdDSA, "new"));
     let token = sign(Algorithm::EdDSA, Some("new"), &keys.ed, claims("u"));
     // The set was fetched at start-up, so an unknown kid does not refetch yet.
     assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));

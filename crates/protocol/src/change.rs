@@ -239,9 +239,11 @@ impl WireChange {
         }
         if let Some(fields) = &self.fields {
             for name in fields.keys() {
-                check_identifier(name, MAX_NAME_LEN).map_err(|problem| ChangeProblem::FieldName {
-                    name: truncated(name),
-                    problem,
+                check_identifier(name, MAX_NAME_LEN).map_err(|problem| {
+                    ChangeProblem::FieldName {
+                        name: truncated(name),
+                        problem,
+                    }
                 })?;
             }
         }
@@ -323,11 +325,15 @@ mod tests {
 
     #[test]
     fn stores_one_name_and_emits_both() {
-        let fields: FieldChanges =
-            serde_json::from_str(r#"{"t":{"value":{"a":[1,2]},"updatedAt":"2026-01-01T00:00:00Z"}}"#)
-                .expect("fields parse");
+        let fields: FieldChanges = serde_json::from_str(
+            r#"{"t":{"value":{"a":[1,2]},"updatedAt":"2026-01-01T00:00:00Z"}}"#,
+        )
+        .expect("fields parse");
         let stored = fields_to_stored_json(&fields);
-        assert_eq!(stored, r#"{"t":{"value":{"a":[1,2]},"at":"2026-01-01T00:00:00Z"}}"#);
+        assert_eq!(
+            stored,
+            r#"{"t":{"value":{"a":[1,2]},"at":"2026-01-01T00:00:00Z"}}"#
+        );
         let back = fields_from_json(&stored).expect("stored shape parses");
         assert_eq!(
             serde_json::to_string(&back).expect("serialises"),
@@ -338,15 +344,28 @@ mod tests {
     #[test]
     fn validation_names_what_is_missing() {
         let insert = wire(r#"{"table":"tasks","id":"1","op":"insert"}"#);
-        assert_eq!(insert.validate(1).err(), Some(ChangeProblem::InsertWithoutData));
+        assert_eq!(
+            insert.validate(1).err(),
+            Some(ChangeProblem::InsertWithoutData)
+        );
         let update = wire(r#"{"table":"tasks","id":"1","op":"update","fields":{}}"#);
-        assert_eq!(update.validate(1).err(), Some(ChangeProblem::UpdateWithoutFields));
+        assert_eq!(
+            update.validate(1).err(),
+            Some(ChangeProblem::UpdateWithoutFields)
+        );
         let delete = wire(r#"{"table":"tasks","id":"1","op":"delete"}"#);
-        assert_eq!(delete.validate(1).err(), Some(ChangeProblem::DeleteWithoutTimestamp));
+        assert_eq!(
+            delete.validate(1).err(),
+            Some(ChangeProblem::DeleteWithoutTimestamp)
+        );
         let array = wire(r#"{"table":"tasks","id":"1","op":"insert","data":[1]}"#);
         assert_eq!(array.validate(1).err(), Some(ChangeProblem::DataNotObject));
-        let no_table = wire(r#"{"table":"","id":"1","op":"delete","deletedAt":"2026-01-01T00:00:00Z"}"#);
-        assert_eq!(no_table.validate(1).err(), Some(ChangeProblem::Table(IdentError::Empty)));
+        let no_table =
+            wire(r#"{"table":"","id":"1","op":"delete","deletedAt":"2026-01-01T00:00:00Z"}"#);
+        assert_eq!(
+            no_table.validate(1).err(),
+            Some(ChangeProblem::Table(IdentError::Empty))
+        );
     }
 
     #[test]
@@ -357,7 +376,10 @@ mod tests {
         let too_new = wire(r#"{"table":"t","id":"1","op":"insert","data":{},"schemaVersion":99}"#);
         assert!(matches!(
             too_new.validate(1),
-            Err(ChangeProblem::SchemaVersion(SchemaVersionError::TooNew { got: 99, .. }))
+            Err(ChangeProblem::SchemaVersion(SchemaVersionError::TooNew {
+                got: 99,
+                ..
+            }))
         ));
     }
 
@@ -378,6 +400,9 @@ mod tests {
         assert!(!json.contains("actor"), "{json}");
         change.actor = RawValue::from_string(r#"{"kind":"ai", "model" : "x"}"#.into()).ok();
         let json = serde_json::to_string(&change).expect("serialises");
-        assert!(json.contains(r#""actor":{"kind":"ai", "model" : "x"}"#), "{json}");
+        assert!(
+            json.contains(r#""actor":{"kind":"ai", "model" : "x"}"#),
+            "{json}"
+        );
     }
 }

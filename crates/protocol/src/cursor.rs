@@ -43,9 +43,7 @@ impl fmt::Display for Cursor {
 
 /// Why a `since` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{text}` is neither a cursor returned as `syncedUntil` nor an RFC 3339 timestamp"
-)]
+#[error("`{text}` is neither a cursor returned as `syncedUntil` nor an RFC 3339 timestamp")]
 pub struct CursorError {
     text: String,
 }
@@ -83,7 +81,9 @@ impl Since {
         // has become a space; put it back rather than refuse an old client.
         let repaired = text.replace(' ', "+");
         match OffsetDateTime::parse(&repaired, &Rfc3339) {
-            Ok(instant) if instant <= OffsetDateTime::UNIX_EPOCH => Ok(Since::Cursor(Cursor::START)),
+            Ok(instant) if instant <= OffsetDateTime::UNIX_EPOCH => {
+                Ok(Since::Cursor(Cursor::START))
+            }
             Ok(instant) => Ok(Since::Timestamp(instant)),
             Err(_) => Err(CursorError {
                 text: text.chars().take(80).collect(),
@@ -99,19 +99,37 @@ mod tests {
 
     #[test]
     fn the_epoch_means_from_the_start() {
-        assert_eq!(Since::parse("1970-01-01T00:00:00.000Z"), Ok(Since::Cursor(Cursor::START)));
+        assert_eq!(
+            Since::parse("1970-01-01T00:00:00.000Z"),
+            Ok(Since::Cursor(Cursor::START))
+        );
     }
 
     #[test]
     fn legacy_timestamps_are_accepted_with_repaired_offsets() {
         let expected = OffsetDateTime::parse("2026-11-25T10:00:00+01:00", &Rfc3339).expect("valid");
-        assert_eq!(Since::parse("2026-11-25T10:00:00+01:00"), Ok(Since::Timestamp(expected)));
-        assert_eq!(Since::parse("2026-11-25T10:00:00 01:00"), Ok(Since::Timestamp(expected)));
+        assert_eq!(
+            Since::parse("2026-11-25T10:00:00+01:00"),
+            Ok(Since::Timestamp(expected))
+        );
+        assert_eq!(
+            Since::parse("2026-11-25T10:00:00 01:00"),
+            Ok(Since::Timestamp(expected))
+        );
     }
 
     #[test]
     fn anything_else_is_refused() {
-        for bad in ["", "0", "c1.", "c1.-3", "c1.1x", "c2.5", "c1.99999999999999999999999", "now"] {
+        for bad in [
+            "",
+            "0",
+            "c1.",
+            "c1.-3",
+            "c1.1x",
+            "c2.5",
+            "c1.99999999999999999999999",
+            "now",
+        ] {
             assert!(Since::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -40,16 +40,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_path() {
-        let body = br#"{"clientId":"d","since":"c1.0","changes":[{"table":"t","id":"1","op":"upsert"}]}"#;
+        let body =
+            br#"{"clientId":"d","since":"c1.0","changes":[{"table":"t","id":"1","op":"upsert"}]}"#;
         let error = parse::<PushRequest>(body).expect_err("invalid op");
-        assert!(error.message.starts_with("changes[0].op: unknown variant `upsert`"), "{}", error.message);
+        assert!(
+            error
+                .message
+                .starts_with("changes[0].op: unknown variant `upsert`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn raw_values_survive_path_tracking() {
         let body = br#"{"clientId":"d","since":"c1.0","changes":[{"table":"t","id":"1","op":"insert","data":{"x" : 1},"actor":[1, 2]}]}"#;
         let request = parse::<PushRequest>(body).expect("valid");
-        assert_eq!(request.changes[0].data.as_ref().map(|d| d.get()), Some(r#"{"x" : 1}"#));
-        assert_eq!(request.changes[0].actor.as_ref().map(|d| d.get()), Some("[1, 2]"));
+        assert_eq!(
+            request.changes[0].data.as_ref().map(|d| d.get()),
+            Some(r#"{"x" : 1}"#)
+        );
+        assert_eq!(
+            request.changes[0].actor.as_ref().map(|d| d.get()),
+            Some("[1, 2]")
+        );
     }
 }

@@ -94,8 +94,8 @@ mod tests {
 
     #[test]
     fn formats_like_to_iso_string() {
-        let instant = OffsetDateTime::from_unix_timestamp_nanos(1_764_064_800_123_456_789)
-            .expect("in range");
+        let instant =
+            OffsetDateTime::from_unix_timestamp_nanos(1_764_064_800_123_456_789).expect("in range");
         assert_eq!(format_millis(instant), "2025-11-25T10:00:00.123Z");
     }
 }

@@ -17,6 +17,8 @@ mod migrations;
 pub mod postgres;
 pub mod sqlite;
 mod types;
+#[cfg(test)]
+mod upgrade_tests;
 
 use std::sync::Arc;
 
@@ -93,11 +95,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the user's changes after `query.since`, in commit order, at most
     /// `query.limit` (capped at [`MAX_PAGE`]).
-    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage>;
+    async fn changes_after(
+        &self,
+        user: &UserId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage>;
 
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.
-    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String>;
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> StoreResult<String>;
 }
 
 /// Options for opening a store.

@@ -107,7 +107,10 @@ impl PostgresStore {
         .await
         .map_err(database_error)?;
         let applied: i32 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations", &[])
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations",
+                &[],
+            )
             .await
             .map_err(database_error)?
             .get(0);
@@ -128,7 +131,11 @@ impl PostgresStore {
             )
             .await
             .map_err(database_error)?;
-            tracing::info!(version = migration.version, name = migration.name, "applied migration");
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
         }
         tx.commit().await.map_err(database_error)
     }
@@ -245,7 +252,10 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        client.simple_query("SELECT 1").await.map_err(database_error)?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(database_error)?;
         Ok(())
     }
 
@@ -336,7 +346,11 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage> {
+    async fn changes_after(
+        &self,
+        user: &UserId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
         let limit = query.limit.clamp(1, MAX_PAGE);
         let mut client = self.pool.get().await.map_err(pool_error)?;
         // Repeatable read: the newest sequence number and the rows are read
@@ -372,9 +386,15 @@ impl Store for PostgresStore {
         if let Some(client_id) = &query.exclude_client {
             params.push(client_id);
         }
-        let rows = tx.query(&statement, &params).await.map_err(database_error)?;
+        let rows = tx
+            .query(&statement, &params)
+            .await
+            .map_err(database_error)?;
         tx.commit().await.map_err(database_error)?;
-        let mut changes = rows.iter().map(stored_change).collect::<StoreResult<Vec<_>>>()?;
+        let mut changes = rows
+            .iter()
+            .map(stored_change)
+            .collect::<StoreResult<Vec<_>>>()?;
         let has_more = changes.len() > limit;
         changes.truncate(limit);
         let next = page_end(&changes, has_more, newest);
@@ -385,7 +405,11 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String> {
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> StoreResult<String> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute(
@@ -395,7 +419,10 @@ impl Store for PostgresStore {
             .await
             .map_err(database_error)?;
         let row = client
-            .query_one("SELECT value FROM mana_server_settings WHERE name = $1", &[&name])
+            .query_one(
+                "SELECT value FROM mana_server_settings WHERE name = $1",
+                &[&name],
+            )
             .await
             .map_err(database_error)?;
         Ok(row.get(0))

@@ -145,10 +145,18 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreR
             })?;
         tx.execute(
             "INSERT INTO mana_schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-            params![migration.version, migration.name, micros(OffsetDateTime::now_utc())],
+            params![
+                migration.version,
+                migration.name,
+                micros(OffsetDateTime::now_utc())
+            ],
         )
         .map_err(database_error)?;
-        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
     }
     tx.commit().map_err(database_error)
 }
@@ -242,7 +250,8 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> StoreResult<()> {
         Self::with_connection(&self.readers, |conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(database_error)
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(database_error)
         })
         .await
     }
@@ -329,7 +338,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn changes_after(&self, user: &UserId, query: &ChangeQuery<'_>) -> StoreResult<ChangePage> {
+    async fn changes_after(
+        &self,
+        user: &UserId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
         let user = user.as_str().to_owned();
         let app_id = query.app_id.to_owned();
         let collection = query.collection.map(str::to_owned);
@@ -390,7 +403,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn setting_or_insert(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> StoreResult<String> {
+    async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> StoreResult<String> {
         let name = name.to_owned();
         let candidate = make();
         Self::with_connection(&self.writer, move |conn| {

@@ -1,0 +1,684 @@
+//! One suite of store behaviours, run against SQLite and against Postgres
+//! (as a role that is not a superuser, so row-level security applies).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use mana_sync_protocol::{Change, Cursor, Since, UserId, WireChange};
+use mana_sync_store::{ChangeQuery, NewChangeset, PushOutcome, Store, StoreOptions};
+use mana_sync_testkit::pg::TestDatabase;
+
+/// A store under test and a way to reach its database from outside.
+struct Fixture {
+    store: Arc<dyn Store>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    },
+    Postgres(TestDatabase),
+}
+
+impl Fixture {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sync.db");
+        let store = mana_sync_store::open(
+            &format!("sqlite://{}", path.display()),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("opens");
+        Fixture {
+            store,
+            backend: Backend::Sqlite { _dir: dir, path },
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let db = TestDatabase::create().await?;
+        let store = mana_sync_store::open(&db.url(), &StoreOptions::default())
+            .await
+            .expect("opens");
+        Some(Fixture {
+            store,
+            backend: Backend::Postgres(db),
+        })
+    }
+
+    fn url(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Backend::Postgres(db) => db.url(),
+        }
+    }
+
+    /// Runs SQL with full rights, bypassing the store.
+    async fn admin_sql(&self, sqlite: &str, postgres: &str) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("opens");
+                conn.execute_batch(sqlite).expect("admin SQL");
+            }
+            Backend::Postgres(db) => db
+                .admin()
+                .await
+                .batch_execute(postgres)
+                .await
+                .expect("admin SQL"),
+        }
+    }
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user")
+}
+
+fn change(json: &str) -> Change {
+    serde_json::from_str::<WireChange>(json)
+        .expect("parses")
+        .validate(1)
+        .expect("valid")
+}
+
+fn insert(table: &str, id: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"{table}","id":"{id}","op":"insert","data":{{"id":"{id}","title":"t {id}"}}}}"#
+    ))
+}
+
+async fn push(
+    store: &dyn Store,
+    user: &UserId,
+    app: &str,
+    client: &str,
+    changes: &[Change],
+) -> PushOutcome {
+    store
+        .push(
+            user,
+            NewChangeset {
+                app_id: app,
+                client_id: client,
+                changeset_id: None,
+                changes,
+            },
+        )
+        .await
+        .expect("push")
+}
+
+fn query<'a>(app: &'a str, collection: Option<&'a str>, since: Since) -> ChangeQuery<'a> {
+    ChangeQuery {
+        app_id: app,
+        collection,
+        since,
+        exclude_client: None,
+        limit: 1000,
+    }
+}
+
+/// Reads to the end, following the cursor page by page.
+async fn read_all(
+    store: &dyn Store,
+    user: &UserId,
+    mut q: ChangeQuery<'_>,
+) -> (Vec<String>, Cursor) {
+    let mut ids = Vec::new();
+    loop {
+        let page = store.changes_after(user, &q).await.expect("read");
+        ids.extend(page.changes.iter().map(|c| c.record_id.clone()));
+        q.since = Since::Cursor(page.next);
+        if !page.has_more {
+            return (ids, page.next);
+        }
+    }
+}
+
+async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
+    let alice = user("alice");
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[insert("tasks", "1"), insert("tasks", "2")],
+    )
+    .await;
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[change(
+            r#"{"table":"tasks","id":"1","op":"update","schemaVersion":2,
+            "fields":{"title":{"value":"new","updatedAt":"2026-11-25T10:00:00.000Z"}}}"#,
+        )],
+    )
+    .await;
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[change(
+            r#"{"table":"tasks","id":"2","op":"delete","deletedAt":"2026-11-25T10:00:01.000Z"}"#,
+        )],
+    )
+    .await;
+    let page = f
+        .store
+        .changes_after(
+            &alice,
+            &query("todo", Some("tasks"), Since::Cursor(Cursor::START)),
+        )
+        .await
+        .expect("read");
+    let summary: Vec<(String, &str, u32)> = page
+        .changes
+        .iter()
+        .map(|c| (c.record_id.clone(), c.op.as_str(), c.schema_version))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("1".into(), "insert", 1),
+            ("2".into(), "insert", 1),
+            ("1".into(), "update", 2),
+            ("2".into(), "delete", 1)
+        ]
+    );
+    let event_ids: HashSet<_> = page.changes.iter().map(|c| c.event_id).collect();
+    assert_eq!(event_ids.len(), 4, "every change has its own event id");
+    let update = &page.changes[2];
+    let fields = update.fields.as_ref().expect("update has fields");
+    assert_eq!(fields["title"].value.get(), r#""new""#);
+    assert_eq!(fields["title"].at.as_str(), "2026-11-25T10:00:00.000Z");
+    assert_eq!(
+        page.changes[0].data.as_ref().map(|d| d.get()),
+        Some(r#"{"id":"1","title":"t 1"}"#)
+    );
+    assert_eq!(
+        page.changes[3].deleted_at.as_ref().map(|t| t.as_str()),
+        Some("2026-11-25T10:00:01.000Z")
+    );
+    assert!(!page.has_more);
+    assert_eq!(page.next, Cursor::at(4));
+}
+
+async fn a_device_never_reads_its_own_changes_but_moves_past_them(f: Fixture) {
+    let alice = user("alice");
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[insert("tasks", "from-phone")],
+    )
+    .await;
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "laptop",
+        &[insert("tasks", "from-laptop")],
+    )
+    .await;
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[insert("tasks", "from-phone-2")],
+    )
+    .await;
+    let mut q = query("todo", Some("tasks"), Since::Cursor(Cursor::START));
+    q.exclude_client = Some("phone");
+    let page = f.store.changes_after(&alice, &q).await.expect("read");
+    let ids: Vec<_> = page.changes.iter().map(|c| c.record_id.as_str()).collect();
+    assert_eq!(ids, ["from-laptop"]);
+    assert_eq!(
+        page.next,
+        Cursor::at(3),
+        "cursor moves past the device's own changes"
+    );
+}
+
+async fn pages_are_bounded_and_lose_nothing_at_their_edges(f: Fixture) {
+    let alice = user("alice");
+    let batch: Vec<Change> = (0..2500)
+        .map(|i| insert("tasks", &format!("{i:05}")))
+        .collect();
+    for chunk in batch.chunks(700) {
+        push(&*f.store, &alice, "todo", "d1", chunk).await;
+    }
+    let q = query("todo", Some("tasks"), Since::Cursor(Cursor::START));
+    let first = f.store.changes_after(&alice, &q).await.expect("read");
+    assert_eq!(first.changes.len(), 1000);
+    assert!(first.has_more);
+    let mut small = q;
+    small.limit = 7;
+    assert_eq!(
+        f.store
+            .changes_after(&alice, &small)
+            .await
+            .expect("read")
+            .changes
+            .len(),
+        7
+    );
+    small.limit = 50_000;
+    assert_eq!(
+        f.store
+            .changes_after(&alice, &small)
+            .await
+            .expect("read")
+            .changes
+            .len(),
+        1000
+    );
+    let (ids, end) = read_all(&*f.store, &alice, q).await;
+    let expected: Vec<String> = (0..2500).map(|i| format!("{i:05}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(end, Cursor::at(2500));
+}
+
+async fn a_repeated_changeset_is_stored_once(f: Fixture) {
+    let alice = user("alice");
+    let changes = [insert("tasks", "1"), insert("tasks", "2")];
+    let set = NewChangeset {
+        app_id: "todo",
+        client_id: "d1",
+        changeset_id: Some("cs-1"),
+        changes: &changes,
+    };
+    assert!(matches!(
+        f.store.push(&alice, set).await.expect("push"),
+        PushOutcome::Stored { count: 2, .. }
+    ));
+    assert_eq!(
+        f.store.push(&alice, set).await.expect("push"),
+        PushOutcome::Duplicate
+    );
+    // The same id from another user is that user's own changeset.
+    assert!(matches!(
+        f.store.push(&user("bob"), set).await.expect("push"),
+        PushOutcome::Stored { count: 2, .. }
+    ));
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    assert_eq!(ids, ["1", "2"]);
+}
+
+async fn concurrent_duplicates_are_stored_once(f: Fixture) {
+    let alice = user("alice");
+    let changes: Vec<Change> = (0..200).map(|i| insert("tasks", &i.to_string())).collect();
+    let changes = Arc::new(changes);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = f.store.clone();
+            let changes = changes.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                store
+                    .push(
+                        &alice,
+                        NewChangeset {
+                            app_id: "todo",
+                            client_id: "d1",
+                            changeset_id: Some("same"),
+                            changes: &changes,
+                        },
+                    )
+                    .await
+                    .expect("push")
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        if let PushOutcome::Stored { .. } = task.await.expect("joins") {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    assert_eq!(ids.len(), 200);
+}
+
+async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[insert("tasks", "a-task"), insert("lists", "a-list")],
+    )
+    .await;
+    push(
+        &*f.store,
+        &alice,
+        "notes",
+        "d1",
+        &[insert("notes", "a-note")],
+    )
+    .await;
+    push(&*f.store, &bob, "todo", "d2", &[insert("tasks", "b-task")]).await;
+    let start = Since::Cursor(Cursor::START);
+    let (ids, _) = read_all(&*f.store, &alice, query("todo", Some("tasks"), start)).await;
+    assert_eq!(ids, ["a-task"]);
+    let (ids, _) = read_all(&*f.store, &alice, query("todo", None, start)).await;
+    assert_eq!(ids, ["a-task", "a-list"]);
+    let (ids, _) = read_all(&*f.store, &alice, query("notes", None, start)).await;
+    assert_eq!(ids, ["a-note"]);
+    let (ids, end) = read_all(&*f.store, &bob, query("todo", None, start)).await;
+    assert_eq!(ids, ["b-task"]);
+    assert_eq!(end, Cursor::at(1), "bob's sequence is his own");
+    let (ids, _) = read_all(&*f.store, &user("carol"), query("todo", None, start)).await;
+    assert!(ids.is_empty());
+}
+
+async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
+    let alice = user("alice");
+    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "old")]).await;
+    let page = f
+        .store
+        .changes_after(&alice, &query("todo", None, Since::Cursor(Cursor::START)))
+        .await
+        .expect("read");
+    let stored_at = page.changes[0].created_at;
+    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "new")]).await;
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query(
+            "todo",
+            None,
+            Since::parse("1970-01-01T00:00:00.000Z").expect("ok"),
+        ),
+    )
+    .await;
+    assert_eq!(ids, ["old", "new"]);
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query(
+            "todo",
+            None,
+            Since::Timestamp(stored_at - time::Duration::milliseconds(1)),
+        ),
+    )
+    .await;
+    assert_eq!(ids, ["old", "new"]);
+    let (ids, end) = read_all(
+        &*f.store,
+        &alice,
+        query(
+            "todo",
+            None,
+            Since::Timestamp(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+        ),
+    )
+    .await;
+    assert!(ids.is_empty());
+    assert_eq!(
+        end,
+        Cursor::at(2),
+        "a future timestamp resumes at the newest change"
+    );
+}
+
+async fn actor_is_kept_verbatim_and_absent_stays_absent(f: Fixture) {
+    let alice = user("alice");
+    let actor = r#"{"kind":"ai","model":"x-1","nested":{"b":2,"a":[1,2.50,"\u0000"]}}"#;
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[
+            change(&format!(
+                r#"{{"table":"t","id":"1","op":"insert","data":{{}},"actor":{actor}}}"#
+            )),
+            insert("t", "2"),
+        ],
+    )
+    .await;
+    let page = f
+        .store
+        .changes_after(&alice, &query("todo", None, Since::Cursor(Cursor::START)))
+        .await
+        .expect("read");
+    assert_eq!(page.changes[0].actor.as_ref().map(|a| a.get()), Some(actor));
+    assert!(page.changes[1].actor.is_none());
+}
+
+async fn a_cursor_beyond_the_log_comes_back_to_its_end(f: Fixture) {
+    let alice = user("alice");
+    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "1")]).await;
+    let page = f
+        .store
+        .changes_after(
+            &alice,
+            &query("todo", None, Since::Cursor(Cursor::at(1_000_000))),
+        )
+        .await
+        .expect("read");
+    assert!(page.changes.is_empty());
+    assert_eq!(page.next, Cursor::at(1));
+}
+
+async fn a_failing_changeset_stores_nothing(f: Fixture) {
+    let alice = user("alice");
+    // Make the database itself refuse one row, after others of the same
+    // changeset were written: the transaction must take them all back.
+    f.admin_sql(
+        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
+           WHEN (NEW.record_id = 'poison') EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let changes = [
+        insert("tasks", "1"),
+        insert("tasks", "2"),
+        insert("tasks", "poison"),
+    ];
+    let result = f
+        .store
+        .push(
+            &alice,
+            NewChangeset {
+                app_id: "todo",
+                client_id: "d1",
+                changeset_id: Some("cs"),
+                changes: &changes,
+            },
+        )
+        .await;
+    assert!(result.is_err());
+    let (ids, end) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    assert!(
+        ids.is_empty(),
+        "nothing of the failed changeset is visible: {ids:?}"
+    );
+    assert_eq!(end, Cursor::START, "the counter did not move");
+    // The changeset id was not consumed either: a retry stores it.
+    let retry = [insert("tasks", "1")];
+    let outcome = f
+        .store
+        .push(
+            &alice,
+            NewChangeset {
+                app_id: "todo",
+                client_id: "d1",
+                changeset_id: Some("cs"),
+                changes: &retry,
+            },
+        )
+        .await
+        .expect("push");
+    assert_eq!(
+        outcome,
+        PushOutcome::Stored {
+            count: 1,
+            last: Cursor::at(1)
+        }
+    );
+}
+
+async fn reopening_keeps_every_change_and_migrations_are_idempotent(f: Fixture) {
+    let alice = user("alice");
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "d1",
+        &[insert("tasks", "1"), insert("tasks", "2")],
+    )
+    .await;
+    let url = f.url();
+    for _ in 0..2 {
+        let reopened = mana_sync_store::open(&url, &StoreOptions::default())
+            .await
+            .expect("reopens");
+        let (ids, _) = read_all(
+            &*reopened,
+            &alice,
+            query("todo", None, Since::Cursor(Cursor::START)),
+        )
+        .await;
+        assert_eq!(ids, ["1", "2"]);
+    }
+}
+
+async fn settings_are_created_once(f: Fixture) {
+    let first = f
+        .store
+        .setting_or_insert("k", &|| "one".into())
+        .await
+        .expect("setting");
+    let second = f
+        .store
+        .setting_or_insert("k", &|| "two".into())
+        .await
+        .expect("setting");
+    assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+}
+
+/// Six devices of one user push concurrently while a seventh follows the
+/// cursor: it must see every change exactly once. A timestamp cursor fails
+/// this when a transaction commits after a later-started one.
+async fn a_reader_following_the_cursor_sees_every_concurrent_change_once(f: Fixture) {
+    const WRITERS: usize = 6;
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 25;
+    let alice = user("alice");
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = f.store.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let changes: Vec<Change> = (0..PER_BATCH)
+                        .map(|i| insert("tasks", &format!("w{w}-b{b}-i{i}")))
+                        .collect();
+                    push(&*store, &alice, "todo", &format!("writer-{w}"), &changes).await;
+                }
+            })
+        })
+        .collect();
+    let writers_done = tokio::spawn(async move {
+        for writer in writers {
+            writer.await.expect("writer finished");
+        }
+    });
+    let total = WRITERS * BATCHES * PER_BATCH;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut since = Since::Cursor(Cursor::START);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader saw {} of {total}",
+            seen.len()
+        );
+        // Decide before reading: if the writers were done before this read
+        // and it finds nothing, the reader has caught up for good.
+        let finished = writers_done.is_finished();
+        let mut q = query("todo", Some("tasks"), since);
+        q.exclude_client = Some("reader");
+        let page = f.store.changes_after(&alice, &q).await.expect("read");
+        for change in &page.changes {
+            *seen.entry(change.record_id.clone()).or_default() += 1;
+        }
+        since = Since::Cursor(page.next);
+        if page.changes.is_empty() {
+            if finished {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "changes seen twice: {repeated:?}");
+    assert_eq!(seen.len(), total, "changes the reader never saw");
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::Fixture::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let Some(fixture) = super::Fixture::postgres().await else { return };
+                    super::$test(fixture).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    reads_back_in_commit_order_with_ids_and_versions,
+    a_device_never_reads_its_own_changes_but_moves_past_them,
+    pages_are_bounded_and_lose_nothing_at_their_edges,
+    a_repeated_changeset_is_stored_once,
+    concurrent_duplicates_are_stored_once,
+    users_apps_and_collections_are_kept_apart,
+    legacy_timestamps_resume_after_that_instant,
+    actor_is_kept_verbatim_and_absent_stays_absent,
+    a_cursor_beyond_the_log_comes_back_to_its_end,
+    a_failing_changeset_stores_nothing,
+    reopening_keeps_every_change_and_migrations_are_idempotent,
+    settings_are_created_once,
+    a_reader_following_the_cursor_sees_every_concurrent_change_once,
+);

@@ -1,0 +1,14 @@
+//! Test support shared by mana-sync's suites: throwaway Postgres databases
+//! owned by a role that is not a superuser (so row-level security applies), the
+//! real `mana-sync` binary started on a free port, and tokens for it.
+//!
+//! Postgres is real in tests. When it cannot be reached, a test is skipped with
+//! a message on stderr — except under `CI=true`, where that is a failure.
+
+pub mod pg;
+pub mod server;
+
+/// Whether we run in CI, where missing services are failures, not skips.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
