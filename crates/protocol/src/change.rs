@@ -232,10 +232,12 @@ impl WireChange {
         check_identifier(&self.table, MAX_NAME_LEN).map_err(ChangeProblem::Table)?;
         check_identifier(&self.id, MAX_ID_LEN).map_err(ChangeProblem::Id)?;
         let schema_version = schema::check(self.schema_version.unwrap_or(default_version))?;
-        if let Some(data) = &self.data {
-            if !is_json_object(data) {
-                return Err(ChangeProblem::DataNotObject);
-            }
+        if self
+            .data
+            .as_deref()
+            .is_some_and(|data| !is_json_object(data))
+        {
+            return Err(ChangeProblem::DataNotObject);
         }
         if let Some(fields) = &self.fields {
             for name in fields.keys() {

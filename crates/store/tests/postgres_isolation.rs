@@ -2,6 +2,8 @@
 //! server's own (non-superuser) role, a transaction sees and writes only the
 //! rows of the user it declared, even with a query that forgets `user_id`.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
 use mana_sync_protocol::{UserId, WireChange};
 use mana_sync_store::{NewChangeset, StoreOptions};
 use mana_sync_testkit::pg::TestDatabase;

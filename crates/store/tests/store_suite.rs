@@ -1,6 +1,8 @@
 //! One suite of store behaviours, run against SQLite and against Postgres
 //! (as a role that is not a superuser, so row-level security applies).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

@@ -5,6 +5,9 @@
 //! Postgres is real in tests. When it cannot be reached, a test is skipped with
 //! a message on stderr — except under `CI=true`, where that is a failure.
 
+// Test support: a broken test environment should stop the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 pub mod pg;
 pub mod server;
 
