@@ -1,0 +1,196 @@
+//! `mana-sync`: the sync server's command line. It reads configuration from
+//! flags and environment and hands over to the `mana-sync-server` library.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
+use mana_sync_protocol::UserId;
+use mana_sync_server::{App, ServerConfig};
+use mana_sync_store::StoreOptions;
+
+#[derive(Parser)]
+#[command(name = "mana-sync", version, about = "Local-first sync server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sync server.
+    Serve(ServeArgs),
+    /// Mint a token for a user, signed with JWT_SECRET or the dev-mode secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct DatabaseArgs {
+    /// sqlite://PATH (embedded, the default) or postgres://USER@HOST/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://mana-sync.db")]
+    database_url: String,
+    /// Database connections (Postgres) or reader connections (SQLite).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pool_size: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3050)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// HS256 secret shared with the auth service.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// URL of the auth service's JSON Web Key Set (EdDSA, RS256, ES256).
+    #[arg(long, env = "JWKS_URL")]
+    jwks_url: Option<String>,
+    /// Required `aud` claim, if any.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Required `iss` claim, if any.
+    #[arg(long, env = "JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Origins allowed to call the API from a browser, comma-separated (`*` for any).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Seconds between SSE heartbeats.
+    #[arg(long, env = "SSE_HEARTBEAT_SECS", default_value_t = 30)]
+    sse_heartbeat_secs: u64,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`) of the token.
+    #[arg(long)]
+    user: String,
+    /// Hours until the token expires.
+    #[arg(long, default_value_t = 24 * 30)]
+    ttl_hours: u64,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Sign with this secret instead of the dev-mode secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    #[arg(long, env = "JWKS_URL", hide = true)]
+    jwks_url: Option<String>,
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Token(args) => token(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let jwt_secret = non_empty(args.jwt_secret);
+    if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        tracing::warn!("JWT_SECRET is shorter than 32 bytes; use a long random secret");
+    }
+    let config = ServerConfig {
+        database_url: args.database.database_url.clone(),
+        pool_size: args.database.pool_size,
+        auth: AuthConfig {
+            jwt_secret,
+            jwks_url: non_empty(args.jwks_url),
+            audience: non_empty(args.jwt_audience),
+            issuer: non_empty(args.jwt_issuer),
+            jwks_min_refresh: DEFAULT_JWKS_MIN_REFRESH,
+        },
+        cors_origins: args
+            .cors_origins
+            .into_iter()
+            .filter(|o| !o.is_empty())
+            .collect(),
+        sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
+    };
+    let app = App::build(config).await.context("starting mana-sync")?;
+    if let Some(secret) = app.dev_secret() {
+        eprintln!(
+            "\n  mana-sync is running in DEV MODE: neither JWT_SECRET nor JWKS_URL is set.\n  \
+             Every request still needs a token, signed with this server's local secret\n  \
+             (stored in its database): {secret}\n\n  \
+             Mint a token:  mana-sync token --user alice\n"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        %address,
+        database = %mana_sync_store::redact_url(&args.database.database_url),
+        "mana-sync listening"
+    );
+    // A stable line on stdout that scripts and tests can wait for.
+    println!("mana-sync listening on http://{address}");
+    std::io::stdout().flush()?;
+    app.serve(listener, shutdown_signal()).await?;
+    tracing::info!("mana-sync stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let user = UserId::new(args.user).context("invalid --user")?;
+    let secret = match non_empty(args.jwt_secret) {
+        Some(secret) => secret,
+        None => {
+            if non_empty(args.jwks_url).is_some() {
+                bail!("JWKS_URL is set: tokens come from your auth service, not from mana-sync");
+            }
+            let store =
+                mana_sync_store::open(&args.database.database_url, &StoreOptions { pool_size: 1 })
+                    .await
+                    .context("opening the database for its dev-mode secret")?;
+            mana_sync_server::dev_secret(&*store).await?
+        }
+    };
+    let token =
+        mana_sync_auth::mint_token(&secret, &user, Duration::from_secs(args.ttl_hours * 3600))?;
+    println!("{token}");
+    Ok(())
+}

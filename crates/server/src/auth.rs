@@ -1,0 +1,41 @@
+//! Authentication middleware: every sync route requires a valid bearer
+//! token; the verified user is put in the request's extensions for handlers.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use mana_sync_auth::AuthError;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The token in `Authorization: Bearer <token>`.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("the Authorization header is not ASCII".into()))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(AuthError::Malformed(
+            "expected `Authorization: Bearer <token>`".into(),
+        )),
+    }
+}
+
+/// Verifies the bearer token and records its user for the handler.
+pub async fn require_user(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let user = state
+        .verifier
+        .verify(bearer_token(request.headers())?)
+        .await?;
+    request.extensions_mut().insert(user);
+    Ok(next.run(request).await)
+}

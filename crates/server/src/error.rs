@@ -1,0 +1,105 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error reply is JSON `{"error": {"code", "message"}}`. Client mistakes
+//! are 4xx with a message that says what to fix; only failures of the server or
+//! its database are 5xx, and their details go to the log, not to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mana_sync_auth::AuthError;
+use mana_sync_protocol::change::ChangeProblem;
+use mana_sync_protocol::messages::{ErrorBody, ErrorDetail};
+use mana_sync_protocol::schema::SchemaVersionError;
+use mana_sync_store::StoreError;
+
+use crate::service::ServiceError;
+
+/// An error on its way to becoming a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The sync core refused or failed the request.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The bearer token is missing or invalid.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The body is not the JSON the endpoint expects.
+    #[error("{0}")]
+    BadBody(String),
+    /// The body is larger than [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES).
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists, but not for this method.
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    /// A handler panicked (a bug); the request is answered, not dropped.
+    #[error("internal error")]
+    Panic,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Service(error) => match error {
+                ServiceError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                ServiceError::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
+                ServiceError::InvalidCursor(_) => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+                ServiceError::SchemaVersion(SchemaVersionError::TooNew { .. })
+                | ServiceError::InvalidChange {
+                    problem: ChangeProblem::SchemaVersion(SchemaVersionError::TooNew { .. }),
+                    ..
+                } => (StatusCode::BAD_REQUEST, "schema_version_too_new"),
+                ServiceError::SchemaVersion(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                ServiceError::InvalidChange { .. } => (StatusCode::BAD_REQUEST, "invalid_change"),
+                ServiceError::Store(StoreError::Unavailable(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
+                ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "the database is unavailable; retry later".to_owned()
+                }
+                _ => "internal error; the server log has the details".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,148 @@
+//! The mana-sync server as a library: a typed sync core ([`service`]), the
+//! HTTP layer that translates requests into calls of it ([`routes`]), bearer
+//! authentication as middleware ([`auth`]), the one mapping from errors to HTTP
+//! statuses ([`error`]), and Prometheus metrics ([`metrics`]).
+//!
+//! The `mana-sync` binary only parses configuration and calls [`App::build`]
+//! and [`App::serve`].
+
+pub mod auth;
+pub mod error;
+mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mana_sync_auth::{AuthConfig, Verifier};
+use mana_sync_store::{Store, StoreError, StoreOptions};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::service::SyncService;
+
+/// Largest request body accepted (larger ones get 413).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Name of the server setting that holds the dev-mode signing secret.
+pub const DEV_SECRET_SETTING: &str = "dev_jwt_secret";
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// Connections to the database (Postgres) or readers (SQLite).
+    pub pool_size: usize,
+    /// How tokens are verified; with neither a secret nor a JWKS URL the
+    /// server runs in dev mode with a secret stored in its database.
+    pub auth: AuthConfig,
+    /// Origins allowed by CORS (`*` for any); empty for same-origin only.
+    pub cors_origins: Vec<String>,
+    /// Interval between SSE heartbeats.
+    pub sse_heartbeat: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Token verification could not be set up.
+    #[error(transparent)]
+    Auth(#[from] mana_sync_auth::AuthSetupError),
+    /// The dev-mode secret could not be created.
+    #[error(transparent)]
+    DevSecret(#[from] mana_sync_auth::MintError),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A CORS origin is not a valid header value.
+    #[error("invalid CORS origin `{0}`")]
+    CorsOrigin(String),
+}
+
+/// State shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// The typed sync core.
+    pub service: Arc<SyncService>,
+    /// Token verification.
+    pub verifier: Arc<Verifier>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A configured server, ready to serve.
+pub struct App {
+    state: AppState,
+    config: ServerConfig,
+    dev_secret: Option<String>,
+}
+
+impl App {
+    /// Opens the store, migrates it and sets up authentication.
+    pub async fn build(config: ServerConfig) -> Result<Self, StartError> {
+        let store = mana_sync_store::open(
+            &config.database_url,
+            &StoreOptions {
+                pool_size: config.pool_size,
+            },
+        )
+        .await?;
+        let (auth, dev_secret) =
+            if config.auth.jwt_secret.is_none() && config.auth.jwks_url.is_none() {
+                let secret = dev_secret(&*store).await?;
+                let auth = AuthConfig {
+                    jwt_secret: Some(secret.clone()),
+                    ..config.auth.clone()
+                };
+                (auth, Some(secret))
+            } else {
+                (config.auth.clone(), None)
+            };
+        let verifier = Arc::new(Verifier::new(&auth).await?);
+        let metrics = Arc::new(Metrics::new()?);
+        let service = Arc::new(SyncService::new(store, metrics.clone()));
+        Ok(Self {
+            state: AppState {
+                service,
+                verifier,
+                metrics,
+            },
+            config,
+            dev_secret,
+        })
+    }
+
+    /// The dev-mode secret, when no auth is configured.
+    pub fn dev_secret(&self) -> Option<&str> {
+        self.dev_secret.as_deref()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then finishes in-flight
+    /// requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = routes::router(self.state, &self.config).map_err(std::io::Error::other)?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The dev-mode secret stored in the database (created on first use), so
+/// every instance and `mana-sync token` agree on it.
+pub async fn dev_secret(store: &dyn Store) -> Result<String, StartError> {
+    let fresh = mana_sync_auth::random_secret()?;
+    Ok(store
+        .setting_or_insert(DEV_SECRET_SETTING, &|| fresh.clone())
+        .await?)
+}

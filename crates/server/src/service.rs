@@ -1,0 +1,218 @@
+//! The sync core: validated, typed operations on the store, with no HTTP in
+//! sight. Handlers call these; tests and other front ends could too.
+
+use std::sync::Arc;
+
+use mana_sync_protocol::change::ChangeProblem;
+use mana_sync_protocol::cursor::CursorError;
+use mana_sync_protocol::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
+use mana_sync_protocol::schema::{self, DEFAULT_SCHEMA_VERSION, SchemaVersionError};
+use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, Since, UserId};
+use mana_sync_store::{
+    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
+};
+
+use crate::metrics::Metrics;
+
+/// Why the core refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A parameter has an invalid value.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A required parameter is missing.
+    #[error("`{0}` is required")]
+    MissingParameter(&'static str),
+    /// `since` cannot be parsed.
+    #[error("invalid `since`: {0}")]
+    InvalidCursor(#[from] CursorError),
+    /// The changeset's schema version is not supported.
+    #[error(transparent)]
+    SchemaVersion(#[from] SchemaVersionError),
+    /// One change of the changeset is invalid; nothing was stored.
+    #[error("changes[{index}] is invalid, nothing was stored: {problem}")]
+    InvalidChange {
+        /// Position of the change in `changes`.
+        index: usize,
+        /// What is wrong with it.
+        problem: ChangeProblem,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn check(what: &str, value: &str, max_len: usize) -> Result<(), ServiceError> {
+    check_identifier(value, max_len)
+        .map_err(|error: IdentError| ServiceError::InvalidRequest(format!("`{what}` {error}")))
+}
+
+/// Parameters of a pull, as they arrive.
+#[derive(Debug, Default)]
+pub struct PullParams {
+    /// Required: the collection.
+    pub collection: Option<String>,
+    /// Required: the cursor.
+    pub since: Option<String>,
+    /// Page size, 1 to 1000 (larger values are capped).
+    pub limit: Option<String>,
+    /// The device asking; its own changes are left out.
+    pub client_id: Option<String>,
+}
+
+/// The sync operations.
+pub struct SyncService {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl SyncService {
+    /// A core over `store`, recording into `metrics`.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+
+    /// The store (for health checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Validates and stores a device's changeset atomically, then returns the
+    /// user's other devices' changes of this app after `since`.
+    pub async fn push(
+        &self,
+        user: &UserId,
+        app_id: &str,
+        header_client_id: Option<String>,
+        request: PushRequest,
+    ) -> Result<PushResponse, ServiceError> {
+        let started = std::time::Instant::now();
+        check("appId", app_id, MAX_NAME_LEN)?;
+        let client_id = header_client_id
+            .or(request.client_id)
+            .ok_or(ServiceError::MissingParameter("clientId"))?;
+        check("clientId", &client_id, MAX_ID_LEN)?;
+        let since = Since::parse(
+            request
+                .since
+                .as_deref()
+                .ok_or(ServiceError::MissingParameter("since"))?,
+        )?;
+        if let Some(changeset_id) = &request.changeset_id {
+            check("changesetId", changeset_id, MAX_ID_LEN)?;
+        }
+        let default_version =
+            schema::check(request.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION))?;
+        let changes = request
+            .changes
+            .into_iter()
+            .enumerate()
+            .map(|(index, change)| {
+                change
+                    .validate(default_version)
+                    .map_err(|problem| ServiceError::InvalidChange { index, problem })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcome = self
+            .store
+            .push(
+                user,
+                NewChangeset {
+                    app_id,
+                    client_id: &client_id,
+                    changeset_id: request.changeset_id.as_deref(),
+                    changes: &changes,
+                },
+            )
+            .await?;
+        match outcome {
+            PushOutcome::Stored { count, .. } => self.metrics.changes_stored.inc_by(count as u64),
+            PushOutcome::Duplicate => self.metrics.duplicate_changesets.inc(),
+        }
+        let page = self
+            .store
+            .changes_after(
+                user,
+                &ChangeQuery {
+                    app_id,
+                    collection: None,
+                    since,
+                    exclude_client: Some(&client_id),
+                    limit: MAX_PAGE,
+                },
+            )
+            .await?;
+        let response = self.reply(page);
+        self.metrics
+            .push_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    /// One page of one collection's changes after `since`.
+    pub async fn pull(
+        &self,
+        user: &UserId,
+        app_id: &str,
+        params: PullParams,
+    ) -> Result<PullResponse, ServiceError> {
+        let started = std::time::Instant::now();
+        check("appId", app_id, MAX_NAME_LEN)?;
+        let collection = params
+            .collection
+            .ok_or(ServiceError::MissingParameter("collection"))?;
+        check("collection", &collection, MAX_NAME_LEN)?;
+        let since = Since::parse(
+            params
+                .since
+                .as_deref()
+                .ok_or(ServiceError::MissingParameter("since"))?,
+        )?;
+        let limit = match params.limit.as_deref() {
+            None => MAX_PAGE,
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit) if limit >= 1 => limit.min(MAX_PAGE),
+                _ => {
+                    return Err(ServiceError::InvalidRequest(format!(
+                        "`limit` must be a whole number from 1 to {MAX_PAGE}"
+                    )));
+                }
+            },
+        };
+        if let Some(client_id) = &params.client_id {
+            check("clientId", client_id, MAX_ID_LEN)?;
+        }
+        let page = self
+            .store
+            .changes_after(
+                user,
+                &ChangeQuery {
+                    app_id,
+                    collection: Some(&collection),
+                    since,
+                    exclude_client: params.client_id.as_deref(),
+                    limit,
+                },
+            )
+            .await?;
+        let response = self.reply(page);
+        self.metrics
+            .pull_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    fn reply(&self, page: ChangePage) -> PushResponse {
+        self.metrics.changes_sent.inc_by(page.changes.len() as u64);
+        PushResponse {
+            server_changes: page
+                .changes
+                .into_iter()
+                .map(|change| change.into_sync_change())
+                .collect(),
+            conflicts: Vec::new(),
+            synced_until: page.next.to_string(),
+            has_more: page.has_more,
+        }
+    }
+}
