@@ -1,1 +1,166 @@
 //! The real `mana-sync` binary, started on a free port for black-box tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mana_sync_protocol::UserId;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// `DATABASE_URL`; `None` uses a SQLite file in a temporary directory.
+    pub database_url: Option<String>,
+    /// `JWT_SECRET`; `None` uses a fixed test secret. `Some("")` starts dev mode.
+    pub jwt_secret: Option<String>,
+    /// Further environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// Secret used when a test does not choose one.
+pub const TEST_SECRET: &str = "mana-sync-test-secret-0123456789abcdef";
+
+/// A running `mana-sync serve`, killed when dropped.
+pub struct TestServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The `DATABASE_URL` it runs on.
+    pub database_url: String,
+    secret: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// How long a server may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+impl TestServer {
+    /// Starts `binary serve` and waits until it listens.
+    pub async fn start(binary: &Path, options: ServerOptions) -> Self {
+        let (dir, database_url) = match options.database_url {
+            Some(url) => (None, url),
+            None => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("sync.db").display());
+                (Some(dir), url)
+            }
+        };
+        let secret = options.jwt_secret.unwrap_or_else(|| TEST_SECRET.to_owned());
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .env("DATABASE_URL", &database_url)
+            .env("JWT_SECRET", &secret)
+            .env("RUST_LOG", "info")
+            .envs(options.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &dir {
+            command.current_dir(dir.path());
+        }
+        let mut child = command.spawn().expect("mana-sync starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(START_DEADLINE, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(address) = line.strip_prefix("mana-sync listening on ") {
+                    return Some(address.to_owned());
+                }
+            }
+            None
+        })
+        .await;
+        let url = match url {
+            Ok(Some(url)) => url,
+            other => {
+                let logs = logs.lock().expect("log lock").join("\n");
+                panic!("mana-sync did not start ({other:?}); its log:\n{logs}");
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            url,
+            database_url,
+            secret,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    /// A token for `user`, valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        mana_sync_auth::mint_token(
+            &self.secret,
+            &UserId::new(user).expect("valid user"),
+            Duration::from_secs(3600),
+        )
+        .expect("mints")
+    }
+
+    /// `self.url` + `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// The process id (to signal it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, returning its status.
+    pub async fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -TERM failed");
+        }
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .expect("server exits after SIGTERM before the deadline")
+            .expect("wait succeeds")
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Path of a binary built by this workspace, for tests of other crates
+/// (`CARGO_BIN_EXE_*` only exists for a crate's own binaries).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let mut path = std::env::current_exe().expect("test binary path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join(name)
+}

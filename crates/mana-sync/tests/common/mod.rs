@@ -1,0 +1,202 @@
+//! Helpers shared by the black-box suites: a server on either database, and a
+//! small client that speaks the sync API as a device would.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // each suite uses a subset
+
+use mana_sync_testkit::pg::TestDatabase;
+use mana_sync_testkit::server::{ServerOptions, TestServer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_mana-sync");
+
+/// Which database a server under test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and the database it owns.
+pub struct Harness {
+    pub server: TestServer,
+    pub db: Option<TestDatabase>,
+}
+
+impl Harness {
+    /// Starts a server on `db`; `None` when Postgres is unreachable outside CI.
+    pub async fn start(db: Db) -> Option<Self> {
+        Self::start_with(db, ServerOptions::default()).await
+    }
+
+    pub async fn start_with(db: Db, mut options: ServerOptions) -> Option<Self> {
+        let database = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(TestDatabase::create().await?),
+        };
+        if let Some(database) = &database {
+            options.database_url = Some(database.url());
+        }
+        let server = TestServer::start(std::path::Path::new(BINARY), options).await;
+        Some(Self {
+            server,
+            db: database,
+        })
+    }
+
+    pub fn device(&self, user: &str, client_id: &str) -> Device {
+        Device {
+            http: mana_sync_testkit::http_client(),
+            base: self.server.url.clone(),
+            token: self.server.token(user),
+            client_id: client_id.to_owned(),
+        }
+    }
+}
+
+/// One device of one user.
+pub struct Device {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+    pub client_id: String,
+}
+
+pub const START: &str = "1970-01-01T00:00:00.000Z";
+
+impl Device {
+    /// `POST /sync/{app}` with `body` as given (plus the device's headers).
+    pub async fn post(&self, app: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/sync/{app}", self.base))
+            .bearer_auth(&self.token)
+            .header("x-client-id", &self.client_id)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        read(response).await
+    }
+
+    /// Pushes `changes` after `since`.
+    pub async fn push(&self, app: &str, since: &str, changes: Value) -> (StatusCode, Value) {
+        self.post(
+            app,
+            &json!({ "clientId": self.client_id, "since": since, "changes": changes }),
+        )
+        .await
+    }
+
+    /// `GET /sync/{app}/pull?{query}`.
+    pub async fn pull(&self, app: &str, query: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}/sync/{app}/pull?{query}", self.base))
+            .bearer_auth(&self.token)
+            .header("x-client-id", &self.client_id)
+            .send()
+            .await
+            .expect("request sent");
+        read(response).await
+    }
+
+    /// Pulls one collection from `since` to the end, page by page; returns
+    /// every change and the final cursor.
+    pub async fn pull_all(&self, app: &str, collection: &str, since: &str) -> (Vec<Value>, String) {
+        let mut since = since.to_owned();
+        let mut changes = Vec::new();
+        loop {
+            let (status, body) = self
+                .pull(
+                    app,
+                    &format!("collection={collection}&since={}", encode(&since)),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            changes.extend(
+                body["serverChanges"]
+                    .as_array()
+                    .expect("array")
+                    .iter()
+                    .cloned(),
+            );
+            since = body["syncedUntil"].as_str().expect("cursor").to_owned();
+            if !body["hasMore"].as_bool().expect("hasMore") {
+                return (changes, since);
+            }
+        }
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn insert(table: &str, id: &str) -> Value {
+    json!({ "table": table, "id": id, "op": "insert", "data": { "id": id, "title": format!("todo {id}") } })
+}
+
+pub fn ids(changes: &[Value]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Asserts an error reply: status, `error.code`, and that the message mentions `needle`.
+pub fn assert_error(reply: &(StatusCode, Value), status: StatusCode, code: &str, needle: &str) {
+    let (actual, body) = reply;
+    assert_eq!(*actual, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(needle),
+        "`{message}` does not mention `{needle}`"
+    );
+}
+
+/// Generates `mod sqlite` and `mod postgres`, each running every listed
+/// `async fn(Harness)` against a fresh server on that database.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let harness = $crate::common::Harness::start($crate::common::Db::Sqlite)
+                        .await
+                        .expect("SQLite always starts");
+                    super::$test(harness).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(harness) = $crate::common::Harness::start($crate::common::Db::Postgres).await
+                    else { return };
+                    super::$test(harness).await;
+                }
+            )*
+        }
+    };
+}
