@@ -31,19 +31,38 @@ pub struct PostgresStore {
     pool: Pool,
 }
 
+/// Whether a failed statement is worth retrying later rather than a fault:
+/// the connection or the server went away, or the database asked us to retry.
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock detected
+        || code == "55P03" // lock not available
+}
+
 fn database_error(error: tokio_postgres::Error) -> StoreError {
     if error.is_closed() {
         return StoreError::Unavailable(error.to_string());
     }
     match error.as_db_error() {
+        Some(db) if is_transient(db.code().code()) => {
+            StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
+        }
         Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
         None => StoreError::Unavailable(error.to_string()),
     }
 }
 
+/// Failing to get a connection (including failing to open one) means the
+/// database is unavailable, whatever the reason it gave.
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
-        deadpool_postgres::PoolError::Backend(error) => database_error(error),
+        deadpool_postgres::PoolError::Backend(error) => match error.as_db_error() {
+            Some(db) => StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message())),
+            None => StoreError::Unavailable(error.to_string()),
+        },
         other => StoreError::Unavailable(other.to_string()),
     }
 }

@@ -1,0 +1,324 @@
+//! Authentication against the real binary: every sync request needs a valid
+//! token; HS256 secrets, JWKS keys, and the dev mode with `mana-sync token`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::routing::get;
+use base64::Engine as _;
+use common::{Db, Harness, START, insert};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mana_sync_testkit::server::{ServerOptions, TEST_SECRET};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("signs")
+}
+
+fn valid_claims(sub: &str) -> Value {
+    json!({"sub": sub, "exp": now() + 600})
+}
+
+async fn status_with(h: &Harness, authorization: Option<String>) -> (StatusCode, Value) {
+    let http = mana_sync_testkit::http_client();
+    let mut request = http
+        .post(h.server.at("/sync/todo"))
+        .header("x-client-id", "d")
+        .json(&json!({"since": START, "changes": [insert("tasks", "1")]}));
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.expect("sent");
+    assert!(
+        response.status() != StatusCode::UNAUTHORIZED
+            || response.headers().contains_key("www-authenticate"),
+        "401 carries WWW-Authenticate"
+    );
+    common::read(response).await
+}
+
+#[tokio::test]
+async fn every_sync_route_refuses_requests_without_a_valid_token() {
+    let h = Harness::start(Db::Sqlite).await.expect("starts");
+    let hs = |claims: &Value, secret: &[u8]| {
+        sign(
+            Algorithm::HS256,
+            None,
+            &EncodingKey::from_secret(secret),
+            claims,
+        )
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let unsigned = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(valid_claims("alice").to_string())
+    );
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("empty bearer", Some("Bearer ".into())),
+        (
+            "wrong scheme",
+            Some(format!(
+                "Basic {}",
+                hs(&valid_claims("alice"), TEST_SECRET.as_bytes())
+            )),
+        ),
+        ("garbage", Some("Bearer not-a-jwt".into())),
+        (
+            "bad signature",
+            Some(format!(
+                "Bearer {}",
+                hs(&valid_claims("alice"), b"some other secret")
+            )),
+        ),
+        ("alg none", Some(format!("Bearer {unsigned}"))),
+        (
+            "expired",
+            Some(format!(
+                "Bearer {}",
+                hs(
+                    &json!({"sub":"alice","exp": now() - 3600}),
+                    TEST_SECRET.as_bytes()
+                )
+            )),
+        ),
+        (
+            "no sub",
+            Some(format!(
+                "Bearer {}",
+                hs(&json!({"exp": now() + 600}), TEST_SECRET.as_bytes())
+            )),
+        ),
+        (
+            "no exp",
+            Some(format!(
+                "Bearer {}",
+                hs(&json!({"sub": "alice"}), TEST_SECRET.as_bytes())
+            )),
+        ),
+    ];
+    for (name, authorization) in cases {
+        let (status, body) = status_with(&h, authorization).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{name}");
+    }
+    let http = mana_sync_testkit::http_client();
+    let pull = http
+        .get(h.server.at(&format!(
+            "/sync/todo/pull?collection=tasks&since={}",
+            common::encode(START)
+        )))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(pull.status(), StatusCode::UNAUTHORIZED);
+    // And with a good token, the same request goes through.
+    let (status, _) = status_with(&h, Some(format!("Bearer {}", h.server.token("alice")))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (changes, _) = h
+        .device("alice", "other")
+        .pull_all("todo", "tasks", START)
+        .await;
+    assert_eq!(
+        changes.len(),
+        1,
+        "only the authenticated request stored anything"
+    );
+}
+
+/// An auth service's key set, served on a free port.
+async fn jwks_server(keys: Vec<Jwk>) -> String {
+    let set = JwkSet { keys };
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || async move { Json(set.clone()) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}/.well-known/jwks.json")
+}
+
+fn public(key: &EncodingKey, alg: Algorithm, kid: &str) -> Jwk {
+    let mut jwk = Jwk::from_encoding_key(key, alg).expect("public key");
+    jwk.common.key_id = Some(kid.to_owned());
+    jwk
+}
+
+#[tokio::test]
+async fn tokens_from_an_auth_service_are_checked_against_its_jwks() {
+    let ed =
+        EncodingKey::from_ed_pem(include_bytes!("../../auth/testdata/ed25519.pem")).expect("ed");
+    let rsa =
+        EncodingKey::from_rsa_pem(include_bytes!("../../auth/testdata/rsa.pem")).expect("rsa");
+    let ec = EncodingKey::from_ec_pem(include_bytes!("../../auth/testdata/p256.pem")).expect("ec");
+    let url = jwks_server(vec![
+        public(&ed, Algorithm::EdDSA, "ed"),
+        public(&rsa, Algorithm::RS256, "rsa"),
+        public(&ec, Algorithm::ES256, "ec"),
+    ])
+    .await;
+    // JWKS only: no shared secret at all.
+    let h = Harness::start_with(
+        Db::Sqlite,
+        ServerOptions {
+            jwt_secret: Some(String::new()),
+            env: vec![("JWKS_URL".into(), url)],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    assert!(
+        !h.server.logs().contains("DEV MODE"),
+        "JWKS configured: not dev mode"
+    );
+    for (alg, kid, key) in [
+        (Algorithm::EdDSA, "ed", &ed),
+        (Algorithm::RS256, "rsa", &rsa),
+        (Algorithm::ES256, "ec", &ec),
+    ] {
+        let token = sign(alg, Some(kid), key, &valid_claims("alice"));
+        let (status, body) = status_with(&h, Some(format!("Bearer {token}"))).await;
+        assert_eq!(status, StatusCode::OK, "{alg:?}: {body}");
+    }
+    // Algorithm confusion: HMAC-signed with the RSA public key as the secret.
+    let confused = sign(
+        Algorithm::HS256,
+        Some("rsa"),
+        &EncodingKey::from_secret(include_bytes!("../../auth/testdata/rsa.pub.pem")),
+        &valid_claims("mallory"),
+    );
+    let (status, _) = status_with(&h, Some(format!("Bearer {confused}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A header claiming RS256 for the EC key.
+    let mixed = sign(Algorithm::RS256, Some("ec"), &rsa, &valid_claims("mallory"));
+    let (status, _) = status_with(&h, Some(format!("Bearer {mixed}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // An expired token from a real key.
+    let expired = sign(
+        Algorithm::EdDSA,
+        Some("ed"),
+        &ed,
+        &json!({"sub":"alice","exp": now() - 3600}),
+    );
+    let (status, _) = status_with(&h, Some(format!("Bearer {expired}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn dev_mode_creates_a_secret_and_mints_tokens_for_it() {
+    let h = Harness::start_with(
+        Db::Sqlite,
+        ServerOptions {
+            jwt_secret: Some(String::new()),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let logs = h.server.logs();
+    assert!(logs.contains("DEV MODE"), "{logs}");
+    assert!(logs.contains("mana-sync token --user"), "{logs}");
+    // Unauthenticated access is still refused.
+    let (status, _) = status_with(&h, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A token signed with the test secret is not this server's secret.
+    let (status, _) = status_with(&h, Some(format!("Bearer {}", h.server.token("alice")))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let minted = tokio::process::Command::new(common::BINARY)
+        .args(["token", "--user", "alice"])
+        .env_clear()
+        .env("DATABASE_URL", &h.server.database_url)
+        .output()
+        .await
+        .expect("token command runs");
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let (status, body) = status_with(&h, Some(format!("Bearer {token}"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn the_token_command_refuses_when_tokens_come_from_an_auth_service() {
+    let output = tokio::process::Command::new(common::BINARY)
+        .args(["token", "--user", "alice"])
+        .env_clear()
+        .env("JWKS_URL", "https://auth.example/jwks.json")
+        .env("DATABASE_URL", "sqlite:///nonexistent/never-created.db")
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("auth service"));
+}
+
+#[tokio::test]
+async fn dev_mode_on_postgres_shares_one_secret_between_instances() {
+    let Some(first) = Harness::start_with(
+        Db::Postgres,
+        ServerOptions {
+            jwt_secret: Some(String::new()),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let second = mana_sync_testkit::server::TestServer::start(
+        std::path::Path::new(common::BINARY),
+        ServerOptions {
+            database_url: Some(first.server.database_url.clone()),
+            jwt_secret: Some(String::new()),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let minted = tokio::process::Command::new(common::BINARY)
+        .args(["token", "--user", "alice", "--ttl-hours", "1"])
+        .env_clear()
+        .env("DATABASE_URL", &first.server.database_url)
+        .output()
+        .await
+        .expect("token command runs");
+    let token = String::from_utf8(minted.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    for base in [&first.server.url, &second.url] {
+        let response = mana_sync_testkit::http_client()
+            .post(format!("{base}/sync/todo"))
+            .bearer_auth(&token)
+            .json(&json!({"clientId":"d","since":START,"changes":[]}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{base}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Health, metrics, CORS, and what happens when the database goes away.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Db, Harness, START, insert};
+use mana_sync_testkit::server::ServerOptions;
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn health_reports_the_store_and_open_connections(h: Harness) {
+    let http = mana_sync_testkit::http_client();
+    let (status, body) =
+        common::read(http.get(h.server.at("/health")).send().await.expect("sent")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    assert!(
+        body["store"] == "sqlite" || body["store"] == "postgres",
+        "{body}"
+    );
+    assert_eq!(body["connections"], json!({"streams": 0, "sockets": 0}));
+}
+
+async fn metrics_count_requests_changes_and_latency(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let (status, _) = phone
+        .push(
+            "todo",
+            START,
+            json!([insert("tasks", "1"), insert("tasks", "2")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.device("alice", "laptop")
+        .pull_all("todo", "tasks", START)
+        .await;
+    let http = mana_sync_testkit::http_client();
+    let text = http
+        .get(h.server.at("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("mana_sync_changes_stored_total 2"), "{text}");
+    assert!(
+        text.contains("mana_sync_push_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mana_sync_pull_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"mana_sync_http_requests_total{method="POST",route="/sync/{app_id}",status="200"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+on_both_databases!(
+    health_reports_the_store_and_open_connections,
+    metrics_count_requests_changes_and_latency,
+);
+
+#[tokio::test]
+async fn cors_allows_exactly_the_configured_origins() {
+    let h = Harness::start_with(
+        Db::Sqlite,
+        ServerOptions {
+            env: vec![(
+                "CORS_ORIGINS".into(),
+                "https://app.example,https://other.example".into(),
+            )],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let http = mana_sync_testkit::http_client();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, h.server.at("/sync/todo"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,x-client-id",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("sent");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("https://app.example")
+    );
+    let refused = preflight("https://evil.example").await.expect("sent");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_database_is_503_not_500_and_health_says_so() {
+    let Some(h) = Harness::start(Db::Postgres).await else {
+        return;
+    };
+    let phone = h.device("alice", "phone");
+    let (status, _) = phone
+        .push("todo", START, json!([insert("tasks", "1")]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let db = h.db.as_ref().expect("postgres");
+    let name = db.url().rsplit('/').next().expect("db name").to_owned();
+    let admin = db.admin().await;
+    admin
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, mana_test_app;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = '{name}' AND usename = 'mana_test_app';"
+        ))
+        .await
+        .expect("cuts the server off");
+    let http = mana_sync_testkit::http_client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) =
+            common::read(http.get(h.server.at("/health")).send().await.expect("sent")).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["status"], "unavailable");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never noticed: {body}"
+        );
+    }
+    let (status, body) = phone
+        .push("todo", START, json!([insert("tasks", "2")]))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    admin
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {name} TO mana_test_app"
+        ))
+        .await
+        .expect("reconnects");
+    let (status, body) = phone
+        .push("todo", START, json!([insert("tasks", "2")]))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "recovers once the database is back: {body}"
+    );
+}
