@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::routing::get;
@@ -235,9 +235,12 @@ async fn dev_mode_creates_a_secret_and_mints_tokens_for_it() {
     )
     .await
     .expect("starts");
-    let logs = h.server.logs();
-    assert!(logs.contains("DEV MODE"), "{logs}");
-    assert!(logs.contains("mana-sync token --user"), "{logs}");
+    h.server
+        .wait_for_log("DEV MODE", Duration::from_secs(10))
+        .await;
+    h.server
+        .wait_for_log("mana-sync token --user", Duration::from_secs(10))
+        .await;
     // Unauthenticated access is still refused.
     let (status, _) = status_with(&h, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -86,9 +86,18 @@ impl PostgresStore {
         options: &StoreOptions,
         migrations: &[Migration],
     ) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+        // Plan every statement with its actual parameters. A generic plan,
+        // made while the log was small, reads a user's whole log to answer
+        // "changes after cursor C" (a scan and a sort instead of a short
+        // range of the primary key) and gets slower as the log grows.
+        let session_options = match config.get_options() {
+            Some(existing) => format!("{existing} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        config.options(&session_options);
         let manager = Manager::from_config(
             config,
             NoTls,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mana_sync_protocol::UserId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +33,7 @@ pub struct TestServer {
     pub database_url: String,
     secret: String,
     logs: Arc<Mutex<Vec<String>>>,
+    new_log_line: Arc<Notify>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -71,11 +73,13 @@ impl TestServer {
         let mut child = command.spawn().expect("mana-sync starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
-        let sink = logs.clone();
+        let new_log_line = Arc::new(Notify::new());
+        let (sink, notify) = (logs.clone(), new_log_line.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().expect("log lock").push(line);
+                notify.notify_waiters();
             }
         });
         let stdout = child.stdout.take().expect("stdout piped");
@@ -104,6 +108,7 @@ impl TestServer {
             database_url,
             secret,
             logs,
+            new_log_line,
             _dir: dir,
         }
     }
@@ -126,6 +131,28 @@ impl TestServer {
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until the server's log contains `needle`; panics after `deadline`.
+    pub async fn wait_for_log(&self, needle: &str, deadline: Duration) {
+        let waited = tokio::time::timeout(deadline, async {
+            loop {
+                // Register for the next line before looking, so none is missed.
+                let next_line = self.new_log_line.notified();
+                tokio::pin!(next_line);
+                next_line.as_mut().enable();
+                if self.logs().contains(needle) {
+                    return;
+                }
+                next_line.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "`{needle}` never appeared in the log:\n{}",
+            self.logs()
+        );
     }
 
     /// The process id (to signal it).

@@ -24,4 +24,8 @@ CREATE TABLE mana_changes (
 
 CREATE UNIQUE INDEX mana_changes_user_seq ON mana_changes (user_id, seq);
 CREATE UNIQUE INDEX mana_changes_event_id ON mana_changes (user_id, event_id);
-CREATE INDEX mana_changes_collection ON mana_changes (user_id, app_id, table_name, seq);
+-- Not (user_id, app_id, table_name, seq): with app_id second, a read of every
+-- collection of an app can match this index on (user, app) and then scan all
+-- of that app's rows for `seq > cursor`; without it, such reads can only use
+-- the primary key range, and one collection's reads use this one.
+CREATE INDEX mana_changes_collection ON mana_changes (user_id, table_name, seq);
