@@ -1,0 +1,20 @@
+# The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
+.PHONY: serve test lint bench
+
+# The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth.
+serve:
+	cargo run --release --locked -p mana-sync -- serve
+
+# Every test. Postgres tests use 127.0.0.1:5432 (user postgres); without it
+# they are skipped with a message, unless CI=true, where that is a failure.
+test:
+	cargo test --workspace --locked
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Throughput against the raw database; prints a Markdown table.
+bench:
+	cargo build --release --locked -p mana-sync -p mana-sync-bench
+	./target/release/mana-sync-bench
