@@ -460,6 +460,69 @@ async fn a_restart_keeps_every_change(h: Harness) {
     drop((restarted, server, db));
 }
 
+/// Six devices push at once through the server while a seventh follows the
+/// cursor over HTTP: it must receive every change exactly once.
+async fn a_device_following_the_cursor_gets_every_concurrent_change_once(h: Harness) {
+    const WRITERS: usize = 6;
+    const PUSHES: usize = 30;
+    const PER_PUSH: usize = 20;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let device = h.device("alice", &format!("writer-{w}"));
+            tokio::spawn(async move {
+                for p in 0..PUSHES {
+                    let changes: Vec<Value> = (0..PER_PUSH)
+                        .map(|i| insert("tasks", &format!("w{w}-p{p}-i{i}")))
+                        .collect();
+                    let (status, body) = device.push("todo", START, json!(changes)).await;
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                }
+            })
+        })
+        .collect();
+    let writers_done = tokio::spawn(async move {
+        for writer in writers {
+            writer.await.expect("writer finished");
+        }
+    });
+    let reader = h.device("alice", "reader");
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut since = START.to_owned();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader saw {}",
+            seen.len()
+        );
+        let finished = writers_done.is_finished();
+        let (status, page) = reader
+            .pull(
+                "todo",
+                &format!("collection=tasks&since={}", encode(&since)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let changes = page["serverChanges"].as_array().expect("array");
+        for id in ids(changes) {
+            *seen.entry(id).or_default() += 1;
+        }
+        since = page["syncedUntil"].as_str().expect("cursor").to_owned();
+        if changes.is_empty() && finished {
+            break;
+        }
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a change was delivered twice"
+    );
+    assert_eq!(
+        seen.len(),
+        WRITERS * PUSHES * PER_PUSH,
+        "changes were missed"
+    );
+}
+
 impl Harness {
     fn device_of(server: &TestServer, user: &str, client_id: &str) -> common::Device {
         common::Device {
@@ -483,4 +546,5 @@ on_both_databases!(
     cursors_are_opaque_and_legacy_timestamps_still_work,
     users_never_see_each_other,
     a_restart_keeps_every_change,
+    a_device_following_the_cursor_gets_every_concurrent_change_once,
 );
