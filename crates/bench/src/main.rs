@@ -11,12 +11,13 @@
 // A benchmark stops loudly on a broken setup.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod live;
 mod raw;
 mod server;
 
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -25,7 +26,46 @@ enum Backend {
 }
 
 #[derive(Parser)]
-#[command(about = "mana-sync push/pull throughput against the raw database")]
+#[command(about = "mana-sync benchmarks: throughput against the raw database, live delivery")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The server binary (default: `mana-sync` next to this one).
+    #[arg(long, global = true)]
+    binary: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Push and pull throughput against the raw database (the default).
+    Throughput(Args),
+    /// Push→stream latency, on one instance and across two.
+    Latency(LatencyArgs),
+    /// One push fanned out to many idle streams.
+    Fanout(FanoutArgs),
+}
+
+#[derive(clap::Args)]
+struct LatencyArgs {
+    /// Pushes timed per scenario.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+}
+
+#[derive(clap::Args)]
+struct FanoutArgs {
+    /// Idle streams to open.
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Pushes to time.
+    #[arg(long, default_value_t = 5)]
+    pushes: usize,
+    /// Databases to measure.
+    #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
+    backend: Vec<Backend>,
+}
+
+#[derive(clap::Args, Clone)]
 struct Args {
     /// Changes pushed per push scenario, and preloaded for the pull scenario.
     #[arg(long, default_value_t = 100_000)]
@@ -36,9 +76,16 @@ struct Args {
     /// Databases to measure.
     #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
     backend: Vec<Backend>,
-    /// The server binary (default: `mana-sync` next to this one).
-    #[arg(long)]
-    binary: Option<std::path::PathBuf>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            changes: 100_000,
+            batch: 500,
+            backend: vec![Backend::Postgres, Backend::Sqlite],
+        }
+    }
 }
 
 /// One measured scenario.
@@ -55,8 +102,8 @@ fn rate(changes: usize, elapsed: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let binary = args
+    let cli = Cli::parse();
+    let binary = cli
         .binary
         .clone()
         .unwrap_or_else(|| mana_sync_testkit::server::workspace_binary("mana-sync"));
@@ -65,6 +112,87 @@ async fn main() -> anyhow::Result<()> {
         "{} not found; run `cargo build --release` first",
         binary.display()
     );
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    match cli.command.unwrap_or(Command::Throughput(Args::default())) {
+        Command::Throughput(args) => throughput(&args, &binary).await,
+        Command::Latency(args) => latency(&args, &binary).await,
+        Command::Fanout(args) => fanout(&args, &binary).await,
+    }
+}
+
+async fn latency(args: &LatencyArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let sqlite = server::Env::new(Backend::Sqlite, binary).await?;
+    results.push(
+        live::latency(
+            &sqlite,
+            &sqlite.server,
+            "SQLite, one instance",
+            args.samples,
+        )
+        .await?,
+    );
+    let postgres = server::Env::new(Backend::Postgres, binary).await?;
+    results.push(
+        live::latency(
+            &postgres,
+            &postgres.server,
+            "Postgres, one instance",
+            args.samples,
+        )
+        .await?,
+    );
+    let other = live::second_instance(&postgres, binary).await;
+    results.push(
+        live::latency(
+            &postgres,
+            &other,
+            "Postgres, push on one instance, stream on another",
+            args.samples,
+        )
+        .await?,
+    );
+    println!("| scenario | pushes | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for result in &results {
+        result.print();
+    }
+    Ok(())
+}
+
+async fn fanout(args: &FanoutArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &backend in &args.backend {
+        let env = server::Env::new(backend, binary).await?;
+        let result = live::fan_out(&env, args.streams, args.pushes).await?;
+        eprintln!(
+            "{:?}: {} streams, {:.1} KiB per stream, one push reached all in {} ms",
+            result.backend,
+            result.streams,
+            result.kib_per_stream,
+            live::list_ms(&result.reach_all)
+        );
+        results.push(result);
+    }
+    println!(
+        "| database | idle streams | server memory per stream | one push reaches all (ms, each of {} pushes) |",
+        args.pushes
+    );
+    println!("|---|---:|---:|---|");
+    for result in &results {
+        println!(
+            "| {:?} | {} | {:.1} KiB | {} |",
+            result.backend,
+            result.streams,
+            result.kib_per_stream,
+            live::list_ms(&result.reach_all)
+        );
+    }
+    Ok(())
+}
+
+async fn throughput(args: &Args, binary: &std::path::Path) -> anyhow::Result<()> {
+    let binary = binary.to_path_buf();
     let mut rows = Vec::new();
     for &backend in &args.backend {
         for users in [1, 8] {

@@ -107,6 +107,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Every open stream and socket is a file descriptor; the soft limit is
+    // often far below what the system allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
+    }
     let jwt_secret = non_empty(args.jwt_secret);
     if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
         tracing::warn!("JWT_SECRET is shorter than 32 bytes; use a long random secret");

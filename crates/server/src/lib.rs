@@ -155,8 +155,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let live = self.state.hub.shutdown().clone();
-        let router = routes::router(self.state, &self.config).map_err(std::io::Error::other)?;
-        axum::serve(listener, router)
+        let service = routes::service(self.state, &self.config).map_err(std::io::Error::other)?;
+        axum::serve(listener, axum::ServiceExt::into_make_service(service))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 live.cancel();

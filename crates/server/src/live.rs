@@ -393,3 +393,4 @@ pub async fn serve_socket(
         }
     }
 }
+

@@ -354,21 +354,33 @@ impl Store for PostgresStore {
             .map_err(database_error)?
             .get(0);
         let columns = ChangeColumns::new(changeset.changes);
+        let before_first = last - count;
+        // The notice is delivered to every listening instance when, and only
+        // if, this transaction commits, and in commit order. Sending it from
+        // the insert statement saves a round trip per push.
+        let notice = ChangeNotice::for_changeset(
+            user,
+            &changeset,
+            seq_value(before_first + 1),
+            seq_value(last),
+        );
         let insert = tx
             .prepare_cached(
-                "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
-                     op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
-                 SELECT $1, $2 + u.ord, u.event_id, $3, u.table_name, u.record_id, u.op, u.data,
-                     u.fields, u.deleted_at, u.actor, $4, u.schema_version, now()
-                 FROM UNNEST($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
-                     $10::text[], $11::text[], $12::text[], $13::int4[])
-                     WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
-                         deleted_at, actor, schema_version, ord)",
+                "WITH inserted AS (
+                     INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+                         op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+                     SELECT $1, $2 + u.ord, u.event_id, $3, u.table_name, u.record_id, u.op, u.data,
+                         u.fields, u.deleted_at, u.actor, $4, u.schema_version, now()
+                     FROM UNNEST($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
+                         $10::text[], $11::text[], $12::text[], $13::int4[])
+                         WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
+                             deleted_at, actor, schema_version, ord)
+                 )
+                 SELECT pg_notify($14, $15)",
             )
             .await
             .map_err(database_error)?;
-        let before_first = last - count;
-        tx.execute(
+        tx.query_one(
             &insert,
             &[
                 &user.as_str(),
@@ -384,25 +396,12 @@ impl Store for PostgresStore {
                 &columns.deleted_at,
                 &columns.actors,
                 &columns.schema_versions,
+                &NOTIFY_CHANNEL,
+                &notice.to_payload(),
             ],
         )
         .await
         .map_err(database_error)?;
-        // Delivered to every listening instance when, and only if, this
-        // transaction commits; in commit order.
-        let notice = ChangeNotice::for_changeset(
-            user,
-            &changeset,
-            seq_value(before_first + 1),
-            seq_value(last),
-        );
-        let notify = tx
-            .prepare_cached("SELECT pg_notify($1, $2)")
-            .await
-            .map_err(database_error)?;
-        tx.query_one(&notify, &[&NOTIFY_CHANNEL, &notice.to_payload()])
-            .await
-            .map_err(database_error)?;
         tx.commit().await.map_err(database_error)?;
         Ok(PushOutcome::Stored {
             count: changeset.changes.len(),

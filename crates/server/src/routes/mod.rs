@@ -21,8 +21,45 @@ use tower_http::trace::TraceLayer;
 use crate::error::ApiError;
 use crate::{AppState, MAX_BODY_BYTES, ServerConfig, StartError, auth};
 
-/// Builds the router.
-pub fn router(state: AppState, config: &ServerConfig) -> Result<Router, StartError> {
+/// The whole HTTP service: the router, wrapped once in the layers that do
+/// not need to know the route (panic capture, tracing, CORS).
+///
+/// These wrap the finished router rather than each route (`Router::layer`):
+/// wrapping each route clones the whole stack for every request, and an open
+/// stream keeps its request's clone alive for as long as it lasts, several
+/// KiB per idle stream.
+pub fn service(
+    state: AppState,
+    config: &ServerConfig,
+) -> Result<
+    impl tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+    StartError,
+> {
+    let cors = cors(&config.cors_origins)?;
+    Ok(tower::ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            // Only the path is logged: query strings can carry tokens.
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
+        .layer(cors)
+        .service(router(state)))
+}
+
+/// The routes, with the layers that need to know the route (auth, request
+/// metrics by route, body limit).
+fn router(state: AppState) -> Router {
     let sync = Router::new()
         .route("/sync/{app_id}", post(sync::push))
         .route("/sync/{app_id}/pull", get(sync::pull))
@@ -45,23 +82,17 @@ pub fn router(state: AppState, config: &ServerConfig) -> Result<Router, StartErr
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
-    Ok(sync
-        .merge(streams)
+    sync.merge(streams)
         .merge(sockets)
         .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .layer(cors(&config.cors_origins)?)
-        .layer(
-            // Only the path is logged: query strings can carry tokens.
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
-        )
-        .layer(CatchPanicLayer::custom(panic_response))
-        .with_state(state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
 }
 
 fn cors(origins: &[String]) -> Result<CorsLayer, StartError> {
