@@ -1,5 +1,5 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench bench-live
 
 # The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth.
 serve:
@@ -18,3 +18,9 @@ lint:
 bench:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench
+
+# Push→stream latency and one push fanned out to 10,000 idle streams.
+bench-live:
+	cargo build --release --locked -p mana-sync -p mana-sync-bench
+	./target/release/mana-sync-bench latency
+	./target/release/mana-sync-bench fanout

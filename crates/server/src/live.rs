@@ -393,4 +393,3 @@ pub async fn serve_socket(
         }
     }
 }
-

@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -34,7 +34,13 @@ pub async fn stream(
     AppId(app_id): AppId,
     headers: HeaderMap,
     QueryMap(mut query): QueryMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<
+    (
+        HeaderMap,
+        Sse<impl Stream<Item = Result<Event, Infallible>>>,
+    ),
+    ApiError,
+> {
     check_identifier(&app_id, MAX_NAME_LEN).map_err(|e| invalid(format!("`appId` {e}")))?;
     let listed = query
         .remove("collections")
@@ -83,7 +89,10 @@ pub async fn stream(
         state.live.heartbeat,
     )
     .map(|item| Ok(to_event(item)));
-    Ok(Sse::new(events))
+    // Reverse proxies (nginx and alikes) would otherwise buffer the stream.
+    let mut headers = HeaderMap::new();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok((headers, Sse::new(events)))
 }
 
 fn to_event(item: StreamItem) -> Event {
