@@ -299,11 +299,7 @@ impl RecordState {
         Ok(changed)
     }
 
-    fn merge_fields(
-        &mut self,
-        fields: Option<&FieldChanges>,
-        actor: Option<&RawValue>,
-    ) -> bool {
+    fn merge_fields(&mut self, fields: Option<&FieldChanges>, actor: Option<&RawValue>) -> bool {
         let mut changed = false;
         for (name, field) in fields.into_iter().flatten() {
             changed |= self.merge_field(
