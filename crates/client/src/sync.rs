@@ -139,11 +139,10 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
         }
         source = current.source();
     }
-    // The first part repeats the URL ("error sending request for url (…)");
-    // the last ones say what happened.
-    if parts.len() > 1 {
-        parts.remove(0);
-    }
+    // The outer parts repeat the URL and the layers ("error sending request
+    // for url (…)", "client error (Connect)"); the last two say what happened.
+    let keep = parts.len().saturating_sub(2);
+    parts.drain(..keep);
     parts.join(": ")
 }
 
