@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Seconds between SSE heartbeats.
     #[arg(long, env = "SSE_HEARTBEAT_SECS", default_value_t = 30)]
     sse_heartbeat_secs: u64,
+    /// Seconds a new WebSocket has to send its auth message.
+    #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    ws_auth_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -124,6 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|o| !o.is_empty())
             .collect(),
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
+        socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {

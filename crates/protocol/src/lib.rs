@@ -19,5 +19,7 @@ pub mod timestamp;
 pub use change::{Change, FieldChange, FieldChanges, Op, SyncChange, WireChange};
 pub use cursor::{Cursor, Since};
 pub use ident::UserId;
-pub use messages::{ErrorBody, PullResponse, PushRequest, PushResponse, StreamChanges};
+pub use messages::{
+    ErrorBody, PullResponse, PushRequest, PushResponse, SocketMessage, SocketRequest, StreamChanges,
+};
 pub use timestamp::Timestamp;

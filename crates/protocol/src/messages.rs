@@ -71,3 +71,46 @@ pub struct ErrorDetail {
     /// A sentence saying what was wrong and, where possible, how to fix it.
     pub message: String,
 }
+
+/// What a device sends on a WebSocket (`/ws`, `/ws/{appId}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SocketRequest {
+    /// The first message: the bearer token, and optionally the device id (so
+    /// the device is not told about its own pushes).
+    Auth {
+        /// The JWT.
+        token: String,
+        /// The device.
+        #[serde(default, rename = "clientId", skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    /// Liveness check; answered with [`SocketMessage::Pong`].
+    Ping,
+}
+
+/// What the server sends on a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SocketMessage {
+    /// The token was accepted.
+    AuthOk,
+    /// Answer to [`SocketRequest::Ping`].
+    Pong,
+    /// Another device of the user pushed to `app_id`; sync those collections.
+    /// An empty `tables` means "any collection"; `appId` `*` means "any app".
+    SyncAvailable {
+        /// The app that changed.
+        #[serde(rename = "appId")]
+        app_id: String,
+        /// The collections that changed.
+        tables: Vec<String>,
+    },
+    /// Something was wrong; after an auth error the socket is closed.
+    Error {
+        /// Machine-readable code.
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+}

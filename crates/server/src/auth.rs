@@ -1,8 +1,10 @@
 //! Authentication middleware: every sync route requires a valid bearer
 //! token; the verified user is put in the request's extensions for handlers.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use mana_sync_auth::AuthError;
@@ -36,6 +38,29 @@ pub async fn require_user(
         .verifier
         .verify(bearer_token(request.headers())?)
         .await?;
+    request.extensions_mut().insert(user);
+    Ok(next.run(request).await)
+}
+
+/// The `token` query parameter, for clients that cannot set headers.
+fn query_token(uri: &Uri) -> Option<String> {
+    let Query(mut query) = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
+    query.remove("token")
+}
+
+/// Like [`require_user`], but also accepts `?token=` when there is no
+/// `Authorization` header (browsers' `EventSource` cannot send one).
+pub async fn require_user_header_or_query(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = match bearer_token(request.headers()) {
+        Ok(token) => token.to_owned(),
+        Err(AuthError::Missing) => query_token(request.uri()).ok_or(AuthError::Missing)?,
+        Err(error) => return Err(error.into()),
+    };
+    let user = state.verifier.verify(&token).await?;
     request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }

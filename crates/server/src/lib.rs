@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod error;
 mod extract;
+pub mod hub;
+pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod service;
@@ -21,6 +23,8 @@ use mana_sync_auth::{AuthConfig, Verifier};
 use mana_sync_store::{Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 
+use crate::hub::Hub;
+use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::service::SyncService;
 
@@ -44,6 +48,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Interval between SSE heartbeats.
     pub sse_heartbeat: Duration,
+    /// How long a new WebSocket may take to send its auth message.
+    pub socket_auth_timeout: Duration,
 }
 
 /// Why the server could not start.
@@ -75,6 +81,10 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Live delivery to streams and sockets.
+    pub hub: Arc<Hub>,
+    /// Timing of live connections.
+    pub live: LiveConfig,
 }
 
 /// A configured server, ready to serve.
@@ -107,12 +117,24 @@ impl App {
             };
         let verifier = Arc::new(Verifier::new(&auth).await?);
         let metrics = Arc::new(Metrics::new()?);
+        let hub = Arc::new(Hub::new(
+            metrics.open_streams.clone(),
+            metrics.open_sockets.clone(),
+            metrics.live_overflows.clone(),
+        ));
+        tokio::spawn(hub.clone().run(store.events()));
         let service = Arc::new(SyncService::new(store, metrics.clone()));
+        let live = LiveConfig {
+            heartbeat: config.sse_heartbeat,
+            socket_auth_timeout: config.socket_auth_timeout,
+        };
         Ok(Self {
             state: AppState {
                 service,
                 verifier,
                 metrics,
+                hub,
+                live,
             },
             config,
             dev_secret,
@@ -124,16 +146,21 @@ impl App {
         self.dev_secret.as_deref()
     }
 
-    /// Serves on `listener` until `shutdown` completes, then finishes in-flight
-    /// requests.
+    /// Serves on `listener` until `shutdown` completes. Then it stops
+    /// accepting, ends every stream and closes every socket, and finishes the
+    /// requests in flight (pushes complete and are answered).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let live = self.state.hub.shutdown().clone();
         let router = routes::router(self.state, &self.config).map_err(std::io::Error::other)?;
         axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                live.cancel();
+            })
             .await
     }
 }

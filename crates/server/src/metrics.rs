@@ -1,6 +1,7 @@
 //! Prometheus metrics, in a registry of their own (no global state, so
 //! several servers can live in one process, as in tests).
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub open_streams: IntGauge,
     /// Open WebSockets.
     pub open_sockets: IntGauge,
+    /// Streams and sockets that fell too far behind and re-read from their cursors.
+    pub live_overflows: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -35,15 +38,32 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| IntCounter::new(name, help);
+        // Registering at construction means no metric can exist unexposed.
+        fn registered<M: Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: prometheus::Result<M>,
+        ) -> prometheus::Result<M> {
+            let metric = metric?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        }
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
         let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+            registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                ),
+            )
         };
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
-        let metrics = Metrics {
-            requests: IntCounterVec::new(
-                Opts::new("mana_sync_http_requests_total", "HTTP requests handled"),
-                &["method", "route", "status"],
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
+        Ok(Metrics {
+            requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("mana_sync_http_requests_total", "HTTP requests handled"),
+                    &["method", "route", "status"],
+                ),
             )?,
             changes_stored: counter("mana_sync_changes_stored_total", "Changes stored by pushes")?,
             duplicate_changesets: counter(
@@ -52,39 +72,18 @@ impl Metrics {
             )?,
             changes_sent: counter(
                 "mana_sync_changes_sent_total",
-                "Changes sent in push and pull replies",
+                "Changes sent in push and pull replies and on streams",
             )?,
             push_seconds: histogram("mana_sync_push_duration_seconds", "Time to handle a push")?,
             pull_seconds: histogram("mana_sync_pull_duration_seconds", "Time to handle a pull")?,
             open_streams: gauge("mana_sync_open_streams", "Open SSE streams")?,
             open_sockets: gauge("mana_sync_open_sockets", "Open WebSockets")?,
-            registry,
-        };
-        metrics
-            .registry
-            .register(Box::new(metrics.requests.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.changes_stored.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.duplicate_changesets.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.changes_sent.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.push_seconds.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.pull_seconds.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.open_streams.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.open_sockets.clone()))?;
-        Ok(metrics)
+            live_overflows: counter(
+                "mana_sync_live_overflows_total",
+                "Streams and sockets that fell too far behind and re-read from their cursors",
+            )?,
+            registry: registry.clone(),
+        })
     }
 
     /// The Prometheus text exposition of every metric.
@@ -116,6 +115,10 @@ mod tests {
             "mana_sync_push_duration_seconds",
             "mana_sync_pull_duration_seconds",
             "mana_sync_open_streams",
+            "mana_sync_open_sockets",
+            "mana_sync_duplicate_changesets_total",
+            "mana_sync_changes_sent_total",
+            "mana_sync_live_overflows_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -183,16 +183,13 @@ impl SyncService {
             check("clientId", client_id, MAX_ID_LEN)?;
         }
         let page = self
-            .store
-            .changes_after(
+            .page(
                 user,
-                &ChangeQuery {
-                    app_id,
-                    collection: Some(&collection),
-                    since,
-                    exclude_client: params.client_id.as_deref(),
-                    limit,
-                },
+                app_id,
+                &collection,
+                since,
+                params.client_id.as_deref(),
+                limit,
             )
             .await?;
         let response = self.reply(page);
@@ -202,8 +199,39 @@ impl SyncService {
         Ok(response)
     }
 
+    /// One page of one collection after `since`, leaving out `exclude_client`'s
+    /// own changes (validated arguments; used by pulls and streams).
+    pub async fn page(
+        &self,
+        user: &UserId,
+        app_id: &str,
+        collection: &str,
+        since: Since,
+        exclude_client: Option<&str>,
+        limit: usize,
+    ) -> Result<ChangePage, ServiceError> {
+        Ok(self
+            .store
+            .changes_after(
+                user,
+                &ChangeQuery {
+                    app_id,
+                    collection: Some(collection),
+                    since,
+                    exclude_client,
+                    limit,
+                },
+            )
+            .await?)
+    }
+
+    /// Counts changes handed to devices by any route.
+    pub fn count_sent(&self, changes: usize) {
+        self.metrics.changes_sent.inc_by(changes as u64);
+    }
+
     fn reply(&self, page: ChangePage) -> PushResponse {
-        self.metrics.changes_sent.inc_by(page.changes.len() as u64);
+        self.count_sent(page.changes.len());
         PushResponse {
             server_changes: page
                 .changes

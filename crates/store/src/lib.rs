@@ -14,6 +14,7 @@
 //! boundary inside the database.
 
 mod migrations;
+mod notice;
 pub mod postgres;
 pub mod sqlite;
 mod types;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mana_sync_protocol::{Cursor, UserId};
 
+pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
 pub use types::{ChangePage, ChangeQuery, NewChangeset, PushOutcome, StoredChange};
 
 /// The largest page a read returns, whatever the caller asks for.
@@ -83,6 +85,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// The database this store runs on.
     fn kind(&self) -> StoreKind;
+
+    /// Announcements of committed pushes (from every instance, on Postgres).
+    fn events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
 
     /// Answers when the database does (for `/health`).
     async fn ping(&self) -> StoreResult<()>;

@@ -13,10 +13,12 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
 use mana_sync_protocol::{Cursor, Since, UserId};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio::sync::{broadcast, mpsc};
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use crate::migrations::{Migration, POSTGRES};
+use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
 use crate::types::{RawColumns, encode};
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -29,6 +31,14 @@ const MIGRATION_LOCK: i64 = 0x6d61_6e61_7379_6e63; // "manasync"
 /// The change log in Postgres.
 pub struct PostgresStore {
     pool: Pool,
+    events: broadcast::Sender<StoreEvent>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 /// Whether a failed statement is worth retrying later rather than a fault:
@@ -98,6 +108,7 @@ impl PostgresStore {
             None => "-c plan_cache_mode=force_custom_plan".to_owned(),
         };
         config.options(&session_options);
+        let listener_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -113,7 +124,13 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        let store = Self { pool };
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let listener = tokio::spawn(listen(listener_config, events.clone()));
+        let store = Self {
+            pool,
+            events,
+            listener,
+        };
         store.migrate(migrations).await?;
         store.warn_if_rls_is_bypassed().await?;
         Ok(store)
@@ -278,6 +295,10 @@ impl Store for PostgresStore {
         StoreKind::Postgres
     }
 
+    fn events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client
@@ -367,6 +388,21 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(database_error)?;
+        // Delivered to every listening instance when, and only if, this
+        // transaction commits; in commit order.
+        let notice = ChangeNotice::for_changeset(
+            user,
+            &changeset,
+            seq_value(before_first + 1),
+            seq_value(last),
+        );
+        let notify = tx
+            .prepare_cached("SELECT pg_notify($1, $2)")
+            .await
+            .map_err(database_error)?;
+        tx.query_one(&notify, &[&NOTIFY_CHANNEL, &notice.to_payload()])
+            .await
+            .map_err(database_error)?;
         tx.commit().await.map_err(database_error)?;
         Ok(PushOutcome::Stored {
             count: changeset.changes.len(),
@@ -500,4 +536,76 @@ impl<'a> ChangeColumns<'a> {
         }
         columns
     }
+}
+
+/// Listens for notices from every instance (this one included) and forwards
+/// them; reconnects with backoff when the connection is lost (Postgres
+/// restart, network), announcing [`StoreEvent::Resync`] once listening again
+/// so subscribers re-read whatever they may have missed meanwhile.
+async fn listen(mut config: tokio_postgres::Config, events: broadcast::Sender<StoreEvent>) {
+    config
+        .application_name("mana-sync-listener")
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    let mut backoff = LISTEN_BACKOFF_MIN;
+    loop {
+        match listen_until_disconnected(&config, &events).await {
+            Ok(()) => {
+                tracing::warn!("lost the connection listening for changes; reconnecting");
+                backoff = LISTEN_BACKOFF_MIN;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot listen for changes");
+                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+async fn listen_until_disconnected(
+    config: &tokio_postgres::Config,
+    events: &broadcast::Sender<StoreEvent>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (payloads, mut received) = mpsc::unbounded_channel::<String>();
+    // The connection must be polled for the client to work; notifications
+    // arrive as messages on it.
+    let driver = tokio::spawn(async move {
+        while let Some(message) = futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if payloads.send(notification.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "listener connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await?;
+    tracing::info!("listening for changes from every instance");
+    // Whatever was committed while we were not listening is only found by
+    // re-reading from the cursors.
+    let _ = events.send(StoreEvent::Resync);
+    while let Some(payload) = received.recv().await {
+        match ChangeNotice::from_payload(&payload) {
+            Some(notice) => {
+                let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
+            }
+            None => tracing::warn!(payload, "ignoring an unreadable change notice"),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
 }

@@ -17,7 +17,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use tokio::sync::broadcast;
+
 use crate::migrations::{Migration, SQLITE};
+use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
 use crate::types::{RawColumns, encode};
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -35,6 +38,7 @@ pub fn path_from_url(url: &str) -> Option<&str> {
 pub struct SqliteStore {
     writer: Pool<SqliteConnectionManager>,
     readers: Pool<SqliteConnectionManager>,
+    events: broadcast::Sender<StoreEvent>,
 }
 
 fn database_error(error: rusqlite::Error) -> StoreError {
@@ -99,7 +103,12 @@ impl SqliteStore {
             .connection_timeout(Duration::from_secs(30))
             .build(reader_manager)
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Self { writer, readers })
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Ok(Self {
+            writer,
+            readers,
+            events,
+        })
     }
 
     async fn with_connection<R: Send + 'static>(
@@ -248,6 +257,10 @@ impl Store for SqliteStore {
         StoreKind::Sqlite
     }
 
+    fn events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         Self::with_connection(&self.readers, |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))
@@ -257,11 +270,13 @@ impl Store for SqliteStore {
     }
 
     async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
+        let owner = user.clone();
         let user = user.as_str().to_owned();
         let app_id = changeset.app_id.to_owned();
         let client_id = changeset.client_id.to_owned();
         let changeset_id = changeset.changeset_id.map(str::to_owned);
         let changes = changeset.changes.to_vec();
+        let events = self.events.clone();
         Self::with_connection(&self.writer, move |conn| {
             let now = micros(OffsetDateTime::now_utc());
             let tx = conn
@@ -330,9 +345,23 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit().map_err(database_error)?;
+            let (first, last) = (
+                u64::try_from(last - count + 1).unwrap_or(0),
+                u64::try_from(last).unwrap_or(0),
+            );
+            let stored = NewChangeset {
+                app_id: &app_id,
+                client_id: &client_id,
+                changeset_id: None,
+                changes: &changes,
+            };
+            // Nobody listening is fine: live delivery is optional for a push.
+            let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(
+                ChangeNotice::for_changeset(&owner, &stored, first, last),
+            )));
             Ok(PushOutcome::Stored {
                 count: changes.len(),
-                last: Cursor::at(u64::try_from(last).unwrap_or(0)),
+                last: Cursor::at(last),
             })
         })
         .await

@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mana_sync_protocol::{Change, Cursor, Since, UserId, WireChange};
-use mana_sync_store::{ChangeQuery, NewChangeset, PushOutcome, Store, StoreOptions};
+use mana_sync_store::{
+    ChangeNotice, ChangeQuery, NewChangeset, PushOutcome, Store, StoreEvent, StoreOptions,
+};
 use mana_sync_testkit::pg::TestDatabase;
 
 /// A store under test and a way to reach its database from outside.
@@ -647,6 +649,90 @@ async fn a_reader_following_the_cursor_sees_every_concurrent_change_once(f: Fixt
     assert_eq!(seen.len(), total, "changes the reader never saw");
 }
 
+/// The next `Changed` event (skipping the `Resync` a Postgres listener
+/// announces when it starts listening).
+async fn next_notice(
+    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+) -> Arc<ChangeNotice> {
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .expect("a notice in time")
+            .expect("channel open");
+        if let StoreEvent::Changed(notice) = event {
+            return notice;
+        }
+    }
+}
+
+async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
+    let alice = user("alice");
+    let mut events = f.store.events();
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[
+            insert("tasks", "1"),
+            insert("lists", "2"),
+            insert("tasks", "3"),
+        ],
+    )
+    .await;
+    let notice = next_notice(&mut events).await;
+    assert_eq!(notice.user, alice);
+    assert_eq!(notice.app_id, "todo");
+    assert_eq!(
+        notice.tables.as_deref(),
+        Some(&["tasks".to_owned(), "lists".to_owned()][..])
+    );
+    assert_eq!((notice.first, notice.last), (1, 3));
+    assert_eq!(notice.client_id, "phone");
+    // A refused changeset and a duplicate announce nothing; the next real
+    // push is the next notice.
+    f.admin_sql(
+        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
+           WHEN (NEW.record_id = 'poison') EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let poisoned = [insert("tasks", "poison")];
+    let set = NewChangeset {
+        app_id: "todo",
+        client_id: "phone",
+        changeset_id: None,
+        changes: &poisoned,
+    };
+    assert!(f.store.push(&alice, set).await.is_err());
+    let once = [insert("tasks", "4")];
+    let set = NewChangeset {
+        app_id: "todo",
+        client_id: "phone",
+        changeset_id: Some("cs"),
+        changes: &once,
+    };
+    f.store.push(&alice, set).await.expect("push");
+    assert_eq!(
+        f.store.push(&alice, set).await.expect("push"),
+        PushOutcome::Duplicate
+    );
+    push(&*f.store, &alice, "todo", "laptop", &[insert("tasks", "5")]).await;
+    let notice = next_notice(&mut events).await;
+    assert_eq!(
+        (notice.first, notice.last, notice.client_id.as_str()),
+        (4, 4, "phone")
+    );
+    let notice = next_notice(&mut events).await;
+    assert_eq!(
+        (notice.first, notice.last, notice.client_id.as_str()),
+        (5, 5, "laptop")
+    );
+}
+
 macro_rules! store_suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -683,4 +769,50 @@ store_suite!(
     reopening_keeps_every_change_and_migrations_are_idempotent,
     settings_are_created_once,
     a_reader_following_the_cursor_sees_every_concurrent_change_once,
+    committed_pushes_are_announced_and_nothing_else,
 );
+
+/// On Postgres, notices cross instances: a push through one store is
+/// announced by every other store on the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notices_reach_every_instance() {
+    let Some(first) = Fixture::postgres().await else {
+        return;
+    };
+    let second = mana_sync_store::open(&first.url(), &StoreOptions::default())
+        .await
+        .expect("opens");
+    let mut events = second.events();
+    // The second store may not be listening yet when the first push commits
+    // (its listener connects in the background); push until one is announced.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pushed = 0;
+    let notice = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notice crossed instances"
+        );
+        push(
+            &*first.store,
+            &user("alice"),
+            "todo",
+            "phone",
+            &[insert("tasks", "1")],
+        )
+        .await;
+        pushed += 1;
+        let wait = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            next_notice(&mut events),
+        )
+        .await;
+        if let Ok(notice) = wait {
+            break notice;
+        }
+    };
+    assert_eq!(
+        (notice.user.as_str(), notice.app_id.as_str()),
+        ("alice", "todo")
+    );
+    assert!(notice.last <= pushed);
+}

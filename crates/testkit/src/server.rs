@@ -175,6 +175,14 @@ impl TestServer {
             .expect("wait succeeds")
     }
 
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .expect("server exits before the deadline")
+            .expect("wait succeeds")
+    }
+
     /// Kills the process and waits for it.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

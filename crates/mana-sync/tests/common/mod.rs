@@ -200,3 +200,130 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// How long a test waits for something that should happen at once.
+pub const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An open change stream, read event by event.
+pub struct EventStream {
+    events: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<
+                        eventsource_stream::Event,
+                        eventsource_stream::EventStreamError<reqwest::Error>,
+                    >,
+                > + Send,
+        >,
+    >,
+}
+
+impl Device {
+    /// Opens `GET /sync/{app}/stream?collections=…&since=…` with this
+    /// device's token header and client id.
+    pub async fn stream(&self, app: &str, collections: &str, since: &str) -> EventStream {
+        let response = self
+            .http
+            .get(format!(
+                "{}/sync/{app}/stream?collections={collections}&since={}",
+                self.base,
+                encode(since)
+            ))
+            .bearer_auth(&self.token)
+            .header("x-client-id", &self.client_id)
+            .send()
+            .await
+            .expect("stream opens");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default()),
+            Some("text/event-stream")
+        );
+        EventStream::new(response)
+    }
+}
+
+impl EventStream {
+    pub fn new(response: reqwest::Response) -> Self {
+        use eventsource_stream::Eventsource as _;
+        Self {
+            events: Box::pin(response.bytes_stream().eventsource()),
+        }
+    }
+
+    /// The next event (`event`, parsed `data`); panics after `PROMPTLY`.
+    pub async fn next(&mut self) -> (String, Value) {
+        self.next_within(PROMPTLY)
+            .await
+            .expect("an event arrives in time")
+    }
+
+    /// The next event, or `None` if the stream ended.
+    pub async fn next_within(&mut self, deadline: std::time::Duration) -> Option<(String, Value)> {
+        use futures::StreamExt as _;
+        let event = tokio::time::timeout(deadline, self.events.next())
+            .await
+            .expect("no event before the deadline")?;
+        let event = event.expect("well-formed SSE");
+        let data = serde_json::from_str(&event.data).expect("JSON data");
+        Some((event.event, data))
+    }
+
+    /// The next `changes` event, skipping heartbeats.
+    pub async fn next_changes(&mut self) -> Value {
+        loop {
+            let (kind, data) = self.next().await;
+            match kind.as_str() {
+                "changes" => return data,
+                "heartbeat" => continue,
+                other => panic!("unexpected `{other}` event: {data}"),
+            }
+        }
+    }
+
+    /// Reads the backlog: one `changes` event per page until `hasMore` is
+    /// false, for `collections` collections.
+    pub async fn backlog(&mut self, collections: usize) -> Vec<Value> {
+        let mut pages = Vec::new();
+        let mut done = 0;
+        while done < collections {
+            let page = self.next_changes().await;
+            if page["hasMore"] == false {
+                done += 1;
+            }
+            pages.push(page);
+        }
+        pages
+    }
+
+    /// Waits for the stream to end (the server closed it).
+    pub async fn ended(&mut self) -> bool {
+        loop {
+            match self.next_within(PROMPTLY).await {
+                None => return true,
+                Some((kind, _)) if kind == "heartbeat" => continue,
+                Some((kind, data)) => panic!("expected the end, got `{kind}`: {data}"),
+            }
+        }
+    }
+}
+
+/// Waits until `/health` reports these open streams and sockets.
+pub async fn wait_for_connections(server: &TestServer, streams: i64, sockets: i64) {
+    let http = mana_sync_testkit::http_client();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (_, health) = read(http.get(server.at("/health")).send().await.expect("sent")).await;
+        if health["connections"] == json!({"streams": streams, "sockets": sockets}) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections stayed at {health}"
+        );
+        tokio::task::yield_now().await;
+    }
+}

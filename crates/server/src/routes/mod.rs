@@ -3,6 +3,7 @@
 //! tracing and panic capture on everything).
 
 mod health;
+mod live;
 mod sync;
 
 use std::any::Any;
@@ -29,10 +30,24 @@ pub fn router(state: AppState, config: &ServerConfig) -> Result<Router, StartErr
             state.clone(),
             auth::require_user,
         ));
+    // Browsers' EventSource cannot send headers, so streams also accept the
+    // token as a query parameter (which is why only paths are ever logged).
+    let streams = Router::new()
+        .route("/sync/{app_id}/stream", get(live::stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user_header_or_query,
+        ));
+    // Sockets authenticate in-band, with their first message.
+    let sockets = Router::new()
+        .route("/ws", get(live::socket_all_apps))
+        .route("/ws/{app_id}", get(live::socket_one_app));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics));
     Ok(sync
+        .merge(streams)
+        .merge(sockets)
         .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,776 @@
+//! Live delivery against the real binary: SSE streams, WebSockets, slow
+//! consumers, disconnects, graceful shutdown; on SQLite and Postgres.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Device, EventStream, Harness, PROMPTLY, START, encode, ids, insert, wait_for_connections,
+};
+use futures::{SinkExt, StreamExt};
+use mana_sync_testkit::server::ServerOptions;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn changes_of(page: &Value) -> Vec<String> {
+    ids(page["changes"].as_array().expect("changes array"))
+}
+
+async fn a_stream_sends_its_backlog_then_live_changes_but_never_the_devices_own(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let laptop = h.device("alice", "laptop");
+    phone
+        .push(
+            "todo",
+            START,
+            json!([
+                insert("tasks", "t1"),
+                insert("lists", "l1"),
+                insert("tasks", "t2")
+            ]),
+        )
+        .await;
+    let mut stream = laptop.stream("todo", "tasks,lists", START).await;
+    let backlog = stream.backlog(2).await;
+    assert_eq!(backlog[0]["table"], "tasks");
+    assert_eq!(changes_of(&backlog[0]), ["t1", "t2"]);
+    assert_eq!(backlog[1]["table"], "lists");
+    assert_eq!(changes_of(&backlog[1]), ["l1"]);
+    for page in &backlog {
+        assert_eq!(page["hasMore"], false);
+        assert!(
+            page["syncedUntil"]
+                .as_str()
+                .expect("cursor")
+                .starts_with("c1.")
+        );
+    }
+
+    // The laptop's own push is not echoed; the phone's next one arrives.
+    let (status, _) = laptop
+        .push("todo", START, json!([insert("tasks", "own")]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    phone
+        .push(
+            "todo",
+            START,
+            json!([insert("tasks", "t3"), insert("tasks", "t4")]),
+        )
+        .await;
+    let live = stream.next_changes().await;
+    assert_eq!(live["table"], "tasks");
+    assert_eq!(changes_of(&live), ["t3", "t4"]);
+    phone
+        .push("todo", START, json!([insert("lists", "l2")]))
+        .await;
+    let live = stream.next_changes().await;
+    assert_eq!(
+        (live["table"].as_str(), changes_of(&live)),
+        (Some("lists"), vec!["l2".to_owned()])
+    );
+    // Another app, and another user, are not this stream's business.
+    phone
+        .push("notes", START, json!([insert("tasks", "other-app")]))
+        .await;
+    h.device("bob", "phone")
+        .push("todo", START, json!([insert("tasks", "bobs")]))
+        .await;
+    phone
+        .push("todo", START, json!([insert("tasks", "t5")]))
+        .await;
+    assert_eq!(changes_of(&stream.next_changes().await), ["t5"]);
+    // What the stream delivered is what a pull from its cursor would not repeat.
+    let cursor = live["syncedUntil"].as_str().expect("cursor");
+    let (after, _) = laptop.pull_all("todo", "tasks", cursor).await;
+    assert_eq!(ids(&after), ["t5"]);
+}
+
+async fn a_stream_opened_at_a_cursor_gets_exactly_what_came_after_it(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let laptop = h.device("alice", "laptop");
+    phone
+        .push("todo", START, json!([insert("tasks", "before")]))
+        .await;
+    let (_, cursor) = laptop.pull_all("todo", "tasks", START).await;
+    phone
+        .push("todo", START, json!([insert("tasks", "after")]))
+        .await;
+    let mut stream = laptop.stream("todo", "tasks", &cursor).await;
+    let backlog = stream.backlog(1).await;
+    assert_eq!(changes_of(&backlog[0]), ["after"]);
+    // A cursor from the future (an old client's timestamp) starts at the end.
+    let mut late = laptop
+        .stream("todo", "tasks", "2999-01-01T00:00:00.000Z")
+        .await;
+    assert!(changes_of(&late.backlog(1).await[0]).is_empty());
+    phone
+        .push("todo", START, json!([insert("tasks", "live")]))
+        .await;
+    assert_eq!(changes_of(&late.next_changes().await), ["live"]);
+    assert_eq!(changes_of(&stream.next_changes().await), ["live"]);
+}
+
+async fn the_backlog_comes_in_pages_of_at_most_1000_then_live(h: Harness) {
+    let phone = h.device("alice", "phone");
+    for batch in 0..5 {
+        let changes: Vec<Value> = (0..500)
+            .map(|i| insert("tasks", &format!("{:04}", batch * 500 + i)))
+            .collect();
+        phone.push("todo", START, json!(changes)).await;
+    }
+    let mut stream = h
+        .device("alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    let pages = stream.backlog(1).await;
+    let sizes: Vec<usize> = pages
+        .iter()
+        .map(|p| p["changes"].as_array().expect("array").len())
+        .collect();
+    assert_eq!(sizes, [1000, 1000, 500]);
+    let all: Vec<String> = pages.iter().flat_map(changes_of).collect();
+    assert_eq!(
+        all,
+        (0..2500).map(|i| format!("{i:04}")).collect::<Vec<_>>()
+    );
+    // A push larger than one page arrives live in order, in pages.
+    let big: Vec<Value> = (0..1500)
+        .map(|i| insert("tasks", &format!("big-{i:04}")))
+        .collect();
+    phone.push("todo", START, json!(big)).await;
+    let mut live = Vec::new();
+    while live.len() < 1500 {
+        live.extend(changes_of(&stream.next_changes().await));
+    }
+    assert_eq!(
+        live,
+        (0..1500).map(|i| format!("big-{i:04}")).collect::<Vec<_>>()
+    );
+}
+
+async fn many_streams_of_one_user_each_get_every_change_once(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let mut streams = Vec::new();
+    for n in 0..20 {
+        let mut stream = h
+            .device("alice", &format!("reader-{n}"))
+            .stream("todo", "tasks", START)
+            .await;
+        stream.backlog(1).await;
+        streams.push(stream);
+    }
+    for p in 0..10 {
+        phone
+            .push("todo", START, json!([insert("tasks", &format!("p{p}"))]))
+            .await;
+    }
+    let expected: Vec<String> = (0..10).map(|p| format!("p{p}")).collect();
+    for stream in &mut streams {
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            got.extend(changes_of(&stream.next_changes().await));
+        }
+        assert_eq!(got, expected);
+    }
+}
+
+async fn streams_and_sockets_are_freed_when_devices_disconnect(h: Harness) {
+    let mut streams = Vec::new();
+    for n in 0..30 {
+        let mut stream = h
+            .device("alice", &format!("d{n}"))
+            .stream("todo", "tasks", START)
+            .await;
+        stream.backlog(1).await;
+        streams.push(stream);
+    }
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(open_socket(&h, "/ws/todo", &h.server.token("alice"), None).await);
+    }
+    wait_for_connections(&h.server, 30, 10).await;
+    drop(streams);
+    for mut socket in sockets {
+        socket.close(None).await.expect("closes");
+    }
+    wait_for_connections(&h.server, 0, 0).await;
+}
+
+async fn a_slow_consumer_delays_nobody_and_misses_nothing(h: Harness) {
+    let phone = h.device("alice", "phone");
+    // A device that opens a stream and then does not read at all: the
+    // unread body backs up into the server's socket.
+    let mut stuck = h
+        .device("alice", "stuck")
+        .stream("todo", "tasks", START)
+        .await;
+    let mut healthy = h
+        .device("alice", "healthy")
+        .stream("todo", "tasks", START)
+        .await;
+    healthy.backlog(1).await;
+    wait_for_connections(&h.server, 2, 0).await;
+
+    // Enough data to fill the stuck connection's socket buffers many times,
+    // in more pushes than a subscriber may have pending (so the stuck stream
+    // must later re-read from its cursor).
+    let filler = "x".repeat(4000);
+    let mut expected = Vec::new();
+    for p in 0..80 {
+        let changes: Vec<Value> = (0..100)
+            .map(|i| {
+                let id = format!("p{p:02}-{i:03}");
+                expected.push(id.clone());
+                json!({"table": "tasks", "id": id, "op": "insert", "data": {"filler": filler}})
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let (status, _) = phone.push("todo", START, json!(changes)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a push waited on the stuck stream"
+        );
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            got.extend(changes_of(&healthy.next_changes().await));
+        }
+        assert_eq!(got, expected[expected.len() - 100..]);
+    }
+
+    // The stuck device starts reading: it gets every change, once, in order.
+    let mut received = changes_of(&stuck.backlog(1).await[0]);
+    while received.len() < expected.len() {
+        received.extend(changes_of(&stuck.next_changes().await));
+    }
+    let metrics = mana_sync_testkit::http_client()
+        .get(h.server.at("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("mana_sync_live_overflows_total 1"),
+        "the stuck stream fell behind and re-read from its cursor: {metrics}"
+    );
+    assert_eq!(received, expected);
+}
+
+async fn open_socket(
+    h: &Harness,
+    path: &str,
+    token: &str,
+    client_id: Option<&str>,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}{path}", h.server.url.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("socket opens");
+    let mut auth = json!({"type": "auth", "token": token});
+    if let Some(client_id) = client_id {
+        auth["clientId"] = json!(client_id);
+    }
+    socket
+        .send(Message::text(auth.to_string()))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+    socket
+}
+
+async fn next_message(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Close(frame) => return json!({"closed": frame.map(|f| u16::from(f.code))}),
+            _ => continue,
+        }
+    }
+}
+
+async fn sockets_answer_pings_and_hear_other_devices_pushes(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let token = h.server.token("alice");
+    let mut todo = open_socket(&h, "/ws/todo", &token, Some("laptop")).await;
+    let mut every_app = open_socket(&h, "/ws", &token, None).await;
+    todo.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut todo).await, json!({"type": "pong"}));
+
+    // Own push (the socket said it is the laptop): no notice for the laptop.
+    h.device("alice", "laptop")
+        .push("todo", START, json!([insert("tasks", "own")]))
+        .await;
+    assert_eq!(
+        next_message(&mut every_app).await,
+        json!({"type": "sync-available", "appId": "todo", "tables": ["tasks"]})
+    );
+    phone
+        .push("notes", START, json!([insert("pages", "n1")]))
+        .await;
+    assert_eq!(
+        next_message(&mut every_app).await,
+        json!({"type": "sync-available", "appId": "notes", "tables": ["pages"]})
+    );
+    phone
+        .push(
+            "todo",
+            START,
+            json!([insert("tasks", "t1"), insert("lists", "l1")]),
+        )
+        .await;
+    // The first thing /ws/todo hears is the phone's todo push: not its own,
+    // not the other app.
+    assert_eq!(
+        next_message(&mut todo).await,
+        json!({"type": "sync-available", "appId": "todo", "tables": ["tasks", "lists"]})
+    );
+    todo.send(Message::text(r#"{"type":"dance"}"#))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut todo).await["code"], "invalid_message");
+    // Bob's push is not Alice's business.
+    h.device("bob", "phone")
+        .push("todo", START, json!([insert("tasks", "b")]))
+        .await;
+    todo.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut todo).await, json!({"type": "pong"}));
+}
+
+on_both_databases!(
+    a_stream_sends_its_backlog_then_live_changes_but_never_the_devices_own,
+    a_stream_opened_at_a_cursor_gets_exactly_what_came_after_it,
+    the_backlog_comes_in_pages_of_at_most_1000_then_live,
+    many_streams_of_one_user_each_get_every_change_once,
+    streams_and_sockets_are_freed_when_devices_disconnect,
+    a_slow_consumer_delays_nobody_and_misses_nothing,
+    sockets_answer_pings_and_hear_other_devices_pushes,
+);
+
+#[tokio::test]
+async fn sockets_must_authenticate_promptly() {
+    let h = Harness::start_with(
+        common::Db::Sqlite,
+        ServerOptions {
+            env: vec![("WS_AUTH_TIMEOUT_SECS".into(), "1".into())],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let url = format!("{}/ws/todo", h.server.url.replace("http://", "ws://"));
+    let cases = [
+        (
+            Some(json!({"type": "auth", "token": "not-a-jwt"})),
+            "unauthorized",
+        ),
+        (Some(json!({"type": "ping"})), "unauthorized"),
+        (None, "auth_timeout"),
+    ];
+    for (first, code) in cases {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+        if let Some(first) = first {
+            socket
+                .send(Message::text(first.to_string()))
+                .await
+                .expect("sends");
+        }
+        let error = next_message(&mut socket).await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["code"], code, "{error}");
+        assert_eq!(next_message(&mut socket).await, json!({"closed": 1008}));
+    }
+    let http = mana_sync_testkit::http_client();
+    let (status, body) = common::read(
+        http.get(h.server.at("/ws/todo"))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a plain GET is not an upgrade: {body}"
+    );
+    wait_for_connections(&h.server, 0, 0).await;
+}
+
+#[tokio::test]
+async fn streams_need_a_token_in_the_header_or_the_query_and_never_log_it() {
+    let h = Harness::start_with(
+        common::Db::Sqlite,
+        ServerOptions {
+            env: vec![("RUST_LOG".into(), "debug".into())],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let http = mana_sync_testkit::http_client();
+    let token = h.server.token("alice");
+    let url = |query: &str| {
+        h.server.at(&format!(
+            "/sync/todo/stream?collections=tasks&since={}{query}",
+            encode(START)
+        ))
+    };
+    let response = http
+        .get(url(&format!("&token={token}")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = EventStream::new(response);
+    assert_eq!(stream.next_changes().await["table"], "tasks");
+    for query in ["", "&token=", "&token=garbage"] {
+        let (status, body) = common::read(http.get(url(query)).send().await.expect("sent")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{query}: {body}");
+    }
+    for (query, code) in [
+        ("&collections=", "missing_parameter"),
+        ("&collections=a%00b", "invalid_request"),
+    ] {
+        let path = format!("/sync/todo/stream?since={}{query}", encode(START));
+        let response = http
+            .get(h.server.at(&path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sent");
+        let (status, body) = common::read(response).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}"
+        );
+    }
+    for (path, code) in [
+        ("/sync/todo/stream?since=c1.0", "missing_parameter"),
+        ("/sync/todo/stream?collections=tasks", "missing_parameter"),
+        (
+            "/sync/todo/stream?collections=tasks&since=soon",
+            "invalid_cursor",
+        ),
+    ] {
+        let response = http
+            .get(h.server.at(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sent");
+        let (status, body) = common::read(response).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}"
+        );
+    }
+    h.server.wait_for_log("/sync/todo/stream", PROMPTLY).await;
+    assert!(!h.server.logs().contains(&token), "the token was logged");
+}
+
+#[tokio::test]
+async fn heartbeats_keep_idle_streams_alive() {
+    let h = Harness::start_with(
+        common::Db::Sqlite,
+        ServerOptions {
+            env: vec![("SSE_HEARTBEAT_SECS".into(), "1".into())],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let mut stream = h
+        .device("alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    stream.backlog(1).await;
+    for _ in 0..2 {
+        let (kind, data) = stream
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("open");
+        assert_eq!((kind.as_str(), data), ("heartbeat", json!({})));
+    }
+}
+
+/// SIGTERM: the server stops accepting, ends streams cleanly, finishes the
+/// push in flight, and exits successfully.
+#[tokio::test]
+async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
+    let Harness { server, db } = Harness::start_with(
+        common::Db::Sqlite,
+        ServerOptions {
+            env: vec![("RUST_LOG".into(), "info,tower_http=debug".into())],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let h = Harness { server, db };
+    let mut stream = h
+        .device("alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    stream.backlog(1).await;
+
+    // A push whose body is still arriving when SIGTERM comes.
+    let body =
+        json!({"clientId": "phone", "since": START, "changes": [insert("tasks", "in-flight")]})
+            .to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (send_rest, rest_rx) = tokio::sync::oneshot::channel::<()>();
+    let (first, rest) = (first.to_owned(), rest.to_owned());
+    let chunks = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures::stream::once(async move {
+            let _ = rest_rx.await;
+            Ok(rest)
+        }),
+    );
+    let push = mana_sync_testkit::http_client()
+        .post(h.server.at("/sync/todo"))
+        .bearer_auth(h.server.token("alice"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send();
+    let push = tokio::spawn(push);
+    h.server
+        .wait_for_log("started processing request", PROMPTLY)
+        .await;
+    h.server.wait_for_log("POST", PROMPTLY).await;
+
+    let Harness { mut server, db } = h;
+    let pid = server.pid().expect("running");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    assert!(stream.ended().await, "the stream ends cleanly");
+    server.wait_for_log("shutting down", PROMPTLY).await;
+    // No new connections once shutting down.
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while tokio::net::TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepting connections"
+        );
+    }
+    send_rest.send(()).expect("push still waiting");
+    let response = push
+        .await
+        .expect("joins")
+        .expect("the push in flight is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let status = server.wait_exit(PROMPTLY).await;
+    assert!(status.success(), "exit status {status}");
+
+    // The push was stored.
+    let restarted = mana_sync_testkit::server::TestServer::start(
+        std::path::Path::new(common::BINARY),
+        ServerOptions {
+            database_url: Some(server.database_url.clone()),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let reader = Device {
+        http: mana_sync_testkit::http_client(),
+        base: restarted.url.clone(),
+        token: restarted.token("alice"),
+        client_id: "reader".into(),
+    };
+    let (changes, _) = reader.pull_all("todo", "tasks", START).await;
+    assert_eq!(ids(&changes), ["in-flight"]);
+    drop((db, server));
+}
+
+/// A second instance on the same Postgres database.
+async fn second_instance(h: &Harness) -> mana_sync_testkit::server::TestServer {
+    mana_sync_testkit::server::TestServer::start(
+        std::path::Path::new(common::BINARY),
+        ServerOptions {
+            database_url: Some(h.server.database_url.clone()),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
+fn device_on(
+    server: &mana_sync_testkit::server::TestServer,
+    user: &str,
+    client_id: &str,
+) -> Device {
+    Device {
+        http: mana_sync_testkit::http_client(),
+        base: server.url.clone(),
+        token: server.token(user),
+        client_id: client_id.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_push_on_one_instance_reaches_streams_and_sockets_on_another() {
+    let Some(h) = Harness::start(common::Db::Postgres).await else {
+        return;
+    };
+    let other = second_instance(&h).await;
+    let phone = h.device("alice", "phone");
+    let laptop = device_on(&other, "alice", "laptop");
+    let mut stream = laptop.stream("todo", "tasks", START).await;
+    stream.backlog(1).await;
+    let socket_url = format!("{}/ws/todo", other.url.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(socket_url)
+        .await
+        .expect("opens");
+    socket
+        .send(Message::text(
+            json!({"type": "auth", "token": other.token("alice")}).to_string(),
+        ))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+    for n in 0..5 {
+        phone
+            .push(
+                "todo",
+                START,
+                json!([insert("tasks", &format!("from-1-{n}"))]),
+            )
+            .await;
+        assert_eq!(
+            changes_of(&stream.next_changes().await),
+            [format!("from-1-{n}")]
+        );
+        assert_eq!(
+            next_message(&mut socket).await,
+            json!({"type": "sync-available", "appId": "todo", "tables": ["tasks"]})
+        );
+    }
+    // And the other way round.
+    let mut back = h
+        .device("alice", "tablet")
+        .stream("todo", "tasks", START)
+        .await;
+    back.backlog(1).await;
+    laptop
+        .push("todo", START, json!([insert("tasks", "from-2")]))
+        .await;
+    assert_eq!(changes_of(&back.next_changes().await), ["from-2"]);
+}
+
+/// The listener of an instance loses Postgres (as in a restart) and cannot
+/// reconnect for a while; a push committed meanwhile is announced to nobody.
+/// Once the listener is back, the stream catches up from its cursor.
+#[tokio::test]
+async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
+    let Some(h) = Harness::start(common::Db::Postgres).await else {
+        return;
+    };
+    let other = second_instance(&h).await;
+    let phone = h.device("alice", "phone");
+    let mut stream = device_on(&other, "alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    stream.backlog(1).await;
+    phone
+        .push("todo", START, json!([insert("tasks", "before")]))
+        .await;
+    assert_eq!(changes_of(&stream.next_changes().await), ["before"]);
+
+    let db = h.db.as_ref().expect("postgres");
+    let name = db.url().rsplit('/').next().expect("db name").to_owned();
+    let admin = db.admin().await;
+    // Nothing may connect, and every listener is cut off. The pushing
+    // instance keeps the pool connection it already has.
+    admin
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, mana_test_app;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{name}' AND application_name = 'mana-sync-listener';"
+        ))
+        .await
+        .expect("cuts the listeners off");
+    other
+        .wait_for_log("lost the connection listening", PROMPTLY)
+        .await;
+    let (status, body) = phone
+        .push("todo", START, json!([insert("tasks", "while-away")]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    admin
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {name} TO PUBLIC, mana_test_app"
+        ))
+        .await
+        .expect("lets them back");
+    assert_eq!(changes_of(&stream.next_changes().await), ["while-away"]);
+    phone
+        .push("todo", START, json!([insert("tasks", "after")]))
+        .await;
+    assert_eq!(changes_of(&stream.next_changes().await), ["after"]);
+}
+
+/// Every connection of both instances is dropped at once, as when Postgres
+/// restarts: pushes, streams and notices all recover.
+#[tokio::test]
+async fn everything_recovers_when_every_connection_is_dropped() {
+    let Some(h) = Harness::start(common::Db::Postgres).await else {
+        return;
+    };
+    let other = second_instance(&h).await;
+    let phone = h.device("alice", "phone");
+    let mut stream = device_on(&other, "alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    stream.backlog(1).await;
+    let db = h.db.as_ref().expect("postgres");
+    let name = db.url().rsplit('/').next().expect("db name").to_owned();
+    db.admin()
+        .await
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{name}' AND pid <> pg_backend_pid();"
+        ))
+        .await
+        .expect("drops every connection");
+    // A push may meet a dead pooled connection once (503, safe to retry with
+    // the same changesetId); it must succeed within the deadline.
+    let body = json!({"clientId": "phone", "since": START, "changesetId": "after-restart",
+                      "changes": [insert("tasks", "after-restart")]});
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (status, reply) = phone.post("todo", &body).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushes never recovered"
+        );
+    }
+    assert_eq!(changes_of(&stream.next_changes().await), ["after-restart"]);
+}

@@ -1,0 +1,401 @@
+//! The live hub: tells open streams and sockets that their user's log grew.
+//!
+//! The hub is fed by the store's events (in process on SQLite, from every
+//! instance through `LISTEN/NOTIFY` on Postgres). It never waits on a
+//! subscriber: publishing marks the subscriber's pending set and wakes it, all
+//! under the subscriber map's lock and without awaiting. A subscriber that
+//! does not keep up collects at most [`MAX_PENDING`] notices; beyond that they
+//! are replaced by one "re-read everything from your cursor" mark, so a slow or
+//! stuck consumer costs bounded memory, delays nobody, and loses nothing.
+//!
+//! Fan-out reads the database once per notice, not once per subscriber: each
+//! [`Published`] notice carries a lazily filled batch of the app's new changes,
+//! fetched by whichever subscriber needs it first and shared with the others.
+//! Only the hub holds batches strongly, and only for the [`RECENT_BATCHES`]
+//! latest notices; subscribers hold weak references, so a stuck subscriber
+//! pins no change data, and one that comes back late reads from its cursor.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use mana_sync_protocol::{Cursor, Since, UserId};
+use mana_sync_store::{
+    ChangeNotice, ChangePage, ChangeQuery, MAX_PAGE, Store, StoreError, StoreEvent,
+};
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{Notify, OnceCell, broadcast};
+use tokio_util::sync::CancellationToken;
+
+/// Notices a subscriber may have waiting before they collapse into a resync.
+pub const MAX_PENDING: usize = 64;
+
+/// Notices whose shared batches the hub keeps alive.
+pub const RECENT_BATCHES: usize = 64;
+
+/// A notice with its shared batch of changes.
+pub struct Published {
+    notice: Arc<ChangeNotice>,
+    batch: OnceCell<Arc<ChangePage>>,
+}
+
+/// A notice as a subscriber receives it.
+#[derive(Clone)]
+pub struct PendingNotice {
+    /// What was committed.
+    pub notice: Arc<ChangeNotice>,
+    shared: Weak<Published>,
+}
+
+impl PendingNotice {
+    /// The notice's shared batch, or `None` when the hub no longer keeps it
+    /// (the subscriber came too late and must read from its cursor).
+    pub async fn batch(&self, store: &dyn Store) -> Option<Result<Arc<ChangePage>, StoreError>> {
+        let published = self.shared.upgrade()?;
+        Some(published.batch(store).await)
+    }
+}
+
+impl Published {
+    /// Every change of the notice's app after `notice.first - 1` (all
+    /// collections, all devices), read once for all subscribers.
+    pub async fn batch(&self, store: &dyn Store) -> Result<Arc<ChangePage>, StoreError> {
+        self.batch
+            .get_or_try_init(|| async {
+                let page = store
+                    .changes_after(
+                        &self.notice.user,
+                        &ChangeQuery {
+                            app_id: &self.notice.app_id,
+                            collection: None,
+                            since: Since::Cursor(Cursor::at(self.notice.first.saturating_sub(1))),
+                            exclude_client: None,
+                            limit: MAX_PAGE,
+                        },
+                    )
+                    .await?;
+                Ok(Arc::new(page))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// What woke a subscriber.
+#[derive(Default)]
+pub struct Pending {
+    /// Notices in commit order.
+    pub notices: Vec<PendingNotice>,
+    /// Notices were lost or dropped: re-read everything from the cursors.
+    pub resync: bool,
+}
+
+struct Subscriber {
+    id: u64,
+    /// `None`: every app (a `/ws` socket).
+    app: Option<String>,
+    wake: Notify,
+    pending: Mutex<Pending>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data
+    // inconsistent (each update is a single push or flag), so carry on.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Subscriber {
+    fn add(&self, published: &PendingNotice, overflows: &IntCounter) {
+        let mut pending = lock(&self.pending);
+        if pending.resync {
+            // Already going to re-read everything.
+        } else if pending.notices.len() >= MAX_PENDING {
+            pending.notices.clear();
+            pending.resync = true;
+            overflows.inc();
+        } else {
+            pending.notices.push(published.clone());
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn resync(&self) {
+        let mut pending = lock(&self.pending);
+        pending.notices.clear();
+        pending.resync = true;
+        drop(pending);
+        self.wake.notify_one();
+    }
+}
+
+/// Which kind of connection a subscription serves (for the open-connection gauges).
+#[derive(Debug, Clone, Copy)]
+pub enum SubscriberKind {
+    /// An SSE stream.
+    Stream,
+    /// A WebSocket.
+    Socket,
+}
+
+/// The hub.
+pub struct Hub {
+    subscribers: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
+    recent: Mutex<VecDeque<Arc<Published>>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+    streams: IntGauge,
+    sockets: IntGauge,
+    overflows: IntCounter,
+}
+
+impl Hub {
+    /// A hub counting its connections in the given gauges, and subscribers
+    /// that fell too far behind in `overflows`.
+    pub fn new(streams: IntGauge, sockets: IntGauge, overflows: IntCounter) -> Self {
+        Self {
+            subscribers: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
+            next_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            streams,
+            sockets,
+            overflows,
+        }
+    }
+
+    /// Cancelled when the server shuts down: streams end and sockets close.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Starts receiving notices for `user` (of `app`, or of every app).
+    /// Subscribe *before* reading a backlog, so nothing committed meanwhile
+    /// is missed.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        user: &UserId,
+        app: Option<&str>,
+        kind: SubscriberKind,
+    ) -> Subscription {
+        let subscriber = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            app: app.map(str::to_owned),
+            wake: Notify::new(),
+            pending: Mutex::new(Pending::default()),
+        });
+        lock(&self.subscribers)
+            .entry(user.clone())
+            .or_default()
+            .push(subscriber.clone());
+        self.gauge(kind).inc();
+        Subscription {
+            hub: self.clone(),
+            user: user.clone(),
+            subscriber,
+            kind,
+        }
+    }
+
+    fn gauge(&self, kind: SubscriberKind) -> &IntGauge {
+        match kind {
+            SubscriberKind::Stream => &self.streams,
+            SubscriberKind::Socket => &self.sockets,
+        }
+    }
+
+    /// Hands a notice to every subscriber of its user and app.
+    pub fn publish(&self, notice: Arc<ChangeNotice>) {
+        let published = Arc::new(Published {
+            notice: notice.clone(),
+            batch: OnceCell::new(),
+        });
+        let pending = PendingNotice {
+            notice,
+            shared: Arc::downgrade(&published),
+        };
+        {
+            let mut recent = lock(&self.recent);
+            if recent.len() == RECENT_BATCHES {
+                recent.pop_front();
+            }
+            recent.push_back(published);
+        }
+        let subscribers = lock(&self.subscribers);
+        if let Some(list) = subscribers.get(&pending.notice.user) {
+            for subscriber in list {
+                if subscriber
+                    .app
+                    .as_deref()
+                    .is_none_or(|app| app == pending.notice.app_id)
+                {
+                    subscriber.add(&pending, &self.overflows);
+                }
+            }
+        }
+    }
+
+    /// Tells every subscriber to re-read from its cursor.
+    pub fn resync_all(&self) {
+        for subscriber in lock(&self.subscribers).values().flatten() {
+            subscriber.resync();
+        }
+    }
+
+    /// Feeds the hub from the store's events until shutdown.
+    pub async fn run(self: Arc<Self>, mut events: broadcast::Receiver<StoreEvent>) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                event = events.recv() => match event {
+                    Ok(StoreEvent::Changed(notice)) => self.publish(notice),
+                    Ok(StoreEvent::Resync) => self.resync_all(),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "the hub fell behind the store's notices; resyncing everyone");
+                        self.resync_all();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    fn remove(&self, user: &UserId, id: u64) {
+        let mut subscribers = lock(&self.subscribers);
+        if let Some(list) = subscribers.get_mut(user) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                subscribers.remove(user);
+            }
+        }
+    }
+}
+
+/// One open stream's or socket's registration; dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: UserId,
+    subscriber: Arc<Subscriber>,
+    kind: SubscriberKind,
+}
+
+impl Subscription {
+    /// Waits until something is pending, and takes it.
+    pub async fn changed(&self) -> Pending {
+        loop {
+            self.subscriber.wake.notified().await;
+            let pending = std::mem::take(&mut *lock(&self.subscriber.pending));
+            if pending.resync || !pending.notices.is_empty() {
+                return pending;
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.user, self.subscriber.id);
+        self.hub.gauge(self.kind).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(
+            IntGauge::new("s", "s").expect("gauge"),
+            IntGauge::new("w", "w").expect("gauge"),
+            IntCounter::new("o", "o").expect("counter"),
+        ))
+    }
+
+    fn notice(user: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
+        Arc::new(ChangeNotice {
+            user: UserId::new(user).expect("valid"),
+            app_id: app.into(),
+            tables: Some(vec!["tasks".into()]),
+            first: last,
+            last,
+            client_id: "d".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn notices_reach_only_their_user_and_app() {
+        let hub = hub();
+        let alice = UserId::new("alice").expect("valid");
+        let todo = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        let every_app = hub.subscribe(&alice, None, SubscriberKind::Socket);
+        let bob = hub.subscribe(
+            &UserId::new("bob").expect("valid"),
+            None,
+            SubscriberKind::Socket,
+        );
+        hub.publish(notice("alice", "notes", 1));
+        hub.publish(notice("alice", "todo", 2));
+        let pending = todo.changed().await;
+        assert_eq!(
+            pending
+                .notices
+                .iter()
+                .map(|p| p.notice.last)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        let pending = every_app.changed().await;
+        assert_eq!(
+            pending
+                .notices
+                .iter()
+                .map(|p| p.notice.last)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(lock(&bob.subscriber.pending).notices.is_empty());
+        assert_eq!(hub.streams.get(), 1);
+        assert_eq!(hub.sockets.get(), 2);
+        drop((todo, every_app, bob));
+        assert_eq!((hub.streams.get(), hub.sockets.get()), (0, 0));
+        assert!(
+            lock(&hub.subscribers).is_empty(),
+            "unsubscribing frees the entries"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_recent_batches_are_kept_alive() {
+        let hub = hub();
+        let alice = UserId::new("alice").expect("valid");
+        let slow = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        for seq in 1..=(RECENT_BATCHES as u64 + 10) {
+            hub.publish(notice("alice", "todo", seq));
+        }
+        let pending = slow.changed().await;
+        assert!(pending.resync, "more than MAX_PENDING notices collapse");
+        let fresh = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        hub.publish(notice("alice", "todo", 1000));
+        let pending = fresh.changed().await;
+        assert!(
+            pending.notices[0].shared.upgrade().is_some(),
+            "the newest batch is kept"
+        );
+        assert_eq!(lock(&hub.recent).len(), RECENT_BATCHES);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memory() {
+        let hub = hub();
+        let alice = UserId::new("alice").expect("valid");
+        let slow = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        for seq in 1..=(MAX_PENDING as u64 * 10) {
+            hub.publish(notice("alice", "todo", seq));
+            assert!(lock(&slow.subscriber.pending).notices.len() <= MAX_PENDING);
+        }
+        let pending = slow.changed().await;
+        assert!(pending.resync);
+        assert!(pending.notices.is_empty());
+        assert_eq!(hub.overflows.get(), 1, "counted once per fall-behind");
+    }
+}
