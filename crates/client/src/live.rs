@@ -176,10 +176,22 @@ impl SyncClient {
                         }),
                         Ok(Some(Ok(event))) => event,
                     };
-                    if event.event == "changes"
-                        && let Err(error) = self.apply_event(&event.data).await
-                    {
-                        return Stopped::Failed(error);
+                    match event.event.as_str() {
+                        "changes" => {
+                            if let Err(error) = self.apply_event(&event.data).await {
+                                return Stopped::Failed(error);
+                            }
+                        }
+                        // The server ends the stream on its own failure;
+                        // reconnect from the saved cursors.
+                        "error" => {
+                            return Stopped::Failed(error_from(
+                                reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                                event.data.as_bytes(),
+                            ));
+                        }
+                        // Heartbeats only keep the idle timeout at bay.
+                        _ => {}
                     }
                 }
                 changed = outbox.changed() => {
