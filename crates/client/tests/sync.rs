@@ -398,7 +398,7 @@ async fn offline_writes_are_kept_and_pushed_when_the_server_is_back() {
         other => panic!("expected offline, got {other:?}"),
     }
     assert_eq!(device.store.pending_count().unwrap(), 1);
-    assert_eq!(device.store.last_error().unwrap().is_some(), true);
+    assert!(device.store.last_error().unwrap().is_some());
 
     // The same store, pointed at the real server (the cursors of the old URL
     // are forgotten), pushes everything.
