@@ -241,7 +241,10 @@ fn applying_remote_changes_writes_nothing_to_the_outbox() {
     }))
     .unwrap();
     assert_eq!(insert.op, Op::Insert);
-    assert_eq!(store.apply_remote(std::slice::from_ref(&insert)).unwrap(), 1);
+    assert_eq!(
+        store.apply_remote(std::slice::from_ref(&insert)).unwrap(),
+        1
+    );
     assert_eq!(
         store.apply_remote(&[insert]).unwrap(),
         0,
