@@ -151,7 +151,8 @@ impl SyncClient {
         external.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Local writes made while we were catching up are pushed right away.
         outbox.mark_changed();
-        if let Err(error) = store.set_status(SyncStatus::Synced) {
+        // Synced, unless refused changes wait aside.
+        if let Err(error) = self.settle(&Ok(())).await {
             return Stopped::Failed(error);
         }
         backoff.reset();

@@ -131,7 +131,7 @@ fn seed() -> Vec<SeedRecord> {
     let todos = [
         (
             "onboarding-1",
-            "Welcome to mana-todo! Your todos live on this device and work offline",
+            "Welcome! Your todos live on this device and work offline",
         ),
         ("onboarding-2", "Tick a todo off with `mana-todo done ID`"),
         (
