@@ -1,5 +1,5 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint bench bench-live
+.PHONY: serve test lint bench bench-live bench-client
 
 # The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth.
 serve:
@@ -24,3 +24,8 @@ bench-live:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench latency
 	./target/release/mana-sync-bench fanout
+
+# The client's local store: applying 100,000 incoming changes and local write
+# latency, against raw rusqlite doing the same inserts in the same run.
+bench-client:
+	cargo bench --locked -p mana-sync-client --bench local_store

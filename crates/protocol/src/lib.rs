@@ -1,5 +1,6 @@
 //! The mana-sync wire protocol: the JSON that devices and the server exchange,
-//! how it is validated, the opaque cursor codec and the schema versions.
+//! how it is validated, the opaque cursor codec, the schema versions, and the
+//! field-level last-writer-wins merge every device applies.
 //!
 //! Everything here is pure (no I/O), so the server, the Rust client and the
 //! tests share one definition of what a valid change is. The shapes are those of
@@ -10,6 +11,7 @@ pub mod change;
 pub mod cursor;
 pub mod ident;
 pub mod json;
+pub mod merge;
 pub mod messages;
 pub mod schema;
 pub mod timestamp;

@@ -33,6 +33,12 @@ impl Timestamp {
         }
     }
 
+    /// Wraps text already known to be RFC 3339 (constants of this crate).
+    pub(crate) fn trusted(text: String) -> Self {
+        debug_assert!(OffsetDateTime::parse(&text, &Rfc3339).is_ok(), "{text}");
+        Self(text)
+    }
+
     /// The timestamp's text, as received.
     pub fn as_str(&self) -> &str {
         &self.0

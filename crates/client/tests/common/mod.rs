@@ -1,0 +1,314 @@
+//! Helpers shared by the client's suites: the real server, devices (stores in
+//! temporary directories), and a proxy between them that injects faults.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // each suite uses a subset
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+use mana_sync_client::{LocalStore, StoreOptions, SyncClient, SyncOptions};
+use mana_sync_testkit::server::{ServerOptions, TestServer, workspace_binary};
+use tokio::sync::watch;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts the real `mana-sync` (built by `cargo test --workspace`).
+pub async fn server() -> TestServer {
+    let binary = workspace_binary("mana-sync");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        binary.display()
+    );
+    TestServer::start(&binary, ServerOptions::default()).await
+}
+
+/// A device: a store in its own temporary directory.
+pub struct Device {
+    pub store: LocalStore,
+    pub dir: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn new(app: &str) -> Self {
+        Self::with_options(StoreOptions::new(app, &["tasks"]))
+    }
+
+    pub fn with_options(options: StoreOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalStore::open(dir.path().join("store.db"), options).expect("store opens");
+        Self { store, dir }
+    }
+
+    pub fn client(&self, url: &str, token: &str) -> SyncClient {
+        SyncClient::new(self.store.clone(), url, token).expect("client")
+    }
+
+    pub fn client_with(&self, url: &str, token: &str, options: SyncOptions) -> SyncClient {
+        SyncClient::with_options(self.store.clone(), url, token, options).expect("client")
+    }
+}
+
+/// Fast reconnects for tests.
+pub fn quick_options() -> SyncOptions {
+    SyncOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(10),
+        ..SyncOptions::default()
+    }
+}
+
+/// What the proxy does to the traffic.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Forward this many more pushes to the server, but answer each with a
+    /// 503 as if the reply was lost (the server stored the changeset).
+    pub lose_push_replies: usize,
+    /// After this many more pull requests, answer pulls with 503.
+    pub pulls_before_failure: Option<usize>,
+    /// Answer pushes whose body contains this text with a 400 of this code
+    /// (without forwarding them), as a server that refuses a change would.
+    pub refuse_pushes_containing: Option<(String, String)>,
+    /// Answer every request with 503 (a server that is down).
+    pub down: bool,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    faults: Arc<Mutex<Faults>>,
+    pushes: Arc<AtomicUsize>,
+    pulls: Arc<AtomicUsize>,
+    cut: watch::Sender<u64>,
+}
+
+/// An HTTP proxy in front of the server that injects faults.
+pub struct Proxy {
+    pub url: String,
+    pub faults: Arc<Mutex<Faults>>,
+    pushes: Arc<AtomicUsize>,
+    pulls: Arc<AtomicUsize>,
+    cut: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Self {
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let pushes = Arc::new(AtomicUsize::new(0));
+        let pulls = Arc::new(AtomicUsize::new(0));
+        let (cut, _) = watch::channel(0);
+        let state = ProxyState {
+            upstream: upstream.to_owned(),
+            http: mana_sync_testkit::http_client(),
+            faults: faults.clone(),
+            pushes: pushes.clone(),
+            pulls: pulls.clone(),
+            cut: cut.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("proxy serves");
+        });
+        Self {
+            url,
+            faults,
+            pushes,
+            pulls,
+            cut,
+            task,
+        }
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.faults.lock().unwrap());
+    }
+
+    /// Pushes that reached the proxy.
+    pub fn pushes(&self) -> usize {
+        self.pushes.load(Ordering::SeqCst)
+    }
+
+    /// Pull requests that reached the proxy.
+    pub fn pulls(&self) -> usize {
+        self.pulls.load(Ordering::SeqCst)
+    }
+
+    /// Ends every open streamed response (a dropped connection).
+    pub fn cut_streams(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+fn unavailable(message: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header("content-type", "application/json")
+        .body(Body::from(format!(
+            r#"{{"error":{{"code":"unavailable","message":"{message}"}}}}"#
+        )))
+        .unwrap()
+}
+
+async fn forward(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let is_push = method == Method::POST && path.starts_with("/sync/");
+    let is_pull = path.ends_with("/pull");
+    let mut lose_reply = false;
+    {
+        let mut faults = state.faults.lock().unwrap();
+        if faults.down {
+            return unavailable("proxy: server down");
+        }
+        if is_push {
+            state.pushes.fetch_add(1, Ordering::SeqCst);
+            if let Some((needle, code)) = &faults.refuse_pushes_containing
+                && String::from_utf8_lossy(&body).contains(needle.as_str())
+            {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .header("content-type", "application/json")
+                    .body(Body::from(format!(
+                        r#"{{"error":{{"code":"{code}","message":"proxy refuses {needle}"}}}}"#
+                    )))
+                    .unwrap();
+            }
+            if faults.lose_push_replies > 0 {
+                faults.lose_push_replies -= 1;
+                lose_reply = true;
+            }
+        }
+        if is_pull {
+            state.pulls.fetch_add(1, Ordering::SeqCst);
+            match &mut faults.pulls_before_failure {
+                Some(0) => return unavailable("proxy: pull failed"),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
+    }
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut request = state.http.request(method, url).body(body);
+    for name in ["authorization", "x-client-id", "content-type", "accept"] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value);
+        }
+    }
+    let upstream = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return unavailable(&format!("proxy: {error}")),
+    };
+    if lose_reply {
+        // The server has stored the changeset; the device never hears of it.
+        let _ = upstream.bytes().await;
+        return unavailable("proxy: reply lost");
+    }
+    let mut response = Response::builder().status(upstream.status().as_u16());
+    if let Some(value) = upstream.headers().get("content-type") {
+        response = response.header("content-type", value);
+    }
+    let mut cut = state.cut.subscribe();
+    cut.borrow_and_update();
+    // Stream the body through, ending it early when the test cuts streams.
+    let body = upstream
+        .bytes_stream()
+        .take_until(async move {
+            let _ = cut.changed().await;
+        })
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    response.body(Body::from_stream(body)).unwrap()
+}
+
+/// Pulls every change of `collection` as a third device would (over HTTP,
+/// from the start), to see what the server holds.
+pub async fn server_changes(
+    server: &TestServer,
+    token: &str,
+    app: &str,
+    collection: &str,
+) -> Vec<serde_json::Value> {
+    let http = mana_sync_testkit::http_client();
+    let mut since = "1970-01-01T00:00:00.000Z".to_owned();
+    let mut all = Vec::new();
+    loop {
+        let mut url = reqwest::Url::parse(&server.at(&format!("/sync/{app}/pull"))).unwrap();
+        url.query_pairs_mut()
+            .append_pair("collection", collection)
+            .append_pair("since", &since);
+        let reply: serde_json::Value = http
+            .get(url)
+            .bearer_auth(token)
+            .header("x-client-id", "observer")
+            .send()
+            .await
+            .expect("pull sent")
+            .json()
+            .await
+            .expect("pull reply");
+        all.extend(reply["serverChanges"].as_array().expect("changes").clone());
+        since = reply["syncedUntil"].as_str().expect("cursor").to_owned();
+        if !reply["hasMore"].as_bool().expect("hasMore") {
+            return all;
+        }
+    }
+}
+
+/// A counter from the server's Prometheus text.
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = mana_sync_testkit::http_client()
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A unique app id per test, so tests can share a server.
+pub fn app_id(name: &str) -> String {
+    format!("{name}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
