@@ -25,6 +25,34 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a token for a user, signed with JWT_SECRET or the dev-mode secret.
     Token(TokenArgs),
+    /// Write a user's whole history (every app) as NDJSON.
+    Export(ExportArgs),
+    /// Restore an NDJSON backup into a user's history: all of it or nothing;
+    /// changes the user already has (same eventId) are skipped.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The user whose history to export.
+    #[arg(long)]
+    user: String,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The user whose history to restore into.
+    #[arg(long)]
+    user: String,
+    /// The NDJSON backup, as written by `mana-sync export` or `GET /backup/export`.
+    file: std::path::PathBuf,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 #[derive(Args)]
@@ -68,6 +96,9 @@ struct ServeArgs {
     /// Seconds a new WebSocket has to send its auth message.
     #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
     ws_auth_timeout_secs: u64,
+    /// Largest backup `POST /backup/import` accepts, in bytes.
+    #[arg(long, env = "BACKUP_MAX_BYTES", default_value_t = 1 << 30)]
+    backup_max_bytes: u64,
 }
 
 #[derive(Args)]
@@ -103,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Token(args) => token(args).await,
+        Command::Export(args) => export(args).await,
+        Command::Import(args) => import(args).await,
     }
 }
 
@@ -134,6 +167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
+        backup_max_bytes: args.backup_max_bytes,
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
@@ -202,5 +236,90 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let token =
         mana_sync_auth::mint_token(&secret, &user, Duration::from_secs(args.ttl_hours * 3600))?;
     println!("{token}");
+    Ok(())
+}
+
+async fn open_store(
+    database: &DatabaseArgs,
+) -> anyhow::Result<std::sync::Arc<dyn mana_sync_store::Store>> {
+    mana_sync_store::open(
+        &database.database_url,
+        &StoreOptions {
+            pool_size: database.pool_size.min(4),
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening {}",
+            mana_sync_store::redact_url(&database.database_url)
+        )
+    })
+}
+
+/// A progress bar on a terminal, nothing otherwise (scripts get clean output).
+fn progress(total: Option<u64>, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let user = UserId::new(args.user).context("invalid --user")?;
+    let store = open_store(&args.database).await?;
+    let mut chunks = std::pin::pin!(mana_sync_server::backup::export(&*store, &user).await?);
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.out {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut out = tokio::io::BufWriter::new(&mut out);
+    let bar = progress(None, "{spinner} {pos} changes exported ({per_sec})");
+    let mut changes = 0_u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.context("reading the history")?;
+        let lines = chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        out.write_all(&chunk).await.context("writing the backup")?;
+        changes += lines;
+        bar.inc(lines);
+    }
+    out.flush().await.context("writing the backup")?;
+    bar.finish_and_clear();
+    eprintln!("exported {changes} changes of {user}");
+    Ok(())
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let user = UserId::new(args.user).context("invalid --user")?;
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let size = file.metadata().await.map(|m| m.len()).ok();
+    let store = open_store(&args.database).await?;
+    let bar = progress(
+        size,
+        "{bar:40} {bytes}/{total_bytes} checked ({bytes_per_sec})",
+    );
+    let counted = bar.clone();
+    let reader =
+        tokio_util::io::InspectReader::new(file, move |bytes| counted.inc(bytes.len() as u64));
+    let report = mana_sync_server::backup::import(&*store, &user, reader).await;
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("importing {}", args.file.display()))?;
+    println!("imported {}, skipped {}", report.imported, report.skipped);
     Ok(())
 }

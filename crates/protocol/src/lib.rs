@@ -7,6 +7,7 @@
 //! the system mana-sync replaces (see `DESIGN.md`); additions are backwards
 //! compatible: older clients ignore keys they do not know.
 
+pub mod backup;
 pub mod change;
 pub mod cursor;
 pub mod ident;

@@ -12,6 +12,7 @@ use mana_sync_protocol::messages::{ErrorBody, ErrorDetail};
 use mana_sync_protocol::schema::SchemaVersionError;
 use mana_sync_store::StoreError;
 
+use crate::backup::BackupError;
 use crate::service::ServiceError;
 
 /// An error on its way to becoming a response.
@@ -38,6 +39,9 @@ pub enum ApiError {
     /// The route exists, but not for this method.
     #[error("method not allowed here")]
     MethodNotAllowed,
+    /// A backup was refused, or its import failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     /// A handler panicked (a bug); the request is answered, not dropped.
     #[error("internal error")]
     Panic,
@@ -61,6 +65,24 @@ impl ApiError {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
                 ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            ApiError::Backup(error) => match error {
+                BackupError::Line(line) if line.is_too_new() => {
+                    (StatusCode::BAD_REQUEST, "schema_version_too_new")
+                }
+                BackupError::Line(_)
+                | BackupError::LineTooLong { .. }
+                | BackupError::NotUtf8 { .. }
+                | BackupError::Read(_) => (StatusCode::BAD_REQUEST, "invalid_backup"),
+                BackupError::TooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                }
+                BackupError::Store(StoreError::Unavailable(_)) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                }
+                BackupError::Spool(_) | BackupError::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
             },
             ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_json"),

@@ -7,6 +7,7 @@
 //! and [`App::serve`].
 
 pub mod auth;
+pub mod backup;
 pub mod error;
 mod extract;
 pub mod hub;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub sse_heartbeat: Duration,
     /// How long a new WebSocket may take to send its auth message.
     pub socket_auth_timeout: Duration,
+    /// Largest backup `POST /backup/import` accepts.
+    pub backup_max_bytes: u64,
 }
 
 /// Why the server could not start.
@@ -85,6 +88,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Timing of live connections.
     pub live: LiveConfig,
+    /// Largest backup accepted for import.
+    pub backup_max_bytes: u64,
 }
 
 /// A configured server, ready to serve.
@@ -135,6 +140,7 @@ impl App {
                 metrics,
                 hub,
                 live,
+                backup_max_bytes: config.backup_max_bytes,
             },
             config,
             dev_secret,

@@ -27,7 +27,10 @@ use async_trait::async_trait;
 use mana_sync_protocol::{Cursor, UserId};
 
 pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
-pub use types::{ChangePage, ChangeQuery, NewChangeset, PushOutcome, StoredChange};
+pub use types::{
+    ChangeBatches, ChangePage, ChangeQuery, ImportError, ImportOutcome, ImportSource, NewChangeset,
+    PushOutcome, SourceError, StoredChange,
+};
 
 /// The largest page a read returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 1000;
@@ -105,6 +108,21 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage>;
+
+    /// Every change of `user`, all apps, oldest first, in batches: read from
+    /// one snapshot and streamed, so memory does not grow with the log. An
+    /// error is returned before the first batch if the read cannot start.
+    async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches>;
+
+    /// Restores backed-up changes of `user` in one transaction: all of them
+    /// or none (an error from `changes` rolls everything back). Changes whose
+    /// `eventId` the user already has are skipped. Restored changes get new
+    /// sequence numbers in the order given and are announced like a push.
+    async fn import(
+        &self,
+        user: &UserId,
+        changes: ImportSource,
+    ) -> Result<ImportOutcome, ImportError>;
 
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.

@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
-use crate::types::{RawColumns, encode};
+use crate::types::{
+    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
+    ImportSource, RawColumns, encode,
+};
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
     StoreOptions, StoreResult, StoredChange, page_end,
@@ -468,6 +471,181 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
+        let (batches, receiver) = mpsc::channel(2);
+        let (started, start) = tokio::sync::oneshot::channel();
+        let pool = self.pool.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            let mut client = match pool.get().await {
+                Ok(client) => client,
+                Err(error) => {
+                    let _ = started.send(Err(pool_error(error)));
+                    return;
+                }
+            };
+            // One repeatable-read transaction: the whole export is one
+            // snapshot, fetched a batch at a time through a portal.
+            let tx = match Self::begin_as(&mut client, &user, true).await {
+                Ok(tx) => tx,
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
+            let streamed = async {
+                let statement = tx
+                    .prepare_cached(
+                        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at,
+                                actor, client_id, schema_version, created_at
+                         FROM mana_changes WHERE user_id = $1 ORDER BY seq",
+                    )
+                    .await
+                    .map_err(database_error)?;
+                let portal = tx
+                    .bind(&statement, &[&user.as_str()])
+                    .await
+                    .map_err(database_error)?;
+                let fetch = i32::try_from(EXPORT_BATCH).unwrap_or(i32::MAX);
+                loop {
+                    let rows = tx
+                        .query_portal(&portal, fetch)
+                        .await
+                        .map_err(database_error)?;
+                    let last = rows.len() < EXPORT_BATCH;
+                    let batch = rows
+                        .iter()
+                        .map(stored_change)
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    // The reader went away: stop reading.
+                    if !batch.is_empty() && batches.send(Ok(batch)).await.is_err() {
+                        return Ok(());
+                    }
+                    if last {
+                        return Ok(());
+                    }
+                }
+            };
+            if let Err(error) = streamed.await {
+                let _ = batches.send(Err(error)).await;
+            }
+            let _ = tx.commit().await;
+        });
+        start
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
+    async fn import(
+        &self,
+        user: &UserId,
+        mut changes: ImportSource,
+    ) -> Result<ImportOutcome, ImportError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = Self::begin_as(&mut client, user, false).await?;
+        let reserve = tx
+            .prepare_cached(
+                "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
+                 RETURNING last_seq",
+            )
+            .await
+            .map_err(database_error)?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+                     op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+                 SELECT $1, $2 + u.ord, u.event_id, u.app_id, u.table_name, u.record_id, u.op, u.data,
+                     u.fields, u.deleted_at, u.actor, u.client_id, u.schema_version, u.created_at
+                 FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::timestamptz[])
+                     WITH ORDINALITY AS u(event_id, app_id, table_name, record_id, op, data, fields,
+                         deleted_at, actor, client_id, schema_version, created_at, ord)
+                 ON CONFLICT (user_id, event_id) DO NOTHING
+                 RETURNING seq, app_id, table_name",
+            )
+            .await
+            .map_err(database_error)?;
+        let mut outcome = ImportOutcome::default();
+        let mut notices = ImportNotices::default();
+        let mut batch = Vec::with_capacity(IMPORT_BATCH);
+        loop {
+            let next = futures::StreamExt::next(&mut changes).await;
+            let done = match next {
+                Some(Ok(change)) => {
+                    batch.push(change);
+                    false
+                }
+                Some(Err(error)) => {
+                    let _ = tx.rollback().await;
+                    return Err(ImportError::Source(error));
+                }
+                None => true,
+            };
+            if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
+                let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+                // The counter row stays locked until commit: the user's
+                // pushes wait, so cursor order holds for restored changes too.
+                let last: i64 = tx
+                    .query_one(&reserve, &[&user.as_str(), &count])
+                    .await
+                    .map_err(database_error)?
+                    .get(0);
+                let before_first = last - count;
+                let columns = ImportColumns::new(&batch);
+                let stored = tx
+                    .query(
+                        &insert,
+                        &[
+                            &user.as_str(),
+                            &before_first,
+                            &columns.event_ids,
+                            &columns.app_ids,
+                            &columns.changes.tables,
+                            &columns.changes.record_ids,
+                            &columns.changes.ops,
+                            &columns.changes.data,
+                            &columns.changes.fields,
+                            &columns.changes.deleted_at,
+                            &columns.changes.actors,
+                            &columns.client_ids,
+                            &columns.changes.schema_versions,
+                            &columns.created_at,
+                        ],
+                    )
+                    .await
+                    .map_err(database_error)?;
+                for row in &stored {
+                    let app: &str = row.get(1);
+                    let table: &str = row.get(2);
+                    notices.record(app, table, seq_value(row.get(0)));
+                }
+                let stored = stored.len() as u64;
+                outcome.imported += stored;
+                outcome.skipped += batch.len() as u64 - stored;
+                batch.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        let notify = tx
+            .prepare_cached("SELECT pg_notify($1, $2)")
+            .await
+            .map_err(database_error)?;
+        for notice in notices.into_notices(user) {
+            tx.query_one(&notify, &[&NOTIFY_CHANNEL, &notice.to_payload()])
+                .await
+                .map_err(database_error)?;
+        }
+        tx.commit().await.map_err(database_error)?;
+        Ok(outcome)
+    }
+
     async fn setting_or_insert(
         &self,
         name: &str,
@@ -507,6 +685,11 @@ struct ChangeColumns<'a> {
 
 impl<'a> ChangeColumns<'a> {
     fn new(changes: &'a [mana_sync_protocol::Change]) -> Self {
+        let refs: Vec<&'a mana_sync_protocol::Change> = changes.iter().collect();
+        Self::from_refs(&refs)
+    }
+
+    fn from_refs(changes: &[&'a mana_sync_protocol::Change]) -> Self {
         let capacity = changes.len();
         let mut columns = Self {
             event_ids: Vec::with_capacity(capacity),
@@ -607,4 +790,27 @@ async fn listen_until_disconnected(
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// The columns of restored changes, for one `UNNEST` insert.
+struct ImportColumns<'a> {
+    event_ids: Vec<Uuid>,
+    app_ids: Vec<&'a str>,
+    client_ids: Vec<&'a str>,
+    created_at: Vec<time::OffsetDateTime>,
+    changes: ChangeColumns<'a>,
+}
+
+impl<'a> ImportColumns<'a> {
+    fn new(batch: &'a [mana_sync_protocol::backup::ImportedChange]) -> Self {
+        let changes: Vec<&'a mana_sync_protocol::Change> =
+            batch.iter().map(|i| &i.change).collect();
+        Self {
+            event_ids: batch.iter().map(|i| i.event_id).collect(),
+            app_ids: batch.iter().map(|i| i.app_id.as_str()).collect(),
+            client_ids: batch.iter().map(|i| i.client_id.as_str()).collect(),
+            created_at: batch.iter().map(|i| i.created_at).collect(),
+            changes: ChangeColumns::from_refs(&changes),
+        }
+    }
 }

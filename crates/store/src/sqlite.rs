@@ -21,7 +21,10 @@ use tokio::sync::broadcast;
 
 use crate::migrations::{Migration, SQLITE};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
-use crate::types::{RawColumns, encode};
+use crate::types::{
+    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
+    ImportSource, RawColumns, encode,
+};
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
     StoreOptions, StoreResult, StoredChange, page_end,
@@ -42,7 +45,14 @@ pub struct SqliteStore {
 }
 
 fn database_error(error: rusqlite::Error) -> StoreError {
-    StoreError::Database(error.to_string())
+    // Another process (an operator's `mana-sync import`) holding the write
+    // lock longer than the busy timeout is a reason to retry, not a fault.
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(error.to_string())
+        }
+        _ => StoreError::Database(error.to_string()),
+    }
 }
 
 fn pool_error(error: r2d2::Error) -> StoreError {
@@ -430,6 +440,163 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
+        let (batches, receiver) = tokio::sync::mpsc::channel(2);
+        let (started, start) = tokio::sync::oneshot::channel();
+        let readers = self.readers.clone();
+        let user = user.as_str().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match readers.get() {
+                Ok(conn) => conn,
+                Err(error) => {
+                    let _ = started.send(Err(pool_error(error)));
+                    return;
+                }
+            };
+            // One read transaction: the whole export is one snapshot.
+            let tx = match conn.transaction() {
+                Ok(tx) => tx,
+                Err(error) => {
+                    let _ = started.send(Err(database_error(error)));
+                    return;
+                }
+            };
+            let _ = started.send(Ok(()));
+            let streamed = (|| -> StoreResult<()> {
+                let mut statement = tx
+                    .prepare(
+                        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at,
+                                actor, client_id, schema_version, created_at
+                         FROM mana_changes WHERE user_id = ?1 ORDER BY seq",
+                    )
+                    .map_err(database_error)?;
+                let mut rows = statement.query([&user]).map_err(database_error)?;
+                let mut batch = Vec::with_capacity(EXPORT_BATCH);
+                while let Some(row) = rows.next().map_err(database_error)? {
+                    let (head, raw) = read_row(row).map_err(database_error)?;
+                    batch.push(assemble(head, raw)?);
+                    if batch.len() == EXPORT_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
+                        // The reader went away: stop reading.
+                        if batches.blocking_send(Ok(full)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = batches.blocking_send(Ok(batch));
+                }
+                Ok(())
+            })();
+            if let Err(error) = streamed {
+                let _ = batches.blocking_send(Err(error));
+            }
+        });
+        start
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
+    async fn import(
+        &self,
+        user: &UserId,
+        mut changes: ImportSource,
+    ) -> Result<ImportOutcome, ImportError> {
+        let owner = user.clone();
+        let writer = self.writer.clone();
+        let events = self.events.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.get().map_err(pool_error)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database_error)?;
+            let user = owner.as_str();
+            let mut outcome = ImportOutcome::default();
+            let mut notices = ImportNotices::default();
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            loop {
+                // The source is async; this thread is one of Tokio's blocking
+                // ones, where waiting on it is allowed. (The source is a local
+                // spool of validated lines, so the writer is not held waiting
+                // on a client.)
+                let next = runtime.block_on(futures::StreamExt::next(&mut changes));
+                let done = match next {
+                    Some(Ok(change)) => {
+                        batch.push(change);
+                        false
+                    }
+                    // Returning drops `tx`: everything is rolled back.
+                    Some(Err(error)) => return Err(ImportError::Source(error)),
+                    None => true,
+                };
+                if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
+                    let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+                    let last: i64 = tx
+                        .query_row(
+                            "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
+                             ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+                             RETURNING last_seq",
+                            params![user, count],
+                            |row| row.get(0),
+                        )
+                        .map_err(database_error)?;
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name,
+                                 record_id, op, data, fields, deleted_at, actor, client_id,
+                                 schema_version, created_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                             ON CONFLICT (user_id, event_id) DO NOTHING",
+                        )
+                        .map_err(database_error)?;
+                    for (offset, imported) in (1_i64..).zip(batch.drain(..)) {
+                        let seq = last - count + offset;
+                        let change = &imported.change;
+                        let encoded = encode(change);
+                        let stored = insert
+                            .execute(params![
+                                user,
+                                seq,
+                                imported.event_id.to_string(),
+                                imported.app_id,
+                                change.table,
+                                change.id,
+                                change.op.as_str(),
+                                encoded.data,
+                                encoded.fields,
+                                encoded.deleted_at,
+                                encoded.actor,
+                                imported.client_id,
+                                change.schema_version,
+                                micros(imported.created_at),
+                            ])
+                            .map_err(database_error)?;
+                        if stored == 1 {
+                            outcome.imported += 1;
+                            notices.record(&imported.app_id, &change.table, u64::try_from(seq).unwrap_or(0));
+                        } else {
+                            outcome.skipped += 1;
+                        }
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            tx.commit().map_err(database_error)?;
+            for notice in notices.into_notices(&owner) {
+                let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(|e| ImportError::Store(StoreError::Unavailable(e.to_string())))?
     }
 
     async fn setting_or_insert(

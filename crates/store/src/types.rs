@@ -1,5 +1,9 @@
 //! Values that go into and come out of a [`Store`](crate::Store).
 
+use std::pin::Pin;
+
+use futures::Stream;
+use mana_sync_protocol::backup::ImportedChange;
 use mana_sync_protocol::change::fields_from_json;
 use mana_sync_protocol::{Change, Cursor, FieldChanges, Op, Since, SyncChange, Timestamp};
 use serde_json::value::RawValue;
@@ -59,6 +63,84 @@ pub struct ChangePage {
     pub next: Cursor,
     /// More changes match after `next`.
     pub has_more: bool,
+}
+
+/// Batches of changes streamed out of the store (see [`Store::export`](crate::Store::export)).
+pub type ChangeBatches = Pin<Box<dyn Stream<Item = Result<Vec<StoredChange>, StoreError>> + Send>>;
+
+/// An error of an import's source (a bad line, an unreadable file).
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Validated changes to restore (see [`Store::import`](crate::Store::import)).
+pub type ImportSource = Pin<Box<dyn Stream<Item = Result<ImportedChange, SourceError>> + Send>>;
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Changes stored.
+    pub imported: u64,
+    /// Changes skipped because the user already had their `eventId`.
+    pub skipped: u64,
+}
+
+/// Why an import stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The source failed; everything was rolled back.
+    #[error("{0}")]
+    Source(SourceError),
+    /// The database failed; everything was rolled back.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Changes written per statement when importing.
+pub(crate) const IMPORT_BATCH: usize = 1000;
+
+/// Changes read per batch when exporting.
+pub(crate) const EXPORT_BATCH: usize = 500;
+
+/// The notices of an import: one per app, spanning the sequence numbers
+/// stored for it.
+#[derive(Default)]
+pub(crate) struct ImportNotices {
+    apps: Vec<(String, Vec<String>, u64, u64)>,
+}
+
+impl ImportNotices {
+    pub(crate) fn record(&mut self, app_id: &str, table: &str, seq: u64) {
+        let index = match self.apps.iter().position(|(app, ..)| app == app_id) {
+            Some(index) => index,
+            None => {
+                self.apps.push((app_id.to_owned(), Vec::new(), seq, seq));
+                self.apps.len() - 1
+            }
+        };
+        let (_, tables, first, last) = &mut self.apps[index];
+        if !tables.iter().any(|t| t == table) {
+            tables.push(table.to_owned());
+        }
+        *first = (*first).min(seq);
+        *last = (*last).max(seq);
+    }
+
+    pub(crate) fn into_notices(
+        self,
+        user: &mana_sync_protocol::UserId,
+    ) -> Vec<crate::ChangeNotice> {
+        self.apps
+            .into_iter()
+            .map(|(app_id, tables, first, last)| crate::ChangeNotice {
+                user: user.clone(),
+                app_id,
+                tables: Some(tables),
+                first,
+                last,
+                // No device is the author of a restore: every device hears it.
+                client_id: String::new(),
+            })
+            .collect()
+    }
 }
 
 /// A change as it sits in the log.

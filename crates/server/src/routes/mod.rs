@@ -2,6 +2,7 @@
 //! around them (auth on sync routes; body limit, request metrics, CORS,
 //! tracing and panic capture on everything).
 
+mod backup;
 mod health;
 mod live;
 mod sync;
@@ -63,6 +64,8 @@ fn router(state: AppState) -> Router {
     let sync = Router::new()
         .route("/sync/{app_id}", post(sync::push))
         .route("/sync/{app_id}/pull", get(sync::pull))
+        .route("/backup/export", get(backup::export))
+        .route("/backup/import", post(backup::import))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,

@@ -1,0 +1,73 @@
+//! `GET /backup/export` and `POST /backup/import`.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use http_body_util::{BodyDataStream, Limited};
+use mana_sync_protocol::UserId;
+use tokio_util::io::StreamReader;
+
+use crate::AppState;
+use crate::backup::{self, BodyTooLarge, ImportReport};
+use crate::error::ApiError;
+use crate::service::ServiceError;
+
+/// The caller's whole history as NDJSON, streamed.
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(user): Extension<UserId>,
+) -> Result<Response, ApiError> {
+    let chunks = backup::export(&**state.service.store(), &user)
+        .await
+        .map_err(ServiceError::from)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"mana-sync-backup.ndjson\""),
+            ),
+        ],
+        // A failure mid-way aborts the response, so a truncated download is
+        // visible as one rather than passing for a complete backup.
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+/// Restores an NDJSON backup: all of it or nothing.
+pub async fn import(
+    State(state): State<AppState>,
+    Extension(user): Extension<UserId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ImportReport>, ApiError> {
+    let limit = state.backup_max_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(backup::BackupError::TooLarge { limit }.into());
+    }
+    let bytes = BodyDataStream::new(Limited::new(
+        body,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    ))
+    .map_err(move |error| {
+        if error.is::<http_body_util::LengthLimitError>() {
+            std::io::Error::other(BodyTooLarge { limit })
+        } else {
+            std::io::Error::other(error)
+        }
+    });
+    let report = backup::import(&**state.service.store(), &user, StreamReader::new(bytes)).await?;
+    Ok(Json(report))
+}
