@@ -11,6 +11,7 @@
 // A benchmark stops loudly on a broken setup.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod backup;
 mod live;
 mod raw;
 mod server;
@@ -43,6 +44,18 @@ enum Command {
     Latency(LatencyArgs),
     /// One push fanned out to many idle streams.
     Fanout(FanoutArgs),
+    /// Backup export and import: rate and the server's peak memory.
+    Backup(BackupArgs),
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// Changes in the backup.
+    #[arg(long, default_value_t = 200_000)]
+    changes: usize,
+    /// Databases to measure.
+    #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
+    backend: Vec<Backend>,
 }
 
 #[derive(clap::Args)]
@@ -117,7 +130,41 @@ async fn main() -> anyhow::Result<()> {
         Command::Throughput(args) => throughput(&args, &binary).await,
         Command::Latency(args) => latency(&args, &binary).await,
         Command::Fanout(args) => fanout(&args, &binary).await,
+        Command::Backup(args) => backups(&args, &binary).await,
     }
+}
+
+async fn backups(args: &BackupArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &backend in &args.backend {
+        for phase in backup::run(backend, binary, args.changes).await? {
+            eprintln!(
+                "{backend:?} {} {}: {:.0}/s (raw {:.0}/s), peak +{} KiB",
+                phase.label,
+                phase.changes,
+                rate(phase.changes, phase.server),
+                rate(phase.changes, phase.raw),
+                phase.peak_kib
+            );
+            rows.push((backend, phase));
+        }
+    }
+    println!(
+        "| database | phase | changes | mana-sync (changes/s) | raw database (changes/s) | ratio | server peak memory |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (backend, phase) in &rows {
+        println!(
+            "| {backend:?} | {} | {} | {:.0} | {:.0} | {:.2} | +{:.1} MiB |",
+            phase.label,
+            phase.changes,
+            rate(phase.changes, phase.server),
+            rate(phase.changes, phase.raw),
+            phase.raw.as_secs_f64() / phase.server.as_secs_f64(),
+            phase.peak_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 async fn latency(args: &LatencyArgs, binary: &std::path::Path) -> anyhow::Result<()> {

@@ -55,7 +55,7 @@ const SQLITE_RAW_TABLE: &str = "
     CREATE UNIQUE INDEX IF NOT EXISTS raw_event_id ON raw_changes (user_id, event_id);
     CREATE INDEX IF NOT EXISTS raw_collection ON raw_changes (user_id, app_id, table_name, seq);";
 
-fn sqlite_connection(env: &Env) -> anyhow::Result<rusqlite::Connection> {
+pub fn sqlite_connection(env: &Env) -> anyhow::Result<rusqlite::Connection> {
     let path = env
         .sqlite_path()
         .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
@@ -68,7 +68,7 @@ fn sqlite_connection(env: &Env) -> anyhow::Result<rusqlite::Connection> {
     Ok(conn)
 }
 
-async fn postgres_connection(env: &Env) -> anyhow::Result<tokio_postgres::Client> {
+pub async fn postgres_connection(env: &Env) -> anyhow::Result<tokio_postgres::Client> {
     let db = env
         .database
         .as_ref()

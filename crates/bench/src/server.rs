@@ -165,7 +165,17 @@ pub async fn push(
 
 /// Loads `changes` changes of one user into one collection (not timed).
 pub async fn preload(env: &Env, changes: usize, batch: usize) -> anyhow::Result<()> {
-    let token = env.server.token("bench-reader");
+    preload_user(env, "bench-reader", changes, batch).await
+}
+
+/// Loads `changes` changes of `user` into one collection (not timed).
+pub async fn preload_user(
+    env: &Env,
+    user: &str,
+    changes: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let token = env.server.token(user);
     for b in 0..changes / batch {
         post(
             env,
