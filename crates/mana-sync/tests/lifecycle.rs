@@ -121,16 +121,8 @@ async fn a_lost_database_is_503_not_500_and_health_says_so() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let db = h.db.as_ref().expect("postgres");
-    let name = db.url().rsplit('/').next().expect("db name").to_owned();
-    let admin = db.admin().await;
-    admin
-        .batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, mana_test_app;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-               WHERE datname = '{name}' AND usename = 'mana_test_app';"
-        ))
-        .await
-        .expect("cuts the server off");
+    db.refuse_connections().await;
+    db.end_sessions(None).await;
     let http = mana_sync_testkit::http_client();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -150,12 +142,7 @@ async fn a_lost_database_is_503_not_500_and_health_says_so() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    admin
-        .batch_execute(&format!(
-            "GRANT CONNECT ON DATABASE {name} TO mana_test_app"
-        ))
-        .await
-        .expect("reconnects");
+    db.accept_connections().await;
     let (status, body) = phone
         .push("todo", START, json!([insert("tasks", "2")]))
         .await;

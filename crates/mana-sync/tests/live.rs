@@ -681,38 +681,41 @@ async fn a_push_on_one_instance_reaches_streams_and_sockets_on_another() {
     assert_eq!(changes_of(&back.next_changes().await), ["from-2"]);
 }
 
-/// The listener of an instance loses Postgres (as in a restart) and cannot
-/// reconnect for a while; a push committed meanwhile is announced to nobody.
-/// Once the listener is back, the stream catches up from its cursor.
-#[tokio::test]
-async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
-    let Some(h) = Harness::start(common::Db::Postgres).await else {
-        return;
-    };
+/// Two instances on one Postgres database, a stream of the laptop on the
+/// second, and the phone that pushes through the first.
+async fn two_instances_with_a_stream() -> Option<(
+    Harness,
+    mana_sync_testkit::server::TestServer,
+    Device,
+    EventStream,
+)> {
+    let h = Harness::start(common::Db::Postgres).await?;
     let other = second_instance(&h).await;
     let phone = h.device("alice", "phone");
     let mut stream = device_on(&other, "alice", "laptop")
         .stream("todo", "tasks", START)
         .await;
     stream.backlog(1).await;
+    Some((h, other, phone, stream))
+}
+
+/// The listener of an instance loses Postgres (as in a restart) and cannot
+/// reconnect for a while; a push committed meanwhile is announced to nobody.
+/// Once the listener is back, the stream catches up from its cursor.
+#[tokio::test]
+async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
+    let Some((h, other, phone, mut stream)) = two_instances_with_a_stream().await else {
+        return;
+    };
     phone
         .push("todo", START, json!([insert("tasks", "before")]))
         .await;
     assert_eq!(changes_of(&stream.next_changes().await), ["before"]);
-
-    let db = h.db.as_ref().expect("postgres");
-    let name = db.url().rsplit('/').next().expect("db name").to_owned();
-    let admin = db.admin().await;
     // Nothing may connect, and every listener is cut off. The pushing
     // instance keeps the pool connection it already has.
-    admin
-        .batch_execute(&format!(
-            "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, mana_test_app;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{name}' AND application_name = 'mana-sync-listener';"
-        ))
-        .await
-        .expect("cuts the listeners off");
+    let db = h.db.as_ref().expect("postgres");
+    db.refuse_connections().await;
+    db.end_sessions(Some("mana-sync-listener")).await;
     other
         .wait_for_log("lost the connection listening", PROMPTLY)
         .await;
@@ -720,12 +723,7 @@ async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
         .push("todo", START, json!([insert("tasks", "while-away")]))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    admin
-        .batch_execute(&format!(
-            "GRANT CONNECT ON DATABASE {name} TO PUBLIC, mana_test_app"
-        ))
-        .await
-        .expect("lets them back");
+    db.accept_connections().await;
     assert_eq!(changes_of(&stream.next_changes().await), ["while-away"]);
     phone
         .push("todo", START, json!([insert("tasks", "after")]))
@@ -737,25 +735,10 @@ async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
 /// restarts: pushes, streams and notices all recover.
 #[tokio::test]
 async fn everything_recovers_when_every_connection_is_dropped() {
-    let Some(h) = Harness::start(common::Db::Postgres).await else {
+    let Some((h, _other, phone, mut stream)) = two_instances_with_a_stream().await else {
         return;
     };
-    let other = second_instance(&h).await;
-    let phone = h.device("alice", "phone");
-    let mut stream = device_on(&other, "alice", "laptop")
-        .stream("todo", "tasks", START)
-        .await;
-    stream.backlog(1).await;
-    let db = h.db.as_ref().expect("postgres");
-    let name = db.url().rsplit('/').next().expect("db name").to_owned();
-    db.admin()
-        .await
-        .batch_execute(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{name}' AND pid <> pg_backend_pid();"
-        ))
-        .await
-        .expect("drops every connection");
+    h.db.as_ref().expect("postgres").end_sessions(None).await;
     // A push may meet a dead pooled connection once (503, safe to retry with
     // the same changesetId); it must succeed within the deadline.
     let body = json!({"clientId": "phone", "since": START, "changesetId": "after-restart",

@@ -31,6 +31,14 @@ use crate::{
 /// Key of the advisory lock that serialises migrations across instances.
 const MIGRATION_LOCK: i64 = 0x6d61_6e61_7379_6e63; // "manasync"
 
+/// The columns of a stored change, in the order `stored_change` reads them.
+macro_rules! select_columns {
+    () => {
+        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
+                client_id, schema_version, created_at"
+    };
+}
+
 /// The change log in Postgres.
 pub struct PostgresStore {
     pool: Pool,
@@ -235,6 +243,27 @@ impl PostgresStore {
     }
 }
 
+/// Takes the next `count` sequence numbers of `user` and returns the last.
+///
+/// This locks the user's counter row until commit: a concurrent push of the
+/// same user waits here, so its numbers are larger and become visible after
+/// ours. That is the cursor guarantee.
+async fn reserve_seqs(tx: &Transaction<'_>, user: &UserId, count: i64) -> StoreResult<i64> {
+    let reserve = tx
+        .prepare_cached(
+            "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
+             RETURNING last_seq",
+        )
+        .await
+        .map_err(database_error)?;
+    Ok(tx
+        .query_one(&reserve, &[&user.as_str(), &count])
+        .await
+        .map_err(database_error)?
+        .get(0))
+}
+
 async fn newest_seq(tx: &Transaction<'_>, user: &UserId) -> StoreResult<u64> {
     let statement = tx
         .prepare_cached("SELECT last_seq FROM mana_user_seq WHERE user_id = $1")
@@ -248,11 +277,10 @@ async fn newest_seq(tx: &Transaction<'_>, user: &UserId) -> StoreResult<u64> {
 }
 
 fn select_changes_sql(collection: bool, exclude: bool) -> String {
-    let mut sql = String::from(
-        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
-                client_id, schema_version, created_at
-         FROM mana_changes WHERE user_id = $1 AND app_id = $2 AND seq > $3",
-    );
+    let mut sql = String::from(concat!(
+        select_columns!(),
+        " FROM mana_changes WHERE user_id = $1 AND app_id = $2 AND seq > $3"
+    ));
     let mut next_param = 5;
     if collection {
         sql.push_str(&format!(" AND table_name = ${next_param}"));
@@ -340,22 +368,7 @@ impl Store for PostgresStore {
             });
         }
         let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
-        // Taking the next numbers locks this user's counter row until commit:
-        // a concurrent push of the same user waits here, so its numbers are
-        // larger and become visible after ours. That is the cursor guarantee.
-        let reserve = tx
-            .prepare_cached(
-                "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
-                 ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
-                 RETURNING last_seq",
-            )
-            .await
-            .map_err(database_error)?;
-        let last: i64 = tx
-            .query_one(&reserve, &[&user.as_str(), &count])
-            .await
-            .map_err(database_error)?
-            .get(0);
+        let last = reserve_seqs(&tx, user, count).await?;
         let columns = ChangeColumns::new(changeset.changes);
         let before_first = last - count;
         // The notice is delivered to every listening instance when, and only
@@ -496,11 +509,10 @@ impl Store for PostgresStore {
             let _ = started.send(Ok(()));
             let streamed = async {
                 let statement = tx
-                    .prepare_cached(
-                        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at,
-                                actor, client_id, schema_version, created_at
-                         FROM mana_changes WHERE user_id = $1 ORDER BY seq",
-                    )
+                    .prepare_cached(concat!(
+                        select_columns!(),
+                        " FROM mana_changes WHERE user_id = $1 ORDER BY seq"
+                    ))
                     .await
                     .map_err(database_error)?;
                 let portal = tx
@@ -532,12 +544,7 @@ impl Store for PostgresStore {
             }
             let _ = tx.commit().await;
         });
-        start
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        crate::types::started_batches(start, receiver).await
     }
 
     async fn import(
@@ -547,14 +554,6 @@ impl Store for PostgresStore {
     ) -> Result<ImportOutcome, ImportError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         let tx = Self::begin_as(&mut client, user, false).await?;
-        let reserve = tx
-            .prepare_cached(
-                "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
-                 ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
-                 RETURNING last_seq",
-            )
-            .await
-            .map_err(database_error)?;
         let insert = tx
             .prepare_cached(
                 "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
@@ -590,11 +589,7 @@ impl Store for PostgresStore {
                 let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
                 // The counter row stays locked until commit: the user's
                 // pushes wait, so cursor order holds for restored changes too.
-                let last: i64 = tx
-                    .query_one(&reserve, &[&user.as_str(), &count])
-                    .await
-                    .map_err(database_error)?
-                    .get(0);
+                let last = reserve_seqs(&tx, user, count).await?;
                 let before_first = last - count;
                 let columns = ImportColumns::new(&batch);
                 let stored = tx

@@ -37,6 +37,38 @@ pub fn path_from_url(url: &str) -> Option<&str> {
         .filter(|path| !path.is_empty())
 }
 
+/// The columns of a stored change, in the order `read_row` reads them.
+macro_rules! select_columns {
+    () => {
+        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
+                client_id, schema_version, created_at"
+    };
+}
+
+/// Inserts one change (`?1` user … `?14` created_at).
+macro_rules! insert_change {
+    () => {
+        "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id, op, data,
+             fields, deleted_at, actor, client_id, schema_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    };
+}
+
+const INSERT_CHANGE: &str = insert_change!();
+
+/// Takes the next `count` sequence numbers of `user` and returns the last.
+/// SQLite has one writer, so the numbers follow commit order.
+fn reserve_seqs(tx: &rusqlite::Transaction<'_>, user: &str, count: i64) -> StoreResult<i64> {
+    tx.query_row(
+        "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
+         RETURNING last_seq",
+        params![user, count],
+        |row| row.get(0),
+    )
+    .map_err(database_error)
+}
+
 /// The change log in a SQLite file.
 pub struct SqliteStore {
     writer: Pool<SqliteConnectionManager>,
@@ -192,11 +224,10 @@ fn newest_seq(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
 }
 
 fn select_changes_sql(collection: bool, exclude: bool) -> String {
-    let mut sql = String::from(
-        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at, actor,
-                client_id, schema_version, created_at
-         FROM mana_changes WHERE user_id = :user AND app_id = :app AND seq > :after",
-    );
+    let mut sql = String::from(concat!(
+        select_columns!(),
+        " FROM mana_changes WHERE user_id = :user AND app_id = :app AND seq > :after"
+    ));
     if collection {
         sql.push_str(" AND table_name = :collection");
     }
@@ -313,24 +344,9 @@ impl Store for SqliteStore {
                 });
             }
             let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
-            let last: i64 = tx
-                .query_row(
-                    "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
-                     ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
-                     RETURNING last_seq",
-                    params![user, count],
-                    |row| row.get(0),
-                )
-                .map_err(database_error)?;
+            let last = reserve_seqs(&tx, &user, count)?;
             {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name,
-                             record_id, op, data, fields, deleted_at, actor, client_id,
-                             schema_version, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    )
-                    .map_err(database_error)?;
+                let mut insert = tx.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
                 let first = last - count + 1;
                 for (offset, change) in (0_i64..).zip(changes.iter()) {
                     let encoded = encode(change);
@@ -466,11 +482,10 @@ impl Store for SqliteStore {
             let _ = started.send(Ok(()));
             let streamed = (|| -> StoreResult<()> {
                 let mut statement = tx
-                    .prepare(
-                        "SELECT seq, event_id, app_id, table_name, record_id, op, data, fields, deleted_at,
-                                actor, client_id, schema_version, created_at
-                         FROM mana_changes WHERE user_id = ?1 ORDER BY seq",
-                    )
+                    .prepare(concat!(
+                        select_columns!(),
+                        " FROM mana_changes WHERE user_id = ?1 ORDER BY seq"
+                    ))
                     .map_err(database_error)?;
                 let mut rows = statement.query([&user]).map_err(database_error)?;
                 let mut batch = Vec::with_capacity(EXPORT_BATCH);
@@ -494,12 +509,7 @@ impl Store for SqliteStore {
                 let _ = batches.blocking_send(Err(error));
             }
         });
-        start
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
+        crate::types::started_batches(start, receiver).await
     }
 
     async fn import(
@@ -537,23 +547,12 @@ impl Store for SqliteStore {
                 };
                 if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
                     let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                    let last: i64 = tx
-                        .query_row(
-                            "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
-                             ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
-                             RETURNING last_seq",
-                            params![user, count],
-                            |row| row.get(0),
-                        )
-                        .map_err(database_error)?;
+                    let last = reserve_seqs(&tx, user, count)?;
                     let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name,
-                                 record_id, op, data, fields, deleted_at, actor, client_id,
-                                 schema_version, created_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                             ON CONFLICT (user_id, event_id) DO NOTHING",
-                        )
+                        .prepare_cached(concat!(
+                            insert_change!(),
+                            " ON CONFLICT (user_id, event_id) DO NOTHING"
+                        ))
                         .map_err(database_error)?;
                     for (offset, imported) in (1_i64..).zip(batch.drain(..)) {
                         let seq = last - count + offset;
@@ -579,7 +578,11 @@ impl Store for SqliteStore {
                             .map_err(database_error)?;
                         if stored == 1 {
                             outcome.imported += 1;
-                            notices.record(&imported.app_id, &change.table, u64::try_from(seq).unwrap_or(0));
+                            notices.record(
+                                &imported.app_id,
+                                &change.table,
+                                u64::try_from(seq).unwrap_or(0),
+                            );
                         } else {
                             outcome.skipped += 1;
                         }

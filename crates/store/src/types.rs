@@ -264,3 +264,17 @@ pub(crate) fn encode(change: &Change) -> EncodedChange<'_> {
         actor: change.actor.as_deref().map(RawValue::get),
     }
 }
+
+/// The stream of an export whose reader task reports on `start` whether it
+/// could begin, then sends batches on `receiver`.
+pub(crate) async fn started_batches(
+    start: tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+    receiver: tokio::sync::mpsc::Receiver<Result<Vec<StoredChange>, StoreError>>,
+) -> Result<ChangeBatches, StoreError> {
+    start
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+        receiver,
+    )))
+}

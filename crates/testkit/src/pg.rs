@@ -116,6 +116,52 @@ impl TestDatabase {
         client
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Refuses new connections as [`APP_ROLE`]; sessions already open live on.
+    pub async fn refuse_connections(&self) {
+        let name = &self.name;
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, {APP_ROLE}"
+            ))
+            .await
+            .expect("revokes CONNECT");
+    }
+
+    /// Accepts connections as [`APP_ROLE`] again.
+    pub async fn accept_connections(&self) {
+        let name = &self.name;
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "GRANT CONNECT ON DATABASE {name} TO PUBLIC, {APP_ROLE}"
+            ))
+            .await
+            .expect("grants CONNECT");
+    }
+
+    /// Ends the sessions of [`APP_ROLE`] on this database, only those with
+    /// this `application_name` if one is given (as a Postgres restart would).
+    pub async fn end_sessions(&self, application_name: Option<&str>) {
+        let name = &self.name;
+        let only = application_name
+            .map(|app| format!(" AND application_name = '{app}'"))
+            .unwrap_or_default();
+        self.admin()
+            .await
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = '{name}' AND usename = '{APP_ROLE}'{only}"
+            ))
+            .await
+            .expect("ends sessions");
+    }
+
     /// A connection as [`APP_ROLE`], the server's own role.
     pub async fn app(&self) -> Client {
         connect(&self.url()).await.expect("app role connects")
