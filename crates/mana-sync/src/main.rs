@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Seconds a new WebSocket has to send its auth message.
     #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
     ws_auth_timeout_secs: u64,
+    /// Directory of the built web app served at `/` (`make web` builds it).
+    #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
+    web_dir: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -134,6 +137,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
+        web_dir: args.web_dir,
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
