@@ -162,6 +162,8 @@ declare global {
 /** A fresh browser profile (one device), recording Content-Security-Policy violations. */
 export async function newDevice(browser: Browser): Promise<BrowserContext> {
   const context = await browser.newContext({ viewport: { width: 900, height: 720 }, deviceScaleFactor: 1 });
+  // Fail a step within the test's time, naming the step.
+  context.setDefaultTimeout(10_000);
   await context.addInitScript(() => {
     document.addEventListener('securitypolicyviolation', (event) => {
       (window.cspViolations ??= []).push(`${event.violatedDirective} ${event.blockedURI}`);

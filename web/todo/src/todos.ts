@@ -30,8 +30,9 @@ export function onboarding(): SeedRecord[] {
   ].map((title, i) => ({
     collection: TASKS,
     id: `web-onboarding-${i + 1}`,
-    // Fixed, so that every browser seeds the same record; sorts first.
-    data: { title, done: false, createdAt: `1970-01-01T00:00:00.00${i + 1}Z` },
+    // Fixed, so that every browser seeds the same record. They sort first, after
+    // mana-todo's own onboarding todos (`…00.00N`), when one account uses both.
+    data: { title, done: false, createdAt: `1970-01-01T00:00:00.10${i + 1}Z` },
   }));
 }
 
