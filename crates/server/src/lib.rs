@@ -160,9 +160,8 @@ impl App {
         let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
             .map_err(std::io::Error::other)?;
         // The peer address tells dev-mode sign-in who is asking (loopback only).
-        let service = axum::ServiceExt::into_make_service_with_connect_info::<
-            std::net::SocketAddr,
-        >(service);
+        let service =
+            axum::ServiceExt::into_make_service_with_connect_info::<std::net::SocketAddr>(service);
         axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -133,7 +133,15 @@ mod tests {
 
     #[test]
     fn api_paths_are_whole_segments() {
-        for path in ["/sync", "/sync/todo", "/ws", "/ws/todo", "/health", "/metrics", "/dev/token"] {
+        for path in [
+            "/sync",
+            "/sync/todo",
+            "/ws",
+            "/ws/todo",
+            "/health",
+            "/metrics",
+            "/dev/token",
+        ] {
             assert!(is_api_path(path), "{path}");
         }
         for path in ["/", "/syncing", "/developer", "/assets/app.js", "/healthy"] {

@@ -181,7 +181,10 @@ mod tests {
         assert_eq!(check_local(peer("127.0.0.1:5000"), &host), Ok(()));
         assert_eq!(check_local(peer("[::1]:5000"), &host), Ok(()));
         assert_eq!(check_local(peer("[::ffff:127.0.0.1]:5000"), &host), Ok(()));
-        let same_origin = headers(&[("host", "127.0.0.1:3050"), ("origin", "http://127.0.0.1:3050")]);
+        let same_origin = headers(&[
+            ("host", "127.0.0.1:3050"),
+            ("origin", "http://127.0.0.1:3050"),
+        ]);
         assert_eq!(check_local(peer("127.0.0.1:5000"), &same_origin), Ok(()));
     }
 
@@ -193,21 +196,43 @@ mod tests {
         assert!(check_local(peer("[2001:db8::1]:5000"), &host).is_err());
         for forwarded in ["forwarded", "x-forwarded-for", "x-real-ip"] {
             let proxied = headers(&[("host", "localhost:3050"), (forwarded, "192.0.2.7")]);
-            assert!(check_local(peer("127.0.0.1:5000"), &proxied).is_err(), "{forwarded}");
+            assert!(
+                check_local(peer("127.0.0.1:5000"), &proxied).is_err(),
+                "{forwarded}"
+            );
         }
         let rebound = headers(&[("host", "evil.example:3050")]);
         assert!(check_local(peer("127.0.0.1:5000"), &rebound).is_err());
         assert!(check_local(peer("127.0.0.1:5000"), &HeaderMap::new()).is_err());
-        let cross_site = headers(&[("host", "localhost:3050"), ("origin", "https://evil.example")]);
+        let cross_site = headers(&[
+            ("host", "localhost:3050"),
+            ("origin", "https://evil.example"),
+        ]);
         assert!(check_local(peer("127.0.0.1:5000"), &cross_site).is_err());
     }
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost", "LOCALHOST:80", "app.localhost:3050", "127.0.0.1", "127.1.2.3:9", "[::1]:3050", "[::1]"] {
+        for host in [
+            "localhost",
+            "LOCALHOST:80",
+            "app.localhost:3050",
+            "127.0.0.1",
+            "127.1.2.3:9",
+            "[::1]:3050",
+            "[::1]",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in ["example.com", "localhost.example.com", "10.0.0.1:3050", "[::1", "[::2]:1", "localhost:x", "::1"] {
+        for host in [
+            "example.com",
+            "localhost.example.com",
+            "10.0.0.1:3050",
+            "[::1",
+            "[::2]:1",
+            "localhost:x",
+            "::1",
+        ] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }
