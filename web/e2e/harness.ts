@@ -6,7 +6,7 @@
  */
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -31,6 +31,18 @@ export function checkPrerequisites(): void {
   if (!existsSync(join(WEB_DIR, 'index.html'))) missing.push(`${WEB_DIR}/index.html (make web)`);
   if (!existsSync(CHROMIUM)) missing.push(`${CHROMIUM} (apt-get install -y chromium)`);
   if (missing.length > 0) throw new Error(`the end-to-end tests need: ${missing.join('; ')}`);
+  const built = statSync(join(WEB_DIR, 'index.html')).mtimeMs;
+  const sources = [join(ROOT, 'web/todo/src'), join(ROOT, 'web/todo/index.html'), join(ROOT, 'web/local-store/src')];
+  if (!process.env.WEB_DIR && sources.some((path) => newest(path) > built)) {
+    throw new Error(`${WEB_DIR} is older than the app's sources: build it first (make web)`);
+  }
+}
+
+/** The newest modification time under `path`. */
+function newest(path: string): number {
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  return Math.max(stat.mtimeMs, ...readdirSync(path).map((name) => newest(join(path, name))));
 }
 
 /** Resolves when `predicate` holds for a line of `lines`, or rejects after `ms`. */
@@ -198,6 +210,9 @@ export async function expectIndicator(page: Page, state: string, timeout = 15_00
 
 /** Closes the welcome modal if it is open. */
 export async function dismissWelcome(page: Page): Promise<void> {
+  // The app has read the account once the pill (or the account's name) shows;
+  // the welcome modal, if any, renders in the same update.
+  await page.locator('[data-testid="login-pill"], [data-testid="account"]').first().waitFor();
   const welcome = page.getByTestId('guest-welcome');
   if (await welcome.isVisible()) {
     await page.getByTestId('guest-welcome-close').click();

@@ -51,6 +51,7 @@ export function startSync(store: LocalStore, options: SyncOptions = {}): SyncHan
   if (locks) {
     finished = locks
       .request(`mana-sync/${store.db.name}`, { signal: stopped.signal }, lead)
+      .then(() => undefined)
       .catch((error: unknown) => {
         if (!stopped.signal.aborted) console.error('mana-sync: sync stopped', error);
       });
