@@ -122,6 +122,31 @@ describe('a guest', () => {
   });
 });
 
+describe('signing out', () => {
+  it("deletes this browser's copy, in every tab, and the next visit is a guest again", async () => {
+    const context = await newDevice(browser);
+    const page = await openApp(context, server);
+    await signIn(page, 'henry');
+    await addTodo(page, 'Synced before signing out');
+    await expect.poll(() => page.getByTestId('pending').count()).toBe(0);
+    const other = await openApp(context, server);
+    await todo(other, 'Synced before signing out').waitFor();
+    const reloaded = other.waitForEvent('load');
+    await Promise.all([page.waitForEvent('load'), page.getByTestId('logout').click()]);
+    await reloaded;
+    for (const tab of [page, other]) {
+      await expectIndicator(tab, 'local');
+      await tab.getByTestId('login-pill').waitFor();
+      expect(await todo(tab, 'Synced before signing out').count()).toBe(0);
+      expect(await tab.getByTestId('todo-item').count()).toBe(3);
+    }
+    // Signing in again brings the account's todos back.
+    await signIn(page, 'henry');
+    await todo(page, 'Synced before signing out').waitFor({ timeout: 5000 });
+    await context.close();
+  });
+});
+
 describe('the server', () => {
   it('serves the app with a Content-Security-Policy that allows exactly itself', async () => {
     const response = await fetch(`${server.url}/`, { headers: { Accept: 'text/html' } });

@@ -222,6 +222,8 @@ export async function dismissWelcome(page: Page): Promise<void> {
 
 /** Signs in with the dev-mode form and waits until synced. */
 export async function signIn(page: Page, user: string): Promise<void> {
+  // A tab behind another gets few animation frames, and clicks wait for them.
+  await page.bringToFront();
   await dismissWelcome(page);
   await page.getByTestId('login-pill').click();
   await page.getByTestId('login-name').fill(user);
@@ -285,6 +287,8 @@ async function listChanged(page: Page, from: string[]): Promise<void> {
 export async function screenshot(page: Page, name: string): Promise<string> {
   mkdirSync(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, `${name}.png`);
+  // No hover effects from the last click in the picture.
+  await page.mouse.move(1, page.viewportSize()?.height ? page.viewportSize()!.height - 1 : 700);
   await page.screenshot({ path });
   return path;
 }

@@ -100,6 +100,7 @@ describe('two devices signed in as one user', () => {
     expect(list).toContain('Written offline');
     expect(list).toContain('Written online');
     await expectIndicator(a, 'synced');
+    await screenshot(a, 'converged');
     expect(await cspViolations(a)).toEqual([]);
     expect(await cspViolations(b)).toEqual([]);
   });

@@ -181,9 +181,11 @@ export class SyncClient {
     return { Authorization: `Bearer ${this.account.token}`, 'X-Client-Id': this.store.clientId, ...extra };
   }
 
-  /** One request with a timeout; network failures become `offline` errors. */
-  private async request(url: string, init: RequestInit, signal?: AbortSignal): Promise<Response> {
-    const timeout = AbortSignal.timeout(this.options.requestTimeoutMs);
+  /**
+   * Sends a request; network failures become `offline` errors. `timeout`
+   * aborts it (the caller decides how long it covers).
+   */
+  private async send(url: string, init: RequestInit, timeout: AbortSignal, signal?: AbortSignal): Promise<Response> {
     const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
     try {
       return await this.fetch(url, { ...init, signal: combined, cache: 'no-store' });
@@ -194,19 +196,30 @@ export class SyncClient {
     }
   }
 
-  /** The body of a 2xx reply, parsed keeping values' texts; the mapped error otherwise. */
-  private async readReply(response: Response, what: string): Promise<unknown> {
-    let text: string;
+  /**
+   * One request and its whole reply within `requestTimeoutMs`: the body of a
+   * 2xx reply, parsed keeping values' texts; the mapped error otherwise.
+   */
+  private async call(url: string, init: RequestInit, what: string, signal?: AbortSignal): Promise<unknown> {
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.options.requestTimeoutMs);
     try {
-      text = await response.text();
-    } catch (error) {
-      throw new SyncError('offline', `the connection broke while reading ${what}: ${(error as Error).message}`);
-    }
-    if (!response.ok) throw errorFrom(response.status, text);
-    try {
-      return parseJson(text);
-    } catch (error) {
-      throw new SyncError('protocol', `${what} is not JSON: ${(error as Error).message}`);
+      const response = await this.send(url, init, timeout.signal, signal);
+      let text: string;
+      try {
+        text = await response.text();
+      } catch (error) {
+        if (timeout.signal.aborted) throw new SyncError('offline', `reading ${what} timed out`);
+        throw new SyncError('offline', `the connection broke while reading ${what}: ${(error as Error).message}`);
+      }
+      if (!response.ok) throw errorFrom(response.status, text);
+      try {
+        return parseJson(text);
+      } catch (error) {
+        throw new SyncError('protocol', `${what} is not JSON: ${(error as Error).message}`);
+      }
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -282,12 +295,13 @@ export class SyncClient {
     const body =
       `{"clientId":${quote(this.store.clientId)},"since":${quote(since)},"changesetId":${quote(changeset.id)},` +
       `"schemaVersion":${SCHEMA_VERSION},"changes":[${changeset.changes.join(',')}]}`;
-    const response = await this.request(
+    const reply = await this.call(
       this.url(['sync', this.store.appId]),
       { method: 'POST', headers: this.headers({ 'Content-Type': 'application/json' }), body },
+      'the push reply',
       signal,
     );
-    return readPage(await this.readReply(response, 'the push reply'), 'the push reply');
+    return readPage(reply, 'the push reply');
   }
 
   /** Pulls every synced collection to the end; returns how many changes arrived. */
@@ -313,12 +327,13 @@ export class SyncClient {
     for (;;) {
       let page: IncomingPage;
       try {
-        const response = await this.request(
+        const reply = await this.call(
           this.url(['sync', this.store.appId, 'pull'], { collection, since, limit: String(this.options.pageSize) }),
           { headers: this.headers() },
+          'a pull page',
           signal,
         );
-        page = readPage(await this.readReply(response, 'a pull page'), 'a pull page');
+        page = readPage(reply, 'a pull page');
       } catch (error) {
         if (error instanceof SyncError && error.code === 'invalid_cursor' && !restarted) {
           // Not this server's cursor (its database was replaced): start over.
@@ -395,15 +410,20 @@ export class SyncClient {
     let unsubscribeOutbox = () => {};
     let idle: ReturnType<typeof setTimeout> | undefined;
     try {
+      // The timeout covers opening the stream only; its body lasts as long as it is open.
       let response: Response;
+      const opening = new AbortController();
+      const timer = setTimeout(() => opening.abort(), this.options.requestTimeoutMs);
       try {
-        response = await this.request(
+        response = await this.send(
           this.url(['sync', this.store.appId, 'stream'], { collections: this.store.collections.join(','), since }),
           { headers: this.headers({ Accept: 'text/event-stream' }) },
-          controller.signal,
+          AbortSignal.any([opening.signal, controller.signal]),
         );
       } catch (error) {
         return signal.aborted ? undefined : (failure ?? error);
+      } finally {
+        clearTimeout(timer);
       }
       if (!response.ok || !response.body) {
         return errorFrom(response.status, await response.text().catch(() => ''));

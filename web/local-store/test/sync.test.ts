@@ -171,6 +171,24 @@ describe('live', () => {
     expect(server.openStreams).toBe(0);
   });
 
+  it('keeps a quiet stream open past the request timeout, which covers opening it only', async () => {
+    const server = new FakeServer();
+    const [laptop, sync] = await device(server, 'alice', { requestTimeoutMs: 50 });
+    const stop = new AbortController();
+    const running = sync.runLive(stop.signal);
+    await expect.poll(() => laptop.status()).toMatchObject({ kind: 'synced' });
+    const opened = Date.now();
+    // Three timeouts' worth of silence, then a change arrives on the same stream.
+    await expect.poll(() => Date.now() - opened, { interval: 50 }).toBeGreaterThan(200);
+    const [phone, phoneSync] = await device(server);
+    await phone.insert('tasks', { title: 'still connected' });
+    await phoneSync.sync();
+    await expect.poll(() => titles(laptop)).toEqual(['still connected']);
+    expect(server.requests.filter((r) => r.endsWith('/stream'))).toHaveLength(1);
+    stop.abort();
+    await running;
+  });
+
   it('stops when the server refuses the token', async () => {
     const server = new FakeServer();
     const [laptop, sync] = await device(server);
