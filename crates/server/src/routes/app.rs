@@ -6,9 +6,9 @@
 //! Every path that is not the API's is the app's. The API's paths (`/sync`,
 //! `/ws`, `/health`, `/metrics`, `/dev`) keep their JSON 404s, and so does a
 //! missing file that a browser did not ask for as a page (a script, an
-//! image): only a `GET` or `HEAD` that accepts HTML falls back to
-//! `index.html`. A directory without `index.html` (the app was not built) is
-//! a 404 that says how to build it, never a 5xx.
+//! image): only a `GET` or `HEAD` of `/` or that accepts HTML falls back to
+//! `index.html`. Without `index.html` (the app was not built) such a request
+//! gets a 404 that says how to build it, never a 5xx.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,7 +72,16 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
     if is_api_path(&path) || !matches!(*request.method(), Method::GET | Method::HEAD) {
         return ApiError::NotFound(path).into_response();
     }
-    if !tokio::fs::metadata(&app.index)
+    let page = accepts_html(request.headers()) || path == "/";
+    let response = match ServeDir::new(&app.dir).oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    };
+    let response = if response.status() != StatusCode::NOT_FOUND {
+        response
+    } else if !page {
+        return ApiError::NotFound(path).into_response();
+    } else if !tokio::fs::metadata(&app.index)
         .await
         .is_ok_and(|meta| meta.is_file())
     {
@@ -80,23 +89,15 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
             dir: app.dir.display().to_string(),
         }
         .into_response();
-    }
-    let page = accepts_html(request.headers());
-    let response = match ServeDir::new(&app.dir).oneshot(request).await {
-        Ok(response) => response.map(Body::new),
-        Err(never) => match never {},
-    };
-    let response = if response.status() != StatusCode::NOT_FOUND {
-        response
-    } else if page {
+    } else {
         // One of the app's own routes (`/some/view`): the app decides.
-        let index = Request::new(Body::empty());
-        match ServeFile::new(&app.index).oneshot(index).await {
+        match ServeFile::new(&app.index)
+            .oneshot(Request::new(Body::empty()))
+            .await
+        {
             Ok(response) => response.map(Body::new),
             Err(never) => match never {},
         }
-    } else {
-        return ApiError::NotFound(path).into_response();
     };
     with_app_headers(response, &path)
 }
