@@ -11,7 +11,7 @@ serve: web
 # Then the web package's unit tests and the end-to-end tests in Chromium.
 test: web
 	cargo test --workspace --locked
-	$(MAKE) web-test
+	cd web && npm test && npm run test:e2e
 
 lint: web/node_modules/.package-lock.json
 	cargo fmt --all -- --check
@@ -29,6 +29,7 @@ web/node_modules/.package-lock.json: web/package-lock.json web/package.json web/
 
 # Vitest unit tests of the package, then the end-to-end tests: the real
 # server (target/debug) serving the built app, driven in Debian's Chromium.
+# (`make test` runs the same after `cargo test`, which built both binaries.)
 web-test: web
 	cargo build --locked -p mana-sync -p mana-todo
 	cd web && npm test && npm run test:e2e
