@@ -147,6 +147,31 @@ describe('signing out', () => {
   });
 });
 
+describe('a refused token', () => {
+  it('turns the indicator to error with a way to sign in again, which resumes syncing', async () => {
+    const context = await newDevice(browser);
+    const page = await openApp(context, server);
+    await signIn(page, 'jo');
+    // A token the server did not sign, as an expired or revoked one would be refused.
+    await page.evaluate(async () => {
+      const { store } = (globalThis as unknown as { manaTodo: { store: { account(): Promise<{ token: string }>; signIn(s: string, t: string): Promise<unknown> } } }).manaTodo;
+      const [header, payload] = (await store.account()).token.split('.');
+      await store.signIn(window.location.origin, `${header}.${payload}.not-the-signature`);
+    });
+    await expectIndicator(page, 'error');
+    await addTodo(page, 'Kept while the token is refused');
+    await todo(page, 'Kept while the token is refused').waitFor();
+    await screenshot(page, 'token-refused');
+    await page.getByTestId('login-again').click();
+    expect(await page.getByTestId('login-name').inputValue()).toBe('jo');
+    await page.getByTestId('login-submit').click();
+    await expectIndicator(page, 'synced');
+    await page.getByTestId('login-again').waitFor({ state: 'detached' });
+    await expect.poll(() => page.getByTestId('pending').count()).toBe(0);
+    await context.close();
+  });
+});
+
 describe('the server', () => {
   it('serves the app with a Content-Security-Policy that allows exactly itself', async () => {
     const response = await fetch(`${server.url}/`, { headers: { Accept: 'text/html' } });

@@ -88,8 +88,12 @@ export type SyncStatus =
   | { kind: 'synced'; at?: string }
   /** The server cannot be reached now; local writes are kept and pushed later. */
   | { kind: 'offline'; reason: string }
-  /** The server refused something (the token, a change); needs attention. Local data is kept. */
-  | { kind: 'error'; reason: string };
+  /**
+   * The server refused something (the token, a change); needs attention.
+   * Local data is kept. `signInAgain`: the token was refused, a new sign-in
+   * (`signIn` with a new token of the same user) resumes syncing.
+   */
+  | { kind: 'error'; reason: string; signInAgain?: boolean };
 
 /** The account a store is signed in to. */
 export interface Account {

@@ -253,6 +253,8 @@ export class SyncClient {
           : { kind: 'synced' };
     } else if (failure instanceof SyncError && failure.transient) {
       status = { kind: 'offline', reason: failure.message };
+    } else if (failure instanceof SyncError && failure.kind === 'unauthorized') {
+      status = { kind: 'error', reason: failure.message, signInAgain: true };
     } else {
       status = { kind: 'error', reason: failure instanceof Error ? failure.message : String(failure) };
     }

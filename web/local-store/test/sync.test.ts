@@ -126,7 +126,7 @@ describe('push and pull', () => {
     await phone.insert('tasks', { title: 'kept' });
     server.revoked.add('alice');
     await expect(sync.sync()).rejects.toSatisfy((e) => e instanceof SyncError && e.kind === 'unauthorized');
-    expect(await phone.status()).toMatchObject({ kind: 'error' });
+    expect(await phone.status()).toMatchObject({ kind: 'error', signInAgain: true });
     server.revoked.clear();
     const unreachable = new SyncClient(phone, { server: 'http://nowhere.test', token: token('alice') }, {
       fetch: () => Promise.reject(new TypeError('Failed to fetch')),
