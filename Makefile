@@ -1,18 +1,38 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint bench bench-live bench-client bench-backup
+.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup
 
-# The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth.
-serve:
+# The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth,
+# serving the Todo web app at http://localhost:3050/.
+serve: web
 	cargo run --release --locked -p mana-sync -- serve
 
 # Every test. Postgres tests use 127.0.0.1:5432 (user postgres); without it
 # they are skipped with a message, unless CI=true, where that is a failure.
-test:
+# Then the web package's unit tests and the end-to-end tests in Chromium.
+test: web
 	cargo test --workspace --locked
+	cd web && npm test && npm run test:e2e
 
-lint:
+lint: web/node_modules/.package-lock.json
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cd web && npm run check
+
+# The web client (web/local-store) and the Todo app, built into web/todo/dist,
+# which `mana-sync serve` serves (WEB_DIR).
+web: web/node_modules/.package-lock.json
+	cd web && npm run build
+
+# Node dependencies, exactly as locked; again only when the lockfile changes.
+web/node_modules/.package-lock.json: web/package-lock.json web/package.json web/local-store/package.json web/todo/package.json web/e2e/package.json
+	cd web && npm ci --no-audit --no-fund
+
+# Vitest unit tests of the package, then the end-to-end tests: the real
+# server (target/debug) serving the built app, driven in Debian's Chromium.
+# (`make test` runs the same after `cargo test`, which built both binaries.)
+web-test: web
+	cargo build --locked -p mana-sync -p mana-todo
+	cd web && npm test && npm run test:e2e
 
 # Throughput against the raw database; prints a Markdown table.
 bench:

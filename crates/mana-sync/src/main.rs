@@ -99,6 +99,9 @@ struct ServeArgs {
     /// Largest backup `POST /backup/import` accepts, in bytes.
     #[arg(long, env = "BACKUP_MAX_BYTES", default_value_t = 1 << 30)]
     backup_max_bytes: u64,
+    /// Directory of the built web app served at `/` (`make web` builds it).
+    #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
+    web_dir: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -178,6 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
+        web_dir: args.web_dir,
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {

@@ -42,6 +42,20 @@ pub enum ApiError {
     /// A backup was refused, or its import failed.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// The web app's directory has no `index.html` (it was not built).
+    #[error(
+        "the web app is not built: there is no index.html in `{dir}`; build it with `make web`, or point WEB_DIR at a built app"
+    )]
+    WebAppNotBuilt {
+        /// The directory the app is served from.
+        dir: String,
+    },
+    /// The request is understood but not answered to this caller.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The server failed in a way that is not the database's (a bug).
+    #[error("{0}")]
+    Internal(String),
     /// A handler panicked (a bug); the request is answered, not dropped.
     #[error("internal error")]
     Panic,
@@ -91,6 +105,9 @@ impl ApiError {
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::WebAppNotBuilt { .. } => (StatusCode::NOT_FOUND, "web_app_not_built"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

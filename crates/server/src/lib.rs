@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub socket_auth_timeout: Duration,
     /// Largest backup `POST /backup/import` accepts.
     pub backup_max_bytes: u64,
+    /// The built web app served at `/` (`WEB_DIR`).
+    pub web_dir: std::path::PathBuf,
 }
 
 /// Why the server could not start.
@@ -161,8 +163,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let live = self.state.hub.shutdown().clone();
-        let service = routes::service(self.state, &self.config).map_err(std::io::Error::other)?;
-        axum::serve(listener, axum::ServiceExt::into_make_service(service))
+        let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
+            .map_err(std::io::Error::other)?;
+        // The peer address tells dev-mode sign-in who is asking (loopback only).
+        let service =
+            axum::ServiceExt::into_make_service_with_connect_info::<std::net::SocketAddr>(service);
+        axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 live.cancel();

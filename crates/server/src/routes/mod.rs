@@ -2,10 +2,15 @@
 //! around them (auth on sync routes; body limit, request metrics, CORS,
 //! tracing and panic capture on everything).
 
+mod app;
 mod backup;
+mod dev;
 mod health;
 mod live;
 mod sync;
+
+pub use app::CONTENT_SECURITY_POLICY;
+pub use dev::DEV_TOKEN_TTL;
 
 use std::any::Any;
 
@@ -32,6 +37,7 @@ use crate::{AppState, MAX_BODY_BYTES, ServerConfig, StartError, auth};
 pub fn service(
     state: AppState,
     config: &ServerConfig,
+    dev_secret: Option<&str>,
 ) -> Result<
     impl tower::Service<
         Request,
@@ -55,12 +61,12 @@ pub fn service(
             }),
         )
         .layer(cors)
-        .service(router(state)))
+        .service(router(state, config, dev_secret)))
 }
 
 /// The routes, with the layers that need to know the route (auth, request
 /// metrics by route, body limit).
-fn router(state: AppState) -> Router {
+fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> Router {
     let sync = Router::new()
         .route("/sync/{app_id}", post(sync::push))
         .route("/sync/{app_id}/pull", get(sync::pull))
@@ -88,7 +94,13 @@ fn router(state: AppState) -> Router {
     sync.merge(streams)
         .merge(sockets)
         .merge(open)
-        .fallback(not_found)
+        .merge(dev::routes(dev_secret))
+        // Every other path is the web app's (or a JSON 404), see `app`.
+        .fallback_service(
+            axum::routing::get(app::serve)
+                .with_state(app::WebApp::new(&config.web_dir))
+                .fallback(not_found),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(

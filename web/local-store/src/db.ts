@@ -1,0 +1,66 @@
+/** The IndexedDB layout of a store (Dexie). */
+
+import { Dexie, type Table } from 'dexie';
+
+import type { JsonObject } from './json.ts';
+import type { RecordState } from './merge.ts';
+
+/** A record's merge state, and its view (what queries read). */
+export interface RecordRow {
+  collection: string;
+  id: string;
+  /** 1 once deleted (tombstones are kept: they are sticky). */
+  deleted: 0 | 1;
+  state: RecordState;
+  /** The record as the app sees it (`undefined` once deleted). */
+  view?: JsonObject;
+}
+
+/** A local change not yet acknowledged by the server. */
+export interface OutboxRow {
+  seq?: number;
+  /** The change's JSON text, exactly as it is pushed. */
+  change: string;
+  /** Set (and committed) before the push is sent, so a retry reuses it. */
+  changesetId?: string;
+}
+
+/** A change the server refused, set aside with its reason. */
+export interface RejectedRow {
+  seq: number;
+  change: string;
+  reason: string;
+  rejectedAt: string;
+}
+
+/** How far one collection was pulled. */
+export interface CursorRow {
+  collection: string;
+  cursor: string;
+}
+
+/** Client id, clock, account, app cursor, status. */
+export interface MetaRow {
+  key: string;
+  value: unknown;
+}
+
+/** The database of one store. */
+export class StoreDb extends Dexie {
+  records!: Table<RecordRow, [string, string]>;
+  outbox!: Table<OutboxRow, number>;
+  rejected!: Table<RejectedRow, number>;
+  cursors!: Table<CursorRow, string>;
+  meta!: Table<MetaRow, string>;
+
+  constructor(name: string) {
+    super(name);
+    this.version(1).stores({
+      records: '[collection+id], [collection+deleted]',
+      outbox: '++seq, changesetId',
+      rejected: 'seq',
+      cursors: 'collection',
+      meta: 'key',
+    });
+  }
+}

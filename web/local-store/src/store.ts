@@ -1,0 +1,667 @@
+/**
+ * The local store: collections of JSON records in IndexedDB (Dexie), with the
+ * outbox, the sync cursors and the clock beside them. The same behaviour as
+ * the Rust client's `LocalStore` (`crates/client/src/store.rs`).
+ *
+ * Every local write is one IndexedDB transaction that reads the clock, merges
+ * the write into the record's state, appends the change to the outbox and
+ * saves the clock: a write is durable with its outbox row or not at all, and
+ * two tabs never hand out the same timestamp (IndexedDB serialises
+ * overlapping read-write transactions, across tabs too).
+ *
+ * Reads are plain objects (`{id, …fields, __lastActor?, __fieldActors?}`).
+ * {@link LocalStore.live} turns any read into an observable that re-runs when
+ * what it read changes, in this tab or another (Dexie's `liveQuery`).
+ */
+
+import { liveQuery, type Observable } from 'dexie';
+
+import { compareHlc, fromMillis, hlcOf, hlcText, next, observe, tick, type HlcTime } from './clock.ts';
+import { type OutboxRow, type RecordRow, StoreDb } from './db.ts';
+import { StoreError } from './errors.ts';
+import { compareText, isObject, quote, type JsonObject, type JsonValue } from './json.ts';
+import {
+  applyChange,
+  emptyState,
+  mergeDelete,
+  mergeField,
+  view,
+  type FieldState,
+  type MergeChange,
+  type RecordState,
+} from './merge.ts';
+import { LOWEST_TIMESTAMP, compareTimestamps } from './timestamp.ts';
+import { MAX_ID_LEN, MAX_NAME_LEN, checkField, checkIdentifier, tokenSubject, uuidV4, uuidV7 } from './util.ts';
+
+/** The schema version of changes this client writes (timestamps named `at`). */
+export const SCHEMA_VERSION = 2;
+
+/** A record to write when a store is created (onboarding content). */
+export interface SeedRecord {
+  collection: string;
+  /** A fixed id, the same on every device, so that several devices' seeds merge into one record. */
+  id: string;
+  data: JsonObject;
+}
+
+/** How to open a store. */
+export interface StoreOptions {
+  /** The app whose data this is (the `{appId}` of the sync endpoints). */
+  appId: string;
+  /** The collections this app syncs (pulled and streamed). */
+  collections: string[];
+  /**
+   * Records written when the store is created, stamped with the lowest
+   * timestamp so that any real edit, on any device, wins over them. They are
+   * pushed at the first sign-in like any other write.
+   */
+  seed?: SeedRecord[];
+  /** The actor stamped on this device's writes (opaque JSON); absent means the user. */
+  actor?: JsonValue;
+  /** The IndexedDB database name (default `mana-sync.<appId>`). */
+  name?: string;
+  /** The physical clock, in milliseconds since the epoch (replaceable in tests). */
+  now?: () => number;
+}
+
+/** A record as the app sees it. */
+export type StoredRecord = JsonObject & { id: string };
+
+/** Which live records of a collection to read, in which order. */
+export interface Query {
+  collection: string;
+  /** Keep records whose fields equal these values, or for which this returns true. */
+  where?: JsonObject | ((record: StoredRecord) => boolean);
+  /** Order by these fields (`-name` for descending), then by id. Default: by id. */
+  orderBy?: string | string[];
+  /** At most this many. */
+  limit?: number;
+}
+
+/** Where the store stands with the server (what a sync indicator shows). */
+export type SyncStatus =
+  /** No account: a guest store. Everything works; nothing leaves the device. */
+  | { kind: 'local-only' }
+  /** Pushing or pulling right now. */
+  | { kind: 'syncing' }
+  /** The last sync reached the server and brought everything in both directions (and, when live, the stream is connected). */
+  | { kind: 'synced'; at?: string }
+  /** The server cannot be reached now; local writes are kept and pushed later. */
+  | { kind: 'offline'; reason: string }
+  /**
+   * The server refused something (the token, a change); needs attention.
+   * Local data is kept. `signInAgain`: the token was refused, a new sign-in
+   * (`signIn` with a new token of the same user) resumes syncing.
+   */
+  | { kind: 'error'; reason: string; signInAgain?: boolean };
+
+/** The account a store is signed in to. */
+export interface Account {
+  /** The user (the token's `sub`). */
+  user: string;
+  /** The sync server's URL. */
+  server: string;
+  /** The bearer token. */
+  token: string;
+}
+
+/** A change the server refused, set aside. */
+export interface RejectedChange {
+  change: JsonObject;
+  reason: string;
+  rejectedAt: string;
+}
+
+/** Outbox rows sent together under one changeset id. */
+export interface PendingChangeset {
+  id: string;
+  /** The changes' JSON texts, in write order. */
+  changes: string[];
+}
+
+/** A page of changes from the server (a push reply, a pull page, a stream event). */
+export interface IncomingPage {
+  changes: MergeChange[];
+  syncedUntil: string;
+  hasMore: boolean;
+}
+
+const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta'] as const;
+
+function rfc3339Now(): string {
+  return new Date().toISOString();
+}
+
+/** JSON text of a value the app wrote, and the value as it will read back. */
+function encodeValue(name: string, value: unknown): { value: JsonValue; raw: string } {
+  let raw: string | undefined;
+  try {
+    raw = JSON.stringify(value);
+  } catch (error) {
+    throw new StoreError('invalid_input', `field \`${name}\`: ${String(error)}`);
+  }
+  if (raw === undefined) throw new StoreError('invalid_input', `field \`${name}\`: ${typeof value} is not a JSON value`);
+  return { value: JSON.parse(raw) as JsonValue, raw };
+}
+
+function sortedNames(state: RecordState): string[] {
+  return [...state.fields.keys()].sort(compareText);
+}
+
+/** The JSON text of an insert of `state`: `data` with every field, `fields` with every field's timestamp. */
+function insertChange(collection: string, id: string, state: RecordState, actorRaw: string | undefined): string {
+  const names = sortedNames(state);
+  const data = names.map((name) => `${quote(name)}:${state.fields.get(name)!.raw}`).join(',');
+  const fields = names
+    .map((name) => {
+      const field = state.fields.get(name)!;
+      return `${quote(name)}:{"value":${field.raw},"at":${quote(field.at)}}`;
+    })
+    .join(',');
+  return (
+    `{"table":${quote(collection)},"id":${quote(id)},"op":"insert","data":{${data}},"fields":{${fields}}` +
+    `${actorRaw === undefined ? '' : `,"actor":${actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`
+  );
+}
+
+function rank(value: JsonValue | undefined): number {
+  if (value === undefined) return 0;
+  if (value === null) return 1;
+  switch (typeof value) {
+    case 'boolean':
+      return 2;
+    case 'number':
+      return 3;
+    case 'string':
+      return 4;
+    default:
+      return Array.isArray(value) ? 5 : 6;
+  }
+}
+
+/** A total order on optional JSON values (missing < null < booleans < numbers < strings < arrays < objects). */
+export function compareValues(a: JsonValue | undefined, b: JsonValue | undefined): number {
+  const ra = rank(a);
+  const rb = rank(b);
+  if (ra !== rb) return ra < rb ? -1 : 1;
+  if (typeof a === 'boolean' || typeof a === 'number') return a === b ? 0 : a! < b! ? -1 : 1;
+  if (typeof a === 'string') return compareText(a, b as string);
+  if (ra >= 5) return compareText(JSON.stringify(a), JSON.stringify(b));
+  return 0;
+}
+
+function deepEqual(a: JsonValue | undefined, b: JsonValue | undefined): boolean {
+  return a === b || (typeof a === 'object' && a !== null && JSON.stringify(a) === JSON.stringify(b));
+}
+
+/** The local store of one app in this browser. Every method is local and works offline. */
+export class LocalStore {
+  private constructor(
+    /** The Dexie database (for advanced reads; write through the store's methods). */
+    readonly db: StoreDb,
+    /** The app this store belongs to. */
+    readonly appId: string,
+    /** The collections this app syncs. */
+    readonly collections: readonly string[],
+    /** This device's id (`X-Client-Id`), made once per store and shared by its tabs. */
+    readonly clientId: string,
+    private readonly actorRaw: string | undefined,
+    private readonly actor: JsonValue | undefined,
+    private readonly now: () => number,
+  ) {}
+
+  /**
+   * Opens (or creates) the store. A new store gets a fresh client id and the
+   * seed records; it starts local-only (a guest).
+   */
+  static async open(options: StoreOptions): Promise<LocalStore> {
+    checkIdentifier('app id', options.appId, MAX_NAME_LEN);
+    for (const collection of options.collections) checkIdentifier('collection', collection, MAX_NAME_LEN);
+    const actor = options.actor === undefined ? undefined : encodeValue('actor', options.actor);
+    const now = options.now ?? (() => Date.now());
+    const db = new StoreDb(options.name ?? `mana-sync.${options.appId}`);
+    await db.open();
+    const clientId = await db.transaction('rw', [...ALL_TABLES], async () => {
+      const existing = await db.meta.get('clientId');
+      if (existing) {
+        const app = (await db.meta.get('appId'))?.value;
+        if (app !== options.appId) {
+          throw new StoreError('wrong_app', `this database holds the data of app \`${String(app)}\`, not \`${options.appId}\``);
+        }
+        return existing.value as string;
+      }
+      const id = uuidV4();
+      await db.meta.bulkPut([
+        { key: 'clientId', value: id },
+        { key: 'appId', value: options.appId },
+        { key: 'createdAt', value: rfc3339Now() },
+      ]);
+      await LocalStore.writeSeed(db, options.seed ?? [], actor);
+      return id;
+    });
+    return new LocalStore(db, options.appId, [...options.collections], clientId, actor?.raw, actor?.value, now);
+  }
+
+  private static async writeSeed(db: StoreDb, seed: SeedRecord[], actor: { value: JsonValue; raw: string } | undefined) {
+    for (const record of seed) {
+      checkIdentifier('collection', record.collection, MAX_NAME_LEN);
+      checkIdentifier('id', record.id, MAX_ID_LEN);
+      const state = emptyState();
+      for (const [name, value] of Object.entries({ ...record.data, id: record.id })) {
+        checkField(name);
+        mergeField(state, name, { ...encodeValue(name, value), at: LOWEST_TIMESTAMP, ...(actor && { actor: actor.value, actorRaw: actor.raw }) });
+      }
+      await db.records.put(row(record.collection, record.id, state));
+      await db.outbox.add({ change: insertChange(record.collection, record.id, state, actor?.raw) });
+    }
+  }
+
+  /** Closes the database (other tabs keep theirs). */
+  close(): void {
+    this.db.close();
+  }
+
+  /** Deletes this browser's copy of the store: records, outbox, account. Every tab loses it. */
+  async destroy(): Promise<void> {
+    await this.db.delete();
+  }
+
+  private actorFields(): Pick<FieldState, 'actor' | 'actorRaw'> {
+    return this.actorRaw === undefined ? {} : { actor: this.actor, actorRaw: this.actorRaw };
+  }
+
+  /** Runs one local write: clock in, clock out, one transaction with the outbox. */
+  private write<T>(body: (clock: { tick(): HlcTime }) => Promise<T>): Promise<T> {
+    const db = this.db;
+    return db.transaction('rw', [db.records, db.outbox, db.meta], async () => {
+      let last = hlcOf(((await db.meta.get('hlc'))?.value as string | undefined) ?? '');
+      const physical = this.now();
+      const result = await body({ tick: () => (last = tick(last, physical)) });
+      await db.meta.put({ key: 'hlc', value: hlcText(last) });
+      return result;
+    });
+  }
+
+  /**
+   * Adds a record. Its `id` (a string) is used if present, else a new
+   * UUIDv7. Returns the id. Ids of deleted records cannot be reused.
+   */
+  async insert(collection: string, data: Record<string, unknown>): Promise<string> {
+    checkIdentifier('collection', collection, MAX_NAME_LEN);
+    if (!isObject(data)) throw new StoreError('invalid_input', 'a record must be an object');
+    const id = data.id === undefined ? uuidV7(this.now()) : data.id;
+    if (typeof id !== 'string') throw new StoreError('invalid_input', '`id` must be a string');
+    checkIdentifier('id', id, MAX_ID_LEN);
+    const values = Object.entries({ ...data, id }).map(([name, value]) => {
+      checkField(name);
+      return [name, encodeValue(name, value)] as const;
+    });
+    await this.write(async (clock) => {
+      if (await this.db.records.get([collection, id])) {
+        throw new StoreError('already_exists', `${collection}/${id} already exists (or was deleted: ids are not reused)`);
+      }
+      const at = hlcText(clock.tick());
+      const state = emptyState();
+      for (const [name, value] of values) mergeField(state, name, { ...value, at, ...this.actorFields() });
+      await this.db.records.put(row(collection, id, state));
+      await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw) });
+    });
+    return id;
+  }
+
+  /**
+   * Sets some fields of a record. Each written field is stamped after both
+   * the clock and the field's current timestamp, so an edit always wins over
+   * what this device showed, even a write from a clock that runs far ahead.
+   */
+  async update(collection: string, id: string, fields: Record<string, unknown>): Promise<void> {
+    checkIdentifier('collection', collection, MAX_NAME_LEN);
+    checkIdentifier('id', id, MAX_ID_LEN);
+    const values = Object.entries(fields).map(([name, value]) => {
+      checkField(name);
+      if (name === 'id' && value !== id) throw new StoreError('invalid_input', '`id` cannot be changed');
+      return [name, encodeValue(name, value)] as const;
+    });
+    await this.write(async (clock) => {
+      const existing = await this.db.records.get([collection, id]);
+      if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
+      if (values.length === 0) return;
+      const state = existing.state;
+      const now = clock.tick();
+      const out: string[] = [];
+      for (const [name, value] of values) {
+        const current = state.fields.get(name);
+        const currentAt = current && hlcOf(current.at);
+        const at = hlcText(currentAt && compareHlc(currentAt, now) >= 0 ? next(currentAt) : now);
+        mergeField(state, name, { ...value, at, ...this.actorFields() });
+        out.push(`${quote(name)}:{"value":${value.raw},"at":${quote(at)}}`);
+      }
+      const change =
+        `{"table":${quote(collection)},"id":${quote(id)},"op":"update","fields":{${out.join(',')}}` +
+        `${this.actorRaw === undefined ? '' : `,"actor":${this.actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`;
+      await this.db.records.put(row(collection, id, state));
+      await this.db.outbox.add({ change });
+    });
+  }
+
+  /** Deletes a record (a tombstone: it stays deleted on every device). */
+  async delete(collection: string, id: string): Promise<void> {
+    checkIdentifier('collection', collection, MAX_NAME_LEN);
+    checkIdentifier('id', id, MAX_ID_LEN);
+    await this.write(async (clock) => {
+      const existing = await this.db.records.get([collection, id]);
+      if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
+      const at = hlcText(clock.tick());
+      mergeDelete(existing.state, { at, ...this.actorFields() });
+      const change =
+        `{"table":${quote(collection)},"id":${quote(id)},"op":"delete","deletedAt":${quote(at)}` +
+        `${this.actorRaw === undefined ? '' : `,"actor":${this.actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`;
+      await this.db.records.put(row(collection, id, existing.state));
+      await this.db.outbox.add({ change });
+    });
+  }
+
+  /** One record, or `undefined` if it does not exist or was deleted. */
+  async get(collection: string, id: string): Promise<StoredRecord | undefined> {
+    const found = await this.db.records.get([collection, id]);
+    return found && !found.deleted && found.view ? toRecord(found) : undefined;
+  }
+
+  /** The merge state of a record (deleted ones included), for inspection and tests. */
+  async recordState(collection: string, id: string): Promise<RecordState | undefined> {
+    return (await this.db.records.get([collection, id]))?.state;
+  }
+
+  /** The records a query selects, in its order. */
+  async query(query: Query): Promise<StoredRecord[]> {
+    const rows = await this.db.records.where('[collection+deleted]').equals([query.collection, 0]).toArray();
+    let records = rows.map(toRecord);
+    const where = query.where;
+    if (typeof where === 'function') records = records.filter(where);
+    else if (where) records = records.filter((r) => Object.entries(where).every(([k, v]) => deepEqual(r[k], v)));
+    const order = (typeof query.orderBy === 'string' ? [query.orderBy] : (query.orderBy ?? [])).map((spec) =>
+      spec.startsWith('-') ? { field: spec.slice(1), sign: -1 } : { field: spec, sign: 1 },
+    );
+    records.sort((a, b) => {
+      for (const { field, sign } of order) {
+        const c = compareValues(a[field], b[field]);
+        if (c !== 0) return c * sign;
+      }
+      return compareText(a.id, b.id);
+    });
+    return query.limit === undefined ? records : records.slice(0, query.limit);
+  }
+
+  /** Every live record of `collection`, by id. */
+  list(collection: string): Promise<StoredRecord[]> {
+    return this.query({ collection });
+  }
+
+  /**
+   * An observable of any read of this store: it emits the read's result now,
+   * and again whenever a write changes what it read, in this tab or in
+   * another (local writes, and changes applied by sync).
+   */
+  live<T>(read: (store: LocalStore) => Promise<T>): Observable<T> {
+    return liveQuery(() => read(this));
+  }
+
+  // ---- sync status ---------------------------------------------------------
+
+  /** The sync status now (the same in every tab). */
+  async status(): Promise<SyncStatus> {
+    const [account, status] = await Promise.all([this.db.meta.get('account'), this.db.meta.get('status')]);
+    if (!account) return { kind: 'local-only' };
+    return (status?.value as SyncStatus | undefined) ?? { kind: 'offline', reason: 'not synced yet' };
+  }
+
+  /** Sets the status (the sync engine does). */
+  async setStatus(status: SyncStatus): Promise<void> {
+    const value = status.kind === 'synced' ? { kind: 'synced', at: rfc3339Now() } : status;
+    await this.db.meta.put({ key: 'status', value });
+  }
+
+  // ---- account ---------------------------------------------------------------
+
+  /** The account the store is signed in to; `undefined` for a guest store. */
+  async account(): Promise<Account | undefined> {
+    return (await this.db.meta.get('account'))?.value as Account | undefined;
+  }
+
+  /**
+   * Signs the store in to `server` as the token's user. The first sign-in
+   * makes a guest store the account's: its records and outbox stay, and are
+   * pushed by the next sync. A store never changes user: a token of another
+   * user is refused (`account_mismatch`), so one account's data is never
+   * pushed into another's. A new token of the same user replaces the old
+   * one. Moving to another server forgets the cursors (they are that
+   * server's); merging makes pulling again harmless.
+   */
+  async signIn(server: string, token: string): Promise<Account> {
+    const user = tokenSubject(token);
+    const url = server.replace(/\/+$/, '');
+    const db = this.db;
+    return db.transaction('rw', [db.meta, db.cursors], async () => {
+      const existing = (await db.meta.get('account'))?.value as Account | undefined;
+      if (existing && existing.user !== user) {
+        throw new StoreError('account_mismatch', `this store belongs to \`${existing.user}\`; the token is \`${user}\`'s`);
+      }
+      if (existing?.server !== url) {
+        await db.cursors.clear();
+        await db.meta.delete('appCursor');
+      }
+      const account = { user, server: url, token: token.trim() };
+      await db.meta.put({ key: 'account', value: account });
+      if (!existing) await db.meta.delete('status');
+      return account;
+    });
+  }
+
+  // ---- outbox ----------------------------------------------------------------
+
+  /** How many local changes wait to be pushed. */
+  pendingCount(): Promise<number> {
+    return this.db.outbox.count();
+  }
+
+  /**
+   * The next changeset to push: rows already assigned to a changeset (a push
+   * that failed or whose reply was lost) first, with the same id; otherwise
+   * up to `max` new rows, whose new id is committed before this returns.
+   */
+  async nextChangeset(max: number): Promise<PendingChangeset | undefined> {
+    const db = this.db;
+    return db.transaction('rw', db.outbox, async () => {
+      // Assigned rows are always the oldest: take the first row's id if any.
+      const first = await db.outbox.orderBy(':id').first();
+      if (!first) return undefined;
+      if (first.changesetId !== undefined) {
+        const rows = await db.outbox.where('changesetId').equals(first.changesetId).sortBy('seq');
+        return { id: first.changesetId, changes: rows.map((r) => r.change) };
+      }
+      const rows = await db.outbox.orderBy(':id').limit(Math.max(1, max)).toArray();
+      const fresh = rows.filter((r) => r.changesetId === undefined);
+      const id = uuidV7(this.now());
+      await db.outbox.bulkPut(fresh.map((r) => ({ ...r, changesetId: id })));
+      return { id, changes: fresh.map((r) => r.change) };
+    });
+  }
+
+  /**
+   * The server stored changeset `id` (or had before): drop its rows and apply
+   * the reply, in one transaction. When the reply holds every change after
+   * the app cursor (`hasMore` false), every collection's cursor moves to its
+   * `syncedUntil` too.
+   */
+  async finishChangeset(id: string, reply: IncomingPage): Promise<void> {
+    const db = this.db;
+    await db.transaction('rw', [...ALL_TABLES], async () => {
+      await db.outbox.where('changesetId').equals(id).delete();
+      await this.applyIn(reply.changes);
+      if (!reply.hasMore) {
+        await db.cursors.bulkPut(this.collections.map((collection) => ({ collection, cursor: reply.syncedUntil })));
+        await db.meta.put({ key: 'appCursor', value: reply.syncedUntil });
+      }
+    });
+  }
+
+  /**
+   * Splits changeset `id` into two halves with new ids (the server refused it
+   * whole, so none of it was stored and new ids are safe). `false` if it has
+   * a single row.
+   */
+  async splitChangeset(id: string): Promise<boolean> {
+    const db = this.db;
+    return db.transaction('rw', db.outbox, async () => {
+      const rows = await db.outbox.where('changesetId').equals(id).sortBy('seq');
+      if (rows.length < 2) return false;
+      const half = Math.floor(rows.length / 2);
+      const first = uuidV7(this.now());
+      const second = uuidV7(this.now());
+      await db.outbox.bulkPut(rows.map((r, i) => ({ ...r, changesetId: i < half ? first : second })));
+      return true;
+    });
+  }
+
+  /** Moves the rows of changeset `id` out of the outbox, with the server's reason. Local data is untouched. */
+  async rejectChangeset(id: string, reason: string): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', [db.outbox, db.rejected], async () => {
+      const rows = await db.outbox.where('changesetId').equals(id).toArray();
+      const rejectedAt = rfc3339Now();
+      await db.rejected.bulkPut(rows.map((r) => ({ seq: r.seq!, change: r.change, reason, rejectedAt })));
+      await db.outbox.where('changesetId').equals(id).delete();
+      return rows.length;
+    });
+  }
+
+  /** Changes the server refused, kept aside with its reason. */
+  async rejected(): Promise<RejectedChange[]> {
+    const rows = await this.db.rejected.orderBy('seq').toArray();
+    return rows.map((r) => ({ change: JSON.parse(r.change) as JsonObject, reason: r.reason, rejectedAt: r.rejectedAt }));
+  }
+
+  /** Puts refused changes back into the outbox (after the server was fixed); returns how many. */
+  async retryRejected(): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', [db.outbox, db.rejected], async () => {
+      const rows = await db.rejected.orderBy('seq').toArray();
+      await db.outbox.bulkAdd(rows.map((r) => ({ change: r.change })));
+      await db.rejected.clear();
+      return rows.length;
+    });
+  }
+
+  /** Forgets refused changes; returns how many. */
+  async discardRejected(): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', db.rejected, async () => {
+      const count = await db.rejected.count();
+      await db.rejected.clear();
+      return count;
+    });
+  }
+
+  // ---- cursors and incoming changes -----------------------------------------
+
+  /** How far `collection` was pulled (`undefined`: never). */
+  async cursor(collection: string): Promise<string | undefined> {
+    return (await this.db.cursors.get(collection))?.cursor;
+  }
+
+  /**
+   * A cursor before which every change of every synced collection is applied
+   * (`undefined`: from the start); the `since` of pushes and of the stream.
+   * Trusted only when every synced collection has a cursor.
+   */
+  async appCursor(): Promise<string | undefined> {
+    const db = this.db;
+    return db.transaction('r', [db.cursors, db.meta], async () => {
+      const cursors = await db.cursors.bulkGet([...this.collections]);
+      if (cursors.some((c) => c === undefined)) return undefined;
+      return (await db.meta.get('appCursor'))?.value as string | undefined;
+    });
+  }
+
+  /** Records the app cursor after a full pull round. */
+  async setAppCursor(cursor: string): Promise<void> {
+    await this.db.meta.put({ key: 'appCursor', value: cursor });
+  }
+
+  /** Forgets every cursor (the server does not know them): the next pull starts from the beginning. */
+  async forgetCursors(): Promise<void> {
+    const db = this.db;
+    await db.transaction('rw', [db.cursors, db.meta], async () => {
+      await db.cursors.clear();
+      await db.meta.delete('appCursor');
+    });
+  }
+
+  /** Merges changes received from the server (or any other transport), in one transaction. Returns how many records changed. */
+  applyRemote(changes: MergeChange[]): Promise<number> {
+    return this.applyPage(changes);
+  }
+
+  /** Applies one page of changes and, if given, moves `[collection, cursor]` in the same transaction. */
+  async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string]): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', [db.records, db.cursors, db.meta], async () => {
+      const touched = await this.applyIn(changes);
+      if (cursor) await db.cursors.put({ collection: cursor[0], cursor: cursor[1] });
+      return touched;
+    });
+  }
+
+  /** Merges `changes` inside the current transaction; returns how many records changed. */
+  private async applyIn(changes: MergeChange[]): Promise<number> {
+    if (changes.length === 0) return 0;
+    const db = this.db;
+    const keys = new Map<string, [string, string]>();
+    for (const change of changes) keys.set(JSON.stringify([change.table, change.id]), [change.table, change.id]);
+    const keyList = [...keys.values()];
+    const rows = await db.records.bulkGet(keyList);
+    const states = new Map<string, { state: RecordState; dirty: boolean }>();
+    keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false }));
+    let newest: string | undefined;
+    for (const change of changes) {
+      const entry = states.get(JSON.stringify([change.table, change.id]))!;
+      try {
+        entry.dirty = applyChange(entry.state, change) || entry.dirty;
+      } catch (error) {
+        // The server validates every change; one that still cannot be merged
+        // is skipped rather than blocking sync.
+        console.warn(`mana-sync: skipping an unmergeable change of ${change.table}/${change.id}:`, error);
+      }
+      for (const at of [...(change.fields?.values() ?? [])].map((f) => f.at).concat(change.deletedAt ?? [])) {
+        if (newest === undefined || compareTimestamps(at, newest) > 0) newest = at;
+      }
+    }
+    const dirty = keyList.filter((key) => states.get(JSON.stringify(key))!.dirty);
+    await db.records.bulkPut(dirty.map(([collection, id]) => row(collection, id, states.get(JSON.stringify([collection, id]))!.state)));
+    if (newest !== undefined) {
+      const lastText = (await db.meta.get('hlc'))?.value as string | undefined;
+      const last = lastText ? hlcOf(lastText) : fromMillis(0);
+      const advanced = observe(last, hlcOf(newest), this.now());
+      if (compareHlc(advanced, last) !== 0) await db.meta.put({ key: 'hlc', value: hlcText(advanced) });
+    }
+    return dirty.length;
+  }
+
+  /** Every record state of every collection (deleted ones included), for comparing devices in tests and tools. */
+  async dump(): Promise<Map<string, RecordState>> {
+    const rows = await this.db.records.toArray();
+    return new Map(rows.map((r) => [`${r.collection}/${r.id}`, r.state]));
+  }
+}
+
+function row(collection: string, id: string, state: RecordState): RecordRow {
+  const shown = view(state);
+  return { collection, id, deleted: state.deleted ? 1 : 0, state, ...(shown && { view: shown }) };
+}
+
+function toRecord(found: RecordRow): StoredRecord {
+  const record = { ...found.view } as StoredRecord;
+  if (typeof record.id !== 'string') record.id = found.id;
+  return record;
+}
+

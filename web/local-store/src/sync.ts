@@ -1,0 +1,513 @@
+/**
+ * Sync with a mana-sync server: push the outbox, pull every collection to
+ * the end, and follow the live stream. The same behaviour as the Rust client
+ * (`crates/client/src/sync.rs`, `live.rs`).
+ *
+ * **Push.** The outbox goes out in changesets of at most `changesetSize`
+ * changes. A changeset's id is committed with its rows before it is sent,
+ * and rows leave the outbox only in the transaction that applies the 200
+ * reply, so a lost reply or a closed tab is followed by a resend of the same
+ * id, which the server stores once. A 400 `invalid_change`/`invalid_json` or
+ * a 413 splits the changeset in halves down to the refused change, which is
+ * set aside (`LocalStore.rejected`) with the server's reason; the rest keeps
+ * flowing. An `invalid_cursor` (the server's database was replaced) forgets
+ * the cursors and starts over.
+ *
+ * **Pull.** Each collection is pulled from its cursor, page by page while
+ * `hasMore`; each page is applied in its own transaction, and the cursor is
+ * saved only with the last page, so an interrupted pull resumes from the old
+ * cursor and re-applies (harmlessly) what it had.
+ *
+ * **Live.** After a push and a pull, the stream (`GET /sync/{app}/stream`,
+ * Server-Sent Events read with `fetch`, so the token travels in the
+ * `Authorization` header and never in a URL) delivers other devices'
+ * changes; each event is applied with its collection's cursor. Local writes
+ * (from any tab) are pushed as they happen. Any failure: status `offline` or
+ * `error`, then a retry after an exponential backoff with jitter, at once
+ * when the browser comes back online. A 401 stops until a new token.
+ */
+
+import { liveQuery } from 'dexie';
+import { createParser } from 'eventsource-parser';
+
+import { SyncError } from './errors.ts';
+import { isObject, parseJson, quote, type JsonObject } from './json.ts';
+import { readChange, ChangeError } from './merge.ts';
+import { SCHEMA_VERSION, type Account, type IncomingPage, type LocalStore, type PendingChangeset, type SyncStatus } from './store.ts';
+
+/** `since` meaning "from the start". */
+export const START = '1970-01-01T00:00:00.000Z';
+
+/** Tuning of the sync client. */
+export interface SyncOptions {
+  /** Changes per pushed changeset (500). */
+  changesetSize?: number;
+  /** Changes per pulled page (1000, the server's maximum). */
+  pageSize?: number;
+  /** Time for one push or pull, reply included (60 s). */
+  requestTimeoutMs?: number;
+  /** Silence after which the live stream is considered dead (90 s; the server sends heartbeats every 30 s). */
+  streamIdleTimeoutMs?: number;
+  /** First delay before reconnecting; doubles on each failure (500 ms). */
+  minBackoffMs?: number;
+  /** Longest delay before reconnecting (30 s). */
+  maxBackoffMs?: number;
+  /** The `fetch` to use (tests). */
+  fetch?: typeof fetch;
+}
+
+/** What one sync did. */
+export interface SyncReport {
+  /** Local changes the server acknowledged. */
+  pushed: number;
+  /** Changes received from other devices. */
+  received: number;
+  /** Local changes the server refused in this sync (set aside). */
+  rejected: number;
+}
+
+const DEFAULTS: Required<Omit<SyncOptions, 'fetch'>> = {
+  changesetSize: 500,
+  pageSize: 1000,
+  requestTimeoutMs: 60_000,
+  streamIdleTimeoutMs: 90_000,
+  minBackoffMs: 500,
+  maxBackoffMs: 30_000,
+};
+
+/** Exponential backoff with ±25 % jitter, so devices that lost the server together do not return together. */
+export class Backoff {
+  private current: number;
+
+  constructor(
+    private readonly min: number,
+    private readonly max: number,
+  ) {
+    this.current = min;
+  }
+
+  reset(): void {
+    this.current = this.min;
+  }
+
+  nextDelay(): number {
+    const base = this.current;
+    this.current = Math.min(this.current * 2, this.max);
+    return base * (0.75 + Math.random() * 0.5);
+  }
+}
+
+/** Whether a refusal is about the changes themselves (so splitting and setting aside can help). */
+function refusesTheChanges(error: SyncError): boolean {
+  return error.status === 413 || (error.status === 400 && (error.code === 'invalid_change' || error.code === 'invalid_json'));
+}
+
+/** The error of a non-2xx reply. */
+export function errorFrom(status: number, body: string): SyncError {
+  let code = 'http_error';
+  let message = body.slice(0, 300);
+  try {
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    if (typeof parsed.error?.code === 'string') code = parsed.error.code;
+    if (typeof parsed.error?.message === 'string') message = parsed.error.message;
+  } catch {
+    // not JSON: keep the text
+  }
+  if (status === 401) return new SyncError('unauthorized', `the server refused the token: ${message}`, status, code);
+  const transient = status === 408 || status === 429 || status >= 500;
+  return new SyncError(transient ? 'offline' : 'server', `${code}: ${message}`, status, code);
+}
+
+function readPage(json: unknown, what: string): IncomingPage & { table?: string } {
+  if (!isObject(json)) throw new SyncError('protocol', `${what} is not a JSON object`);
+  const changes = json.serverChanges ?? json.changes;
+  if (!Array.isArray(changes) || typeof json.syncedUntil !== 'string') {
+    throw new SyncError('protocol', `${what} lacks \`serverChanges\`/\`changes\` or \`syncedUntil\``);
+  }
+  try {
+    return {
+      changes: changes.map(readChange),
+      syncedUntil: json.syncedUntil,
+      hasMore: json.hasMore === true,
+      ...(typeof json.table === 'string' && { table: json.table }),
+    };
+  } catch (error) {
+    if (error instanceof ChangeError) throw new SyncError('protocol', `${what}: ${error.message}`);
+    throw error;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal, wake?: (wake: () => void) => () => void): Promise<void> {
+  return new Promise((resolve) => {
+    let unwatch = () => {};
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      unwatch();
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+    if (wake) unwatch = wake(done);
+  });
+}
+
+/** `window`, when there is one (not in workers or Node). */
+function browserWindow(): Window | undefined {
+  return typeof window === 'undefined' ? undefined : window;
+}
+
+/** A store connected to a server with an account's token. */
+export class SyncClient {
+  private readonly options: Required<Omit<SyncOptions, 'fetch'>>;
+  private readonly fetch: typeof fetch;
+
+  constructor(
+    readonly store: LocalStore,
+    readonly account: Pick<Account, 'server' | 'token'>,
+    options: SyncOptions = {},
+  ) {
+    this.options = { ...DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) };
+    this.fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+  }
+
+  private url(segments: string[], query?: Record<string, string>): string {
+    const path = segments.map(encodeURIComponent).join('/');
+    const search = query ? `?${new URLSearchParams(query).toString()}` : '';
+    return `${this.account.server.replace(/\/+$/, '')}/${path}${search}`;
+  }
+
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    return { Authorization: `Bearer ${this.account.token}`, 'X-Client-Id': this.store.clientId, ...extra };
+  }
+
+  /**
+   * Sends a request; network failures become `offline` errors. `timeout`
+   * aborts it (the caller decides how long it covers).
+   */
+  private async send(url: string, init: RequestInit, timeout: AbortSignal, signal?: AbortSignal): Promise<Response> {
+    const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    try {
+      return await this.fetch(url, { ...init, signal: combined, cache: 'no-store' });
+    } catch (error) {
+      if (timeout.aborted) throw new SyncError('offline', 'the request to the sync server timed out');
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new SyncError('offline', 'aborted');
+      throw new SyncError('offline', `cannot reach the sync server at ${this.account.server}: ${(error as Error).message}`);
+    }
+  }
+
+  /**
+   * One request and its whole reply within `requestTimeoutMs`: the body of a
+   * 2xx reply, parsed keeping values' texts; the mapped error otherwise.
+   */
+  private async call(url: string, init: RequestInit, what: string, signal?: AbortSignal): Promise<unknown> {
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.options.requestTimeoutMs);
+    try {
+      const response = await this.send(url, init, timeout.signal, signal);
+      let text: string;
+      try {
+        text = await response.text();
+      } catch (error) {
+        if (timeout.signal.aborted) throw new SyncError('offline', `reading ${what} timed out`);
+        throw new SyncError('offline', `the connection broke while reading ${what}: ${(error as Error).message}`);
+      }
+      if (!response.ok) throw errorFrom(response.status, text);
+      try {
+        return parseJson(text);
+      } catch (error) {
+        throw new SyncError('protocol', `${what} is not JSON: ${(error as Error).message}`);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Pushes the outbox, then pulls every collection to the end; sets the status on the way. */
+  async sync(signal?: AbortSignal): Promise<SyncReport> {
+    await this.store.setStatus({ kind: 'syncing' });
+    try {
+      const report = await this.syncOnce(signal);
+      await this.settle(undefined);
+      return report;
+    } catch (error) {
+      await this.settle(error);
+      throw error;
+    }
+  }
+
+  private async syncOnce(signal?: AbortSignal): Promise<SyncReport> {
+    const report = await this.push(signal);
+    report.received += await this.pull(signal);
+    return report;
+  }
+
+  /** The status after an attempt: synced (or error while refused changes wait aside), offline, error. */
+  private async settle(failure: unknown): Promise<void> {
+    let status: SyncStatus;
+    if (failure === undefined) {
+      const rejected = await this.store.rejected();
+      status =
+        rejected.length > 0
+          ? { kind: 'error', reason: `${rejected.length} change(s) refused by the server and set aside (first: ${rejected[0]!.reason})` }
+          : { kind: 'synced' };
+    } else if (failure instanceof SyncError && failure.transient) {
+      status = { kind: 'offline', reason: failure.message };
+    } else if (failure instanceof SyncError && failure.kind === 'unauthorized') {
+      status = { kind: 'error', reason: failure.message, signInAgain: true };
+    } else {
+      status = { kind: 'error', reason: failure instanceof Error ? failure.message : String(failure) };
+    }
+    await this.store.setStatus(status);
+  }
+
+  /** Pushes the whole outbox. */
+  async push(signal?: AbortSignal): Promise<SyncReport> {
+    const report: SyncReport = { pushed: 0, received: 0, rejected: 0 };
+    let cursorReset = false;
+    for (;;) {
+      const changeset = await this.store.nextChangeset(this.options.changesetSize);
+      if (!changeset) return report;
+      const since = (await this.store.appCursor()) ?? START;
+      try {
+        const reply = await this.postChangeset(changeset, since, signal);
+        report.pushed += changeset.changes.length;
+        report.received += reply.changes.length;
+        await this.store.finishChangeset(changeset.id, reply);
+      } catch (error) {
+        if (!(error instanceof SyncError)) throw error;
+        if (error.code === 'invalid_cursor' && !cursorReset) {
+          cursorReset = true;
+          await this.store.forgetCursors();
+        } else if (refusesTheChanges(error)) {
+          if (!(await this.store.splitChangeset(changeset.id))) {
+            const reason = `${error.code}: ${error.message.replace(`${error.code}: `, '')}`;
+            console.warn(`mana-sync: the server refused a change; set aside (${reason})`);
+            report.rejected += await this.store.rejectChangeset(changeset.id, reason);
+          }
+        } else {
+          throw error;
+        }
+      }
+    }
+  }
+
+  private async postChangeset(changeset: PendingChangeset, since: string, signal?: AbortSignal): Promise<IncomingPage> {
+    // The changes are kept as the exact JSON to send: join, don't re-encode.
+    const body =
+      `{"clientId":${quote(this.store.clientId)},"since":${quote(since)},"changesetId":${quote(changeset.id)},` +
+      `"schemaVersion":${SCHEMA_VERSION},"changes":[${changeset.changes.join(',')}]}`;
+    const reply = await this.call(
+      this.url(['sync', this.store.appId]),
+      { method: 'POST', headers: this.headers({ 'Content-Type': 'application/json' }), body },
+      'the push reply',
+      signal,
+    );
+    return readPage(reply, 'the push reply');
+  }
+
+  /** Pulls every synced collection to the end; returns how many changes arrived. */
+  async pull(signal?: AbortSignal): Promise<number> {
+    let received = 0;
+    let firstCursor: string | undefined;
+    for (const collection of this.store.collections) {
+      const [count, cursor] = await this.pullCollection(collection, signal);
+      received += count;
+      // Pulls end at the server's newest position at the time, so the first
+      // collection's final cursor is at or before every other's: every
+      // change up to it, of every collection, is now applied.
+      firstCursor ??= cursor;
+    }
+    if (firstCursor !== undefined) await this.store.setAppCursor(firstCursor);
+    return received;
+  }
+
+  private async pullCollection(collection: string, signal?: AbortSignal): Promise<[number, string]> {
+    let since = (await this.store.cursor(collection)) ?? START;
+    let received = 0;
+    let restarted = false;
+    for (;;) {
+      let page: IncomingPage;
+      try {
+        const reply = await this.call(
+          this.url(['sync', this.store.appId, 'pull'], { collection, since, limit: String(this.options.pageSize) }),
+          { headers: this.headers() },
+          'a pull page',
+          signal,
+        );
+        page = readPage(reply, 'a pull page');
+      } catch (error) {
+        if (error instanceof SyncError && error.code === 'invalid_cursor' && !restarted) {
+          // Not this server's cursor (its database was replaced): start over.
+          restarted = true;
+          since = START;
+          continue;
+        }
+        throw error;
+      }
+      received += page.changes.length;
+      const last = !page.hasMore;
+      await this.store.applyPage(page.changes, last ? [collection, page.syncedUntil] : undefined);
+      if (last) return [received, page.syncedUntil];
+      since = page.syncedUntil;
+    }
+  }
+
+  /**
+   * Syncs, then follows the live stream until `signal` aborts, reconnecting
+   * with backoff after any failure. Returns when aborted; throws only when
+   * retrying cannot help: the server refuses the token.
+   */
+  async runLive(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff(this.options.minBackoffMs, this.options.maxBackoffMs);
+    const win = browserWindow();
+    while (!signal.aborted) {
+      let failure: unknown;
+      if (win && !win.navigator.onLine) {
+        failure = new SyncError('offline', 'the browser is offline');
+      } else {
+        await this.store.setStatus({ kind: 'syncing' });
+        try {
+          await this.syncOnce(signal);
+          failure = await this.followStream(signal, backoff);
+        } catch (error) {
+          failure = error;
+        }
+      }
+      if (signal.aborted) return;
+      await this.settle(failure);
+      if (failure instanceof SyncError && failure.kind === 'unauthorized') throw failure;
+      if (!(failure instanceof SyncError)) console.warn('mana-sync: sync failed; retrying', failure);
+      // Back online: retry at once rather than at the end of the backoff.
+      await sleep(backoff.nextDelay(), signal, (wake) => {
+        win?.addEventListener('online', wake);
+        return () => win?.removeEventListener('online', wake);
+      });
+    }
+  }
+
+  /**
+   * Opens the stream and applies its events, pushing local writes as they
+   * come. Returns the failure that ended it, or `undefined` when `signal`
+   * aborted.
+   */
+  private async followStream(signal: AbortSignal, backoff: Backoff): Promise<unknown> {
+    const since = (await this.store.appCursor()) ?? START;
+    const controller = new AbortController();
+    let failure: unknown;
+    const fail = (error: unknown) => {
+      failure ??= error;
+      controller.abort();
+    };
+    const onAbort = () => controller.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    const win = browserWindow();
+    const onOffline = () => fail(new SyncError('offline', 'the browser is offline'));
+    win?.addEventListener('offline', onOffline);
+    // Events and pushes are applied one at a time, in order.
+    let queue: Promise<void> = Promise.resolve();
+    const enqueue = (task: () => Promise<void>) => {
+      queue = queue.then(() => (controller.signal.aborted ? undefined : task().catch(fail)));
+    };
+    let unsubscribeOutbox = () => {};
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    try {
+      // The timeout covers opening the stream only; its body lasts as long as it is open.
+      let response: Response;
+      const opening = new AbortController();
+      const timer = setTimeout(() => opening.abort(), this.options.requestTimeoutMs);
+      try {
+        response = await this.send(
+          this.url(['sync', this.store.appId, 'stream'], { collections: this.store.collections.join(','), since }),
+          { headers: this.headers({ Accept: 'text/event-stream' }) },
+          AbortSignal.any([opening.signal, controller.signal]),
+        );
+      } catch (error) {
+        return signal.aborted ? undefined : (failure ?? error);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (!response.ok || !response.body) {
+        return errorFrom(response.status, await response.text().catch(() => ''));
+      }
+      const parser = createParser({
+        onEvent: (event) => {
+          if (event.event === 'changes') {
+            enqueue(() => this.applyEvent(event.data));
+          } else if (event.event === 'error') {
+            // The server ends the stream on its own failure: reconnect from the saved cursors.
+            const error = errorFrom(503, event.data);
+            fail(new SyncError('offline', `the server ended the live stream: ${error.message}`, 503, error.code));
+          }
+          // Heartbeats only keep the idle timeout at bay.
+        },
+      });
+      // Connected: synced (unless refused changes wait aside); local writes made
+      // meanwhile, and every later one, are pushed.
+      await this.settle(undefined);
+      backoff.reset();
+      const outbox = liveQuery(() => this.store.pendingCount()).subscribe({
+        next: (pending) => {
+          if (pending > 0) enqueue(() => this.pushWhileLive(controller.signal));
+        },
+        error: fail,
+      });
+      unsubscribeOutbox = () => outbox.unsubscribe();
+      const resetIdle = () => {
+        clearTimeout(idle);
+        idle = setTimeout(
+          () => fail(new SyncError('offline', `the live stream was silent for ${Math.round(this.options.streamIdleTimeoutMs / 1000)} s`)),
+          this.options.streamIdleTimeoutMs,
+        );
+      };
+      resetIdle();
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) {
+            fail(new SyncError('offline', 'the server closed the live stream'));
+            break;
+          }
+          resetIdle();
+          parser.feed(value);
+        }
+      } catch (error) {
+        if (!controller.signal.aborted) fail(new SyncError('offline', `live stream: ${(error as Error).message}`));
+      } finally {
+        reader.cancel().catch(() => {});
+      }
+      await queue;
+      return signal.aborted ? undefined : failure;
+    } finally {
+      clearTimeout(idle);
+      unsubscribeOutbox();
+      controller.abort();
+      signal.removeEventListener('abort', onAbort);
+      win?.removeEventListener('offline', onOffline);
+    }
+  }
+
+  private async pushWhileLive(signal: AbortSignal): Promise<void> {
+    if ((await this.store.pendingCount()) === 0) return;
+    await this.store.setStatus({ kind: 'syncing' });
+    await this.push(signal);
+    await this.settle(undefined);
+  }
+
+  private async applyEvent(data: string): Promise<void> {
+    let event: IncomingPage & { table?: string };
+    try {
+      event = readPage(parseJson(data), 'a stream event');
+    } catch (error) {
+      throw error instanceof SyncError ? error : new SyncError('protocol', `a stream event is not JSON: ${(error as Error).message}`);
+    }
+    if (event.table === undefined) throw new SyncError('protocol', 'a stream event names no table');
+    await this.store.applyPage(event.changes, [event.table, event.syncedUntil]);
+  }
+}
+
+/** The changes of a reply, for apps that read replies themselves. */
+export function readServerChanges(json: JsonObject): IncomingPage {
+  return readPage(json, 'the reply');
+}

@@ -1,0 +1,330 @@
+/** The local store alone: writes, reads, merge on apply, outbox, cursors, accounts, seeds, tabs. */
+
+import { liveQuery } from 'dexie';
+import { describe, expect, it } from 'vitest';
+
+import { StoreError } from '../src/errors.ts';
+import { parseJson } from '../src/json.ts';
+import { readChange } from '../src/merge.ts';
+import { LOWEST_TIMESTAMP, isCanonical } from '../src/timestamp.ts';
+import { NOW, freshStore, manualClock, sameDatabase, token } from './helpers.ts';
+
+function change(json: string) {
+  return readChange(parseJson(json));
+}
+
+async function outbox(store: Awaited<ReturnType<typeof freshStore>>) {
+  return (await store.db.outbox.orderBy(':id').toArray()).map((row) => JSON.parse(row.change));
+}
+
+describe('local writes', () => {
+  it('insert, update and delete are read back at once and queue their changes', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now });
+    const id = await store.insert('tasks', { title: 'Milk', done: false });
+    expect(await store.get('tasks', id)).toEqual({ id, title: 'Milk', done: false });
+    await store.update('tasks', id, { done: true });
+    expect((await store.get('tasks', id))?.done).toBe(true);
+    await store.delete('tasks', id);
+    expect(await store.get('tasks', id)).toBeUndefined();
+    expect(await store.list('tasks')).toEqual([]);
+
+    const [insert, update, del] = await outbox(store);
+    expect(insert).toEqual({
+      table: 'tasks',
+      id,
+      op: 'insert',
+      data: { done: false, id, title: 'Milk' },
+      fields: {
+        done: { value: false, at: '2026-11-25T10:00:00.123000000Z' },
+        id: { value: id, at: '2026-11-25T10:00:00.123000000Z' },
+        title: { value: 'Milk', at: '2026-11-25T10:00:00.123000000Z' },
+      },
+      schemaVersion: 2,
+    });
+    expect(update).toEqual({ table: 'tasks', id, op: 'update', fields: { done: { value: true, at: '2026-11-25T10:00:00.123000001Z' } }, schemaVersion: 2 });
+    expect(del).toEqual({ table: 'tasks', id, op: 'delete', deletedAt: '2026-11-25T10:00:00.123000002Z', schemaVersion: 2 });
+  });
+
+  it('refuses what the server would refuse, and writes nothing', async () => {
+    const store = await freshStore();
+    const refused = async (write: Promise<unknown>, code: string) => {
+      await expect(write).rejects.toSatisfy((error) => error instanceof StoreError && error.code === code);
+    };
+    await refused(store.insert('', { title: 'x' }), 'invalid_input');
+    await refused(store.insert('tasks', { id: 7 }), 'invalid_input');
+    await refused(store.insert('tasks', { id: 'a\u0000b' }), 'invalid_input');
+    await refused(store.insert('tasks', { __lastActor: 'me' }), 'invalid_input');
+    await refused(store.insert('tasks', { f: () => 1 }), 'invalid_input');
+    await refused(store.update('tasks', 'missing', { title: 'x' }), 'not_found');
+    const id = await store.insert('tasks', { title: 'x' });
+    await refused(store.insert('tasks', { id, title: 'again' }), 'already_exists');
+    await refused(store.update('tasks', id, { id: 'other' }), 'invalid_input');
+    await store.delete('tasks', id);
+    await refused(store.insert('tasks', { id, title: 'reuse' }), 'already_exists');
+    await refused(store.delete('tasks', id), 'not_found');
+    expect(await store.pendingCount()).toBe(2);
+  });
+
+  it('keeps the text of values: what is pushed is what was written', async () => {
+    const store = await freshStore();
+    const id = await store.insert('tasks', { when: new Date(Date.UTC(2026, 0, 1)), nested: { b: 1, a: [1, 'é', null] }, big: 1e21 });
+    const [insert] = await outbox(store);
+    expect(insert.data).toEqual({ id, when: '2026-01-01T00:00:00.000Z', nested: { b: 1, a: [1, 'é', null] }, big: 1e21 });
+    expect(await store.get('tasks', id)).toEqual(insert.data);
+  });
+
+  it('stamps every write after the previous one, even when the wall clock steps back, and across reopening', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now });
+    const id = await store.insert('tasks', { title: 'a' });
+    clock.set(NOW - 60_000);
+    await store.update('tasks', id, { title: 'b' });
+    store.close();
+    const again = await sameDatabase(store, { now: clock.now });
+    await again.update('tasks', id, { title: 'c' });
+    const stamps = (await outbox(again)).map((c) => c.fields.title.at as string);
+    expect(stamps).toEqual(['2026-11-25T10:00:00.123000000Z', '2026-11-25T10:00:00.123000001Z', '2026-11-25T10:00:00.123000002Z']);
+    expect(stamps.every(isCanonical)).toBe(true);
+  });
+
+  it('an edit wins over a field written by a clock far ahead, which does not drag the clock along', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now });
+    const id = await store.insert('tasks', { title: 'mine', done: false });
+    const future = '2030-01-01T00:00:00.000000000Z';
+    await store.applyRemote([change(`{"table":"tasks","id":"${id}","op":"update","fields":{"title":{"value":"from the future","at":"${future}"}}}`)]);
+    expect((await store.get('tasks', id))?.title).toBe('from the future');
+    await store.update('tasks', id, { title: 'mine again', done: true });
+    const last = (await outbox(store)).at(-1);
+    // The edited field is stamped just after the future write, the other one on this clock.
+    expect(last.fields.title.at).toBe('2030-01-01T00:00:00.000000001Z');
+    expect(last.fields.done.at).toBe('2026-11-25T10:00:00.123000001Z');
+    expect((await store.get('tasks', id))?.title).toBe('mine again');
+  });
+
+  it('a remote write within the drift bound moves the clock forward', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now });
+    const soon = '2026-11-25T10:01:00.000000000Z';
+    await store.applyRemote([change(`{"table":"tasks","id":"r","op":"insert","data":{"id":"r","title":"x"},"fields":{"title":{"value":"x","at":"${soon}"}}}`)]);
+    const id = await store.insert('tasks', { title: 'after' });
+    const last = (await outbox(store)).at(-1);
+    expect(last.fields.title.at).toBe('2026-11-25T10:01:00.000000001Z');
+    expect(id).toBeTruthy();
+  });
+});
+
+describe('remote changes', () => {
+  it('merge field by field, keep actors, and never resurrect a deleted record', async () => {
+    const store = await freshStore({ actor: { kind: 'user', device: 'phone' } });
+    const id = await store.insert('tasks', { title: 'Milk', done: false });
+    const at = '2099-01-01T00:00:00.000000000Z';
+    await store.applyRemote([change(`{"table":"tasks","id":"${id}","op":"update","fields":{"done":{"value":true,"updatedAt":"${at}","at":"${at}"}},"actor":{"kind":"ai"},"eventId":"e1","schemaVersion":2}`)]);
+    expect(await store.get('tasks', id)).toEqual({
+      id,
+      title: 'Milk',
+      done: true,
+      __lastActor: { kind: 'ai' },
+      __fieldActors: { id: { kind: 'user', device: 'phone' }, title: { kind: 'user', device: 'phone' }, done: { kind: 'ai' } },
+    });
+    const [insert] = await outbox(store);
+    expect(insert.actor).toEqual({ kind: 'user', device: 'phone' });
+
+    await store.applyRemote([change(`{"table":"tasks","id":"${id}","op":"delete","deletedAt":"2026-01-01T00:00:00Z"}`)]);
+    expect(await store.get('tasks', id)).toBeUndefined();
+    await store.applyRemote([change(`{"table":"tasks","id":"${id}","op":"update","fields":{"title":{"value":"back?","at":"2100-01-01T00:00:00Z"}}}`)]);
+    expect(await store.get('tasks', id)).toBeUndefined();
+    expect((await store.recordState('tasks', id))?.fields.get('title')?.value).toBe('back?');
+    // A delete of a record never seen leaves a tombstone: its insert stays deleted.
+    await store.applyRemote([change('{"table":"tasks","id":"ghost","op":"delete","deletedAt":"2026-01-01T00:00:00Z"}')]);
+    await store.applyRemote([change('{"table":"tasks","id":"ghost","op":"insert","data":{"id":"ghost"}}')]);
+    expect(await store.get('tasks', 'ghost')).toBeUndefined();
+  });
+
+  it('applying changes queues nothing', async () => {
+    const store = await freshStore();
+    await store.applyRemote([change('{"table":"tasks","id":"x","op":"insert","data":{"id":"x","title":"from elsewhere"}}')]);
+    expect(await store.pendingCount()).toBe(0);
+    expect(await store.list('tasks')).toEqual([{ id: 'x', title: 'from elsewhere' }]);
+  });
+});
+
+describe('queries', () => {
+  it('filter and order like the Rust client (missing < null < bools < numbers < strings), then by id', async () => {
+    const store = await freshStore();
+    await store.insert('tasks', { id: 'b', rank: 2, done: false });
+    await store.insert('tasks', { id: 'a', rank: 2, done: true });
+    await store.insert('tasks', { id: 'c', rank: 'x', done: false });
+    await store.insert('tasks', { id: 'd', done: false });
+    await store.insert('tasks', { id: 'e', rank: null, done: false });
+    await store.insert('tasks', { id: 'f', rank: 1.5, done: false });
+    const ids = async (q: Parameters<typeof store.query>[0]) => (await store.query(q)).map((r) => r.id);
+    expect(await ids({ collection: 'tasks' })).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect(await ids({ collection: 'tasks', orderBy: 'rank' })).toEqual(['d', 'e', 'f', 'a', 'b', 'c']);
+    expect(await ids({ collection: 'tasks', orderBy: '-rank' })).toEqual(['c', 'a', 'b', 'f', 'e', 'd']);
+    expect(await ids({ collection: 'tasks', where: { done: false }, orderBy: 'rank', limit: 3 })).toEqual(['d', 'e', 'f']);
+    expect(await ids({ collection: 'tasks', where: (r) => r.rank === 2 })).toEqual(['a', 'b']);
+    expect(await ids({ collection: 'other' })).toEqual([]);
+  });
+
+  it('live reads follow local writes and applied changes', async () => {
+    const store = await freshStore();
+    const seen: string[][] = [];
+    const subscription = store.live((s) => s.query({ collection: 'tasks', orderBy: 'title' })).subscribe((records) => seen.push(records.map((r) => String(r.title))));
+    const waitFor = async (expected: string[]) => {
+      await expect.poll(() => seen.at(-1)).toEqual(expected);
+    };
+    await waitFor([]);
+    const id = await store.insert('tasks', { title: 'a' });
+    await waitFor(['a']);
+    await store.applyRemote([change('{"table":"tasks","id":"r","op":"insert","data":{"id":"r","title":"b"}}')]);
+    await waitFor(['a', 'b']);
+    await store.delete('tasks', id);
+    await waitFor(['b']);
+    subscription.unsubscribe();
+  });
+});
+
+describe('seeds and accounts', () => {
+  it('a new store is a guest with the seed, written once with the lowest timestamp', async () => {
+    const seed = [{ collection: 'tasks', id: 'onboarding-1', data: { title: 'Welcome', done: false } }];
+    const store = await freshStore({ seed });
+    expect(await store.status()).toEqual({ kind: 'local-only' });
+    expect(await store.account()).toBeUndefined();
+    expect(await store.list('tasks')).toEqual([{ id: 'onboarding-1', title: 'Welcome', done: false }]);
+    const [insert] = await outbox(store);
+    expect(insert.fields.title.at).toBe(LOWEST_TIMESTAMP);
+    store.close();
+    const reopened = await sameDatabase(store, { seed });
+    expect(await reopened.pendingCount()).toBe(1);
+    expect(reopened.clientId).toBe(store.clientId);
+    // Any real edit wins over a seed.
+    await reopened.applyRemote([change('{"table":"tasks","id":"onboarding-1","op":"update","fields":{"done":{"value":true,"at":"1971-01-01T00:00:00Z"}}}')]);
+    expect((await reopened.get('tasks', 'onboarding-1'))?.done).toBe(true);
+  });
+
+  it('signing in claims the guest store; another user is refused; a new server forgets the cursors', async () => {
+    const store = await freshStore();
+    await store.insert('tasks', { title: 'as a guest' });
+    const account = await store.signIn('http://localhost:3050/', token('alice'));
+    expect(account).toEqual({ user: 'alice', server: 'http://localhost:3050', token: token('alice') });
+    expect(await store.pendingCount()).toBe(1);
+    expect(await store.status()).toEqual({ kind: 'offline', reason: 'not synced yet' });
+    await expect(store.signIn('http://localhost:3050', token('mallory'))).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'account_mismatch');
+    await expect(store.signIn('http://localhost:3050', 'not-a-jwt')).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'invalid_token');
+
+    await store.applyPage([], ['tasks', 'c1.5']);
+    await store.setAppCursor('c1.5');
+    expect(await store.appCursor()).toBe('c1.5');
+    await store.signIn('http://localhost:3050', token('alice'));
+    expect(await store.appCursor()).toBe('c1.5');
+    await store.signIn('https://sync.example.com', token('alice'));
+    expect(await store.cursor('tasks')).toBeUndefined();
+    expect(await store.appCursor()).toBeUndefined();
+  });
+
+  it('refuses a database of another app', async () => {
+    const store = await freshStore();
+    await expect(sameDatabase(store, { appId: 'notes' })).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'wrong_app');
+  });
+});
+
+describe('outbox and changesets', () => {
+  it('a changeset keeps its id until the server acknowledged it, then leaves with the reply applied', async () => {
+    const store = await freshStore({ collections: ['tasks', 'lists'] });
+    for (const title of ['a', 'b', 'c']) await store.insert('tasks', { title });
+    const first = await store.nextChangeset(2);
+    expect(first?.changes).toHaveLength(2);
+    // A retry (lost reply, closed tab) gets the same id and rows.
+    const retry = await store.nextChangeset(2);
+    expect(retry).toEqual(first);
+    await store.insert('tasks', { title: 'd' });
+    await store.finishChangeset(first!.id, {
+      changes: [change('{"table":"lists","id":"l1","op":"insert","data":{"id":"l1","name":"Home"}}')],
+      syncedUntil: 'c1.9',
+      hasMore: false,
+    });
+    expect(await store.pendingCount()).toBe(2);
+    expect(await store.list('lists')).toEqual([{ id: 'l1', name: 'Home' }]);
+    expect(await store.cursor('tasks')).toBe('c1.9');
+    expect(await store.cursor('lists')).toBe('c1.9');
+    expect(await store.appCursor()).toBe('c1.9');
+    const second = await store.nextChangeset(500);
+    expect(second?.id).not.toBe(first?.id);
+    expect(second?.changes.map((c) => JSON.parse(c).data.title)).toEqual(['c', 'd']);
+  });
+
+  it('an incomplete push reply moves no cursor', async () => {
+    const store = await freshStore();
+    await store.insert('tasks', { title: 'a' });
+    const changeset = await store.nextChangeset(10);
+    await store.finishChangeset(changeset!.id, { changes: [], syncedUntil: 'c1.3', hasMore: true });
+    expect(await store.cursor('tasks')).toBeUndefined();
+    expect(await store.appCursor()).toBeUndefined();
+  });
+
+  it('a refused changeset splits down to the refused change, which is set aside and can be retried or discarded', async () => {
+    const store = await freshStore();
+    for (const title of ['a', 'b', 'c']) await store.insert('tasks', { title });
+    const whole = await store.nextChangeset(10);
+    expect(await store.splitChangeset(whole!.id)).toBe(true);
+    const half = await store.nextChangeset(10);
+    expect(half?.changes.map((c) => JSON.parse(c).data.title)).toEqual(['a']);
+    expect(await store.splitChangeset(half!.id)).toBe(false);
+    expect(await store.rejectChangeset(half!.id, 'invalid_change: no')).toBe(1);
+    const rest = await store.nextChangeset(10);
+    expect(rest?.changes.map((c) => JSON.parse(c).data.title)).toEqual(['b', 'c']);
+    expect((await store.rejected()).map((r) => [r.change.data, r.reason])).toEqual([[expect.objectContaining({ title: 'a' }), 'invalid_change: no']]);
+    expect((await store.list('tasks')).map((r) => r.title)).toEqual(expect.arrayContaining(['a', 'b', 'c']));
+    expect(await store.retryRejected()).toBe(1);
+    expect(await store.pendingCount()).toBe(3);
+    expect(await store.rejected()).toEqual([]);
+    // The retried change goes to the end: the changeset already assigned goes first.
+    const next = await store.nextChangeset(10);
+    expect(next?.changes.map((c) => JSON.parse(c).data.title)).toEqual(['b', 'c']);
+    await store.rejectChangeset(next!.id, 'again');
+    expect(await store.discardRejected()).toBe(2);
+    expect(await store.pendingCount()).toBe(1);
+  });
+
+  it('the app cursor is trusted only when every collection has a cursor; a page moves only its collection', async () => {
+    const store = await freshStore({ collections: ['tasks', 'lists'] });
+    await store.setAppCursor('c1.4');
+    expect(await store.appCursor()).toBeUndefined();
+    await store.applyPage([change('{"table":"tasks","id":"t","op":"insert","data":{"id":"t"}}')], ['tasks', 'c1.4']);
+    expect(await store.appCursor()).toBeUndefined();
+    await store.applyPage([], ['lists', 'c1.4']);
+    expect(await store.appCursor()).toBe('c1.4');
+    await store.forgetCursors();
+    expect(await store.cursor('tasks')).toBeUndefined();
+    expect(await store.appCursor()).toBeUndefined();
+  });
+});
+
+describe('tabs', () => {
+  it('two handles on one database (two tabs) share records, outbox and clock, and never share a timestamp', async () => {
+    const clock = manualClock(NOW);
+    const one = await freshStore({ now: clock.now });
+    const two = await sameDatabase(one, { now: clock.now });
+    expect(two.clientId).toBe(one.clientId);
+    const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? one : two).insert('tasks', { title: `t${i}` })));
+    expect((await one.list('tasks')).length).toBe(20);
+    expect((await two.list('tasks')).length).toBe(20);
+    const stamps = (await outbox(one)).map((c) => c.fields.title.at);
+    expect(new Set(stamps).size).toBe(20);
+    expect([...stamps].sort()).toEqual(stamps);
+    expect(new Set(ids).size).toBe(20);
+  });
+
+  it("one tab's live read sees another tab's writes", async () => {
+    const one = await freshStore();
+    const two = await sameDatabase(one);
+    const counts: number[] = [];
+    const subscription = liveQuery(() => one.pendingCount()).subscribe((n) => counts.push(n));
+    await expect.poll(() => counts.at(-1)).toBe(0);
+    await two.insert('tasks', { title: 'from the other tab' });
+    await expect.poll(() => counts.at(-1)).toBe(1);
+    subscription.unsubscribe();
+  });
+});
