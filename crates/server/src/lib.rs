@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod backup;
+mod connections;
 pub mod error;
 mod extract;
 pub mod hub;
@@ -165,15 +166,9 @@ impl App {
         let live = self.state.hub.shutdown().clone();
         let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
             .map_err(std::io::Error::other)?;
-        // The peer address tells dev-mode sign-in who is asking (loopback only).
-        let service =
-            axum::ServiceExt::into_make_service_with_connect_info::<std::net::SocketAddr>(service);
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                live.cancel();
-            })
-            .await
+        // Requests carry their peer address: dev-mode sign-in answers
+        // loopback callers only.
+        connections::serve(listener, service, shutdown, move || live.cancel()).await
     }
 }
 
