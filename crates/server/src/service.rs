@@ -12,6 +12,7 @@ use mana_sync_store::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
 };
 
+use crate::live::StreamRequest;
 use crate::metrics::Metrics;
 
 /// Why the core refused or failed an operation.
@@ -45,6 +46,27 @@ pub enum ServiceError {
 fn check(what: &str, value: &str, max_len: usize) -> Result<(), ServiceError> {
     check_identifier(value, max_len)
         .map_err(|error: IdentError| ServiceError::InvalidRequest(format!("`{what}` {error}")))
+}
+
+/// The `since` every read needs: required, and never silently "from zero".
+fn required_since(value: Option<&str>) -> Result<Since, ServiceError> {
+    Ok(Since::parse(
+        value.ok_or(ServiceError::MissingParameter("since"))?,
+    )?)
+}
+
+/// Most collections one stream may follow.
+pub const MAX_STREAM_COLLECTIONS: usize = 100;
+
+/// Parameters of a stream, as they arrive.
+#[derive(Debug, Default)]
+pub struct StreamParams {
+    /// Required: the collections, comma-separated.
+    pub collections: Option<String>,
+    /// Required: where every collection starts.
+    pub since: Option<String>,
+    /// The device asking; its own changes are left out.
+    pub client_id: Option<String>,
 }
 
 /// Parameters of a pull, as they arrive.
@@ -92,12 +114,7 @@ impl SyncService {
             .or(request.client_id)
             .ok_or(ServiceError::MissingParameter("clientId"))?;
         check("clientId", &client_id, MAX_ID_LEN)?;
-        let since = Since::parse(
-            request
-                .since
-                .as_deref()
-                .ok_or(ServiceError::MissingParameter("since"))?,
-        )?;
+        let since = required_since(request.since.as_deref())?;
         if let Some(changeset_id) = &request.changeset_id {
             check("changesetId", changeset_id, MAX_ID_LEN)?;
         }
@@ -162,12 +179,7 @@ impl SyncService {
             .collection
             .ok_or(ServiceError::MissingParameter("collection"))?;
         check("collection", &collection, MAX_NAME_LEN)?;
-        let since = Since::parse(
-            params
-                .since
-                .as_deref()
-                .ok_or(ServiceError::MissingParameter("since"))?,
-        )?;
+        let since = required_since(params.since.as_deref())?;
         let limit = match params.limit.as_deref() {
             None => MAX_PAGE,
             Some(text) => match text.parse::<usize>() {
@@ -197,6 +209,51 @@ impl SyncService {
             .pull_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(response)
+    }
+
+    /// Validates the parameters of a change stream.
+    pub fn stream_request(
+        &self,
+        user: UserId,
+        app_id: String,
+        params: StreamParams,
+    ) -> Result<StreamRequest, ServiceError> {
+        check("appId", &app_id, MAX_NAME_LEN)?;
+        let listed = params
+            .collections
+            .ok_or(ServiceError::MissingParameter("collections"))?;
+        let mut collections: Vec<String> = Vec::new();
+        for name in listed
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            check_identifier(name, MAX_NAME_LEN).map_err(|error| {
+                ServiceError::InvalidRequest(format!("collection `{name}` {error}"))
+            })?;
+            if !collections.iter().any(|known| known == name) {
+                collections.push(name.to_owned());
+            }
+        }
+        if collections.is_empty() {
+            return Err(ServiceError::MissingParameter("collections"));
+        }
+        if collections.len() > MAX_STREAM_COLLECTIONS {
+            return Err(ServiceError::InvalidRequest(format!(
+                "at most {MAX_STREAM_COLLECTIONS} collections per stream"
+            )));
+        }
+        let since = required_since(params.since.as_deref())?;
+        if let Some(client_id) = &params.client_id {
+            check("clientId", client_id, MAX_ID_LEN)?;
+        }
+        Ok(StreamRequest {
+            user,
+            app_id,
+            collections,
+            since,
+            client_id: params.client_id,
+        })
     }
 
     /// One page of one collection after `since`, leaving out `exclude_client`'s

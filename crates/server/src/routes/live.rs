@@ -10,18 +10,15 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use mana_sync_protocol::ident::{MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
+use mana_sync_protocol::UserId;
+use mana_sync_protocol::ident::{MAX_NAME_LEN, check_identifier};
 use mana_sync_protocol::messages::ErrorBody;
-use mana_sync_protocol::{Since, UserId};
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{AppId, QueryMap, client_id_header};
-use crate::live::{self, StreamItem, StreamRequest};
-use crate::service::ServiceError;
-
-/// Most collections one stream may follow.
-pub const MAX_STREAM_COLLECTIONS: usize = 100;
+use crate::live::{self, StreamItem};
+use crate::service::{ServiceError, StreamParams};
 
 fn invalid(message: String) -> ApiError {
     ServiceError::InvalidRequest(message).into()
@@ -41,47 +38,12 @@ pub async fn stream(
     ),
     ApiError,
 > {
-    check_identifier(&app_id, MAX_NAME_LEN).map_err(|e| invalid(format!("`appId` {e}")))?;
-    let listed = query
-        .remove("collections")
-        .ok_or(ServiceError::MissingParameter("collections"))?;
-    let mut collections: Vec<String> = Vec::new();
-    for name in listed
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-    {
-        check_identifier(name, MAX_NAME_LEN)
-            .map_err(|e| invalid(format!("collection `{name}` {e}")))?;
-        if !collections.iter().any(|known| known == name) {
-            collections.push(name.to_owned());
-        }
-    }
-    if collections.is_empty() {
-        return Err(ServiceError::MissingParameter("collections").into());
-    }
-    if collections.len() > MAX_STREAM_COLLECTIONS {
-        return Err(invalid(format!(
-            "at most {MAX_STREAM_COLLECTIONS} collections per stream"
-        )));
-    }
-    let since = Since::parse(
-        &query
-            .remove("since")
-            .ok_or(ServiceError::MissingParameter("since"))?,
-    )
-    .map_err(ServiceError::from)?;
-    let client_id = client_id_header(&headers)?.or_else(|| query.remove("clientId"));
-    if let Some(client_id) = &client_id {
-        check_identifier(client_id, MAX_ID_LEN).map_err(|e| invalid(format!("`clientId` {e}")))?;
-    }
-    let request = StreamRequest {
-        user,
-        app_id,
-        collections,
-        since,
-        client_id,
+    let params = StreamParams {
+        collections: query.remove("collections"),
+        since: query.remove("since"),
+        client_id: client_id_header(&headers)?.or_else(|| query.remove("clientId")),
     };
+    let request = state.service.stream_request(user, app_id, params)?;
     let events = live::change_stream(
         state.service.clone(),
         state.hub.clone(),
