@@ -369,7 +369,8 @@ impl Store for PostgresStore {
         }
         let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
         let last = reserve_seqs(&tx, user, count).await?;
-        let columns = ChangeColumns::new(changeset.changes);
+        let columns = ChangeColumns::new(changeset.changes.iter());
+        let event_ids: Vec<Uuid> = changeset.changes.iter().map(|_| Uuid::now_v7()).collect();
         let before_first = last - count;
         // The notice is delivered to every listening instance when, and only
         // if, this transaction commits, and in commit order. Sending it from
@@ -403,7 +404,7 @@ impl Store for PostgresStore {
                 &before_first,
                 &changeset.app_id,
                 &changeset.client_id,
-                &columns.event_ids,
+                &event_ids,
                 &columns.tables,
                 &columns.record_ids,
                 &columns.ops,
@@ -665,9 +666,9 @@ impl Store for PostgresStore {
     }
 }
 
-/// A changeset turned into one array per column, for a single `UNNEST` insert.
+/// Changes turned into one array per column, for a single `UNNEST` insert
+/// (without event ids: a push makes new ones, an import keeps the backup's).
 struct ChangeColumns<'a> {
-    event_ids: Vec<Uuid>,
     tables: Vec<&'a str>,
     record_ids: Vec<&'a str>,
     ops: Vec<&'static str>,
@@ -679,15 +680,9 @@ struct ChangeColumns<'a> {
 }
 
 impl<'a> ChangeColumns<'a> {
-    fn new(changes: &'a [mana_sync_protocol::Change]) -> Self {
-        let refs: Vec<&'a mana_sync_protocol::Change> = changes.iter().collect();
-        Self::from_refs(&refs)
-    }
-
-    fn from_refs(changes: &[&'a mana_sync_protocol::Change]) -> Self {
+    fn new(changes: impl ExactSizeIterator<Item = &'a mana_sync_protocol::Change>) -> Self {
         let capacity = changes.len();
         let mut columns = Self {
-            event_ids: Vec::with_capacity(capacity),
             tables: Vec::with_capacity(capacity),
             record_ids: Vec::with_capacity(capacity),
             ops: Vec::with_capacity(capacity),
@@ -699,7 +694,6 @@ impl<'a> ChangeColumns<'a> {
         };
         for change in changes {
             let encoded = encode(change);
-            columns.event_ids.push(Uuid::now_v7());
             columns.tables.push(&change.table);
             columns.record_ids.push(&change.id);
             columns.ops.push(change.op.as_str());
@@ -798,14 +792,12 @@ struct ImportColumns<'a> {
 
 impl<'a> ImportColumns<'a> {
     fn new(batch: &'a [mana_sync_protocol::backup::ImportedChange]) -> Self {
-        let changes: Vec<&'a mana_sync_protocol::Change> =
-            batch.iter().map(|i| &i.change).collect();
         Self {
             event_ids: batch.iter().map(|i| i.event_id).collect(),
             app_ids: batch.iter().map(|i| i.app_id.as_str()).collect(),
             client_ids: batch.iter().map(|i| i.client_id.as_str()).collect(),
             created_at: batch.iter().map(|i| i.created_at).collect(),
-            changes: ChangeColumns::from_refs(&changes),
+            changes: ChangeColumns::new(batch.iter().map(|i| &i.change)),
         }
     }
 }
