@@ -85,10 +85,11 @@ struct Reply {
     server_changes: Vec<serde::de::IgnoredAny>,
 }
 
-async fn post(env: &Env, token: &str, body: Bytes) -> Reply {
-    let response = env
-        .http
-        .post(env.server.at("/sync/bench"))
+/// Pushes one changeset to `url` and returns the reply; panics on failure
+/// (a benchmark whose pushes fail measures nothing).
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Bytes) -> Reply {
+    let response = http
+        .post(url)
         .bearer_auth(token)
         .header("content-type", "application/json")
         .body(body)
@@ -121,9 +122,11 @@ pub async fn push(
         })
         .collect();
     // Warm up connections and statement caches.
+    let url = env.server.at("/sync/bench");
     for (u, token, _) in &workloads {
         post(
-            env,
+            &env.http,
+            &url,
             token,
             push_body(*u, "c1.0", &changes_json(*u, usize::MAX, 1)),
         )
@@ -133,26 +136,12 @@ pub async fn push(
     let tasks: Vec<_> = workloads
         .into_iter()
         .map(|(worker, token, batches)| {
-            let http = env.http.clone();
-            let url = env.server.at("/sync/bench");
+            let (http, url) = (env.http.clone(), url.clone());
             tokio::spawn(async move {
                 let mut since = String::from("c1.0");
                 for changes in batches {
-                    let response = http
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/json")
-                        .body(push_body(worker, &since, &changes))
-                        .send()
-                        .await
-                        .expect("push sent");
-                    assert!(
-                        response.status().is_success(),
-                        "push failed: {}",
-                        response.status()
-                    );
-                    let reply: Reply = response.json().await.expect("reply");
-                    since = reply.synced_until;
+                    let body = push_body(worker, &since, &changes);
+                    since = post(&http, &url, &token, body).await.synced_until;
                 }
             })
         })
@@ -176,9 +165,11 @@ pub async fn preload_user(
     batch: usize,
 ) -> anyhow::Result<()> {
     let token = env.server.token(user);
+    let url = env.server.at("/sync/bench");
     for b in 0..changes / batch {
         post(
-            env,
+            &env.http,
+            &url,
             &token,
             push_body(0, "c1.0", &changes_json(0, b, batch)),
         )
