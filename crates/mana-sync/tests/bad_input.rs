@@ -84,10 +84,6 @@ async fn invalid_values_are_400_and_store_nothing(h: Harness) {
             "update needs",
         ),
         (
-            json!([{"table":"t","id":"1","op":"delete"}]),
-            "delete needs",
-        ),
-        (
             json!([{"table":"t","id":"1","op":"update","fields":{"":{"value":1,"at":START}}}]),
             "field name",
         ),

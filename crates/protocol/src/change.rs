@@ -227,6 +227,15 @@ fn truncated(text: &str) -> String {
 }
 
 impl WireChange {
+    /// Gives a delete that came without `deletedAt` the server's time `now`.
+    /// The seed's server accepted such deletes and stamped its own time, and
+    /// its clients rely on it; every other change is left as it is.
+    pub fn stamp_missing_deletion(&mut self, now: &Timestamp) {
+        if self.op == Op::Delete && self.deleted_at.is_none() {
+            self.deleted_at = Some(now.clone());
+        }
+    }
+
     /// Validates the change; `default_version` is the changeset's schema version.
     pub fn validate(self, default_version: u32) -> Result<Change, ChangeProblem> {
         check_identifier(&self.table, MAX_NAME_LEN).map_err(ChangeProblem::Table)?;

@@ -1,43 +1,85 @@
 //! The cursor a device keeps to resume where it stopped (`syncedUntil` in
 //! replies, `since` in requests).
 //!
-//! A cursor is an opaque string over a server-assigned, per-user sequence
-//! number that follows commit order (see the store crate for how that order is
-//! kept). Devices must not interpret it. Older clients send RFC 3339 timestamps
-//! (`1970-01-01T00:00:00.000Z` meaning "from the start"); those are still
-//! accepted and answered with an opaque cursor they then carry on with.
+//! A cursor is a **position** in one user's change log. Positions follow
+//! commit order (see the store crate for how that order is kept), and each
+//! position is also a server timestamp: the nanoseconds since the Unix epoch
+//! at which its change was stored, reserved as `max(now, previous + 1)`. It is
+//! printed as a fixed-width RFC 3339 UTC timestamp with nine fractional digits
+//! (`2026-11-29T19:20:00.123456789Z`), so that:
+//!
+//! - the string order of cursors is their numeric order, which is commit
+//!   order: the seed's clients compare cursors as strings (they take the
+//!   string minimum of their collections' cursors and their own clock) and
+//!   lose nothing doing so;
+//! - a legacy `since` timestamp (a seed client's clock, or the epoch for
+//!   "from the start") and a cursor are the same kind of value: "the changes
+//!   stored after this instant".
+//!
+//! Our own clients treat the cursor as opaque. Cursors of the previous format
+//! (`c1.<n>`, a plain sequence number) are still accepted as
+//! [`Since::Legacy`]; the store translates them.
 
 use std::fmt;
-use std::str::FromStr;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const PREFIX: &str = "c1.";
+/// The prefix of the previous cursor format, `c1.<sequence number>`.
+const LEGACY_PREFIX: &str = "c1.";
 
 /// A position in one user's change log: "everything up to and including
-/// sequence number N has been seen".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// position N has been seen". N is nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor(u64);
 
-impl Cursor {
-    /// Before the first change.
-    pub const START: Cursor = Cursor(0);
+impl Default for Cursor {
+    fn default() -> Self {
+        Self::START
+    }
+}
 
-    /// The cursor just after sequence number `seq`.
-    pub fn at(seq: u64) -> Self {
-        Self(seq)
+impl Cursor {
+    /// Before the first change: one millisecond after the epoch. Every stored
+    /// position is later (they are server clock readings), and this cursor
+    /// prints as `1970-01-01T00:00:00.001000000Z`, which compares greater than
+    /// the seed clients' "never synced" value `1970-01-01T00:00:00.000Z`.
+    pub const START: Cursor = Cursor(1_000_000);
+
+    /// The largest position a database column (a signed 64-bit integer) holds:
+    /// 2262-04-11T23:47:16.854775807Z.
+    pub const MAX: Cursor = Cursor(i64::MAX as u64);
+
+    /// The cursor just after position `position`, clamped to
+    /// [`Cursor::START`]`..=`[`Cursor::MAX`].
+    pub fn at(position: u64) -> Self {
+        Self(position.clamp(Self::START.0, Self::MAX.0))
     }
 
-    /// The last sequence number this cursor covers.
-    pub fn seq(self) -> u64 {
+    /// The last position this cursor covers.
+    pub fn position(self) -> u64 {
         self.0
+    }
+
+    /// The cursor of an instant: the changes stored after it are the ones
+    /// not yet seen. Instants before [`Cursor::START`] mean "from the start".
+    pub fn from_instant(instant: OffsetDateTime) -> Self {
+        let nanos = instant.unix_timestamp_nanos();
+        Self::at(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+    }
+
+    /// The instant this position denotes.
+    pub fn instant(self) -> OffsetDateTime {
+        // Every u64 ≤ i64::MAX nanoseconds is a valid instant (year 2262).
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
 
 impl fmt::Display for Cursor {
+    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, always 30 characters.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}", self.0)
+        f.write_str(&crate::timestamp::format_nanos(self.instant()))
     }
 }
 
@@ -48,47 +90,44 @@ pub struct CursorError {
     text: String,
 }
 
-impl FromStr for Cursor {
-    type Err = CursorError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        text.strip_prefix(PREFIX)
-            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|digits| digits.parse().ok())
-            .map(Cursor)
-            .ok_or_else(|| CursorError {
-                text: text.chars().take(80).collect(),
-            })
-    }
-}
-
 /// Where a device wants to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
-    /// An opaque cursor this server handed out.
+    /// A position: a cursor this server handed out, or any RFC 3339
+    /// timestamp (the seed's clients send their own clock, and the epoch for
+    /// "from the start").
     Cursor(Cursor),
-    /// A legacy timestamp: changes stored after this instant.
-    Timestamp(OffsetDateTime),
+    /// A cursor of the previous format, `c1.<n>`: "everything up to sequence
+    /// number n". The store maps it to the position that number was given
+    /// when the log was migrated to positions.
+    Legacy(u64),
 }
 
 impl Since {
-    /// Parses a `since` parameter: an opaque cursor, or a legacy RFC 3339 timestamp.
+    /// From the start of the log.
+    pub const START: Since = Since::Cursor(Cursor::START);
+
+    /// Parses a `since` parameter: a cursor or any RFC 3339 timestamp, or a
+    /// `c1.<n>` cursor of the previous format.
     pub fn parse(text: &str) -> Result<Self, CursorError> {
-        if let Ok(cursor) = text.parse::<Cursor>() {
-            return Ok(Since::Cursor(cursor));
+        let refused = || CursorError {
+            text: text.chars().take(80).collect(),
+        };
+        if let Some(digits) = text.strip_prefix(LEGACY_PREFIX) {
+            return digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())
+                .flatten()
+                .map(Since::Legacy)
+                .ok_or_else(refused);
         }
         // A `+hh:mm` offset that reached us through an unescaped query string
         // has become a space; put it back rather than refuse an old client.
         let repaired = text.replace(' ', "+");
-        match OffsetDateTime::parse(&repaired, &Rfc3339) {
-            Ok(instant) if instant <= OffsetDateTime::UNIX_EPOCH => {
-                Ok(Since::Cursor(Cursor::START))
-            }
-            Ok(instant) => Ok(Since::Timestamp(instant)),
-            Err(_) => Err(CursorError {
-                text: text.chars().take(80).collect(),
-            }),
-        }
+        OffsetDateTime::parse(&repaired, &Rfc3339)
+            .map(|instant| Since::Cursor(Cursor::from_instant(instant)))
+            .map_err(|_| refused())
     }
 }
 
@@ -97,25 +136,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn the_epoch_means_from_the_start() {
-        assert_eq!(
-            Since::parse("1970-01-01T00:00:00.000Z"),
-            Ok(Since::Cursor(Cursor::START))
-        );
+    const SEED_NEVER_SYNCED: &str = "1970-01-01T00:00:00.000Z";
+
+    fn instant(text: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(text, &Rfc3339).expect("valid")
     }
 
     #[test]
-    fn legacy_timestamps_are_accepted_with_repaired_offsets() {
-        let expected = OffsetDateTime::parse("2026-11-25T10:00:00+01:00", &Rfc3339).expect("valid");
-        assert_eq!(
-            Since::parse("2026-11-25T10:00:00+01:00"),
-            Ok(Since::Timestamp(expected))
-        );
-        assert_eq!(
-            Since::parse("2026-11-25T10:00:00 01:00"),
-            Ok(Since::Timestamp(expected))
-        );
+    fn the_epoch_means_from_the_start() {
+        assert_eq!(Since::parse(SEED_NEVER_SYNCED), Ok(Since::START));
+        assert_eq!(Since::parse("1969-07-20T20:17:00Z"), Ok(Since::START));
+        assert_eq!(Cursor::START.to_string(), "1970-01-01T00:00:00.001000000Z");
+        assert!(Cursor::START.to_string().as_str() > SEED_NEVER_SYNCED);
+    }
+
+    #[test]
+    fn a_cursor_prints_as_a_fixed_width_utc_timestamp() {
+        let cursor = Cursor::from_instant(instant("2026-11-29T19:20:00.123456789Z"));
+        assert_eq!(cursor.to_string(), "2026-11-29T19:20:00.123456789Z");
+        let whole_second = Cursor::from_instant(instant("2026-01-02T03:04:05Z"));
+        assert_eq!(whole_second.to_string(), "2026-01-02T03:04:05.000000000Z");
+        assert_eq!(Cursor::MAX.to_string(), "2262-04-11T23:47:16.854775807Z");
+    }
+
+    #[test]
+    fn legacy_timestamps_are_positions_with_repaired_offsets() {
+        let expected = Since::Cursor(Cursor::from_instant(instant("2026-11-25T09:00:00Z")));
+        assert_eq!(Since::parse("2026-11-25T10:00:00+01:00"), Ok(expected));
+        assert_eq!(Since::parse("2026-11-25T10:00:00 01:00"), Ok(expected));
+        assert_eq!(Since::parse("2026-11-25T09:00:00.000Z"), Ok(expected));
+    }
+
+    #[test]
+    fn cursors_of_the_previous_format_are_legacy_sequence_numbers() {
+        assert_eq!(Since::parse("c1.0"), Ok(Since::Legacy(0)));
+        assert_eq!(Since::parse("c1.57"), Ok(Since::Legacy(57)));
     }
 
     #[test]
@@ -126,9 +181,12 @@ mod tests {
             "c1.",
             "c1.-3",
             "c1.1x",
+            "c1.+4",
             "c2.5",
             "c1.99999999999999999999999",
             "now",
+            "2026-11-29",
+            "2026-11-29T19:20:00",
         ] {
             assert!(Since::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -136,9 +194,37 @@ mod tests {
 
     proptest! {
         #[test]
-        fn cursors_round_trip(seq in any::<u64>()) {
-            let cursor = Cursor::at(seq);
+        fn cursors_round_trip(position in Cursor::START.0..=Cursor::MAX.0) {
+            let cursor = Cursor::at(position);
+            prop_assert_eq!(cursor.to_string().len(), 30);
             prop_assert_eq!(Since::parse(&cursor.to_string()), Ok(Since::Cursor(cursor)));
+        }
+
+        #[test]
+        fn string_order_is_position_order(a in Cursor::START.0..=Cursor::MAX.0, b in Cursor::START.0..=Cursor::MAX.0) {
+            let (x, y) = (Cursor::at(a), Cursor::at(b));
+            prop_assert_eq!(x.to_string().cmp(&y.to_string()), x.cmp(&y));
+        }
+
+        #[test]
+        fn a_millisecond_timestamp_never_sorts_after_a_later_cursor(
+            millis in 1_i64..=9_000_000_000_000,
+            extra in 0_u64..1_000_000,
+        ) {
+            // The seed client compares our cursors with its own
+            // `toISOString()` (three digits). A cursor within the same
+            // millisecond sorts first, so its string minimum never lands
+            // after a position it has not seen.
+            let clock = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).expect("in range");
+            let iso = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                clock.year(), u8::from(clock.month()), clock.day(),
+                clock.hour(), clock.minute(), clock.second(), clock.millisecond()
+            );
+            let cursor = Cursor::at(u64::try_from(millis).expect("positive") * 1_000_000 + extra);
+            prop_assert!(cursor.to_string() < iso, "{} !< {}", cursor, iso);
+            let Ok(Since::Cursor(parsed)) = Since::parse(&iso) else { panic!("{iso}") };
+            prop_assert!(parsed <= cursor);
         }
     }
 }

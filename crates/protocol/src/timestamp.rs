@@ -81,6 +81,32 @@ pub fn format_millis(instant: OffsetDateTime) -> String {
     )
 }
 
+/// Formats an instant as RFC 3339 in UTC with nanosecond precision and a
+/// fixed width (`2026-11-29T19:20:00.123456789Z`, 30 characters for years
+/// 1000 to 9999), so that the string order of two such texts is their time
+/// order. Cursors and the timestamps the server stamps itself use it.
+pub fn format_nanos(instant: OffsetDateTime) -> String {
+    let utc = instant.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        utc.year(),
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.nanosecond()
+    )
+}
+
+impl Timestamp {
+    /// The timestamp of `instant`, as [`format_nanos`] writes it (for
+    /// timestamps the server sets itself).
+    pub fn from_instant(instant: OffsetDateTime) -> Self {
+        Self(format_nanos(instant))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +129,11 @@ mod tests {
         let instant =
             OffsetDateTime::from_unix_timestamp_nanos(1_764_064_800_123_456_789).expect("in range");
         assert_eq!(format_millis(instant), "2025-11-25T10:00:00.123Z");
+        assert_eq!(format_nanos(instant), "2025-11-25T10:00:00.123456789Z");
+        assert_eq!(
+            Timestamp::from_instant(instant).instant(),
+            instant,
+            "a stamped timestamp parses back"
+        );
     }
 }

@@ -57,7 +57,7 @@ impl PendingNotice {
 }
 
 impl Published {
-    /// Every change of the notice's app after `notice.first - 1` (all
+    /// Every change of the notice's app after `notice.after` (all
     /// collections, all devices), read once for all subscribers.
     pub async fn batch(&self, store: &dyn Store) -> Result<Arc<ChangePage>, StoreError> {
         self.batch
@@ -68,7 +68,7 @@ impl Published {
                         &ChangeQuery {
                             app_id: &self.notice.app_id,
                             collection: None,
-                            since: Since::Cursor(Cursor::at(self.notice.first.saturating_sub(1))),
+                            since: Since::Cursor(Cursor::at(self.notice.after)),
                             exclude_client: None,
                             limit: MAX_PAGE,
                         },
@@ -316,7 +316,7 @@ mod tests {
             user: UserId::new(user).expect("valid"),
             app_id: app.into(),
             tables: Some(vec!["tasks".into()]),
-            first: last,
+            after: last - 1,
             last,
             client_id: "d".into(),
         })

@@ -166,7 +166,7 @@ pub fn change_stream(
                 for published in &pending.notices {
                     let notice = &published.notice;
                     let affected: Vec<usize> = (0..cursors.len())
-                        .filter(|&i| notice.touches(&cursors[i].0) && cursors[i].1.seq() < notice.last)
+                        .filter(|&i| notice.touches(&cursors[i].0) && cursors[i].1.position() < notice.last)
                         .filter(|i| !reread.contains(i))
                         .collect();
                     if affected.is_empty() {
@@ -174,7 +174,7 @@ pub fn change_stream(
                     }
                     let continues = affected
                         .iter()
-                        .all(|&i| cursors[i].1.seq().saturating_add(1) >= notice.first);
+                        .all(|&i| cursors[i].1.position() >= notice.after);
                     let batch = if continues {
                         published.batch(&*store).await.and_then(Result::ok)
                     } else {
@@ -187,7 +187,7 @@ pub fn change_stream(
                                 let changes: Vec<_> = batch
                                     .changes
                                     .iter()
-                                    .filter(|c| c.table == *table && c.seq > cursor.seq())
+                                    .filter(|c| c.table == *table && c.seq > cursor.position())
                                     .filter(|c| client_id.as_deref() != Some(c.client_id.as_str()))
                                     .cloned()
                                     .collect();

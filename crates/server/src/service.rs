@@ -7,7 +7,7 @@ use mana_sync_protocol::change::ChangeProblem;
 use mana_sync_protocol::cursor::CursorError;
 use mana_sync_protocol::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
 use mana_sync_protocol::schema::{self, DEFAULT_SCHEMA_VERSION, SchemaVersionError};
-use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, Since, UserId};
+use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, Since, Timestamp, UserId};
 use mana_sync_store::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
 };
@@ -63,7 +63,8 @@ pub const MAX_STREAM_COLLECTIONS: usize = 100;
 pub struct StreamParams {
     /// Required: the collections, comma-separated.
     pub collections: Option<String>,
-    /// Required: where every collection starts.
+    /// Where every collection starts; absent means from the start of the
+    /// log (the seed's streams did the same).
     pub since: Option<String>,
     /// The device asking; its own changes are left out.
     pub client_id: Option<String>,
@@ -120,11 +121,13 @@ impl SyncService {
         }
         let default_version =
             schema::check(request.schema_version.unwrap_or(DEFAULT_SCHEMA_VERSION))?;
+        let now = Timestamp::from_instant(time::OffsetDateTime::now_utc());
         let changes = request
             .changes
             .into_iter()
             .enumerate()
-            .map(|(index, change)| {
+            .map(|(index, mut change)| {
+                change.stamp_missing_deletion(&now);
                 change
                     .validate(default_version)
                     .map_err(|problem| ServiceError::InvalidChange { index, problem })
@@ -243,7 +246,10 @@ impl SyncService {
                 "at most {MAX_STREAM_COLLECTIONS} collections per stream"
             )));
         }
-        let since = required_since(params.since.as_deref())?;
+        let since = match params.since.as_deref() {
+            None => Since::START,
+            Some(text) => Since::parse(text)?,
+        };
         if let Some(client_id) = &params.client_id {
             check("clientId", client_id, MAX_ID_LEN)?;
         }

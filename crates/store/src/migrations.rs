@@ -30,6 +30,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "server settings",
         sql: include_str!("../migrations/postgres/0003_server_settings.sql"),
     },
+    Migration {
+        version: 4,
+        name: "positions",
+        sql: include_str!("../migrations/postgres/0004_positions.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -47,5 +52,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 3,
         name: "server settings",
         sql: include_str!("../migrations/sqlite/0003_server_settings.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "positions",
+        sql: include_str!("../migrations/sqlite/0004_positions.sql"),
     },
 ];

@@ -7,7 +7,7 @@
 //! server instance, at commit and in commit order; each instance's listener
 //! turns it back into a notice. A notice carries no change data, only what a
 //! subscriber needs to decide whether to read: the user, the app, the
-//! collections, and the range of sequence numbers.
+//! collections, and the positions the push took.
 
 use std::sync::Arc;
 
@@ -36,9 +36,11 @@ pub struct ChangeNotice {
     pub app_id: String,
     /// The collections that changed; `None` when the list was too long to send.
     pub tables: Option<Vec<String>>,
-    /// First sequence number of the push.
-    pub first: u64,
-    /// Last sequence number of the push.
+    /// The user's newest position before this push. Positions are clock
+    /// readings, not a dense count, so this is what tells a subscriber whose
+    /// cursor is at `after` (or later) that nothing came in between.
+    pub after: u64,
+    /// Last position of the push.
     pub last: u64,
     /// The device that pushed.
     pub client_id: String,
@@ -60,17 +62,17 @@ struct Payload {
     a: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<Vec<String>>,
-    f: u64,
+    p: u64,
     l: u64,
     c: String,
 }
 
 impl ChangeNotice {
-    /// The notice for a changeset stored with sequence numbers `first..=last`.
+    /// The notice for a changeset stored at positions in `after + 1..=last`.
     pub(crate) fn for_changeset(
         user: &UserId,
         changeset: &NewChangeset<'_>,
-        first: u64,
+        after: u64,
         last: u64,
     ) -> Self {
         let mut tables: Vec<String> = Vec::new();
@@ -83,7 +85,7 @@ impl ChangeNotice {
             user: user.clone(),
             app_id: changeset.app_id.to_owned(),
             tables: Some(tables),
-            first,
+            after,
             last,
             client_id: changeset.client_id.to_owned(),
         }
@@ -102,7 +104,7 @@ impl ChangeNotice {
             u: self.user.as_str().to_owned(),
             a: self.app_id.clone(),
             t: self.tables.clone(),
-            f: self.first,
+            p: self.after,
             l: self.last,
             c: self.client_id.clone(),
         };
@@ -121,7 +123,7 @@ impl ChangeNotice {
             user: UserId::new(payload.u).ok()?,
             app_id: payload.a,
             tables: payload.t,
-            first: payload.f,
+            after: payload.p,
             last: payload.l,
             client_id: payload.c,
         })
@@ -137,7 +139,7 @@ mod tests {
             user: UserId::new("alice").expect("valid"),
             app_id: "todo".into(),
             tables,
-            first: 3,
+            after: 3,
             last: 9,
             client_id: "phone".into(),
         }

@@ -21,7 +21,7 @@ use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
 use crate::types::{
     ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, RawColumns, encode,
+    ImportSource, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -243,25 +243,63 @@ impl PostgresStore {
     }
 }
 
-/// Takes the next `count` sequence numbers of `user` and returns the last.
+/// Reserves the next `count` positions of `user`.
 ///
-/// This locks the user's counter row until commit: a concurrent push of the
-/// same user waits here, so its numbers are larger and become visible after
+/// Positions are the database's clock in nanoseconds, `max(now, last + 1)`,
+/// so they are unique, increasing, and close to the wall clock. Taking them
+/// locks the user's counter row until commit: a concurrent push of the same
+/// user waits here, so its positions are larger and become visible after
 /// ours. That is the cursor guarantee.
-async fn reserve_seqs(tx: &Transaction<'_>, user: &UserId, count: i64) -> StoreResult<i64> {
+async fn reserve_positions(
+    tx: &Transaction<'_>,
+    user: &UserId,
+    count: i64,
+) -> StoreResult<Reserved> {
     let reserve = tx
         .prepare_cached(
-            "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO UPDATE SET last_seq = mana_user_seq.last_seq + EXCLUDED.last_seq
-             RETURNING last_seq",
+            "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq)
+             VALUES ($1, 0, GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $3) + $2 - 1)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 prev_seq = mana_user_seq.last_seq,
+                 last_seq = GREATEST(
+                     (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT,
+                     mana_user_seq.last_seq + 1,
+                     $3
+                 ) + $2 - 1
+             RETURNING prev_seq, last_seq",
         )
         .await
         .map_err(database_error)?;
-    Ok(tx
-        .query_one(&reserve, &[&user.as_str(), &count])
+    let first_possible = seq_param(Cursor::START.position() + 1);
+    let row = tx
+        .query_one(&reserve, &[&user.as_str(), &count, &first_possible])
         .await
-        .map_err(database_error)?
-        .get(0))
+        .map_err(database_error)?;
+    Ok(Reserved {
+        after: row.get(0),
+        last: row.get(1),
+    })
+}
+
+/// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
+/// previous format at the position its sequence number was migrated to.
+async fn resume_after(tx: &Transaction<'_>, user: &UserId, since: Since) -> StoreResult<u64> {
+    let legacy = match since {
+        Since::Cursor(cursor) => return Ok(cursor.position()),
+        Since::Legacy(legacy) => legacy,
+    };
+    let statement = tx
+        .prepare_cached(
+            "SELECT seq FROM mana_legacy_cursors WHERE user_id = $1 AND legacy_seq <= $2
+             ORDER BY legacy_seq DESC LIMIT 1",
+        )
+        .await
+        .map_err(database_error)?;
+    let row = tx
+        .query_opt(&statement, &[&user.as_str(), &seq_param(legacy)])
+        .await
+        .map_err(database_error)?;
+    Ok(row.map_or(Cursor::START.position(), |row| seq_value(row.get(0))))
 }
 
 async fn newest_seq(tx: &Transaction<'_>, user: &UserId) -> StoreResult<u64> {
@@ -368,19 +406,15 @@ impl Store for PostgresStore {
             });
         }
         let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
-        let last = reserve_seqs(&tx, user, count).await?;
+        let Reserved { after, last } = reserve_positions(&tx, user, count).await?;
         let columns = ChangeColumns::new(changeset.changes.iter());
         let event_ids: Vec<Uuid> = changeset.changes.iter().map(|_| Uuid::now_v7()).collect();
         let before_first = last - count;
         // The notice is delivered to every listening instance when, and only
         // if, this transaction commits, and in commit order. Sending it from
         // the insert statement saves a round trip per push.
-        let notice = ChangeNotice::for_changeset(
-            user,
-            &changeset,
-            seq_value(before_first + 1),
-            seq_value(last),
-        );
+        let notice =
+            ChangeNotice::for_changeset(user, &changeset, seq_value(after), seq_value(last));
         let insert = tx
             .prepare_cached(
                 "WITH inserted AS (
@@ -437,22 +471,7 @@ impl Store for PostgresStore {
         // from one snapshot, so every number up to `newest` is visible here.
         let tx = Self::begin_as(&mut client, user, true).await?;
         let newest = newest_seq(&tx, user).await?;
-        let after = match query.since {
-            Since::Cursor(cursor) => cursor.seq(),
-            Since::Timestamp(instant) => {
-                let statement = tx
-                    .prepare_cached(
-                        "SELECT seq FROM mana_changes WHERE user_id = $1 AND created_at > $2
-                         ORDER BY seq LIMIT 1",
-                    )
-                    .await
-                    .map_err(database_error)?;
-                tx.query_opt(&statement, &[&user.as_str(), &instant])
-                    .await
-                    .map_err(database_error)?
-                    .map_or(newest, |row| seq_value(row.get::<_, i64>(0) - 1))
-            }
-        };
+        let after = resume_after(&tx, user, query.since).await?;
         let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
         let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
         let user_id = user.as_str();
@@ -590,7 +609,8 @@ impl Store for PostgresStore {
                 let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
                 // The counter row stays locked until commit: the user's
                 // pushes wait, so cursor order holds for restored changes too.
-                let last = reserve_seqs(&tx, user, count).await?;
+                let Reserved { after, last } = reserve_positions(&tx, user, count).await?;
+                notices.reserved(seq_value(after));
                 let before_first = last - count;
                 let columns = ImportColumns::new(&batch);
                 let stored = tx

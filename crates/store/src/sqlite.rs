@@ -23,7 +23,7 @@ use crate::migrations::{Migration, SQLITE};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
 use crate::types::{
     ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, RawColumns, encode,
+    ImportSource, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -56,17 +56,52 @@ macro_rules! insert_change {
 
 const INSERT_CHANGE: &str = insert_change!();
 
-/// Takes the next `count` sequence numbers of `user` and returns the last.
-/// SQLite has one writer, so the numbers follow commit order.
-fn reserve_seqs(tx: &rusqlite::Transaction<'_>, user: &str, count: i64) -> StoreResult<i64> {
+/// Reserves the next `count` positions of `user`.
+///
+/// Positions are this process's clock in nanoseconds, `max(now, last + 1)`,
+/// so they are unique, increasing, and close to the wall clock. SQLite has
+/// one writer, so they follow commit order.
+fn reserve_positions(
+    tx: &rusqlite::Transaction<'_>,
+    user: &str,
+    count: i64,
+) -> StoreResult<Reserved> {
+    let now = seq_param(Cursor::from_instant(OffsetDateTime::now_utc()).position())
+        .max(seq_param(Cursor::START.position() + 1));
     tx.query_row(
-        "INSERT INTO mana_user_seq (user_id, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (user_id) DO UPDATE SET last_seq = last_seq + excluded.last_seq
-         RETURNING last_seq",
-        params![user, count],
-        |row| row.get(0),
+        "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq) VALUES (?1, 0, ?2 + ?3 - 1)
+         ON CONFLICT (user_id) DO UPDATE SET
+             prev_seq = last_seq,
+             last_seq = max(?2, last_seq + 1) + ?3 - 1
+         RETURNING prev_seq, last_seq",
+        params![user, now, count],
+        |row| {
+            Ok(Reserved {
+                after: row.get(0)?,
+                last: row.get(1)?,
+            })
+        },
     )
     .map_err(database_error)
+}
+
+/// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
+/// previous format at the position its sequence number was migrated to.
+fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64> {
+    let legacy = match since {
+        Since::Cursor(cursor) => return Ok(cursor.position()),
+        Since::Legacy(legacy) => legacy,
+    };
+    let position: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM mana_legacy_cursors WHERE user_id = ?1 AND legacy_seq <= ?2
+             ORDER BY legacy_seq DESC LIMIT 1",
+            params![user, seq_param(legacy)],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(database_error)?;
+    Ok(position.map_or(Cursor::START.position(), |p| u64::try_from(p).unwrap_or(0)))
 }
 
 /// The change log in a SQLite file.
@@ -344,7 +379,7 @@ impl Store for SqliteStore {
                 });
             }
             let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
-            let last = reserve_seqs(&tx, &user, count)?;
+            let Reserved { after, last } = reserve_positions(&tx, &user, count)?;
             {
                 let mut insert = tx.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
                 let first = last - count + 1;
@@ -371,8 +406,8 @@ impl Store for SqliteStore {
                 }
             }
             tx.commit().map_err(database_error)?;
-            let (first, last) = (
-                u64::try_from(last - count + 1).unwrap_or(0),
+            let (after, last) = (
+                u64::try_from(after).unwrap_or(0),
                 u64::try_from(last).unwrap_or(0),
             );
             let stored = NewChangeset {
@@ -383,7 +418,7 @@ impl Store for SqliteStore {
             };
             // Nobody listening is fine: live delivery is optional for a push.
             let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(
-                ChangeNotice::for_changeset(&owner, &stored, first, last),
+                ChangeNotice::for_changeset(&owner, &stored, after, last),
             )));
             Ok(PushOutcome::Stored {
                 count: changes.len(),
@@ -409,19 +444,7 @@ impl Store for SqliteStore {
             // come from the same snapshot.
             let tx = conn.transaction().map_err(database_error)?;
             let newest = newest_seq(&tx, &user).map_err(database_error)?;
-            let after = match since {
-                Since::Cursor(cursor) => cursor.seq(),
-                Since::Timestamp(instant) => tx
-                    .query_row(
-                        "SELECT seq FROM mana_changes WHERE user_id = ?1 AND created_at > ?2
-                         ORDER BY seq LIMIT 1",
-                        params![user, micros(instant)],
-                        |row| row.get::<_, i64>(0),
-                    )
-                    .optional()
-                    .map_err(database_error)?
-                    .map_or(newest, |first| u64::try_from(first - 1).unwrap_or(0)),
-            };
+            let after = resume_after(&tx, &user, since)?;
             let sql = select_changes_sql(collection.is_some(), exclude.is_some());
             let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
             let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
@@ -547,7 +570,8 @@ impl Store for SqliteStore {
                 };
                 if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
                     let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                    let last = reserve_seqs(&tx, user, count)?;
+                    let Reserved { after, last } = reserve_positions(&tx, user, count)?;
+                    notices.reserved(u64::try_from(after).unwrap_or(0));
                     let mut insert = tx
                         .prepare_cached(concat!(
                             insert_change!(),

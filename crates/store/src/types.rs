@@ -94,47 +94,65 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
+/// Positions taken for a push or an import batch: `after + 1 ..= last` may
+/// hold its changes (they are `last - count + 1 ..= last`), and nothing lies
+/// between `after` and the first of them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reserved {
+    /// The user's newest position before this reservation (0 for none).
+    pub after: i64,
+    /// The last position reserved.
+    pub last: i64,
+}
+
 /// Changes written per statement when importing.
 pub(crate) const IMPORT_BATCH: usize = 1000;
 
 /// Changes read per batch when exporting.
 pub(crate) const EXPORT_BATCH: usize = 500;
 
-/// The notices of an import: one per app, spanning the sequence numbers
-/// stored for it.
+/// The notices of an import: one per app, from the user's newest position
+/// before the import (`after`, set by its first reservation) to the last
+/// position stored for the app.
 #[derive(Default)]
 pub(crate) struct ImportNotices {
-    apps: Vec<(String, Vec<String>, u64, u64)>,
+    after: Option<u64>,
+    apps: Vec<(String, Vec<String>, u64)>,
 }
 
 impl ImportNotices {
-    pub(crate) fn record(&mut self, app_id: &str, table: &str, seq: u64) {
+    /// Notes a reservation of positions after `after`; only the first counts.
+    pub(crate) fn reserved(&mut self, after: u64) {
+        self.after.get_or_insert(after);
+    }
+
+    pub(crate) fn record(&mut self, app_id: &str, table: &str, position: u64) {
         let index = match self.apps.iter().position(|(app, ..)| app == app_id) {
             Some(index) => index,
             None => {
-                self.apps.push((app_id.to_owned(), Vec::new(), seq, seq));
+                self.apps.push((app_id.to_owned(), Vec::new(), position));
                 self.apps.len() - 1
             }
         };
-        let (_, tables, first, last) = &mut self.apps[index];
+        let (_, tables, last) = &mut self.apps[index];
         if !tables.iter().any(|t| t == table) {
             tables.push(table.to_owned());
         }
-        *first = (*first).min(seq);
-        *last = (*last).max(seq);
+        *last = (*last).max(position);
     }
 
     pub(crate) fn into_notices(
         self,
         user: &mana_sync_protocol::UserId,
     ) -> Vec<crate::ChangeNotice> {
+        let after = self.after.unwrap_or_default();
         self.apps
             .into_iter()
-            .map(|(app_id, tables, first, last)| crate::ChangeNotice {
+            .map(|(app_id, tables, last)| crate::ChangeNotice {
                 user: user.clone(),
                 app_id,
                 tables: Some(tables),
-                first,
+                after,
                 last,
                 // No device is the author of a restore: every device hears it.
                 client_id: String::new(),

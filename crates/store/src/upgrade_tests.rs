@@ -1,19 +1,72 @@
 //! A database written by an older build (fewer migrations) is upgraded in
-//! place and keeps every change.
+//! place and keeps every change; cursors that build handed out keep working.
 
 use mana_sync_protocol::{Cursor, Since, UserId, WireChange};
 use mana_sync_testkit::pg::TestDatabase;
+use time::OffsetDateTime;
 
 use crate::migrations::{POSTGRES, SQLITE};
 use crate::postgres::PostgresStore;
 use crate::sqlite::SqliteStore;
 use crate::{ChangeQuery, NewChangeset, PushOutcome, Store, StoreOptions};
 
-fn alice() -> UserId {
-    UserId::new("alice").expect("valid")
+/// The last migration of the build that numbered changes 1, 2, 3… and
+/// handed out `c1.<n>` cursors.
+const COUNTER_BUILD: usize = 3;
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid")
 }
 
-async fn push_one(store: &dyn Store, id: &str, changeset_id: Option<&str>) -> PushOutcome {
+/// What the counter build wrote: (user, seq, record id, created_at offset in
+/// seconds from `T0`). Alice's third change committed late with an earlier
+/// timestamp, and her seq 4 is a gap (an import that skipped a duplicate).
+const OLD_ROWS: &[(&str, i64, &str, i64)] = &[
+    ("alice", 1, "a1", 0),
+    ("alice", 2, "a2", 0),
+    ("alice", 3, "a3", -10),
+    ("alice", 5, "a5", 1),
+    ("bob", 1, "b1", 0),
+];
+const OLD_COUNTERS: &[(&str, i64)] = &[("alice", 5), ("bob", 1)];
+
+/// An hour ago, in whole seconds (what the SQL below writes).
+fn t0() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    OffsetDateTime::from_unix_timestamp(now - 3600).expect("in range")
+}
+
+fn old_build_sql(t0: OffsetDateTime, postgres: bool) -> String {
+    let mut sql = String::new();
+    for (user, seq, id, offset) in OLD_ROWS {
+        let created = t0 + time::Duration::seconds(*offset);
+        let created = if postgres {
+            format!("to_timestamp({})", created.unix_timestamp())
+        } else {
+            (created.unix_timestamp() * 1_000_000).to_string()
+        };
+        sql.push_str(&format!(
+            "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id, op,
+                 data, client_id, schema_version, created_at)
+             VALUES ('{user}', {seq}, '{}', 'todo', 'tasks', '{id}', 'insert', '{{}}', 'old', 1,
+                 {created});\n",
+            uuid::Uuid::now_v7()
+        ));
+    }
+    for (user, last) in OLD_COUNTERS {
+        sql.push_str(&format!(
+            "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ('{user}', {last});\n"
+        ));
+    }
+    sql
+}
+
+async fn push_one(
+    store: &dyn Store,
+    name: &str,
+    id: &str,
+    changeset_id: Option<&str>,
+) -> PushOutcome {
     let change: WireChange = serde_json::from_str(&format!(
         r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{}}}}"#
     ))
@@ -21,7 +74,7 @@ async fn push_one(store: &dyn Store, id: &str, changeset_id: Option<&str>) -> Pu
     let changes = [change.validate(1).expect("valid")];
     store
         .push(
-            &alice(),
+            &user(name),
             NewChangeset {
                 app_id: "todo",
                 client_id: "d",
@@ -33,42 +86,76 @@ async fn push_one(store: &dyn Store, id: &str, changeset_id: Option<&str>) -> Pu
         .expect("push")
 }
 
-async fn ids(store: &dyn Store) -> Vec<String> {
+async fn read(store: &dyn Store, name: &str, since: &str) -> (Vec<String>, Vec<u64>) {
     let query = ChangeQuery {
         app_id: "todo",
         collection: None,
-        since: Since::Cursor(Cursor::START),
+        since: Since::parse(since).expect("a valid since"),
         exclude_client: None,
         limit: 1000,
     };
-    let page = store.changes_after(&alice(), &query).await.expect("read");
-    page.changes.into_iter().map(|c| c.record_id).collect()
+    let page = store
+        .changes_after(&user(name), &query)
+        .await
+        .expect("read");
+    page.changes
+        .into_iter()
+        .map(|c| (c.record_id, c.seq))
+        .unzip()
 }
 
-async fn check_upgraded(new: &dyn Store) {
-    assert_eq!(ids(new).await, ["written-by-old-build"]);
-    // What the newer migrations added works on the upgraded database.
+async fn check_upgraded(new: &dyn Store, t0: OffsetDateTime) {
+    let start = "1970-01-01T00:00:00.000Z";
+    let (ids, positions) = read(new, "alice", start).await;
+    assert_eq!(ids, ["a1", "a2", "a3", "a5"], "same changes, same order");
+    // Renumbered to increasing positions at or after each created_at.
+    let at = |offset: i64| Cursor::from_instant(t0 + time::Duration::seconds(offset)).position();
+    assert_eq!(positions, [at(0), at(0) + 1, at(0) + 2, at(1)]);
+
+    // Cursors of the counter build resume where they did.
+    for (cursor, expected) in [
+        ("c1.0", &["a1", "a2", "a3", "a5"][..]),
+        ("c1.2", &["a3", "a5"][..]),
+        ("c1.4", &["a5"][..]),
+        ("c1.5", &[][..]),
+        ("c1.77", &[][..]),
+    ] {
+        assert_eq!(
+            read(new, "alice", cursor).await.0,
+            expected,
+            "since {cursor}"
+        );
+    }
+    assert_eq!(read(new, "bob", "c1.0").await.0, ["b1"]);
+    assert!(read(new, "bob", "c1.1").await.0.is_empty());
+
+    // New pushes come after everything, and an old cursor still finds them.
     assert!(matches!(
-        push_one(new, "new", Some("cs")).await,
-        PushOutcome::Stored { .. }
+        push_one(new, "alice", "new", Some("cs")).await,
+        PushOutcome::Stored { last, .. } if last.position() > at(1)
     ));
     assert_eq!(
-        push_one(new, "new", Some("cs")).await,
+        push_one(new, "alice", "new", Some("cs")).await,
         PushOutcome::Duplicate
     );
-    assert_eq!(ids(new).await, ["written-by-old-build", "new"]);
+    assert_eq!(read(new, "alice", "c1.5").await.0, ["new"]);
+    assert_eq!(read(new, "bob", "c1.1").await.0, Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn sqlite_upgrades_in_place() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("old.db");
-    let old = SqliteStore::open_blocking(&path, 1, &SQLITE[..1]).expect("opens at v1");
-    push_one(&old, "written-by-old-build", None).await;
+    drop(SqliteStore::open_blocking(&path, 1, &SQLITE[..COUNTER_BUILD]).expect("opens at v3"));
+    let t0 = t0();
+    rusqlite::Connection::open(&path)
+        .expect("opens")
+        .execute_batch(&old_build_sql(t0, false))
+        .expect("old rows");
     let new = SqliteStore::open(&path.display().to_string(), &StoreOptions::default())
         .await
         .expect("upgrades");
-    check_upgraded(&new).await;
+    check_upgraded(&new, t0).await;
 }
 
 #[tokio::test]
@@ -76,12 +163,24 @@ async fn postgres_upgrades_in_place() {
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let old = PostgresStore::open_with(&db.url(), &StoreOptions::default(), &POSTGRES[..1])
+    drop(
+        PostgresStore::open_with(
+            &db.url(),
+            &StoreOptions::default(),
+            &POSTGRES[..COUNTER_BUILD],
+        )
         .await
-        .expect("opens at v1");
-    push_one(&old, "written-by-old-build", None).await;
+        .expect("opens at v3"),
+    );
+    let t0 = t0();
+    db.admin()
+        .await
+        .batch_execute(&old_build_sql(t0, true))
+        .await
+        .expect("old rows");
+    // The server's own role (not a superuser) runs the migration.
     let new = PostgresStore::open(&db.url(), &StoreOptions::default())
         .await
         .expect("upgrades");
-    check_upgraded(&new).await;
+    check_upgraded(&new, t0).await;
 }

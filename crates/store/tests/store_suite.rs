@@ -115,6 +115,14 @@ async fn push(
         .expect("push")
 }
 
+/// The cursor just after a stored push.
+fn end_of(outcome: PushOutcome) -> Cursor {
+    match outcome {
+        PushOutcome::Stored { last, .. } => last,
+        PushOutcome::Duplicate => panic!("the push was a duplicate"),
+    }
+}
+
 fn query<'a>(app: &'a str, collection: Option<&'a str>, since: Since) -> ChangeQuery<'a> {
     ChangeQuery {
         app_id: app,
@@ -163,7 +171,7 @@ async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
         )],
     )
     .await;
-    push(
+    let last = push(
         &*f.store,
         &alice,
         "todo",
@@ -210,7 +218,12 @@ async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
         Some("2026-11-25T10:00:01.000Z")
     );
     assert!(!page.has_more);
-    assert_eq!(page.next, Cursor::at(4));
+    assert_eq!(page.next, end_of(last));
+    let positions: Vec<u64> = page.changes.iter().map(|c| c.seq).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase: {positions:?}"
+    );
 }
 
 async fn a_device_never_reads_its_own_changes_but_moves_past_them(f: Fixture) {
@@ -231,7 +244,7 @@ async fn a_device_never_reads_its_own_changes_but_moves_past_them(f: Fixture) {
         &[insert("tasks", "from-laptop")],
     )
     .await;
-    push(
+    let last = push(
         &*f.store,
         &alice,
         "todo",
@@ -246,7 +259,7 @@ async fn a_device_never_reads_its_own_changes_but_moves_past_them(f: Fixture) {
     assert_eq!(ids, ["from-laptop"]);
     assert_eq!(
         page.next,
-        Cursor::at(3),
+        end_of(last),
         "cursor moves past the device's own changes"
     );
 }
@@ -256,8 +269,9 @@ async fn pages_are_bounded_and_lose_nothing_at_their_edges(f: Fixture) {
     let batch: Vec<Change> = (0..2500)
         .map(|i| insert("tasks", &format!("{i:05}")))
         .collect();
+    let mut last = None;
     for chunk in batch.chunks(700) {
-        push(&*f.store, &alice, "todo", "d1", chunk).await;
+        last = Some(push(&*f.store, &alice, "todo", "d1", chunk).await);
     }
     let q = query("todo", Some("tasks"), Since::Cursor(Cursor::START));
     let first = f.store.changes_after(&alice, &q).await.expect("read");
@@ -287,7 +301,7 @@ async fn pages_are_bounded_and_lose_nothing_at_their_edges(f: Fixture) {
     let (ids, end) = read_all(&*f.store, &alice, q).await;
     let expected: Vec<String> = (0..2500).map(|i| format!("{i:05}")).collect();
     assert_eq!(ids, expected);
-    assert_eq!(end, Cursor::at(2500));
+    assert_eq!(Some(end), last.map(end_of));
 }
 
 async fn a_repeated_changeset_is_stored_once(f: Fixture) {
@@ -380,7 +394,7 @@ async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
         &[insert("notes", "a-note")],
     )
     .await;
-    push(&*f.store, &bob, "todo", "d2", &[insert("tasks", "b-task")]).await;
+    let bobs = push(&*f.store, &bob, "todo", "d2", &[insert("tasks", "b-task")]).await;
     let start = Since::Cursor(Cursor::START);
     let (ids, _) = read_all(&*f.store, &alice, query("todo", Some("tasks"), start)).await;
     assert_eq!(ids, ["a-task"]);
@@ -390,7 +404,7 @@ async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
     assert_eq!(ids, ["a-note"]);
     let (ids, end) = read_all(&*f.store, &bob, query("todo", None, start)).await;
     assert_eq!(ids, ["b-task"]);
-    assert_eq!(end, Cursor::at(1), "bob's sequence is his own");
+    assert_eq!(end, end_of(bobs), "bob's log is his own");
     let (ids, _) = read_all(&*f.store, &user("carol"), query("todo", None, start)).await;
     assert!(ids.is_empty());
 }
@@ -404,7 +418,7 @@ async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
         .await
         .expect("read");
     let stored_at = page.changes[0].created_at;
-    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "new")]).await;
+    let newest = push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "new")]).await;
     let (ids, _) = read_all(
         &*f.store,
         &alice,
@@ -422,7 +436,9 @@ async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
         query(
             "todo",
             None,
-            Since::Timestamp(stored_at - time::Duration::milliseconds(1)),
+            Since::Cursor(Cursor::from_instant(
+                stored_at - time::Duration::milliseconds(1),
+            )),
         ),
     )
     .await;
@@ -433,16 +449,60 @@ async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
         query(
             "todo",
             None,
-            Since::Timestamp(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+            Since::Cursor(Cursor::from_instant(
+                time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            )),
         ),
     )
     .await;
     assert!(ids.is_empty());
     assert_eq!(
         end,
-        Cursor::at(2),
+        end_of(newest),
         "a future timestamp resumes at the newest change"
     );
+}
+
+async fn positions_are_the_server_clock_in_commit_order(f: Fixture) {
+    let alice = user("alice");
+    let before = Cursor::from_instant(time::OffsetDateTime::now_utc() - time::Duration::seconds(5));
+    let mut cursors = Vec::new();
+    for i in 0..20 {
+        let outcome = push(
+            &*f.store,
+            &alice,
+            "todo",
+            "d1",
+            &[
+                insert("tasks", &format!("{i}")),
+                insert("tasks", &format!("{i}b")),
+            ],
+        )
+        .await;
+        cursors.push(end_of(outcome));
+    }
+    let after = Cursor::from_instant(time::OffsetDateTime::now_utc() + time::Duration::seconds(5));
+    for pair in cursors.windows(2) {
+        assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        assert!(
+            pair[0].to_string() < pair[1].to_string(),
+            "string order is commit order"
+        );
+    }
+    assert!(
+        cursors.iter().all(|c| before < *c && *c < after),
+        "positions are close to the clock: {before} < {cursors:?} < {after}"
+    );
+    // Every change sits at its own position, inside its push's range.
+    let (_, end) = read_all(&*f.store, &alice, query("todo", None, Since::START)).await;
+    assert_eq!(Some(&end), cursors.last());
+    let page = f
+        .store
+        .changes_after(&alice, &query("todo", None, Since::START))
+        .await
+        .expect("read");
+    let positions: HashSet<u64> = page.changes.iter().map(|c| c.seq).collect();
+    assert_eq!(positions.len(), 40);
 }
 
 async fn actor_is_kept_verbatim_and_absent_stays_absent(f: Fixture) {
@@ -472,17 +532,14 @@ async fn actor_is_kept_verbatim_and_absent_stays_absent(f: Fixture) {
 
 async fn a_cursor_beyond_the_log_comes_back_to_its_end(f: Fixture) {
     let alice = user("alice");
-    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "1")]).await;
+    let stored = push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "1")]).await;
     let page = f
         .store
-        .changes_after(
-            &alice,
-            &query("todo", None, Since::Cursor(Cursor::at(1_000_000))),
-        )
+        .changes_after(&alice, &query("todo", None, Since::Cursor(Cursor::MAX)))
         .await
         .expect("read");
     assert!(page.changes.is_empty());
-    assert_eq!(page.next, Cursor::at(1));
+    assert_eq!(page.next, end_of(stored));
 }
 
 async fn a_failing_changeset_stores_nothing(f: Fixture) {
@@ -542,12 +599,9 @@ async fn a_failing_changeset_stores_nothing(f: Fixture) {
         )
         .await
         .expect("push");
-    assert_eq!(
-        outcome,
-        PushOutcome::Stored {
-            count: 1,
-            last: Cursor::at(1)
-        }
+    assert!(
+        matches!(outcome, PushOutcome::Stored { count: 1, last } if last > Cursor::START),
+        "{outcome:?}"
     );
 }
 
@@ -668,7 +722,7 @@ async fn next_notice(
 async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
     let alice = user("alice");
     let mut events = f.store.events();
-    push(
+    let first = push(
         &*f.store,
         &alice,
         "todo",
@@ -687,7 +741,11 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
         notice.tables.as_deref(),
         Some(&["tasks".to_owned(), "lists".to_owned()][..])
     );
-    assert_eq!((notice.first, notice.last), (1, 3));
+    assert_eq!(
+        (notice.after, notice.last),
+        (0, end_of(first).position()),
+        "the user's first push continues from nothing"
+    );
     assert_eq!(notice.client_id, "phone");
     // A refused changeset and a duplicate announce nothing; the next real
     // push is the next notice.
@@ -715,21 +773,21 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
         changeset_id: Some("cs"),
         changes: &once,
     };
-    f.store.push(&alice, set).await.expect("push");
+    let once = f.store.push(&alice, set).await.expect("push");
     assert_eq!(
         f.store.push(&alice, set).await.expect("push"),
         PushOutcome::Duplicate
     );
-    push(&*f.store, &alice, "todo", "laptop", &[insert("tasks", "5")]).await;
+    let laptop = push(&*f.store, &alice, "todo", "laptop", &[insert("tasks", "5")]).await;
     let notice = next_notice(&mut events).await;
     assert_eq!(
-        (notice.first, notice.last, notice.client_id.as_str()),
-        (4, 4, "phone")
+        (notice.after, notice.last, notice.client_id.as_str()),
+        (end_of(first).position(), end_of(once).position(), "phone")
     );
     let notice = next_notice(&mut events).await;
     assert_eq!(
-        (notice.first, notice.last, notice.client_id.as_str()),
-        (5, 5, "laptop")
+        (notice.after, notice.last, notice.client_id.as_str()),
+        (end_of(once).position(), end_of(laptop).position(), "laptop")
     );
 }
 
@@ -891,6 +949,7 @@ store_suite!(
     concurrent_duplicates_are_stored_once,
     users_apps_and_collections_are_kept_apart,
     legacy_timestamps_resume_after_that_instant,
+    positions_are_the_server_clock_in_commit_order,
     actor_is_kept_verbatim_and_absent_stays_absent,
     a_cursor_beyond_the_log_comes_back_to_its_end,
     a_failing_changeset_stores_nothing,
@@ -944,5 +1003,5 @@ async fn postgres_notices_reach_every_instance() {
         (notice.user.as_str(), notice.app_id.as_str()),
         ("alice", "todo")
     );
-    assert!(notice.last <= pushed);
+    assert!(pushed >= 1 && notice.last > Cursor::START.position());
 }

@@ -1,6 +1,7 @@
 /**
  * An in-memory stand-in for mana-sync's HTTP API, as a `fetch` function: the
- * per-user log with a sequence (`c1.<n>` cursors), changeset idempotency,
+ * per-user log at positions (nanosecond clock readings, `max(now, last + 1)`,
+ * printed as fixed-width RFC 3339 cursors), changeset idempotency,
  * paged pulls, and a live stream; plus hooks to inject faults (lost replies,
  * failed pages, refused changes). The real server is exercised by the
  * end-to-end tests; this one makes failures easy to stage.
@@ -9,7 +10,7 @@
 type Json = Record<string, unknown>;
 
 interface Entry {
-  seq: number;
+  seq: bigint;
   user: string;
   app: string;
   clientId: string;
@@ -21,7 +22,7 @@ interface Stream {
   app: string;
   clientId: string;
   collections: string[];
-  cursors: Map<string, number>;
+  cursors: Map<string, bigint>;
   controller: ReadableStreamDefaultController<Uint8Array>;
 }
 
@@ -49,17 +50,30 @@ function subject(authorization: string | null): string | undefined {
   }
 }
 
-function parseSince(since: string | null): number | undefined {
+/** Before the first change, as the server prints it. */
+const START = 1_000_000n;
+
+/** A position as the server prints it: `2026-11-29T19:20:00.123456789Z`. */
+export function formatCursor(position: bigint): string {
+  const seconds = new Date(Number(position / 1_000_000_000n) * 1000).toISOString().slice(0, 19);
+  return `${seconds}.${(position % 1_000_000_000n).toString().padStart(9, '0')}Z`;
+}
+
+function parseSince(since: string | null): bigint | undefined {
   if (since === null) return undefined;
-  const cursor = /^c1\.(\d+)$/.exec(since);
-  if (cursor) return Number(cursor[1]);
-  return Number.isNaN(Date.parse(since)) ? undefined : 0;
+  if (/^c1\.\d+$/.test(since)) return START; // the previous format: nothing was migrated here
+  const parts = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(since);
+  if (!parts) return undefined;
+  const seconds = Date.parse(`${parts[1]}${parts[3]}`);
+  if (Number.isNaN(seconds)) return undefined;
+  const position = BigInt(seconds) * 1_000_000n + BigInt((parts[2] ?? '').padEnd(9, '0'));
+  return position < START ? START : position;
 }
 
 export class FakeServer {
   readonly log: Entry[] = [];
   private readonly changesets = new Set<string>();
-  private readonly seqs = new Map<string, number>();
+  private readonly seqs = new Map<string, bigint>();
   private readonly streams = new Set<Stream>();
   /** Called before every request; may answer it. */
   hook: Hook | undefined;
@@ -101,7 +115,9 @@ export class FakeServer {
       if (changesetId) this.changesets.add(changesetId);
       const tables = new Set<string>();
       for (const change of changes) {
-        const seq = (this.seqs.get(user) ?? 0) + 1;
+        const now = BigInt(Date.now()) * 1_000_000n;
+        const next = (this.seqs.get(user) ?? START) + 1n;
+        const seq = now > next ? now : next;
         this.seqs.set(user, seq);
         this.log.push({ seq, user, app, clientId, change: { ...change, eventId: `e${seq}` } });
         tables.add(String(change.table));
@@ -111,16 +127,21 @@ export class FakeServer {
     return json(200, this.page(user, app, clientId, undefined, since, 1000, 'serverChanges'));
   }
 
-  private page(user: string, app: string, clientId: string, collection: string | undefined, since: number, limit: number, key: string): Json {
-    const newest = this.seqs.get(user) ?? 0;
+  /** The cursor just after the `n`-th change stored (1-based). */
+  cursorAfter(n: number): string {
+    return formatCursor(this.log[n - 1]!.seq);
+  }
+
+  private page(user: string, app: string, clientId: string, collection: string | undefined, since: bigint, limit: number, key: string): Json {
+    const newest = this.seqs.get(user) ?? START;
     const after = this.log.filter((e) => e.user === user && e.app === app && e.seq > since && (!collection || e.change.table === collection));
     const page = after.slice(0, limit);
     const hasMore = after.length > limit;
-    const until = hasMore ? page.at(-1)!.seq : Math.max(newest, since);
+    const until = hasMore ? page.at(-1)!.seq : newest;
     return {
       [key]: page.filter((e) => e.clientId !== clientId).map((e) => e.change),
       ...(key === 'serverChanges' && { conflicts: [] }),
-      syncedUntil: `c1.${until}`,
+      syncedUntil: formatCursor(until),
       hasMore,
     };
   }
@@ -158,7 +179,7 @@ export class FakeServer {
   private send(stream: Stream, collection: string): void {
     const since = stream.cursors.get(collection)!;
     const page = this.page(stream.user, stream.app, stream.clientId, collection, since, 1000, 'changes');
-    stream.cursors.set(collection, Number(String(page.syncedUntil).slice(3)));
+    stream.cursors.set(collection, parseSince(String(page.syncedUntil))!);
     const data = JSON.stringify({ table: collection, ...page });
     stream.controller.enqueue(encoder.encode(`event: changes\ndata: ${data}\n\n`));
   }

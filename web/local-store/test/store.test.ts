@@ -214,11 +214,11 @@ describe('seeds and accounts', () => {
     await expect(store.signIn('http://localhost:3050', token('mallory'))).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'account_mismatch');
     await expect(store.signIn('http://localhost:3050', 'not-a-jwt')).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'invalid_token');
 
-    await store.applyPage([], ['tasks', 'c1.5']);
-    await store.setAppCursor('c1.5');
-    expect(await store.appCursor()).toBe('c1.5');
+    await store.applyPage([], ['tasks', '2026-11-29T19:20:00.000000005Z']);
+    await store.setAppCursor('2026-11-29T19:20:00.000000005Z');
+    expect(await store.appCursor()).toBe('2026-11-29T19:20:00.000000005Z');
     await store.signIn('http://localhost:3050', token('alice'));
-    expect(await store.appCursor()).toBe('c1.5');
+    expect(await store.appCursor()).toBe('2026-11-29T19:20:00.000000005Z');
     await store.signIn('https://sync.example.com', token('alice'));
     expect(await store.cursor('tasks')).toBeUndefined();
     expect(await store.appCursor()).toBeUndefined();
@@ -242,14 +242,14 @@ describe('outbox and changesets', () => {
     await store.insert('tasks', { title: 'd' });
     await store.finishChangeset(first!.id, {
       changes: [change('{"table":"lists","id":"l1","op":"insert","data":{"id":"l1","name":"Home"}}')],
-      syncedUntil: 'c1.9',
+      syncedUntil: '2026-11-29T19:20:00.000000009Z',
       hasMore: false,
     });
     expect(await store.pendingCount()).toBe(2);
     expect(await store.list('lists')).toEqual([{ id: 'l1', name: 'Home' }]);
-    expect(await store.cursor('tasks')).toBe('c1.9');
-    expect(await store.cursor('lists')).toBe('c1.9');
-    expect(await store.appCursor()).toBe('c1.9');
+    expect(await store.cursor('tasks')).toBe('2026-11-29T19:20:00.000000009Z');
+    expect(await store.cursor('lists')).toBe('2026-11-29T19:20:00.000000009Z');
+    expect(await store.appCursor()).toBe('2026-11-29T19:20:00.000000009Z');
     const second = await store.nextChangeset(500);
     expect(second?.id).not.toBe(first?.id);
     expect(second?.changes.map((c) => JSON.parse(c).data.title)).toEqual(['c', 'd']);
@@ -259,7 +259,7 @@ describe('outbox and changesets', () => {
     const store = await freshStore();
     await store.insert('tasks', { title: 'a' });
     const changeset = await store.nextChangeset(10);
-    await store.finishChangeset(changeset!.id, { changes: [], syncedUntil: 'c1.3', hasMore: true });
+    await store.finishChangeset(changeset!.id, { changes: [], syncedUntil: '2026-11-29T19:20:00.000000003Z', hasMore: true });
     expect(await store.cursor('tasks')).toBeUndefined();
     expect(await store.appCursor()).toBeUndefined();
   });
@@ -290,12 +290,12 @@ describe('outbox and changesets', () => {
 
   it('the app cursor is trusted only when every collection has a cursor; a page moves only its collection', async () => {
     const store = await freshStore({ collections: ['tasks', 'lists'] });
-    await store.setAppCursor('c1.4');
+    await store.setAppCursor('2026-11-29T19:20:00.000000004Z');
     expect(await store.appCursor()).toBeUndefined();
-    await store.applyPage([change('{"table":"tasks","id":"t","op":"insert","data":{"id":"t"}}')], ['tasks', 'c1.4']);
+    await store.applyPage([change('{"table":"tasks","id":"t","op":"insert","data":{"id":"t"}}')], ['tasks', '2026-11-29T19:20:00.000000004Z']);
     expect(await store.appCursor()).toBeUndefined();
-    await store.applyPage([], ['lists', 'c1.4']);
-    expect(await store.appCursor()).toBe('c1.4');
+    await store.applyPage([], ['lists', '2026-11-29T19:20:00.000000004Z']);
+    expect(await store.appCursor()).toBe('2026-11-29T19:20:00.000000004Z');
     await store.forgetCursors();
     expect(await store.cursor('tasks')).toBeUndefined();
     expect(await store.appCursor()).toBeUndefined();

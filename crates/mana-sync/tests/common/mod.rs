@@ -149,6 +149,24 @@ pub fn encode(value: &str) -> String {
         .collect()
 }
 
+/// Asserts that `cursor` has the shape every `syncedUntil` has: a fixed-width
+/// RFC 3339 UTC timestamp with nine fractional digits.
+pub fn assert_cursor(cursor: &str) {
+    let shaped = cursor.len() == 30
+        && cursor.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            29 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    assert!(
+        shaped,
+        "`{cursor}` is not a cursor like 2026-11-29T19:20:00.123456789Z"
+    );
+}
+
 pub fn insert(table: &str, id: &str) -> Value {
     json!({ "table": table, "id": id, "op": "insert", "data": { "id": id, "title": format!("todo {id}") } })
 }
