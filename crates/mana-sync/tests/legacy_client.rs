@@ -334,8 +334,14 @@ async fn cursors_are_timestamps_that_never_go_backwards(h: Harness) {
         plain.push(page["syncedUntil"].as_str().expect("cursor").to_owned());
     }
 
+    // A user with nothing stored yet gets a cursor too.
+    let mut fresh = SeedClient::new(&h, "dave", "d", APP, &collections);
+    fresh.push(vec![]).await;
+    fresh.pull_all().await;
+
     let limit = iso(now_nanos() + 60 * 1_000_000_000, 9);
-    let all = a.seen.iter().chain(&c.seen).map(|s| &s.synced_until);
+    let seen = a.seen.iter().chain(&c.seen).chain(&fresh.seen);
+    let all = seen.map(|s| &s.synced_until);
     for cursor in all.chain(&plain) {
         assert!(
             is_cursor_shaped(cursor),
@@ -349,6 +355,7 @@ async fn cursors_are_timestamps_that_never_go_backwards(h: Harness) {
     }
     assert_never_backwards(&a.seen);
     assert_never_backwards(&c.seen);
+    assert_never_backwards(&fresh.seen);
     let (a_last, c_last) = (a.cursor("tasks"), c.cursor("tasks"));
     assert!(
         c_last >= a_last,
