@@ -30,6 +30,9 @@ enum Command {
     /// Restore an NDJSON backup into a user's history: all of it or nothing;
     /// changes the user already has (same eventId) are skipped.
     Import(ImportArgs),
+    /// Copy every user's history from the seed's (Go server's) Postgres
+    /// database into this one; users already copied are skipped.
+    ImportSeed(ImportSeedArgs),
 }
 
 #[derive(Args)]
@@ -51,6 +54,15 @@ struct ImportArgs {
     user: String,
     /// The NDJSON backup, as written by `mana-sync export` or `GET /backup/export`.
     file: std::path::PathBuf,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct ImportSeedArgs {
+    /// The seed's database (postgres://USER@HOST/DB), holding `sync_changes`.
+    #[arg(long, env = "SEED_DATABASE_URL", hide_env_values = true)]
+    from: String,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -133,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args).await,
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
+        Command::ImportSeed(args) => import_seed(args).await,
     }
 }
 
@@ -335,5 +348,28 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = report.with_context(|| format!("importing {}", args.file.display()))?;
     println!("imported {}, skipped {}", report.imported, report.skipped);
+    Ok(())
+}
+
+async fn import_seed(args: ImportSeedArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.database).await?;
+    let bar = progress(Some(0), "{bar:40} {pos}/{len} rows ({per_sec}), {msg}");
+    let shown = bar.clone();
+    let mut on_progress = move |at: &mana_sync_seed::Progress| {
+        shown.set_length(at.rows_total);
+        shown.set_position(at.so_far.rows_read);
+        shown.set_message(format!(
+            "{} users, {} imported, {} skipped",
+            at.so_far.users, at.so_far.imported, at.so_far.skipped
+        ));
+    };
+    let report = mana_sync_seed::import_seed(&args.from, &*store, &mut on_progress).await;
+    bar.finish_and_clear();
+    // One line, whatever went wrong: its message already names the cause.
+    let report = report.map_err(|error| anyhow::Error::msg(error.to_string()))?;
+    println!(
+        "users {}, rows read {}, imported {}, skipped {}",
+        report.users, report.rows_read, report.imported, report.skipped
+    );
     Ok(())
 }

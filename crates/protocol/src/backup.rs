@@ -7,6 +7,13 @@
 //! actor (only if present), clientId, createdAt`. Lines without a
 //! `schemaVersion` are version 1. Older lines are carried forward with
 //! [`schema::migrate`] before they are validated like any pushed change.
+//!
+//! Lines exported by the seed's Go server (updates as `data` plus
+//! `fieldTimestamps`, deletes as `data: {deletedAt}` or no `data`) are read
+//! too: [`seed_line_to_ours`] rewrites them into the equivalent changes
+//! before the migration chain.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -82,6 +89,14 @@ pub enum LineProblem {
     /// A required field is missing, or a value is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A line in the seed's shape that cannot be read (see [`seed_line_to_ours`]).
+    #[error("`{field}` {problem}")]
+    SeedShape {
+        /// The key at fault (`fieldTimestamps.title`, `data.deletedAt`, …).
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// A refused backup line, named by its number (the first line is 1).
@@ -124,6 +139,181 @@ struct Line {
     actor: Option<Box<RawValue>>,
 }
 
+/// A JSON object with its members' values kept as raw text.
+type RawObject = BTreeMap<String, Box<RawValue>>;
+
+fn seed_problem(field: &str, problem: impl Into<String>) -> LineProblem {
+    LineProblem::SeedShape {
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// The value of `key`, unless it is absent or `null` (the seed omits what is empty).
+fn present<'a>(line: &'a RawChange, key: &str) -> Option<&'a RawValue> {
+    line.get(key)
+        .map(|value| &**value)
+        .filter(|value| value.get() != "null")
+}
+
+fn object_at(value: &RawValue, field: &str) -> Result<RawObject, LineProblem> {
+    serde_json::from_str(value.get()).map_err(|_| seed_problem(field, "must be a JSON object"))
+}
+
+fn timestamp_at(value: &RawValue, field: &str) -> Result<(), LineProblem> {
+    serde_json::from_str::<Timestamp>(value.get())
+        .map(drop)
+        .map_err(|_| {
+            let text: String = value.get().chars().take(64).collect();
+            seed_problem(field, format!("must be an RFC 3339 timestamp, not {text}"))
+        })
+}
+
+/// Rewrites a line exported by the seed's Go server into our own shape, in
+/// place, before the schema migration chain runs; our own lines are left
+/// exactly as they are. Returns whether anything was rewritten.
+///
+/// The seed writes an update as `data` (the values) plus `fieldTimestamps`
+/// (field name → RFC 3339 timestamp), an insert as `data` (sometimes with
+/// `fieldTimestamps`), a delete as `data: {deletedAt}` or no `data` at all,
+/// and omits empty maps. Those lines become the equivalent changes:
+///
+/// - an **update** without `fields`: `fields: {name: {value, updatedAt}}`
+///   for every key of `data`, stamped with its `fieldTimestamps` entry, or
+///   with the line's `createdAt` when it has none; `data` and
+///   `fieldTimestamps` go (a timestamp of a field not in `data` sets nothing);
+/// - an **insert** with `fieldTimestamps`: `data` stays, and every key of
+///   `data` that has a timestamp also goes into `fields`, so it merges with
+///   that timestamp (as one of our inserts with `fields` does);
+/// - a **delete** without `deletedAt`: `deletedAt` is `data.deletedAt`, else
+///   `createdAt`; a `data` that held nothing but `deletedAt` goes.
+///
+/// Only the rewritten keys are re-serialised: values and timestamps keep
+/// their exact JSON text. A malformed seed line (`fieldTimestamps` or `data`
+/// not an object, a timestamp that is not RFC 3339, both `fields` and
+/// `fieldTimestamps`) is a [`LineProblem::SeedShape`] naming the field.
+pub fn seed_line_to_ours(line: &mut RawChange) -> Result<bool, LineProblem> {
+    // An unknown or missing op is left for `parse_line` to name.
+    let Some(op) = line
+        .get("op")
+        .and_then(|op| serde_json::from_str::<Op>(op.get()).ok())
+    else {
+        return Ok(false);
+    };
+    let has_fields = present(line, "fields").is_some();
+    let stamps = match present(line, "fieldTimestamps") {
+        None => None,
+        Some(_) if has_fields => {
+            return Err(seed_problem(
+                "fieldTimestamps",
+                "cannot come with `fields`: a line has either `fields` (ours) or `data` and `fieldTimestamps` (the seed's)",
+            ));
+        }
+        Some(stamps) => {
+            let stamps = object_at(stamps, "fieldTimestamps")?;
+            for (name, at) in &stamps {
+                let name: String = name.chars().take(64).collect();
+                timestamp_at(at, &format!("fieldTimestamps.{name}"))?;
+            }
+            Some(stamps)
+        }
+    };
+    let created_at = || -> Result<Box<RawValue>, LineProblem> {
+        let value = present(line, "createdAt").ok_or_else(|| {
+            seed_problem(
+                "createdAt",
+                "is missing (a seed line without its own timestamps takes them from it)",
+            )
+        })?;
+        timestamp_at(value, "createdAt")?;
+        Ok(value.to_owned())
+    };
+    let reshaped: RawChange = match op {
+        Op::Update if !has_fields => {
+            let Some(data) = present(line, "data") else {
+                // Nothing to turn into fields: validation names what is missing.
+                return Ok(false);
+            };
+            let values = object_at(data, "data")?;
+            let mut stamps = stamps.unwrap_or_default();
+            let mut fields = RawObject::new();
+            for (name, value) in values {
+                let at = match stamps.remove(&name) {
+                    Some(at) => at,
+                    None => created_at()?,
+                };
+                fields.insert(name, field_json(&value, &at)?);
+            }
+            let mut reshaped = RawChange::new();
+            reshaped.insert("fields".to_owned(), raw_json(&fields)?);
+            line.remove("data");
+            reshaped
+        }
+        Op::Insert if !has_fields => {
+            let Some(stamps) = stamps else {
+                return Ok(false);
+            };
+            let Some(data) = present(line, "data") else {
+                return Ok(false);
+            };
+            let values = object_at(data, "data")?;
+            let mut fields = RawObject::new();
+            for (name, value) in values {
+                if let Some(at) = stamps.get(&name) {
+                    fields.insert(name, field_json(&value, at)?);
+                }
+            }
+            let mut reshaped = RawChange::new();
+            if !fields.is_empty() {
+                reshaped.insert("fields".to_owned(), raw_json(&fields)?);
+            }
+            reshaped
+        }
+        Op::Delete if present(line, "deletedAt").is_none() => {
+            let data = present(line, "data")
+                .map(|data| object_at(data, "data"))
+                .transpose()?;
+            let deleted_at = match data.as_ref().and_then(|data| data.get("deletedAt")) {
+                Some(at) => {
+                    timestamp_at(at, "data.deletedAt")?;
+                    at.clone()
+                }
+                None => created_at()?,
+            };
+            if data.is_some_and(|data| data.keys().all(|key| key == "deletedAt")) {
+                line.remove("data");
+            }
+            let mut reshaped = RawChange::new();
+            reshaped.insert("deletedAt".to_owned(), deleted_at);
+            reshaped
+        }
+        _ => return Ok(false),
+    };
+    line.remove("fieldTimestamps");
+    line.extend(reshaped);
+    Ok(true)
+}
+
+/// `{"value": <value>, "updatedAt": <at>}`, both kept as their raw text.
+fn field_json(value: &RawValue, at: &RawValue) -> Result<Box<RawValue>, LineProblem> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Field<'a> {
+        value: &'a RawValue,
+        updated_at: &'a RawValue,
+    }
+    raw_json(&Field {
+        value,
+        updated_at: at,
+    })
+}
+
+fn raw_json(value: &impl Serialize) -> Result<Box<RawValue>, LineProblem> {
+    serde_json::to_string(value)
+        .and_then(RawValue::from_string)
+        .map_err(|e| LineProblem::Json(e.to_string()))
+}
+
 /// Parses, migrates and validates one backup line.
 pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
     let fail = |problem: LineProblem| LineError { line, problem };
@@ -139,10 +329,11 @@ pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
         })?,
     };
     schema::check(version).map_err(|e| fail(e.into()))?;
-    // Current lines are read as they are; older ones are carried forward
-    // first (which re-serialises only what a step changed).
+    let reshaped = seed_line_to_ours(&mut raw).map_err(fail)?;
+    // Current lines of ours are read as they are; seed lines and older ones
+    // are rewritten first (which re-serialises only the keys that changed).
     let migrated;
-    let text = if version < MAX_SCHEMA_VERSION {
+    let text = if reshaped || version < MAX_SCHEMA_VERSION {
         schema::migrate(&mut raw, version).map_err(|e| fail(e.into()))?;
         migrated =
             serde_json::to_string(&raw).map_err(|e| fail(LineProblem::Json(e.to_string())))?;
@@ -261,5 +452,245 @@ mod tests {
                 "`{message}` should mention {needle}"
             );
         }
+    }
+
+    /// A line as the seed's Go server exports it; `rest` is the op and its keys.
+    fn seed_line(version: u32, rest: &str) -> String {
+        format!(
+            r#"{{"eventId":"0192a0f5-7d3c-7a1b-9c2d-3e4f5a6b7c8d","schemaVersion":{version},"appId":"todo","table":"tasks","id":"t1",{rest},"clientId":"web-1","createdAt":"2026-01-01T00:00:09.5Z"}}"#
+        )
+    }
+
+    fn fields_of(change: &Change) -> Vec<(String, String, String)> {
+        change
+            .fields
+            .as_ref()
+            .expect("fields")
+            .iter()
+            .map(|(name, field)| {
+                (
+                    name.clone(),
+                    field.value.get().to_owned(),
+                    field.at.as_str().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn triple(name: &str, value: &str, at: &str) -> (String, String, String) {
+        (name.to_owned(), value.to_owned(), at.to_owned())
+    }
+
+    #[test]
+    fn a_seed_insert_keeps_its_data_and_its_field_timestamps_become_fields() {
+        let plain = parse_line(
+            1,
+            &seed_line(1, r#""op":"insert","data":{"title":"Buy milk","n":1.50}"#),
+        )
+        .expect("valid");
+        assert_eq!(
+            plain.change.data.as_ref().map(|d| d.get()),
+            Some(r#"{"title":"Buy milk","n":1.50}"#)
+        );
+        assert!(plain.change.fields.is_none());
+
+        let stamped = parse_line(
+            2,
+            &seed_line(
+                1,
+                r#""op":"insert","data":{"title":"Buy milk","n":1.50},"fieldTimestamps":{"title":"2026-01-01T00:00:01.000Z"}"#,
+            ),
+        )
+        .expect("valid");
+        assert_eq!(
+            stamped.change.data.as_ref().map(|d| d.get()),
+            Some(r#"{"title":"Buy milk","n":1.50}"#)
+        );
+        assert_eq!(
+            fields_of(&stamped.change),
+            [triple("title", r#""Buy milk""#, "2026-01-01T00:00:01.000Z")]
+        );
+
+        let stray = parse_line(
+            3,
+            &seed_line(
+                1,
+                r#""op":"insert","data":{"title":"x"},"fieldTimestamps":{"gone":"2026-01-01T00:00:01.000Z"}"#,
+            ),
+        )
+        .expect("valid");
+        assert!(stray.change.fields.is_none(), "no empty `fields`");
+    }
+
+    #[test]
+    fn a_seed_update_becomes_fields_with_each_fields_own_timestamp() {
+        for version in [1, 2] {
+            let imported = parse_line(
+                4,
+                &seed_line(
+                    version,
+                    r#""op":"update","data":{"title":"Oat milk","n":1.50,"tags":{"b":1, "a":2}},"fieldTimestamps":{"title":"2026-01-01T00:00:02.000Z","n":"2026-01-01T00:00:03+02:00","tags":"2026-01-01T00:00:04.123456789Z"},"actor":{"kind":"ai"}"#,
+                ),
+            )
+            .expect("valid");
+            let change = &imported.change;
+            assert_eq!(change.op, Op::Update);
+            assert_eq!(change.schema_version, version);
+            assert!(change.data.is_none(), "the values moved into `fields`");
+            assert_eq!(
+                fields_of(change),
+                [
+                    triple("n", "1.50", "2026-01-01T00:00:03+02:00"),
+                    triple(
+                        "tags",
+                        r#"{"b":1, "a":2}"#,
+                        "2026-01-01T00:00:04.123456789Z"
+                    ),
+                    triple("title", r#""Oat milk""#, "2026-01-01T00:00:02.000Z"),
+                ]
+            );
+            assert_eq!(
+                change.actor.as_ref().map(|a| a.get()),
+                Some(r#"{"kind":"ai"}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn a_seed_update_field_without_a_timestamp_takes_the_lines_created_at() {
+        let missing_one = parse_line(
+            5,
+            &seed_line(
+                1,
+                r#""op":"update","data":{"title":"x","done":true},"fieldTimestamps":{"title":"2026-01-01T00:00:02.000Z"}"#,
+            ),
+        )
+        .expect("valid");
+        assert_eq!(
+            fields_of(&missing_one.change),
+            [
+                triple("done", "true", "2026-01-01T00:00:09.5Z"),
+                triple("title", r#""x""#, "2026-01-01T00:00:02.000Z"),
+            ]
+        );
+        let none =
+            parse_line(6, &seed_line(1, r#""op":"update","data":{"done":false}"#)).expect("valid");
+        assert_eq!(
+            fields_of(&none.change),
+            [triple("done", "false", "2026-01-01T00:00:09.5Z")]
+        );
+    }
+
+    #[test]
+    fn a_seed_delete_takes_data_deleted_at_else_created_at() {
+        let with_data = parse_line(
+            7,
+            &seed_line(
+                1,
+                r#""op":"delete","data":{"deletedAt":"2026-01-01T00:00:08.000Z"}"#,
+            ),
+        )
+        .expect("valid");
+        assert_eq!(
+            with_data.change.deleted_at.as_ref().map(Timestamp::as_str),
+            Some("2026-01-01T00:00:08.000Z")
+        );
+        assert!(with_data.change.data.is_none(), "data held only deletedAt");
+
+        for rest in [r#""op":"delete""#, r#""op":"delete","data":null"#] {
+            let bare = parse_line(8, &seed_line(1, rest)).expect("valid");
+            assert_eq!(
+                bare.change.deleted_at.as_ref().map(Timestamp::as_str),
+                Some("2026-01-01T00:00:09.5Z"),
+                "{rest}"
+            );
+            assert!(bare.change.data.is_none());
+        }
+    }
+
+    #[test]
+    fn our_own_lines_are_not_reshaped() {
+        for line in [
+            CURRENT.to_owned(),
+            seed_line(
+                2,
+                r#""op":"delete","deletedAt":"2026-01-01T00:00:01Z","data":{"deletedAt":"2026-01-01T00:00:05Z","why":"dup"}"#,
+            ),
+            seed_line(
+                2,
+                r#""op":"insert","data":{"a":1},"fields":{"a":{"value":2,"at":"2026-01-01T00:00:01Z"}}"#,
+            ),
+        ] {
+            let mut raw: RawChange = serde_json::from_str(&line).expect("object");
+            let before = serde_json::to_string(&raw).expect("serialises");
+            assert!(!seed_line_to_ours(&mut raw).expect("fine"), "{line}");
+            assert_eq!(serde_json::to_string(&raw).expect("serialises"), before);
+        }
+        let delete = parse_line(
+            1,
+            &seed_line(2, r#""op":"delete","deletedAt":"2026-01-01T00:00:01Z","data":{"deletedAt":"2026-01-01T00:00:05Z","why":"dup"}"#),
+        )
+        .expect("valid");
+        assert_eq!(
+            delete.change.deleted_at.as_ref().map(Timestamp::as_str),
+            Some("2026-01-01T00:00:01Z")
+        );
+        assert!(delete.change.data.is_some());
+    }
+
+    #[test]
+    fn malformed_seed_lines_name_the_line_and_the_field() {
+        for (rest, needles) in [
+            (
+                r#""op":"update","data":{"t":1},"fieldTimestamps":["2026-01-01T00:00:00Z"]"#,
+                vec!["`fieldTimestamps`", "object"],
+            ),
+            (
+                r#""op":"insert","data":{"t":1},"fieldTimestamps":"2026-01-01T00:00:00Z""#,
+                vec!["`fieldTimestamps`", "object"],
+            ),
+            (
+                r#""op":"update","data":{"t":1},"fieldTimestamps":{"t":"yesterday"}"#,
+                vec!["`fieldTimestamps.t`", "RFC 3339", "yesterday"],
+            ),
+            (
+                r#""op":"update","data":{"t":1},"fieldTimestamps":{"t":12}"#,
+                vec!["`fieldTimestamps.t`", "RFC 3339"],
+            ),
+            (
+                r#""op":"update","data":[1,2],"fieldTimestamps":{"t":"2026-01-01T00:00:00Z"}"#,
+                vec!["`data`", "object"],
+            ),
+            (r#""op":"update","data":"x""#, vec!["`data`", "object"]),
+            (r#""op":"delete","data":[1]"#, vec!["`data`", "object"]),
+            (
+                r#""op":"delete","data":{"deletedAt":"soon"}"#,
+                vec!["`data.deletedAt`", "RFC 3339", "soon"],
+            ),
+            (
+                r#""op":"update","data":{"t":1},"fields":{"t":{"value":1,"at":"2026-01-01T00:00:00Z"}},"fieldTimestamps":{"t":"2026-01-01T00:00:00Z"}"#,
+                vec!["`fieldTimestamps`", "`fields`"],
+            ),
+        ] {
+            let error = parse_line(9, &seed_line(1, rest)).expect_err(rest);
+            let message = error.to_string();
+            assert!(message.starts_with("line 9: "), "{message}");
+            for needle in needles {
+                assert!(
+                    message.contains(needle),
+                    "`{message}` should mention {needle}"
+                );
+            }
+        }
+        // An update needing `createdAt` for a field without its own timestamp.
+        let no_created_at = seed_line(1, r#""op":"update","data":{"t":1}"#)
+            .replace(r#","createdAt":"2026-01-01T00:00:09.5Z""#, "");
+        let message = parse_line(10, &no_created_at)
+            .expect_err("no createdAt")
+            .to_string();
+        assert!(
+            message.starts_with("line 10: ") && message.contains("createdAt"),
+            "{message}"
+        );
     }
 }
