@@ -50,17 +50,26 @@ impl Op {
 /// On the wire the timestamp arrives as `updatedAt` (older clients) or `at`
 /// (newer ones); both are accepted, `at` wins if both are present and differ.
 /// It is sent out under both names so that every client generation reads it.
+///
+/// A field may carry its own `actor`, which then overrides the change's for
+/// this field. Devices do not need it; the server writes it when it folds a
+/// record's history into one change (compaction), where each field keeps the
+/// actor of its own winning write.
 #[derive(Debug, Clone)]
 pub struct FieldChange {
     /// The field's value, kept as the exact JSON text the device sent.
     pub value: Box<RawValue>,
     /// When the device wrote the value (its hybrid logical clock for new clients).
     pub at: Timestamp,
+    /// Who wrote this field, when it differs from the change's actor.
+    pub actor: Option<Box<RawValue>>,
 }
 
 impl PartialEq for FieldChange {
     fn eq(&self, other: &Self) -> bool {
-        self.value.get() == other.value.get() && self.at == other.at
+        self.value.get() == other.value.get()
+            && self.at == other.at
+            && self.actor.as_deref().map(RawValue::get) == other.actor.as_deref().map(RawValue::get)
     }
 }
 
@@ -75,11 +84,14 @@ impl Serialize for FieldChange {
             value: &'a RawValue,
             updated_at: &'a Timestamp,
             at: &'a Timestamp,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            actor: Option<&'a RawValue>,
         }
         Out {
             value: &self.value,
             updated_at: &self.at,
             at: &self.at,
+            actor: self.actor.as_deref(),
         }
         .serialize(serializer)
     }
@@ -95,6 +107,14 @@ impl<'de> Deserialize<'de> for FieldChange {
             updated_at: Option<Timestamp>,
             #[serde(default)]
             at: Option<Timestamp>,
+            /// Present (even as `null`, which means "no actor") or absent.
+            #[serde(default, deserialize_with = "present")]
+            actor: Option<Box<RawValue>>,
+        }
+        fn present<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Box<RawValue>>, D::Error> {
+            Box::<RawValue>::deserialize(deserializer).map(Some)
         }
         let field = In::deserialize(deserializer)?;
         let at = field
@@ -104,16 +124,19 @@ impl<'de> Deserialize<'de> for FieldChange {
         Ok(FieldChange {
             value: field.value,
             at,
+            actor: field.actor,
         })
     }
 }
 
-/// Renders fields in the one shape the server stores: `{name: {value, at}}`.
+/// Renders fields in the one shape the server stores: `{name: {value, at, actor?}}`.
 pub fn fields_to_stored_json(fields: &FieldChanges) -> String {
     #[derive(Serialize)]
     struct Stored<'a> {
         value: &'a RawValue,
         at: &'a Timestamp,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        actor: Option<&'a RawValue>,
     }
     let stored: BTreeMap<&str, Stored<'_>> = fields
         .iter()
@@ -123,6 +146,7 @@ pub fn fields_to_stored_json(fields: &FieldChanges) -> String {
                 Stored {
                     value: &field.value,
                     at: &field.at,
+                    actor: field.actor.as_deref(),
                 },
             )
         })

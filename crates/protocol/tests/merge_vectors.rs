@@ -3,8 +3,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use mana_sync_protocol::WireChange;
-use mana_sync_protocol::merge::RecordState;
+use mana_sync_protocol::merge::{Fold, RecordState};
+use mana_sync_protocol::{SyncChange, WireChange};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -101,6 +101,51 @@ fn applying_every_change_again_changes_nothing() {
             assert!(!changed, "{}: a replay changed the state", case.name);
         }
         assert_eq!(state, once, "{}", case.name);
+    }
+}
+
+/// What the server's compaction stores for the incoming changes (one folded
+/// change), sent over the wire and applied, gives the same record.
+#[test]
+fn the_folded_incoming_changes_give_the_expected_record() {
+    for case in &load() {
+        let changes = changes(case);
+        let mut fold = Fold::new();
+        for change in &changes {
+            let wire = change.clone().validate(1).expect("a valid change");
+            fold.add((&wire).into(), 1, "device")
+                .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        }
+        let folded = fold.finish("tasks".into(), "t1".into()).change;
+        let sent = SyncChange {
+            table: folded.table,
+            id: folded.id,
+            op: folded.op,
+            data: folded.data,
+            fields: folded.fields,
+            deleted_at: folded.deleted_at,
+            actor: folded.actor,
+            event_id: uuid::Uuid::nil(),
+            schema_version: folded.schema_version,
+        };
+        let text = serde_json::to_string(&sent).expect("serialises");
+        let received: WireChange = serde_json::from_str(&text).expect("reads back");
+        let mut state = case.local.as_ref().map(state_from).unwrap_or_default();
+        state
+            .apply((&received).into())
+            .unwrap_or_else(|error| panic!("{}: {error}", case.name));
+        assert_eq!(
+            serde_json::to_value(&state).expect("serialises"),
+            case.expected,
+            "{}: the folded change {text} gives another state",
+            case.name
+        );
+        assert_eq!(
+            state.view().map(Value::Object),
+            case.expected_view,
+            "{}: view differs",
+            case.name
+        );
     }
 }
 

@@ -33,9 +33,17 @@
 //!   (`__fieldActors` in [`RecordState::view`]); the record's `__lastActor` is
 //!   the actor of its greatest write (field or tombstone). Both are derived
 //!   from the state, so they converge too. A write without an actor has none
-//!   (consumers read "user").
+//!   (consumers read "user"). A field entry's own `actor` overrides the
+//!   change's for that field (`null`: none); only folded changes carry one.
+//! - **A delete may carry `fields`** (folded changes do): they are merged like
+//!   an update's, under the tombstone.
+//!
+//! [`Fold`] turns a record's history into the one change that reproduces its
+//! merged state: what the server's compaction stores.
 //!
 //! Everything here is pure: no clock, no I/O.
+
+mod fold;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -45,6 +53,8 @@ use serde_json::value::RawValue;
 
 use crate::change::{Change, FieldChanges, Op, SyncChange, WireChange};
 use crate::timestamp::Timestamp;
+
+pub use fold::{Fold, Folded};
 
 /// The timestamp of writes that carry none (inserts from old clients without
 /// `data.updatedAt`): lower than any real write, so any real edit wins.
@@ -294,6 +304,7 @@ impl RecordState {
             Op::Delete => {
                 let at = change.deleted_at.cloned().unwrap_or_else(lowest_timestamp);
                 changed |= self.merge_delete(Tombstone { at, actor });
+                changed |= self.merge_fields(change.fields, change.actor);
             }
         }
         Ok(changed)
@@ -302,6 +313,11 @@ impl RecordState {
     fn merge_fields(&mut self, fields: Option<&FieldChanges>, actor: Option<&RawValue>) -> bool {
         let mut changed = false;
         for (name, field) in fields.into_iter().flatten() {
+            let actor = match field.actor.as_deref() {
+                Some(own) if own.get() == "null" => None,
+                Some(own) => Some(own),
+                None => actor,
+            };
             changed |= self.merge_field(
                 name,
                 FieldState {
