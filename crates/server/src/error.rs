@@ -78,6 +78,9 @@ impl ApiError {
                 ServiceError::Store(StoreError::Unavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
+                ServiceError::Store(StoreError::CursorExpired { .. }) => {
+                    (StatusCode::GONE, "cursor_expired")
+                }
                 ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::Backup(error) => match error {

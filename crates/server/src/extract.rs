@@ -8,6 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use mana_sync_protocol::json;
+use mana_sync_store::ExpiredCursor;
 use serde::de::DeserializeOwned;
 
 use crate::MAX_BODY_BYTES;
@@ -84,6 +85,32 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 }
 
 /// The device id from `X-Client-Id`, if the header is present.
+/// What the client wants done with a cursor older than history compaction
+/// dropped: clients that list `cursor-expired` in `X-Sync-Features` (or the
+/// `features` query parameter, for `EventSource`) are told so and download
+/// the current state again; any other client (the seed's) cannot understand
+/// that and is served from the start of the log.
+pub fn expired_cursor_answer(headers: &HeaderMap, query: Option<&str>) -> ExpiredCursor {
+    let listed = |features: &str| {
+        features
+            .split(',')
+            .any(|feature| feature.trim().eq_ignore_ascii_case(CURSOR_EXPIRED_FEATURE))
+    };
+    let in_header = headers
+        .get_all("x-sync-features")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(listed);
+    if in_header || query.is_some_and(listed) {
+        ExpiredCursor::Refuse
+    } else {
+        ExpiredCursor::FromStart
+    }
+}
+
+/// The feature a client lists to be told that its cursor expired.
+pub const CURSOR_EXPIRED_FEATURE: &str = "cursor-expired";
+
 pub fn client_id_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("x-client-id") {
         None => Ok(None),

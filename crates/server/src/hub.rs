@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use mana_sync_protocol::{Cursor, Since, UserId};
 use mana_sync_store::{
-    ChangeNotice, ChangePage, ChangeQuery, MAX_PAGE, Store, StoreError, StoreEvent,
+    ChangeNotice, ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, Store, StoreError, StoreEvent,
 };
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Notify, OnceCell, broadcast};
@@ -71,6 +71,9 @@ impl Published {
                             since: Since::Cursor(Cursor::at(self.notice.after)),
                             exclude_client: None,
                             limit: MAX_PAGE,
+                            // An expired batch is no batch: every stream then
+                            // reads from its own cursor.
+                            expired: ExpiredCursor::Refuse,
                         },
                     )
                     .await?;

@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 use mana_sync_auth::Verifier;
 use mana_sync_protocol::messages::ErrorDetail;
 use mana_sync_protocol::{Cursor, Since, SocketMessage, SocketRequest, StreamChanges, UserId};
-use mana_sync_store::{ChangePage, MAX_PAGE, Store};
+use mana_sync_store::{ChangePage, ExpiredCursor, MAX_PAGE, Store, StoreError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::hub::{Hub, Pending, SubscriberKind};
@@ -42,6 +42,10 @@ pub enum StreamItem {
     /// The stream ends because of a server-side failure (`event: error`); the
     /// device reconnects from its cursor.
     Failed(ErrorDetail),
+    /// The stream ends because a cursor is older than history compaction
+    /// dropped (`event: cursor-expired`); the device downloads the current
+    /// state again. Only sent to clients that asked for it.
+    CursorExpired(ErrorDetail),
 }
 
 /// A validated stream request.
@@ -56,6 +60,8 @@ pub struct StreamRequest {
     pub since: Since,
     /// The device; its own changes are not sent to it.
     pub client_id: Option<String>,
+    /// What to do with a cursor older than dropped history.
+    pub expired: ExpiredCursor,
 }
 
 fn changes_event(service: &SyncService, table: &str, page: ChangePage) -> StreamItem {
@@ -73,6 +79,12 @@ fn changes_event(service: &SyncService, table: &str, page: ChangePage) -> Stream
 }
 
 fn failure(error: &ServiceError) -> StreamItem {
+    if let ServiceError::Store(StoreError::CursorExpired { .. }) = error {
+        return StreamItem::CursorExpired(ErrorDetail {
+            code: "cursor_expired".into(),
+            message: format!("{error}; download the current state from the start again"),
+        });
+    }
     tracing::warn!(%error, "ending a change stream");
     StreamItem::Failed(ErrorDetail {
         code: "unavailable".into(),
@@ -88,12 +100,13 @@ fn pages(
     table: String,
     since: Since,
     exclude: Option<String>,
+    expired: ExpiredCursor,
 ) -> impl Stream<Item = Result<ChangePage, ServiceError>> {
     stream! {
         let mut since = since;
         loop {
             let page = service
-                .page(&user, &app_id, &table, since, exclude.as_deref(), MAX_PAGE)
+                .page(&user, &app_id, &table, since, exclude.as_deref(), MAX_PAGE, expired)
                 .await;
             let more = match &page {
                 Ok(page) => {
@@ -118,7 +131,7 @@ pub fn change_stream(
     heartbeat: Duration,
 ) -> impl Stream<Item = StreamItem> + Send + 'static {
     stream! {
-        let StreamRequest { user, app_id, collections, since, client_id } = request;
+        let StreamRequest { user, app_id, collections, since, client_id, expired } = request;
         let subscription = hub.subscribe(&user, Some(&app_id), SubscriberKind::Stream);
         let store: Arc<dyn Store> = service.store().clone();
 
@@ -129,6 +142,7 @@ pub fn change_stream(
             let mut cursor = Cursor::START;
             let mut backlog = std::pin::pin!(pages(
                 service.clone(), user.clone(), app_id.clone(), table.clone(), since, client_id.clone(),
+                expired,
             ));
             while let Some(page) = backlog.next().await {
                 match page {
@@ -209,7 +223,7 @@ pub fn change_stream(
                 let (table, cursor) = cursors[i].clone();
                 let mut catch_up = std::pin::pin!(pages(
                     service.clone(), user.clone(), app_id.clone(), table.clone(),
-                    Since::Cursor(cursor), client_id.clone(),
+                    Since::Cursor(cursor), client_id.clone(), expired,
                 ));
                 while let Some(page) = catch_up.next().await {
                     match page {

@@ -9,7 +9,7 @@ use mana_sync_protocol::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_iden
 use mana_sync_protocol::schema::{self, DEFAULT_SCHEMA_VERSION, SchemaVersionError};
 use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, Since, Timestamp, UserId};
 use mana_sync_store::{
-    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
+    ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
 };
 
 use crate::live::StreamRequest;
@@ -68,6 +68,8 @@ pub struct StreamParams {
     pub since: Option<String>,
     /// The device asking; its own changes are left out.
     pub client_id: Option<String>,
+    /// What to do with a cursor older than dropped history.
+    pub expired: ExpiredCursor,
 }
 
 /// Parameters of a pull, as they arrive.
@@ -81,6 +83,8 @@ pub struct PullParams {
     pub limit: Option<String>,
     /// The device asking; its own changes are left out.
     pub client_id: Option<String>,
+    /// What to do with a cursor older than dropped history.
+    pub expired: ExpiredCursor,
 }
 
 /// The sync operations.
@@ -102,11 +106,17 @@ impl SyncService {
 
     /// Validates and stores a device's changeset atomically, then returns the
     /// user's other devices' changes of this app after `since`.
+    ///
+    /// A `since` older than dropped history fails with
+    /// [`StoreError::CursorExpired`] for `ExpiredCursor::Refuse` callers
+    /// after the changeset was stored: the device downloads the current
+    /// state and sends it again, and its `changesetId` makes that a no-op.
     pub async fn push(
         &self,
         user: &UserId,
         app_id: &str,
         header_client_id: Option<String>,
+        expired: ExpiredCursor,
         request: PushRequest,
     ) -> Result<PushResponse, ServiceError> {
         let started = std::time::Instant::now();
@@ -159,6 +169,7 @@ impl SyncService {
                     since,
                     exclude_client: Some(&client_id),
                     limit: MAX_PAGE,
+                    expired,
                 },
             )
             .await?;
@@ -205,6 +216,7 @@ impl SyncService {
                 since,
                 params.client_id.as_deref(),
                 limit,
+                params.expired,
             )
             .await?;
         let response = self.reply(page);
@@ -259,11 +271,13 @@ impl SyncService {
             collections,
             since,
             client_id: params.client_id,
+            expired: params.expired,
         })
     }
 
     /// One page of one collection after `since`, leaving out `exclude_client`'s
     /// own changes (validated arguments; used by pulls and streams).
+    #[allow(clippy::too_many_arguments)] // each is one parameter of the read
     pub async fn page(
         &self,
         user: &UserId,
@@ -272,6 +286,7 @@ impl SyncService {
         since: Since,
         exclude_client: Option<&str>,
         limit: usize,
+        expired: ExpiredCursor,
     ) -> Result<ChangePage, ServiceError> {
         Ok(self
             .store
@@ -283,6 +298,7 @@ impl SyncService {
                     since,
                     exclude_client,
                     limit,
+                    expired,
                 },
             )
             .await?)

@@ -13,6 +13,7 @@
 //! writes across users; on Postgres, row-level security enforces the same
 //! boundary inside the database.
 
+pub mod compaction;
 mod migrations;
 mod notice;
 pub mod postgres;
@@ -26,10 +27,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mana_sync_protocol::{Cursor, UserId};
 
+pub use compaction::{CompactOptions, CompactOutcome};
 pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
 pub use types::{
-    ChangeBatches, ChangePage, ChangeQuery, ImportError, ImportOutcome, ImportSource, NewChangeset,
-    PushOutcome, SourceError, StoredChange,
+    ChangeBatches, ChangePage, ChangeQuery, ExpiredCursor, ImportError, ImportOutcome,
+    ImportSource, NewChangeset, PushOutcome, SourceError, StoredChange,
 };
 
 /// The largest page a read returns, whatever the caller asks for.
@@ -70,6 +72,17 @@ pub enum StoreError {
     /// A stored row cannot be read back (written by something else than this server).
     #[error("stored change is unreadable: {0}")]
     Corrupt(String),
+    /// The cursor is older than history that compaction dropped for good
+    /// (tombstones past their retention), and the query asked for this
+    /// answer ([`ExpiredCursor::Refuse`]). Not a fault: the device must
+    /// download the current state again.
+    #[error(
+        "the cursor is older than history this server no longer keeps (before {expired_through})"
+    )]
+    CursorExpired {
+        /// The last position dropped; cursors from it on are served.
+        expired_through: Cursor,
+    },
     /// Bringing the schema up to date failed.
     #[error("migration {version} failed: {message}")]
     Migration {
@@ -123,6 +136,25 @@ pub trait Store: Send + Sync + 'static {
         user: &UserId,
         changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError>;
+
+    /// Users with at least `threshold` changes that may supersede an earlier
+    /// one since their last compaction, most first, at most `limit`.
+    async fn compaction_candidates(
+        &self,
+        threshold: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(UserId, u64)>>;
+
+    /// Compacts `user`'s log up to its current end (see [`compaction`]), in
+    /// bounded transactions; `progress` hears the running totals after each.
+    /// Only one compactor works on a user at a time: another one finds it
+    /// busy.
+    async fn compact(
+        &self,
+        user: &UserId,
+        options: &CompactOptions,
+        progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
+    ) -> StoreResult<CompactOutcome>;
 
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.

@@ -35,6 +35,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "positions",
         sql: include_str!("../migrations/postgres/0004_positions.sql"),
     },
+    Migration {
+        version: 5,
+        name: "compaction",
+        sql: include_str!("../migrations/postgres/0005_compaction.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -57,5 +62,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 4,
         name: "positions",
         sql: include_str!("../migrations/sqlite/0004_positions.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "compaction",
+        sql: include_str!("../migrations/sqlite/0005_compaction.sql"),
     },
 ];

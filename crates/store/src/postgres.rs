@@ -17,11 +17,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
+use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, RawColumns, Reserved, encode,
+    ChangeBatches, EXPORT_BATCH, ExpiredCursor, IMPORT_BATCH, ImportError, ImportNotices,
+    ImportOutcome, ImportSource, LogState, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -38,6 +39,8 @@ macro_rules! select_columns {
                 client_id, schema_version, created_at"
     };
 }
+
+mod compact;
 
 /// The change log in Postgres.
 pub struct PostgresStore {
@@ -250,29 +253,36 @@ impl PostgresStore {
 /// locks the user's counter row until commit: a concurrent push of the same
 /// user waits here, so its positions are larger and become visible after
 /// ours. That is the cursor guarantee.
+/// `superseding` of the changes may supersede earlier ones (see
+/// [`compaction::superseding`](crate::compaction::superseding)).
 async fn reserve_positions(
     tx: &Transaction<'_>,
     user: &UserId,
     count: i64,
+    superseding: i64,
 ) -> StoreResult<Reserved> {
     let reserve = tx
         .prepare_cached(
-            "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq)
-             VALUES ($1, 0, GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $3) + $2 - 1)
+            "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq, superseded)
+             VALUES ($1, 0, GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $3) + $2 - 1, $4)
              ON CONFLICT (user_id) DO UPDATE SET
                  prev_seq = mana_user_seq.last_seq,
                  last_seq = GREATEST(
                      (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT,
                      mana_user_seq.last_seq + 1,
                      $3
-                 ) + $2 - 1
+                 ) + $2 - 1,
+                 superseded = mana_user_seq.superseded + $4
              RETURNING prev_seq, last_seq",
         )
         .await
         .map_err(database_error)?;
     let first_possible = seq_param(Cursor::START.position() + 1);
     let row = tx
-        .query_one(&reserve, &[&user.as_str(), &count, &first_possible])
+        .query_one(
+            &reserve,
+            &[&user.as_str(), &count, &first_possible, &superseding],
+        )
         .await
         .map_err(database_error)?;
     Ok(Reserved {
@@ -302,16 +312,21 @@ async fn resume_after(tx: &Transaction<'_>, user: &UserId, since: Since) -> Stor
     Ok(row.map_or(Cursor::START.position(), |row| seq_value(row.get(0))))
 }
 
-async fn newest_seq(tx: &Transaction<'_>, user: &UserId) -> StoreResult<u64> {
+/// The user's newest position and the last position dropped by compaction,
+/// as of the transaction's snapshot.
+async fn log_state(tx: &Transaction<'_>, user: &UserId) -> StoreResult<LogState> {
     let statement = tx
-        .prepare_cached("SELECT last_seq FROM mana_user_seq WHERE user_id = $1")
+        .prepare_cached("SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1")
         .await
         .map_err(database_error)?;
     let row = tx
         .query_opt(&statement, &[&user.as_str()])
         .await
         .map_err(database_error)?;
-    Ok(row.map_or(0, |row| seq_value(row.get(0))))
+    Ok(row.map_or(LogState::default(), |row| LogState {
+        newest: seq_value(row.get(0)),
+        expired_through: seq_value(row.get(1)),
+    }))
 }
 
 fn select_changes_sql(collection: bool, exclude: bool) -> String {
@@ -398,7 +413,7 @@ impl Store for PostgresStore {
             }
         }
         if changeset.changes.is_empty() {
-            let newest = newest_seq(&tx, user).await?;
+            let newest = log_state(&tx, user).await?.newest;
             tx.commit().await.map_err(database_error)?;
             return Ok(PushOutcome::Stored {
                 count: 0,
@@ -406,7 +421,8 @@ impl Store for PostgresStore {
             });
         }
         let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
-        let Reserved { after, last } = reserve_positions(&tx, user, count).await?;
+        let superseding = crate::compaction::superseding(changeset.changes);
+        let Reserved { after, last } = reserve_positions(&tx, user, count, superseding).await?;
         let columns = ChangeColumns::new(changeset.changes.iter());
         let event_ids: Vec<Uuid> = changeset.changes.iter().map(|_| Uuid::now_v7()).collect();
         let before_first = last - count;
@@ -470,8 +486,20 @@ impl Store for PostgresStore {
         // Repeatable read: the newest sequence number and the rows are read
         // from one snapshot, so every number up to `newest` is visible here.
         let tx = Self::begin_as(&mut client, user, true).await?;
-        let newest = newest_seq(&tx, user).await?;
+        let LogState {
+            newest,
+            expired_through,
+        } = log_state(&tx, user).await?;
         let after = resume_after(&tx, user, query.since).await?;
+        let after = match query.expired {
+            _ if !compaction::is_expired(after, expired_through) => after,
+            ExpiredCursor::FromStart => Cursor::START.position(),
+            ExpiredCursor::Refuse => {
+                return Err(StoreError::CursorExpired {
+                    expired_through: Cursor::at(expired_through),
+                });
+            }
+        };
         let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
         let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
         let user_id = user.as_str();
@@ -609,7 +637,13 @@ impl Store for PostgresStore {
                 let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
                 // The counter row stays locked until commit: the user's
                 // pushes wait, so cursor order holds for restored changes too.
-                let Reserved { after, last } = reserve_positions(&tx, user, count).await?;
+                let superseding = batch
+                    .iter()
+                    .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
+                    .count();
+                let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
+                let Reserved { after, last } =
+                    reserve_positions(&tx, user, count, superseding).await?;
                 notices.reserved(seq_value(after));
                 let before_first = last - count;
                 let columns = ImportColumns::new(&batch);
@@ -660,6 +694,23 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(database_error)?;
         Ok(outcome)
+    }
+
+    async fn compaction_candidates(
+        &self,
+        threshold: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        compact::candidates(self, threshold, limit).await
+    }
+
+    async fn compact(
+        &self,
+        user: &UserId,
+        options: &CompactOptions,
+        progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
+    ) -> StoreResult<CompactOutcome> {
+        compact::compact(self, user, options, progress).await
     }
 
     async fn setting_or_insert(

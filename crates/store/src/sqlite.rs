@@ -19,11 +19,12 @@ use uuid::Uuid;
 
 use tokio::sync::broadcast;
 
+use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, SQLITE};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, RawColumns, Reserved, encode,
+    ChangeBatches, EXPORT_BATCH, ExpiredCursor, IMPORT_BATCH, ImportError, ImportNotices,
+    ImportOutcome, ImportSource, LogState, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -61,20 +62,26 @@ const INSERT_CHANGE: &str = insert_change!();
 /// Positions are this process's clock in nanoseconds, `max(now, last + 1)`,
 /// so they are unique, increasing, and close to the wall clock. SQLite has
 /// one writer, so they follow commit order.
+///
+/// `superseding` of the changes may supersede earlier ones (see
+/// [`compaction::superseding`](crate::compaction::superseding)).
 fn reserve_positions(
     tx: &rusqlite::Transaction<'_>,
     user: &str,
     count: i64,
+    superseding: i64,
 ) -> StoreResult<Reserved> {
     let now = seq_param(Cursor::from_instant(OffsetDateTime::now_utc()).position())
         .max(seq_param(Cursor::START.position() + 1));
     tx.query_row(
-        "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq) VALUES (?1, 0, ?2 + ?3 - 1)
+        "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq, superseded)
+         VALUES (?1, 0, ?2 + ?3 - 1, ?4)
          ON CONFLICT (user_id) DO UPDATE SET
              prev_seq = last_seq,
-             last_seq = max(?2, last_seq + 1) + ?3 - 1
+             last_seq = max(?2, last_seq + 1) + ?3 - 1,
+             superseded = superseded + ?4
          RETURNING prev_seq, last_seq",
-        params![user, now, count],
+        params![user, now, count, superseding],
         |row| {
             Ok(Reserved {
                 after: row.get(0)?,
@@ -104,11 +111,15 @@ fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64>
     Ok(position.map_or(Cursor::START.position(), |p| u64::try_from(p).unwrap_or(0)))
 }
 
+mod compact;
+
 /// The change log in a SQLite file.
 pub struct SqliteStore {
     writer: Pool<SqliteConnectionManager>,
     readers: Pool<SqliteConnectionManager>,
     events: broadcast::Sender<StoreEvent>,
+    /// Users being compacted by this process (one compactor per user).
+    compacting: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn database_error(error: rusqlite::Error) -> StoreError {
@@ -185,6 +196,7 @@ impl SqliteStore {
             writer,
             readers,
             events,
+            compacting: std::sync::Arc::default(),
         })
     }
 
@@ -247,15 +259,21 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreR
     tx.commit().map_err(database_error)
 }
 
-fn newest_seq(conn: &Connection, user: &str) -> rusqlite::Result<u64> {
-    let seq: Option<i64> = conn
+/// The user's newest position and the last position dropped by compaction.
+fn log_state(conn: &Connection, user: &str) -> rusqlite::Result<LogState> {
+    let state: Option<(i64, i64)> = conn
         .query_row(
-            "SELECT last_seq FROM mana_user_seq WHERE user_id = ?1",
+            "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = ?1",
             [user],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+    Ok(
+        state.map_or(LogState::default(), |(newest, expired_through)| LogState {
+            newest: u64::try_from(newest).unwrap_or(0),
+            expired_through: u64::try_from(expired_through).unwrap_or(0),
+        }),
+    )
 }
 
 fn select_changes_sql(collection: bool, exclude: bool) -> String {
@@ -371,7 +389,7 @@ impl Store for SqliteStore {
                 }
             }
             if changes.is_empty() {
-                let newest = newest_seq(&tx, &user).map_err(database_error)?;
+                let newest = log_state(&tx, &user).map_err(database_error)?.newest;
                 tx.commit().map_err(database_error)?;
                 return Ok(PushOutcome::Stored {
                     count: 0,
@@ -379,7 +397,8 @@ impl Store for SqliteStore {
                 });
             }
             let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
-            let Reserved { after, last } = reserve_positions(&tx, &user, count)?;
+            let superseding = crate::compaction::superseding(&changes);
+            let Reserved { after, last } = reserve_positions(&tx, &user, count, superseding)?;
             {
                 let mut insert = tx.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
                 let first = last - count + 1;
@@ -438,13 +457,26 @@ impl Store for SqliteStore {
         let collection = query.collection.map(str::to_owned);
         let exclude = query.exclude_client.map(str::to_owned);
         let since = query.since;
+        let expired = query.expired;
         let limit = query.limit.clamp(1, MAX_PAGE);
         Self::with_connection(&self.readers, move |conn| {
             // One read transaction: the newest sequence number and the rows
             // come from the same snapshot.
             let tx = conn.transaction().map_err(database_error)?;
-            let newest = newest_seq(&tx, &user).map_err(database_error)?;
+            let LogState {
+                newest,
+                expired_through,
+            } = log_state(&tx, &user).map_err(database_error)?;
             let after = resume_after(&tx, &user, since)?;
+            let after = match expired {
+                _ if !compaction::is_expired(after, expired_through) => after,
+                ExpiredCursor::FromStart => Cursor::START.position(),
+                ExpiredCursor::Refuse => {
+                    return Err(StoreError::CursorExpired {
+                        expired_through: Cursor::at(expired_through),
+                    });
+                }
+            };
             let sql = select_changes_sql(collection.is_some(), exclude.is_some());
             let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
             let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
@@ -570,7 +602,13 @@ impl Store for SqliteStore {
                 };
                 if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
                     let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                    let Reserved { after, last } = reserve_positions(&tx, user, count)?;
+                    let superseding = batch
+                        .iter()
+                        .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
+                        .count();
+                    let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
+                    let Reserved { after, last } =
+                        reserve_positions(&tx, user, count, superseding)?;
                     notices.reserved(u64::try_from(after).unwrap_or(0));
                     let mut insert = tx
                         .prepare_cached(concat!(
@@ -624,6 +662,23 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| ImportError::Store(StoreError::Unavailable(e.to_string())))?
+    }
+
+    async fn compaction_candidates(
+        &self,
+        threshold: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(UserId, u64)>> {
+        compact::candidates(self, threshold, limit).await
+    }
+
+    async fn compact(
+        &self,
+        user: &UserId,
+        options: &CompactOptions,
+        progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
+    ) -> StoreResult<CompactOutcome> {
+        compact::compact(self, user, options, progress).await
     }
 
     async fn setting_or_insert(

@@ -52,6 +52,23 @@ pub struct ChangeQuery<'a> {
     pub exclude_client: Option<&'a str>,
     /// At most this many changes (capped at [`MAX_PAGE`](crate::MAX_PAGE)).
     pub limit: usize,
+    /// What to do with a cursor older than history that compaction dropped.
+    pub expired: ExpiredCursor,
+}
+
+/// What a read does with a cursor older than history that compaction
+/// dropped (see [`compaction`](crate::compaction)). The default is what a
+/// client gets unless it asks otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExpiredCursor {
+    /// Fail with [`StoreError::CursorExpired`](crate::StoreError::CursorExpired):
+    /// for clients that understand it and download the current state again.
+    Refuse,
+    /// Read from the start of the log instead: for clients that cannot
+    /// understand the answer (the seed's). They lose only deletions older
+    /// than the retention.
+    #[default]
+    FromStart,
 }
 
 /// One page of changes.
@@ -103,6 +120,15 @@ pub(crate) struct Reserved {
     pub after: i64,
     /// The last position reserved.
     pub last: i64,
+}
+
+/// Where a user's log stands, read in one snapshot with the changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogState {
+    /// The newest position reserved (0: none yet).
+    pub newest: u64,
+    /// The last position compaction dropped for good (0: none).
+    pub expired_through: u64,
 }
 
 /// Changes written per statement when importing.

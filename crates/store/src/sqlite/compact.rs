@@ -1,0 +1,285 @@
+//! Compaction on SQLite (the algorithm is in [`crate::compaction`]).
+//!
+//! One compactor per user in this process (a set of users being compacted);
+//! each batch is one `BEGIN IMMEDIATE` transaction on the writer that
+//! re-reads its records, so another process compacting the same file (an
+//! operator's `mana-sync compact`) cannot fold a record twice either.
+
+use mana_sync_protocol::UserId;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+use super::{SqliteStore, assemble, database_error, read_row, seq_param};
+use crate::compaction::{self, CompactOptions, CompactOutcome, Plan, RecordKey};
+use crate::types::encode;
+use crate::{StoreResult, StoredChange};
+
+/// Candidate records read per query.
+const KEYS_PER_PAGE: i64 = 1000;
+
+pub(super) async fn candidates(
+    store: &SqliteStore,
+    threshold: u64,
+    limit: usize,
+) -> StoreResult<Vec<(UserId, u64)>> {
+    let threshold = seq_param(threshold.max(1));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64)> = SqliteStore::with_connection(&store.readers, move |conn| {
+        let mut statement = conn
+            .prepare(
+                "SELECT user_id, superseded FROM mana_user_seq WHERE superseded >= ?1
+                 ORDER BY superseded DESC LIMIT ?2",
+            )
+            .map_err(database_error)?;
+        let rows = statement
+            .query_map(params![threshold, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(database_error)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(database_error)
+    })
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user, superseded)| {
+            Some((
+                UserId::new(user).ok()?,
+                u64::try_from(superseded).unwrap_or(0),
+            ))
+        })
+        .collect())
+}
+
+/// Removes the user from the set of users being compacted when dropped.
+struct Busy<'a> {
+    store: &'a SqliteStore,
+    user: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.store
+            .compacting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.user);
+    }
+}
+
+pub(super) async fn compact(
+    store: &SqliteStore,
+    user: &UserId,
+    options: &CompactOptions,
+    progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
+) -> StoreResult<CompactOutcome> {
+    let claimed = store
+        .compacting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(user.as_str().to_owned());
+    if !claimed {
+        return Ok(CompactOutcome {
+            busy: true,
+            ..CompactOutcome::default()
+        });
+    }
+    let _busy = Busy {
+        store,
+        user: user.as_str().to_owned(),
+    };
+    let name = user.as_str().to_owned();
+    let state: Option<(i64, i64)> = SqliteStore::with_connection(&store.readers, move |conn| {
+        conn.query_row(
+            "SELECT last_seq, superseded FROM mana_user_seq WHERE user_id = ?1",
+            [&name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(database_error)
+    })
+    .await?;
+    let Some((horizon, superseded)) = state else {
+        return Ok(CompactOutcome::default());
+    };
+    let drop_before = seq_param(options.drop_before(OffsetDateTime::now_utc()));
+    let mut total = CompactOutcome::default();
+    let mut after = (String::new(), String::new(), String::new());
+    loop {
+        let keys = candidate_keys(store, user, horizon, drop_before, after.clone()).await?;
+        let Some(last) = keys.last() else { break };
+        after = (
+            last.app_id.clone(),
+            last.table.clone(),
+            last.record_id.clone(),
+        );
+        for batch in compaction::batches(keys, options.batch_changes) {
+            let outcome = compact_batch(store, user, batch, horizon, drop_before).await?;
+            total.add(&outcome);
+            progress(&total);
+        }
+    }
+    // What was pushed while we worked stays counted for the next time.
+    let name = user.as_str().to_owned();
+    SqliteStore::with_connection(&store.writer, move |conn| {
+        conn.execute(
+            "UPDATE mana_user_seq SET superseded = max(superseded - ?2, 0) WHERE user_id = ?1",
+            params![name, superseded],
+        )
+        .map_err(database_error)
+    })
+    .await?;
+    Ok(total)
+}
+
+/// The next page of records, after `after` in key order, that have changes to
+/// fold or a tombstone to drop, up to `horizon`.
+async fn candidate_keys(
+    store: &SqliteStore,
+    user: &UserId,
+    horizon: i64,
+    drop_before: i64,
+    after: (String, String, String),
+) -> StoreResult<Vec<RecordKey>> {
+    let user = user.as_str().to_owned();
+    SqliteStore::with_connection(&store.readers, move |conn| {
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT app_id, table_name, record_id, count(*)
+                 FROM mana_changes
+                 WHERE user_id = ?1 AND seq <= ?2 AND (app_id, table_name, record_id) > (?3, ?4, ?5)
+                 GROUP BY app_id, table_name, record_id
+                 HAVING count(*) > 1 OR (max(op = 'delete') AND max(seq) < ?6)
+                 ORDER BY app_id, table_name, record_id
+                 LIMIT ?7",
+            )
+            .map_err(database_error)?;
+        let rows = statement
+            .query_map(
+                params![
+                    user,
+                    horizon,
+                    after.0,
+                    after.1,
+                    after.2,
+                    drop_before,
+                    KEYS_PER_PAGE
+                ],
+                |row| {
+                    Ok(RecordKey {
+                        app_id: row.get(0)?,
+                        table: row.get(1)?,
+                        record_id: row.get(2)?,
+                        changes: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                },
+            )
+            .map_err(database_error)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(database_error)
+    })
+    .await
+}
+
+/// Folds or drops one batch of records in one transaction.
+async fn compact_batch(
+    store: &SqliteStore,
+    user: &UserId,
+    keys: Vec<RecordKey>,
+    horizon: i64,
+    drop_before: i64,
+) -> StoreResult<CompactOutcome> {
+    let user = user.as_str().to_owned();
+    SqliteStore::with_connection(&store.writer, move |conn| {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(database_error)?;
+        let mut plans = Vec::with_capacity(keys.len());
+        {
+            let mut select = tx
+                .prepare_cached(concat!(
+                    select_columns!(),
+                    " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
+                      AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
+                ))
+                .map_err(database_error)?;
+            for key in &keys {
+                let rows = select
+                    .query_map(
+                        params![user, key.app_id, key.table, key.record_id, horizon],
+                        read_row,
+                    )
+                    .map_err(database_error)?;
+                let mut history: Vec<StoredChange> = Vec::new();
+                for row in rows {
+                    let (head, raw) = row.map_err(database_error)?;
+                    history.push(assemble(head, raw)?);
+                }
+                plans.push(compaction::plan(
+                    &history,
+                    u64::try_from(drop_before).unwrap_or(0),
+                ));
+            }
+        }
+        apply(&tx, &user, &plans)?;
+        let (outcome, dropped_through) = compaction::tally(&plans);
+        if dropped_through > 0 {
+            tx.execute(
+                "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
+                 WHERE user_id = ?1",
+                params![user, seq_param(dropped_through)],
+            )
+            .map_err(database_error)?;
+        }
+        tx.commit().map_err(database_error)?;
+        Ok(outcome)
+    })
+    .await
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, user: &str, plans: &[Plan]) -> StoreResult<()> {
+    let mut delete = tx
+        .prepare_cached("DELETE FROM mana_changes WHERE user_id = ?1 AND seq = ?2")
+        .map_err(database_error)?;
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE mana_changes SET op = ?3, data = ?4, fields = ?5, deleted_at = ?6, actor = ?7,
+                 client_id = ?8, schema_version = ?9
+             WHERE user_id = ?1 AND seq = ?2",
+        )
+        .map_err(database_error)?;
+    for plan in plans {
+        let remove = match plan {
+            Plan::Fold {
+                keep,
+                change,
+                client_id,
+                remove,
+            } => {
+                let encoded = encode(change);
+                update
+                    .execute(params![
+                        user,
+                        seq_param(*keep),
+                        change.op.as_str(),
+                        encoded.data,
+                        encoded.fields,
+                        encoded.deleted_at,
+                        encoded.actor,
+                        client_id,
+                        change.schema_version,
+                    ])
+                    .map_err(database_error)?;
+                remove
+            }
+            Plan::Drop { remove } => remove,
+            Plan::Keep => continue,
+        };
+        for seq in remove {
+            delete
+                .execute(params![user, seq_param(*seq)])
+                .map_err(database_error)?;
+        }
+    }
+    Ok(())
+}

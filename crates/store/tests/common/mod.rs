@@ -1,0 +1,174 @@
+//! What the store suites share: a store on either database, and small
+//! helpers to push and read.
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // each suite uses a subset
+
+use std::sync::Arc;
+
+use mana_sync_protocol::{Change, Cursor, Since, UserId, WireChange};
+use mana_sync_store::{ChangeQuery, ExpiredCursor, NewChangeset, PushOutcome, Store, StoreOptions};
+use mana_sync_testkit::pg::TestDatabase;
+
+/// A store under test and a way to reach its database from outside.
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub backend: Backend,
+}
+
+pub enum Backend {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    },
+    Postgres(TestDatabase),
+}
+
+impl Fixture {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sync.db");
+        let store = mana_sync_store::open(
+            &format!("sqlite://{}", path.display()),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("opens");
+        Fixture {
+            store,
+            backend: Backend::Sqlite { _dir: dir, path },
+        }
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        let db = TestDatabase::create().await?;
+        let store = mana_sync_store::open(&db.url(), &StoreOptions::default())
+            .await
+            .expect("opens");
+        Some(Fixture {
+            store,
+            backend: Backend::Postgres(db),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Backend::Postgres(db) => db.url(),
+        }
+    }
+
+    /// Runs SQL with full rights, bypassing the store.
+    pub async fn admin_sql(&self, sqlite: &str, postgres: &str) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("opens");
+                conn.execute_batch(sqlite).expect("admin SQL");
+            }
+            Backend::Postgres(db) => db
+                .admin()
+                .await
+                .batch_execute(postgres)
+                .await
+                .expect("admin SQL"),
+        }
+    }
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user")
+}
+
+pub fn change(json: &str) -> Change {
+    serde_json::from_str::<WireChange>(json)
+        .expect("parses")
+        .validate(1)
+        .expect("valid")
+}
+
+pub fn insert(table: &str, id: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"{table}","id":"{id}","op":"insert","data":{{"id":"{id}","title":"t {id}"}}}}"#
+    ))
+}
+
+pub async fn push(
+    store: &dyn Store,
+    user: &UserId,
+    app: &str,
+    client: &str,
+    changes: &[Change],
+) -> PushOutcome {
+    store
+        .push(
+            user,
+            NewChangeset {
+                app_id: app,
+                client_id: client,
+                changeset_id: None,
+                changes,
+            },
+        )
+        .await
+        .expect("push")
+}
+
+/// The cursor just after a stored push.
+pub fn end_of(outcome: PushOutcome) -> Cursor {
+    match outcome {
+        PushOutcome::Stored { last, .. } => last,
+        PushOutcome::Duplicate => panic!("the push was a duplicate"),
+    }
+}
+
+pub fn query<'a>(app: &'a str, collection: Option<&'a str>, since: Since) -> ChangeQuery<'a> {
+    ChangeQuery {
+        app_id: app,
+        collection,
+        since,
+        exclude_client: None,
+        limit: 1000,
+        expired: ExpiredCursor::Refuse,
+    }
+}
+
+/// Reads to the end, following the cursor page by page.
+pub async fn read_all(
+    store: &dyn Store,
+    user: &UserId,
+    mut q: ChangeQuery<'_>,
+) -> (Vec<String>, Cursor) {
+    let mut ids = Vec::new();
+    loop {
+        let page = store.changes_after(user, &q).await.expect("read");
+        ids.extend(page.changes.iter().map(|c| c.record_id.clone()));
+        q.since = Since::Cursor(page.next);
+        if !page.has_more {
+            return (ids, page.next);
+        }
+    }
+}
+
+/// Generates `mod sqlite` and `mod postgres`, each running every listed
+/// `async fn(Fixture)` against a fresh store on that database.
+#[macro_export]
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::common::Fixture::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let Some(fixture) = $crate::common::Fixture::postgres().await else { return };
+                    super::$test(fixture).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,440 @@
+//! Compaction on both databases: folding, old cursors, readers in the middle
+//! of a page, tombstones past their retention, one compactor per user.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{Backend, Fixture, change, end_of, push, query, user};
+use mana_sync_protocol::merge::RecordState;
+use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use mana_sync_store::{
+    ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, Store, StoreError, StoredChange,
+};
+
+fn update(id: &str, field: &str, value: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"update","fields":{{"{field}":{{"value":{value},"at":"{at}"}}}}}}"#
+    ))
+}
+
+fn insert_at(id: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{"id":"{id}","title":"new"}},
+            "fields":{{"id":{{"value":"{id}","at":"{at}"}},"title":{{"value":"new","at":"{at}"}}}}}}"#
+    ))
+}
+
+fn delete(id: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"delete","deletedAt":"{at}"}}"#
+    ))
+}
+
+/// A device's copy of the records: what it received, merged.
+#[derive(Debug, Default, PartialEq)]
+struct Replica(BTreeMap<String, RecordState>);
+
+impl Replica {
+    fn apply(&mut self, change: &Change) {
+        self.0
+            .entry(change.id.clone())
+            .or_default()
+            .apply(change.into())
+            .expect("merges");
+    }
+
+    fn apply_stored(&mut self, change: &StoredChange) {
+        self.0
+            .entry(change.record_id.clone())
+            .or_default()
+            .apply(mana_sync_protocol::merge::ChangeRef {
+                op: change.op,
+                data: change.data.as_deref(),
+                fields: change.fields.as_ref(),
+                deleted_at: change.deleted_at.as_ref(),
+                actor: change.actor.as_deref(),
+            })
+            .expect("merges");
+    }
+}
+
+/// Reads from `since` to the end as `device` would (its own changes left
+/// out), applying pages of `limit`; returns the final cursor.
+async fn follow(
+    store: &dyn Store,
+    who: &UserId,
+    device: Option<&str>,
+    since: Cursor,
+    limit: usize,
+    replica: &mut Replica,
+) -> Cursor {
+    let mut since = since;
+    loop {
+        let mut q = query("todo", None, Since::Cursor(since));
+        q.exclude_client = device;
+        q.limit = limit;
+        let page = store.changes_after(who, &q).await.expect("read");
+        for change in &page.changes {
+            replica.apply_stored(change);
+        }
+        since = page.next;
+        if !page.has_more {
+            return since;
+        }
+    }
+}
+
+async fn rows(store: &dyn Store, who: &UserId) -> Vec<StoredChange> {
+    let mut q = query("todo", None, Since::START);
+    q.limit = 1000;
+    let mut all = Vec::new();
+    loop {
+        let page = store.changes_after(who, &q).await.expect("read");
+        all.extend(page.changes);
+        q.since = Since::Cursor(page.next);
+        if !page.has_more {
+            return all;
+        }
+    }
+}
+
+async fn compact(store: &dyn Store, who: &UserId, options: &CompactOptions) -> CompactOutcome {
+    store
+        .compact(who, options, &|_: &CompactOutcome| {})
+        .await
+        .expect("compacts")
+}
+
+const T: [&str; 6] = [
+    "2026-11-25T10:00:00.000000001Z",
+    "2026-11-25T10:00:00.000000002Z",
+    "2026-11-25T10:00:00.000000003Z",
+    "2026-11-25T10:00:00.000000004Z",
+    "2026-11-25T10:00:00.000000005Z",
+    "2026-11-25T10:00:00.000000006Z",
+];
+
+async fn each_records_history_is_folded_at_its_latest_position(f: Fixture) {
+    let alice = user("alice");
+    let mut full = Replica::default();
+    let mut pushes = Vec::new();
+    for (device, change) in [
+        ("phone", insert_at("a", T[0])),
+        ("phone", update("a", "title", "\"one\"", T[1])),
+        ("laptop", update("a", "done", "true", T[2])),
+        ("phone", insert_at("b", T[0])),
+        ("phone", update("b", "title", "\"b1\"", T[3])),
+        ("laptop", insert_at("c", T[0])),
+        ("phone", update("a", "title", "\"two\"", T[4])),
+    ] {
+        full.apply(&change);
+        pushes.push((
+            device,
+            end_of(push(&*f.store, &alice, "todo", device, &[change]).await),
+        ));
+    }
+    let before = rows(&*f.store, &alice).await;
+    assert_eq!(before.len(), 7);
+
+    let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
+    assert_eq!(
+        (
+            outcome.records_folded,
+            outcome.changes_folded,
+            outcome.records_dropped
+        ),
+        (2, 4, 0)
+    );
+    let after = rows(&*f.store, &alice).await;
+    let positions: Vec<(String, u64, String)> = after
+        .iter()
+        .map(|c| (c.record_id.clone(), c.seq, c.client_id.clone()))
+        .collect();
+    assert_eq!(
+        positions,
+        [
+            ("b".to_owned(), pushes[4].1.position(), "phone".to_owned()),
+            ("c".to_owned(), pushes[5].1.position(), "laptop".to_owned()),
+            // Written by two devices: attributed to none, so both receive it.
+            ("a".to_owned(), pushes[6].1.position(), String::new()),
+        ],
+        "one change per record, at its latest position"
+    );
+    let mut fresh = Replica::default();
+    for change in &after {
+        fresh.apply_stored(change);
+    }
+    assert_eq!(fresh, full, "the compacted log is the merged state");
+    // The newest position, and so every cursor, is unchanged.
+    let (_, end) = common::read_all(&*f.store, &alice, query("todo", None, Since::START)).await;
+    assert_eq!(end, pushes[6].1);
+    // Compacting again finds nothing to do.
+    assert_eq!(
+        compact(&*f.store, &alice, &CompactOptions::default()).await,
+        CompactOutcome::default()
+    );
+}
+
+/// Devices that synced at different moments, a reader in the middle of its
+/// pages, compactions in between: every one ends with the full history.
+async fn every_cursor_handed_out_stays_safe(f: Fixture) {
+    let alice = user("alice");
+    let devices = ["phone", "laptop", "tablet"];
+    let mut full = Replica::default();
+    let mut replicas: Vec<(Replica, Cursor)> = devices
+        .iter()
+        .map(|_| (Replica::default(), Cursor::START))
+        .collect();
+    let mut paginating = (Replica::default(), Cursor::START);
+    // A small deterministic generator: the same history every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..120 {
+        let d = usize::try_from(next(3)).expect("small");
+        let record = format!("r{}", next(6));
+        let at = format!("2026-11-25T10:00:{:02}.{:09}Z", next(60), next(5));
+        let change = match next(8) {
+            0 => insert_at(&record, &at),
+            1 => delete(&record, &at),
+            _ => update(
+                &record,
+                ["title", "done", "note"][usize::try_from(next(3)).expect("small")],
+                &format!("{}", next(4)),
+                &at,
+            ),
+        };
+        full.apply(&change);
+        replicas[d].0.apply(&change);
+        push(&*f.store, &alice, "todo", devices[d], &[change]).await;
+        match next(6) {
+            0 => {
+                let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
+                assert!(!outcome.busy);
+            }
+            1 => {
+                let (replica, cursor) = &mut replicas[usize::try_from(next(3)).expect("small")];
+                let who = devices[d];
+                *cursor = follow(&*f.store, &alice, Some(who), *cursor, 4, replica).await;
+            }
+            2 => {
+                // One page of 3, then carry on later from its cursor.
+                let mut q = query("todo", None, Since::Cursor(paginating.1));
+                q.limit = 3;
+                let page = f.store.changes_after(&alice, &q).await.expect("read");
+                for change in &page.changes {
+                    paginating.0.apply_stored(change);
+                }
+                paginating.1 = page.next;
+            }
+            _ => {}
+        }
+        if round == 60 {
+            compact(&*f.store, &alice, &CompactOptions::default()).await;
+        }
+    }
+    compact(&*f.store, &alice, &CompactOptions::default()).await;
+    for (i, (replica, cursor)) in replicas.iter_mut().enumerate() {
+        follow(&*f.store, &alice, Some(devices[i]), *cursor, 5, replica).await;
+        assert_eq!(*replica, full, "{} from its cursor", devices[i]);
+    }
+    follow(&*f.store, &alice, None, paginating.1, 3, &mut paginating.0).await;
+    assert_eq!(paginating.0, full, "the reader in the middle of its pages");
+    let mut fresh = Replica::default();
+    follow(&*f.store, &alice, None, Cursor::START, 1000, &mut fresh).await;
+    assert_eq!(fresh, full, "a new device");
+    assert!(
+        rows(&*f.store, &alice).await.len() <= 6,
+        "one change per record"
+    );
+}
+
+async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f: Fixture) {
+    let alice = user("alice");
+    let kept = end_of(
+        push(
+            &*f.store,
+            &alice,
+            "todo",
+            "phone",
+            &[insert_at("kept", T[0])],
+        )
+        .await,
+    );
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[insert_at("gone", T[0])],
+    )
+    .await;
+    let deleted = end_of(push(&*f.store, &alice, "todo", "phone", &[delete("gone", T[1])]).await);
+    // Within the retention, a tombstone is folded, not dropped.
+    let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
+    assert_eq!((outcome.records_folded, outcome.records_dropped), (1, 0));
+    let immediately = CompactOptions {
+        tombstone_retention: Duration::ZERO,
+        ..CompactOptions::default()
+    };
+    let outcome = compact(&*f.store, &alice, &immediately).await;
+    assert_eq!((outcome.records_dropped, outcome.changes_dropped), (1, 1));
+    let ids: Vec<String> = rows(&*f.store, &alice)
+        .await
+        .into_iter()
+        .map(|c| c.record_id)
+        .collect();
+    assert_eq!(ids, ["kept"]);
+
+    // A cursor before the dropped tombstone can no longer be served…
+    let expired = ChangeQuery {
+        since: Since::Cursor(kept),
+        ..query("todo", None, Since::START)
+    };
+    match f.store.changes_after(&alice, &expired).await {
+        Err(StoreError::CursorExpired { expired_through }) => assert_eq!(expired_through, deleted),
+        other => panic!("expected an expired cursor, got {other:?}"),
+    }
+    // …unless the client asked to be served from the start instead.
+    let legacy = ChangeQuery {
+        expired: ExpiredCursor::FromStart,
+        ..expired
+    };
+    let page = f
+        .store
+        .changes_after(&alice, &legacy)
+        .await
+        .expect("from the start");
+    assert_eq!(page.changes.len(), 1);
+    // From the start, or from the tombstone on, nothing was missed.
+    for since in [Cursor::START, deleted] {
+        let q = ChangeQuery {
+            since: Since::Cursor(since),
+            ..query("todo", None, Since::START)
+        };
+        assert!(f.store.changes_after(&alice, &q).await.is_ok(), "{since}");
+    }
+}
+
+async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
+    let alice = user("alice");
+    for i in 0..10 {
+        push(
+            &*f.store,
+            &alice,
+            "todo",
+            "phone",
+            &[update("a", "n", &i.to_string(), T[0])],
+        )
+        .await;
+    }
+    match &f.backend {
+        Backend::Postgres(db) => {
+            // Another instance's compactor holds the user.
+            let other = db.app().await;
+            other
+                .execute(
+                    "SELECT pg_advisory_lock(hashtextextended('mana-sync compaction alice', 0))",
+                    &[],
+                )
+                .await
+                .expect("locks");
+            let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
+            assert!(outcome.busy, "{outcome:?}");
+            assert_eq!(rows(&*f.store, &alice).await.len(), 10, "nothing folded");
+            other
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended('mana-sync compaction alice', 0))",
+                    &[],
+                )
+                .await
+                .expect("unlocks");
+        }
+        Backend::Sqlite { .. } => {
+            // A second compaction while the first reports progress.
+            let seen = Mutex::new(None);
+            let store = f.store.clone();
+            let outcome = f
+                .store
+                .compact(&alice, &CompactOptions::default(), &|_: &CompactOutcome| {
+                    let second = futures::executor::block_on(store.compact(
+                        &alice,
+                        &CompactOptions::default(),
+                        &|_: &CompactOutcome| {},
+                    ));
+                    *seen.lock().unwrap() = Some(second.expect("answers"));
+                })
+                .await
+                .expect("compacts");
+            assert_eq!(outcome.changes_folded, 9);
+            assert!(seen.lock().unwrap().expect("asked").busy);
+        }
+    }
+    let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
+    assert!(!outcome.busy);
+    assert_eq!(rows(&*f.store, &alice).await.len(), 1);
+}
+
+async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    for i in 0..5 {
+        push(
+            &*f.store,
+            &alice,
+            "todo",
+            "phone",
+            &[update("a", "n", &i.to_string(), T[0])],
+        )
+        .await;
+    }
+    for i in 0..5 {
+        // Inserts of new records supersede nothing.
+        push(
+            &*f.store,
+            &bob,
+            "todo",
+            "phone",
+            &[insert_at(&format!("b{i}"), T[0])],
+        )
+        .await;
+    }
+    let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
+    assert_eq!(candidates, [(alice.clone(), 5)]);
+    compact(&*f.store, &alice, &CompactOptions::default()).await;
+    assert!(
+        f.store
+            .compaction_candidates(3, 10)
+            .await
+            .expect("lists")
+            .is_empty()
+    );
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[update("a", "n", "9", T[1])],
+    )
+    .await;
+    assert_eq!(
+        f.store.compaction_candidates(1, 10).await.expect("lists"),
+        [(alice, 1)]
+    );
+}
+
+store_suite!(
+    each_records_history_is_folded_at_its_latest_position,
+    every_cursor_handed_out_stays_safe,
+    tombstones_past_their_retention_are_dropped_and_older_cursors_expire,
+    one_compactor_works_on_a_user_at_a_time,
+    users_with_superseded_changes_are_candidates_until_compacted,
+);
