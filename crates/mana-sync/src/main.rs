@@ -9,8 +9,9 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
 use mana_sync_protocol::UserId;
+use mana_sync_server::compactor::CompactionConfig;
 use mana_sync_server::{App, ServerConfig};
-use mana_sync_store::StoreOptions;
+use mana_sync_store::{CompactOptions, CompactOutcome, StoreOptions};
 
 #[derive(Parser)]
 #[command(name = "mana-sync", version, about = "Local-first sync server")]
@@ -30,6 +31,9 @@ enum Command {
     /// Restore an NDJSON backup into a user's history: all of it or nothing;
     /// changes the user already has (same eventId) are skipped.
     Import(ImportArgs),
+    /// Compact change logs now: fold each record's superseded history into
+    /// one change, drop deleted records past the tombstone retention.
+    Compact(CompactArgs),
     /// Copy every user's history from the seed's (Go server's) Postgres
     /// database into this one; users already copied are skipped.
     ImportSeed(ImportSeedArgs),
@@ -65,6 +69,36 @@ struct ImportSeedArgs {
     from: String,
     #[command(flatten)]
     database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    /// Only this user (default: every user with changes to fold).
+    #[arg(long)]
+    user: Option<String>,
+    #[command(flatten)]
+    retention: RetentionArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct RetentionArgs {
+    /// Days a deleted record is kept as a tombstone before compaction may
+    /// drop it; devices whose cursor is older are told to download again.
+    #[arg(long, env = "TOMBSTONE_RETENTION_DAYS", default_value_t = 90)]
+    tombstone_retention_days: u64,
+}
+
+impl RetentionArgs {
+    fn options(&self) -> CompactOptions {
+        CompactOptions {
+            tombstone_retention: Duration::from_secs(
+                self.tombstone_retention_days.saturating_mul(24 * 3600),
+            ),
+            ..CompactOptions::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -114,6 +148,16 @@ struct ServeArgs {
     /// Directory of the built web app served at `/` (`make web` builds it).
     #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
     web_dir: std::path::PathBuf,
+    /// Compact a user's log in the background once it has this many
+    /// changes that may supersede earlier ones (updates, deletes) since
+    /// its last compaction; 0 turns background compaction off.
+    #[arg(long, env = "COMPACTION_THRESHOLD", default_value_t = 1000)]
+    compaction_threshold: u64,
+    /// Seconds between looks for logs to compact.
+    #[arg(long, env = "COMPACTION_INTERVAL_SECS", default_value_t = 60)]
+    compaction_interval_secs: u64,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Args)]
@@ -145,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args).await,
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
+        Command::Compact(args) => compact(args).await,
         Command::ImportSeed(args) => import_seed(args).await,
     }
 }
@@ -195,6 +240,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
         web_dir: args.web_dir,
+        compaction: CompactionConfig {
+            threshold: args.compaction_threshold,
+            interval: Duration::from_secs(args.compaction_interval_secs.max(1)),
+            options: args.retention.options(),
+        },
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
@@ -348,6 +398,62 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let report = report.with_context(|| format!("importing {}", args.file.display()))?;
     println!("imported {}, skipped {}", report.imported, report.skipped);
+    Ok(())
+}
+
+async fn compact(args: CompactArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.database).await?;
+    let users = match args.user {
+        Some(user) => vec![UserId::new(user).context("invalid --user")?],
+        // Every user whose log may hold something to fold.
+        None => store
+            .compaction_candidates(0, usize::MAX)
+            .await
+            .context("listing users")?
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect(),
+    };
+    let options = args.retention.options();
+    let bar = progress(
+        Some(users.len() as u64),
+        "{bar:40} {pos}/{len} users, {msg}",
+    );
+    let mut total = CompactOutcome::default();
+    let mut busy = 0;
+    for user in &users {
+        let before = total;
+        let shown = bar.clone();
+        let outcome = mana_sync_server::compactor::compact_user(
+            &*store,
+            None,
+            user,
+            &options,
+            &move |so_far: &CompactOutcome| {
+                shown.set_message(format!(
+                    "{} folded, {} dropped",
+                    before.changes_folded + so_far.changes_folded,
+                    before.changes_dropped + so_far.changes_dropped
+                ));
+            },
+        )
+        .await
+        .with_context(|| format!("compacting {user}"))?;
+        if outcome.busy {
+            busy += 1;
+        }
+        total.add(&outcome);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "users {}, changes folded {} (records {}), changes dropped {} (records {}), busy {busy}",
+        users.len(),
+        total.changes_folded,
+        total.records_folded,
+        total.changes_dropped,
+        total.records_dropped
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod compactor;
 mod connections;
 pub mod error;
 mod extract;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub backup_max_bytes: u64,
     /// The built web app served at `/` (`WEB_DIR`).
     pub web_dir: std::path::PathBuf,
+    /// Background compaction of the change log.
+    pub compaction: compactor::CompactionConfig,
 }
 
 /// Why the server could not start.
@@ -164,6 +167,12 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let live = self.state.hub.shutdown().clone();
+        tokio::spawn(compactor::run(
+            self.state.service.store().clone(),
+            self.state.metrics.clone(),
+            self.config.compaction,
+            live.clone(),
+        ));
         let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
             .map_err(std::io::Error::other)?;
         // Requests carry their peer address: dev-mode sign-in answers

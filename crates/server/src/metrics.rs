@@ -28,6 +28,12 @@ pub struct Metrics {
     pub open_sockets: IntGauge,
     /// Streams and sockets that fell too far behind and re-read from their cursors.
     pub live_overflows: IntCounter,
+    /// Compactions of one user's log that ran to the end.
+    pub compaction_runs: IntCounter,
+    /// Changes removed by folding them into their record's latest change.
+    pub compaction_folded: IntCounter,
+    /// Changes removed with deleted records past their retention.
+    pub compaction_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -81,6 +87,18 @@ impl Metrics {
             live_overflows: counter(
                 "mana_sync_live_overflows_total",
                 "Streams and sockets that fell too far behind and re-read from their cursors",
+            )?,
+            compaction_runs: counter(
+                "mana_sync_compaction_runs_total",
+                "Compactions of one user's log that ran to the end",
+            )?,
+            compaction_folded: counter(
+                "mana_sync_compaction_folded_changes_total",
+                "Changes folded into their record's latest change by compaction",
+            )?,
+            compaction_dropped: counter(
+                "mana_sync_compaction_dropped_changes_total",
+                "Changes dropped with deleted records past the tombstone retention",
             )?,
             registry: registry.clone(),
         })

@@ -77,7 +77,8 @@ pub struct CompactOutcome {
 }
 
 impl CompactOutcome {
-    pub(crate) fn add(&mut self, other: &CompactOutcome) {
+    /// Adds another compaction's counts to these.
+    pub fn add(&mut self, other: &CompactOutcome) {
         self.records_folded += other.records_folded;
         self.changes_folded += other.changes_folded;
         self.records_dropped += other.records_dropped;

@@ -138,7 +138,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ImportOutcome, ImportError>;
 
     /// Users with at least `threshold` changes that may supersede an earlier
-    /// one since their last compaction, most first, at most `limit`.
+    /// one since their last compaction, most first, at most `limit` (with a
+    /// threshold of 0: every user).
     async fn compaction_candidates(
         &self,
         threshold: u64,

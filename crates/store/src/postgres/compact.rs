@@ -40,7 +40,7 @@ pub(super) async fn candidates(
         .query(
             "SELECT user_id, superseded FROM mana_user_seq WHERE superseded >= $1
              ORDER BY superseded DESC LIMIT $2",
-            &[&seq_param(threshold.max(1)), &limit],
+            &[&seq_param(threshold), &limit],
         )
         .await
         .map_err(database_error)?;

@@ -22,7 +22,7 @@ pub(super) async fn candidates(
     threshold: u64,
     limit: usize,
 ) -> StoreResult<Vec<(UserId, u64)>> {
-    let threshold = seq_param(threshold.max(1));
+    let threshold = seq_param(threshold);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows: Vec<(String, i64)> = SqliteStore::with_connection(&store.readers, move |conn| {
         let mut statement = conn
