@@ -1,6 +1,6 @@
 /**
  * Field-level last-writer-wins merge of one record: the same rules as the
- * Rust client (`crates/protocol/src/merge.rs`), checked against the shared
+ * Rust client (`crates/protocol/src/merge/mod.rs`), checked against the shared
  * vectors in `spec/merge-vectors.json`.
  *
  * - Per field, the greater write wins: timestamp (as an instant, to the
@@ -11,7 +11,11 @@
  *   else the lowest timestamp.
  * - Deletes are sticky tombstones: later edits still merge, never resurrect.
  * - Actors: each field keeps its winning write's actor (`__fieldActors`);
- *   `__lastActor` is the actor of the record's greatest write.
+ *   `__lastActor` is the actor of the record's greatest write. A field entry
+ *   may carry its own `actor`, overriding the change's for that field
+ *   (`null`: the user); only the server's folded changes carry one.
+ * - A delete may carry `fields` (folded changes do): they merge like an
+ *   update's, under the tombstone.
  */
 
 import { compareText, isObject, rawOf, setOwn, type JsonObject, type JsonValue } from './json.ts';
@@ -50,12 +54,24 @@ export interface MergeChange {
   op: 'insert' | 'update' | 'delete';
   /** Insert: every key with its value and text. */
   data?: Map<string, { value: JsonValue; raw: string }>;
-  /** Per-field writes (updates; optional on inserts). */
-  fields?: Map<string, { value: JsonValue; raw: string; at: string }>;
+  /** Per-field writes (updates; optional on inserts and deletes). */
+  fields?: Map<string, FieldWrite>;
   /** Delete: when. */
   deletedAt?: string;
   actor?: JsonValue;
   actorRaw?: string;
+}
+
+/** One field's write in a change. */
+export interface FieldWrite {
+  value: JsonValue;
+  raw: string;
+  at: string;
+  /**
+   * The field's own actor, overriding the change's: absent when the entry
+   * has no `actor` key; `{}` (no actor: the user) for `"actor": null`.
+   */
+  own?: { actor?: JsonValue; actorRaw?: string };
 }
 
 /** Why a change cannot be read. */
@@ -135,6 +151,7 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
       break;
     case 'delete':
       changed = mergeDelete(state, withActor({ at: change.deletedAt ?? LOWEST_TIMESTAMP }, change));
+      changed = mergeFields(state, change) || changed;
       break;
   }
   return changed;
@@ -142,8 +159,11 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
 
 function mergeFields(state: RecordState, change: MergeChange): boolean {
   let changed = false;
-  for (const [name, { value, raw, at }] of change.fields ?? []) {
-    changed = mergeField(state, name, withActor({ value, raw, at }, change)) || changed;
+  for (const [name, { value, raw, at, own }] of change.fields ?? []) {
+    const candidate: FieldState = { value, raw, at };
+    if (own === undefined) withActor(candidate, change);
+    else if (own.actorRaw !== undefined) Object.assign(candidate, { actor: own.actor, actorRaw: own.actorRaw });
+    changed = mergeField(state, name, candidate) || changed;
   }
   return changed;
 }
@@ -179,10 +199,10 @@ export function view(state: RecordState): JsonObject | undefined {
   return out;
 }
 
-function readActor(change: JsonObject): { actor?: JsonValue; actorRaw?: string } {
+function readActor(object: JsonObject): { actor?: JsonValue; actorRaw?: string } {
   // `"actor": null` is no actor, as for the Rust client (serde's `Option`).
-  if (change.actor === undefined || change.actor === null) return {};
-  return { actor: change.actor, actorRaw: rawOf(change, 'actor') };
+  if (object.actor === undefined || object.actor === null) return {};
+  return { actor: object.actor, actorRaw: rawOf(object, 'actor') };
 }
 
 /**
@@ -208,7 +228,10 @@ export function readChange(change: unknown): MergeChange {
       if (!isObject(field) || !('value' in field)) throw new ChangeError(`fields.${name} needs a value`);
       const at = typeof field.at === 'string' ? field.at : field.updatedAt;
       if (!isTimestamp(at)) throw new ChangeError(`fields.${name} needs a timestamp (\`at\` or \`updatedAt\`)`);
-      out.fields.set(name, { value: field.value!, raw: rawOf(field, 'value')!, at });
+      const write: FieldWrite = { value: field.value!, raw: rawOf(field, 'value')!, at };
+      // A present `actor` key overrides the change's, even as `null` (the user).
+      if (Object.prototype.hasOwnProperty.call(field, 'actor') && field.actor !== undefined) write.own = readActor(field);
+      out.fields.set(name, write);
     }
   }
   if (op === 'delete') {
