@@ -74,6 +74,12 @@ pub enum ClientError {
         /// The error body's `message`, or the body.
         message: String,
     },
+    /// The server no longer keeps the history after this device's cursor
+    /// (410 `cursor_expired`, or the stream's `cursor-expired` event). The
+    /// sync client handles it by downloading everything again, keeping the
+    /// outbox; it only surfaces when that keeps failing.
+    #[error("the sync server no longer keeps the history after this device's cursor: {0}")]
+    CursorExpired(String),
     /// The server's reply could not be understood.
     #[error("unexpected reply from the sync server: {0}")]
     Protocol(String),

@@ -9,6 +9,11 @@
 //! new cursor (`syncedUntil`). After any failure the loop waits (exponential
 //! backoff with jitter, from `min_backoff` to `max_backoff`), pulls again from
 //! the saved cursors, and reopens the stream.
+//!
+//! The stream lists the `cursor-expired` feature (query `features`). Its
+//! `cursor-expired` event (the server dropped history after the cursor) starts
+//! a re-download, and the loop catches up again at once: the re-download, then
+//! the outbox, then a new stream (see `crate::sync`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use mana_sync_protocol::StreamChanges;
 
 use crate::error::{ClientError, Result};
 use crate::status::SyncStatus;
-use crate::sync::{START, SyncClient, error_from};
+use crate::sync::{FEATURES, FEATURES_HEADER, START, SyncClient, error_from};
 
 /// Exponential backoff with jitter.
 #[derive(Debug)]
@@ -58,6 +63,8 @@ enum Stopped {
     Shutdown,
     /// Something failed: reconnect.
     Failed(ClientError),
+    /// The cursor expired; a re-download was started: catch up again now.
+    Expired,
 }
 
 impl SyncClient {
@@ -68,6 +75,9 @@ impl SyncClient {
     pub async fn run_live(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let options = &self.inner.options;
         let mut backoff = Backoff::new(options.min_backoff, options.max_backoff);
+        // A stream whose cursor expired is followed by a catch-up at once,
+        // unless it expired again before the new stream delivered anything.
+        let mut expired_last = false;
         tokio::pin!(shutdown);
         loop {
             self.inner.store.set_status(SyncStatus::Syncing)?;
@@ -76,12 +86,23 @@ impl SyncClient {
                 () = &mut shutdown => return Ok(()),
             };
             let failure = match caught_up {
-                Ok(_) => match self.follow_stream(&mut shutdown, &mut backoff).await {
+                Ok(_) => match self
+                    .follow_stream(&mut shutdown, &mut backoff, &mut expired_last)
+                    .await
+                {
                     Stopped::Shutdown => return Ok(()),
+                    Stopped::Expired if !expired_last => {
+                        expired_last = true;
+                        continue;
+                    }
+                    Stopped::Expired => ClientError::CursorExpired(
+                        "the stream's cursor expired again right after a re-download".into(),
+                    ),
                     Stopped::Failed(error) => error,
                 },
                 Err(error) => error,
             };
+            expired_last = false;
             let result: Result<()> = Err(failure);
             self.settle(&result).await?;
             if let Err(ClientError::Unauthorized(message)) = result {
@@ -104,6 +125,7 @@ impl SyncClient {
         &self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
         backoff: &mut Backoff,
+        expired_last: &mut bool,
     ) -> Stopped {
         let store = self.inner.store.clone();
         let options = self.inner.options.clone();
@@ -124,6 +146,7 @@ impl SyncClient {
             .get(url)
             .bearer_auth(&self.inner.token)
             .header("x-client-id", store.client_id())
+            .header(FEATURES_HEADER, FEATURES)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send();
         let response = tokio::select! {
@@ -143,7 +166,10 @@ impl SyncClient {
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
-            return Stopped::Failed(error_from(status, &body));
+            return match error_from(status, &body) {
+                ClientError::CursorExpired(message) => self.expired(&message).await,
+                error => Stopped::Failed(error),
+            };
         }
         let mut events = response.bytes_stream().eventsource();
         let mut outbox = store.watch_outbox();
@@ -177,12 +203,18 @@ impl SyncClient {
                         }),
                         Ok(Some(Ok(event))) => event,
                     };
+                    if event.event != "cursor-expired" {
+                        *expired_last = false;
+                    }
                     match event.event.as_str() {
                         "changes" => {
                             if let Err(error) = self.apply_event(&event.data).await {
                                 return Stopped::Failed(error);
                             }
                         }
+                        // History after the cursor was dropped: the server
+                        // ends the stream; download everything again.
+                        "cursor-expired" => return self.expired(&event.data).await,
                         // The server ends the stream on its own failure;
                         // reconnect from the saved cursors.
                         "error" => {
@@ -211,6 +243,16 @@ impl SyncClient {
                 }
                 () = shutdown.as_mut() => return Stopped::Shutdown,
             }
+        }
+    }
+
+    /// The stream's cursor expired: starts a re-download (the next catch-up
+    /// runs it).
+    async fn expired(&self, message: &str) -> Stopped {
+        tracing::info!(%message, "the stream's cursor expired; downloading everything again");
+        match self.blocking(|store| store.start_redownload()).await {
+            Ok(()) => Stopped::Expired,
+            Err(error) => Stopped::Failed(error),
         }
     }
 

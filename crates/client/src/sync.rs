@@ -24,6 +24,19 @@
 //! database was replaced) makes the client forget the cursor and start over;
 //! merging makes re-applying changes harmless.
 //!
+//! **Expired cursors.** Every request lists the `cursor-expired` feature
+//! (`X-Sync-Features`). When the server dropped deleted records past its
+//! tombstone retention and a cursor is older than that, it answers 410
+//! `cursor_expired` (a push is stored first) or, on the stream, the event
+//! `cursor-expired`. The client then re-downloads (see
+//! `crate::store::redownload`): it forgets every cursor, pulls every synced
+//! collection from the start without its client id (so its own earlier
+//! changes come back too), removes the local records that did not come back
+//! and that no unsent change touches, and only then pushes the outbox, whose
+//! resent changeset the server recognises. A re-download interrupted by a
+//! crash or a failure resumes at the next sync (`LocalStore` keeps a marker);
+//! no push is sent while one is unfinished.
+//!
 //! **Pull.** Each synced collection is pulled from its cursor, page by page
 //! while `hasMore`. Each page is applied in its own transaction; the cursor
 //! is saved only in the transaction of the last page, so an interrupted pull
@@ -42,6 +55,18 @@ use crate::store::{Account, LocalStore, PendingChangeset, SCHEMA_VERSION};
 
 /// `since` meaning "from the start".
 pub const START: &str = "1970-01-01T00:00:00.000Z";
+
+/// The request header listing the protocol features this client handles.
+pub(crate) const FEATURES_HEADER: &str = "x-sync-features";
+/// The features it lists: told `cursor_expired` rather than served from the
+/// start when its cursor is older than history the server dropped.
+pub(crate) const FEATURES: &str = "cursor-expired";
+/// The error code (and, with a dash, the stream event) of an expired cursor.
+pub(crate) const CURSOR_EXPIRED: &str = "cursor_expired";
+
+/// Re-downloads one sync may start before giving up (each starts over only
+/// when the server dropped history again while it ran).
+const MAX_REDOWNLOADS: usize = 3;
 
 /// Tuning of the sync client.
 #[derive(Debug, Clone)]
@@ -284,7 +309,13 @@ impl SyncClient {
     pub async fn push(&self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut cursor_reset = false;
+        let mut redownloaded = false;
         let size = self.inner.options.changeset_size;
+        // An unfinished re-download (a crash, a failed page) completes first:
+        // a push's reply would otherwise move the cursors past it.
+        if self.blocking(|store| store.redownload_pending()).await? {
+            report.received += self.pull().await?;
+        }
         loop {
             let Some(changeset) = self
                 .blocking(move |store| store.next_changeset(size))
@@ -303,6 +334,14 @@ impl SyncClient {
                     let id = changeset.id.clone();
                     self.blocking(move |store| store.finish_changeset(&id, &reply))
                         .await?;
+                }
+                Err(ClientError::CursorExpired(message)) if !redownloaded => {
+                    // The server stored the changeset before answering; it
+                    // is resent after the re-download, under the same id.
+                    redownloaded = true;
+                    tracing::info!(%message, "cursor expired on push; downloading everything again");
+                    self.blocking(|store| store.start_redownload()).await?;
+                    report.received += self.pull().await?;
                 }
                 Err(ClientError::Server { code, .. })
                     if code == "invalid_cursor" && !cursor_reset =>
@@ -363,6 +402,7 @@ impl SyncClient {
             .post(self.endpoint(&["sync", store.app_id()])?)
             .bearer_auth(&self.inner.token)
             .header("x-client-id", store.client_id())
+            .header(FEATURES_HEADER, FEATURES)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(self.inner.options.request_timeout)
             .body(body)
@@ -373,38 +413,66 @@ impl SyncClient {
     }
 
     /// Pulls every synced collection to the end. Returns how many changes
-    /// arrived.
+    /// arrived. On `cursor_expired`, downloads everything again (and a
+    /// re-download left unfinished is completed).
     pub async fn pull(&self) -> Result<usize> {
         let mut received = 0;
+        let mut restarts = 0;
+        loop {
+            match self.pull_round(&mut received).await {
+                Ok(()) => return Ok(received),
+                Err(ClientError::CursorExpired(message)) if restarts < MAX_REDOWNLOADS => {
+                    restarts += 1;
+                    tracing::info!(%message, "cursor expired on pull; downloading everything again");
+                    self.blocking(|store| store.start_redownload()).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Pulls every synced collection from its cursor to the end; then sets
+    /// the app cursor, or finishes the re-download in progress.
+    async fn pull_round(&self, received: &mut usize) -> Result<()> {
+        let redownload = self.blocking(|store| store.redownload_pending()).await?;
         let mut first_cursor = None;
         for collection in self.inner.store.collections().to_vec() {
-            let (count, cursor) = self.pull_collection(&collection).await?;
-            received += count;
+            let cursor = self
+                .pull_collection(&collection, redownload, received)
+                .await?;
             // Pulls end at the server's newest position at the time, so the
             // first collection's final cursor is at or before every other's:
             // every change up to it, of every collection, is now applied.
             first_cursor.get_or_insert(cursor);
         }
-        if let Some(cursor) = first_cursor {
+        if redownload {
+            self.blocking(move |store| store.finish_redownload(first_cursor.as_deref()))
+                .await?;
+        } else if let Some(cursor) = first_cursor {
             self.blocking(move |store| store.set_app_cursor(&cursor))
                 .await?;
         }
-        Ok(received)
+        Ok(())
     }
 
-    /// Pulls one collection from its cursor to the end; returns the number
-    /// of changes and the final cursor.
-    async fn pull_collection(&self, collection: &str) -> Result<(usize, String)> {
+    /// Pulls one collection from its cursor to the end, counting the changes
+    /// in `received`; returns the final cursor. A re-download pulls without
+    /// the client id, so that this device's own changes come back too.
+    async fn pull_collection(
+        &self,
+        collection: &str,
+        redownload: bool,
+        received: &mut usize,
+    ) -> Result<String> {
         let stored = {
             let collection = collection.to_owned();
             self.blocking(move |store| store.cursor(&collection))
                 .await?
         };
         let mut since = stored.unwrap_or_else(|| START.to_owned());
-        let mut received = 0;
         let mut restarted = false;
         loop {
-            let page = match self.pull_page(collection, &since).await {
+            let page = match self.pull_page(collection, &since, !redownload).await {
                 Ok(page) => page,
                 Err(ClientError::Server { code, .. }) if code == "invalid_cursor" && !restarted => {
                     // Not this server's cursor (its database was replaced):
@@ -415,7 +483,7 @@ impl SyncClient {
                 }
                 Err(error) => return Err(error),
             };
-            received += page.server_changes.len();
+            *received += page.server_changes.len();
             let last = !page.has_more;
             let next = page.synced_until.clone();
             let owned = collection.to_owned();
@@ -426,26 +494,35 @@ impl SyncClient {
             })
             .await?;
             if last {
-                return Ok((received, next));
+                return Ok(next);
             }
             since = next;
         }
     }
 
-    async fn pull_page(&self, collection: &str, since: &str) -> Result<PullResponse> {
+    async fn pull_page(
+        &self,
+        collection: &str,
+        since: &str,
+        as_this_client: bool,
+    ) -> Result<PullResponse> {
         let store = &self.inner.store;
         let mut url = self.endpoint(&["sync", store.app_id(), "pull"])?;
         url.query_pairs_mut()
             .append_pair("collection", collection)
             .append_pair("since", since)
             .append_pair("limit", &self.inner.options.page_size.to_string());
-        let response = self
+        let mut request = self
             .inner
             .http
             .get(url)
             .bearer_auth(&self.inner.token)
-            .header("x-client-id", store.client_id())
-            .timeout(self.inner.options.request_timeout)
+            .header(FEATURES_HEADER, FEATURES)
+            .timeout(self.inner.options.request_timeout);
+        if as_this_client {
+            request = request.header("x-client-id", store.client_id());
+        }
+        let response = request
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;
@@ -470,6 +547,9 @@ pub(crate) fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
     };
     if status == StatusCode::UNAUTHORIZED {
         return ClientError::Unauthorized(message);
+    }
+    if code == CURSOR_EXPIRED {
+        return ClientError::CursorExpired(message);
     }
     ClientError::Server {
         status: status.as_u16(),

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::LocalStore;
 use super::meta::{delete_meta, get_meta, set_meta};
+use super::redownload;
 use crate::error::Result;
 
 impl LocalStore {
@@ -33,7 +34,7 @@ impl LocalStore {
                 all &= has.is_some();
             }
         }
-        if !all {
+        if !all || redownload::in_progress(&conn)? {
             return Ok(None);
         }
         Ok(get_meta(&conn, "app_cursor")?)

@@ -11,6 +11,7 @@ use super::LocalStore;
 use super::cursors::set_cursor;
 use super::meta::{read_clock, set_meta};
 use super::records::{load_state, save_state};
+use super::redownload;
 use crate::clock::{self, HlcTime};
 use crate::error::Result;
 
@@ -52,6 +53,7 @@ impl LocalStore {
     }
 
     /// Merges `changes` inside `tx`; returns the records that changed.
+    /// During a re-download, notes every record that came back.
     pub(super) fn apply_in(
         &self,
         tx: &Transaction<'_>,
@@ -64,7 +66,11 @@ impl LocalStore {
         // page's changes touch it.
         let mut cache: HashMap<(String, String), (RecordState, bool)> = HashMap::new();
         let mut newest: Option<&Timestamp> = None;
+        let redownloading = redownload::in_progress(tx)?;
         for change in changes {
+            if redownloading {
+                redownload::note_seen(tx, &change.table, &change.id)?;
+            }
             let key = (change.table.clone(), change.id.clone());
             let entry = match cache.entry(key) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
+use super::redownload;
 use super::{LocalStore, now_rfc3339};
 use crate::clock::HlcTime;
 use crate::error::{ClientError, Result};
@@ -152,6 +153,8 @@ impl LocalStore {
             if get_meta(&tx, "account_server")?.as_deref() != Some(server.as_str()) {
                 tx.execute("DELETE FROM cursors", [])?;
                 delete_meta(&tx, "app_cursor")?;
+                // Another server's log says nothing about this one's records.
+                redownload::abandon(&tx)?;
                 set_meta(&tx, "account_server", &server)?;
             }
             tx.commit()?;

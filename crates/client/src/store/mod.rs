@@ -17,18 +17,23 @@
 //! - `rejected (seq, change, reason, rejected_at)`: changes the server
 //!   refused, set aside so the outbox never wedges (see `crate::sync`);
 //! - `cursors (collection, cursor)`: how far each collection was pulled;
-//! - `meta (key, value)`: client id, clock, account, app cursor, last error.
+//! - `redownload_seen (collection, id)`: records that came back during a
+//!   re-download after `cursor_expired` (see `redownload`);
+//! - `meta (key, value)`: client id, clock, account, app cursor, last error,
+//!   the re-download marker.
 //!
 //! The code follows the tables: this file opens the store and holds what
 //! every part shares; `records` (local writes, reads, queries), `outbox`
 //! (changesets, refused changes), `cursors`, `incoming` (merging what the
-//! server sends) and `meta` (clock, status, account).
+//! server sends), `redownload` (starting over after `cursor_expired`) and
+//! `meta` (clock, status, account).
 
 mod cursors;
 mod incoming;
 mod meta;
 mod outbox;
 mod records;
+mod redownload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +85,11 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL,
     rejected_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS redownload_seen (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors (
     collection TEXT PRIMARY KEY,
     cursor TEXT NOT NULL

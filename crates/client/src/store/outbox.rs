@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::cursors::set_cursor;
 use super::meta::set_meta;
+use super::redownload;
 use super::{LocalStore, corrupt, now_rfc3339};
 use crate::error::Result;
 
@@ -107,7 +108,9 @@ impl LocalStore {
             tx.prepare_cached("DELETE FROM outbox WHERE changeset_id = ?1")?
                 .execute([id])?;
             let touched = self.apply_in(&tx, &reply.server_changes)?;
-            if !reply.has_more {
+            // During a re-download only its pulls set cursors (sync pushes
+            // after it; this is another process on the same store).
+            if !reply.has_more && !redownload::in_progress(&tx)? {
                 for collection in &self.shared.collections {
                     set_cursor(&tx, collection, &reply.synced_until)?;
                 }
