@@ -80,6 +80,63 @@ pub struct Faults {
     pub down: bool,
 }
 
+/// Starts the real `mana-sync` on the given database (`None`: SQLite in a
+/// temporary file) with background compaction off, so that tests compact
+/// exactly when they run [`compact`].
+pub async fn server_on(database_url: Option<String>) -> TestServer {
+    let binary = workspace_binary("mana-sync");
+    assert!(binary.exists(), "{} is missing", binary.display());
+    TestServer::start(
+        &binary,
+        ServerOptions {
+            database_url,
+            env: vec![("COMPACTION_THRESHOLD".into(), "0".into())],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
+/// What `mana-sync compact` reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub folded: u64,
+    pub dropped: u64,
+}
+
+/// Runs `mana-sync compact --user USER` against the server's database (on
+/// SQLite, the file of the running server), keeping deleted records
+/// `retention_days` (0: drops every deleted record).
+pub async fn compact(server: &TestServer, user: &str, retention_days: u32) -> Compacted {
+    let output = tokio::process::Command::new(workspace_binary("mana-sync"))
+        .args(["compact", "--user", user])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &server.database_url)
+        .env("TOMBSTONE_RETENTION_DAYS", retention_days.to_string())
+        .output()
+        .await
+        .expect("mana-sync compact runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "mana-sync compact failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "users 1, changes folded N (records R), changes dropped D (records E), busy 0"
+    let number_after = |label: &str| -> u64 {
+        let rest = &stdout[stdout
+            .find(label)
+            .unwrap_or_else(|| panic!("{label} in {stdout}"))
+            + label.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    Compacted {
+        folded: number_after("changes folded "),
+        dropped: number_after("changes dropped "),
+    }
+}
+
 #[derive(Clone)]
 struct ProxyState {
     upstream: String,
@@ -88,6 +145,8 @@ struct ProxyState {
     pushes: Arc<AtomicUsize>,
     pulls: Arc<AtomicUsize>,
     cut: watch::Sender<u64>,
+    hold: watch::Sender<bool>,
+    held: watch::Sender<usize>,
 }
 
 /// An HTTP proxy in front of the server that injects faults.
@@ -97,6 +156,8 @@ pub struct Proxy {
     pushes: Arc<AtomicUsize>,
     pulls: Arc<AtomicUsize>,
     cut: watch::Sender<u64>,
+    hold: watch::Sender<bool>,
+    held: watch::Sender<usize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,6 +173,8 @@ impl Proxy {
         let pushes = Arc::new(AtomicUsize::new(0));
         let pulls = Arc::new(AtomicUsize::new(0));
         let (cut, _) = watch::channel(0);
+        let (hold, _) = watch::channel(false);
+        let (held, _) = watch::channel(0);
         let state = ProxyState {
             upstream: upstream.to_owned(),
             http: mana_sync_testkit::http_client(),
@@ -119,6 +182,8 @@ impl Proxy {
             pushes: pushes.clone(),
             pulls: pulls.clone(),
             cut: cut.clone(),
+            hold: hold.clone(),
+            held: held.clone(),
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -134,8 +199,31 @@ impl Proxy {
             pushes,
             pulls,
             cut,
+            hold,
+            held,
             task,
         }
+    }
+
+    /// Holds new stream requests (`GET …/stream`) before they reach the
+    /// server, until [`Proxy::release_streams`]: a device that has pulled and
+    /// is about to follow the stream, frozen at that point.
+    pub fn hold_streams(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Lets held stream requests (and new ones) through.
+    pub fn release_streams(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// Waits until a stream request is held; panics after the deadline.
+    pub async fn wait_for_held_stream(&self) {
+        let mut held = self.held.subscribe();
+        tokio::time::timeout(DEADLINE, held.wait_for(|n| *n > 0))
+            .await
+            .expect("a stream request reaches the proxy")
+            .expect("proxy alive");
     }
 
     pub fn set(&self, change: impl FnOnce(&mut Faults)) {
@@ -211,13 +299,25 @@ async fn forward(
             }
         }
     }
+    if method == Method::GET && path.ends_with("/stream") && *state.hold.borrow() {
+        let mut hold = state.hold.subscribe();
+        state.held.send_modify(|n| *n += 1);
+        let _ = hold.wait_for(|hold| !*hold).await;
+        state.held.send_modify(|n| *n -= 1);
+    }
     let url = format!(
         "{}{}",
         state.upstream,
         uri.path_and_query().map_or("/", |p| p.as_str())
     );
     let mut request = state.http.request(method, url).body(body);
-    for name in ["authorization", "x-client-id", "content-type", "accept"] {
+    for name in [
+        "authorization",
+        "x-client-id",
+        "x-sync-features",
+        "content-type",
+        "accept",
+    ] {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
         }
