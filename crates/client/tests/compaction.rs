@@ -266,8 +266,10 @@ async fn devices_that_synced_before_compaction_catch_up_through_folded_changes(
     );
 }
 
-/// The shared beginning of the expired-cursor scenarios: the phone's own
-/// record, one the laptop keeps and edits, and one the laptop deletes.
+/// The shared beginning of the expired-cursor scenarios: two records of the
+/// phone's own (one it edits later, one it never touches again: only a
+/// re-download that asks for the device's own changes brings it back), one
+/// the laptop keeps and edits, and one the laptop deletes.
 struct Records {
     own: String,
     kept: String,
@@ -278,6 +280,10 @@ async fn shared_records(phone: &SyncClient, laptop: &SyncClient) -> Records {
     let own = phone
         .store()
         .insert("tasks", json!({ "title": "Phone's own", "done": false }))
+        .unwrap();
+    phone
+        .store()
+        .insert("tasks", json!({ "title": "Phone's quiet one" }))
         .unwrap();
     let kept = laptop
         .store()
@@ -331,8 +337,14 @@ async fn an_offline_device_keeps_its_edits_through_an_expired_cursor(database_ur
     let tablet_sync = tablet.client(&server.url, &token);
     let records = shared_records(&phone_sync, &laptop_sync).await;
     tablet_sync.sync().await.unwrap();
-    assert_eq!(titles(&phone), ["Doomed", "Kept", "Phone's own"]);
-    assert_eq!(titles(&tablet), ["Doomed", "Kept", "Phone's own"]);
+    assert_eq!(
+        titles(&phone),
+        ["Doomed", "Kept", "Phone's own", "Phone's quiet one"]
+    );
+    assert_eq!(
+        titles(&tablet),
+        ["Doomed", "Kept", "Phone's own", "Phone's quiet one"]
+    );
 
     // Offline edits on the phone.
     phone
@@ -374,7 +386,12 @@ async fn an_offline_device_keeps_its_edits_through_an_expired_cursor(database_ur
     );
     assert_eq!(
         titles(&phone),
-        ["Kept, renamed offline", "Phone's own", "Written offline"]
+        [
+            "Kept, renamed offline",
+            "Phone's own",
+            "Phone's quiet one",
+            "Written offline"
+        ]
     );
     assert_eq!(
         record(&phone, &records.kept).unwrap().get("done"),
@@ -415,11 +432,12 @@ async fn an_offline_device_keeps_its_edits_through_an_expired_cursor(database_ur
 on_both_databases!(the_stream_says_cursor_expired_and_the_device_downloads_again);
 
 /// The phone is live: it has pulled, and is held just before opening its
-/// stream while it edits a record, the laptop deletes another and compaction
-/// drops it. The stream answers `cursor-expired`; the phone downloads again
-/// at once (its backoff is far longer than the deadline: no reconnection
-/// after a failure could do it in time), removes the dropped record and
-/// pushes its edit.
+/// stream while the laptop deletes a record and compaction drops it. The
+/// stream answers `cursor-expired` (the phone has nothing to push, so only
+/// the stream can tell it); the phone downloads again at once (its backoff is
+/// far longer than the deadline: no reconnection after a failure could do it
+/// in time), removes the dropped record, follows the stream again and
+/// pushes what it writes next.
 async fn the_stream_says_cursor_expired_and_the_device_downloads_again(
     database_url: Option<String>,
 ) {
@@ -441,6 +459,23 @@ async fn the_stream_says_cursor_expired_and_the_device_downloads_again(
     let (stop, task) = live(&phone_live);
     proxy.wait_for_held_stream().await;
     assert_eq!(phone.store.status(), SyncStatus::Syncing);
+    assert_eq!(phone.store.pending_count().unwrap(), 0);
+    delete_and_drop(&server, &laptop_sync, &records).await;
+    let pulls = proxy.pulls();
+    proxy.release_streams();
+
+    wait_until(&phone, "the phone downloaded again", |store| {
+        store
+            .record_state("tasks", &records.doomed)
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(proxy.pulls() > pulls, "the re-download pulled");
+    assert_eq!(
+        record(&phone, &records.kept).unwrap().get("done"),
+        Some(&json!(true))
+    );
     phone
         .store
         .update(
@@ -449,27 +484,17 @@ async fn the_stream_says_cursor_expired_and_the_device_downloads_again(
             fields(json!({ "title": "Kept, renamed" })),
         )
         .unwrap();
-    delete_and_drop(&server, &laptop_sync, &records).await;
-    proxy.release_streams();
-
-    wait_until(&phone, "the phone downloaded again and pushed", |store| {
-        store
-            .record_state("tasks", &records.doomed)
-            .unwrap()
-            .is_none()
-            && store.pending_count().unwrap() == 0
-            && store.status() == SyncStatus::Synced
+    wait_until(&phone, "the phone pushed its edit", |store| {
+        store.pending_count().unwrap() == 0 && store.status() == SyncStatus::Synced
     })
     .await;
-    assert_eq!(titles(&phone), ["Kept, renamed", "Phone's own"]);
-    assert_eq!(
-        record(&phone, &records.kept).unwrap().get("done"),
-        Some(&json!(true))
-    );
     stop_live(stop, task).await;
 
     laptop_sync.sync().await.unwrap();
-    assert_eq!(titles(&laptop), ["Kept, renamed", "Phone's own"]);
+    assert_eq!(
+        titles(&laptop),
+        ["Kept, renamed", "Phone's own", "Phone's quiet one"]
+    );
     let fresh = fresh_copy(&app, &server.url, &token).await;
     assert_eq!(phone.store.dump().unwrap(), fresh.store.dump().unwrap());
 }
@@ -539,7 +564,10 @@ async fn a_redownload_interrupted_by_a_crash_resumes_at_the_next_start(
         "the resumed re-download removed the dropped record"
     );
     assert_eq!(phone.store.pending_count().unwrap(), 0);
-    assert_eq!(titles(&phone), ["Kept", "Own, renamed"]);
+    assert_eq!(
+        titles(&phone),
+        ["Kept", "Own, renamed", "Phone's quiet one"]
+    );
     assert_eq!(phone.store.list("notes").unwrap().len(), 1);
     let fresh = Device::with_options(two_collections());
     fresh.client(&server.url, &token).sync().await.unwrap();
