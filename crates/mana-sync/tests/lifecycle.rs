@@ -89,11 +89,27 @@ async fn cors_allows_exactly_the_configured_origins() {
             .header("access-control-request-method", "POST")
             .header(
                 "access-control-request-headers",
-                "authorization,content-type,x-client-id",
+                "authorization,content-type,x-client-id,x-sync-features",
             )
             .send()
     };
     let allowed = preflight("https://app.example").await.expect("sent");
+    let allowed_headers = allowed
+        .headers()
+        .get("access-control-allow-headers")
+        .map(|v| v.to_str().unwrap_or_default().to_ascii_lowercase())
+        .unwrap_or_default();
+    for header in [
+        "authorization",
+        "content-type",
+        "x-client-id",
+        "x-sync-features",
+    ] {
+        assert!(
+            allowed_headers.contains(header),
+            "{header} in {allowed_headers}"
+        );
+    }
     assert_eq!(
         allowed
             .headers()

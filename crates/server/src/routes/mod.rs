@@ -129,6 +129,8 @@ fn cors(origins: &[String]) -> Result<CorsLayer, StartError> {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::HeaderName::from_static("x-client-id"),
+            // Clients list what they handle (`cursor-expired`).
+            header::HeaderName::from_static("x-sync-features"),
         ])
         .max_age(std::time::Duration::from_secs(3600)))
 }
