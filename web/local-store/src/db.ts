@@ -39,7 +39,13 @@ export interface CursorRow {
   cursor: string;
 }
 
-/** Client id, clock, account, app cursor, status. */
+/** A record that came back during a re-download after `cursor_expired`. */
+export interface SeenRow {
+  collection: string;
+  id: string;
+}
+
+/** Client id, clock, account, app cursor, status, the re-download marker. */
 export interface MetaRow {
   key: string;
   value: unknown;
@@ -52,6 +58,7 @@ export class StoreDb extends Dexie {
   rejected!: Table<RejectedRow, number>;
   cursors!: Table<CursorRow, string>;
   meta!: Table<MetaRow, string>;
+  redownloadSeen!: Table<SeenRow, [string, string]>;
 
   constructor(name: string) {
     super(name);
@@ -62,5 +69,7 @@ export class StoreDb extends Dexie {
       cursors: 'collection',
       meta: 'key',
     });
+    // Records seen by a re-download in progress (see `LocalStore.startRedownload`).
+    this.version(2).stores({ redownloadSeen: '[collection+id]' });
   }
 }

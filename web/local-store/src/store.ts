@@ -1,7 +1,7 @@
 /**
  * The local store: collections of JSON records in IndexedDB (Dexie), with the
  * outbox, the sync cursors and the clock beside them. The same behaviour as
- * the Rust client's `LocalStore` (`crates/client/src/store.rs`).
+ * the Rust client's `LocalStore` (`crates/client/src/store/`).
  *
  * Every local write is one IndexedDB transaction that reads the clock, merges
  * the write into the record's state, appends the change to the outbox and
@@ -14,7 +14,7 @@
  * what it read changes, in this tab or another (Dexie's `liveQuery`).
  */
 
-import { liveQuery, type Observable } from 'dexie';
+import { Dexie, liveQuery, type Observable } from 'dexie';
 
 import { compareHlc, fromMillis, hlcOf, hlcText, next, observe, tick, type HlcTime } from './clock.ts';
 import { type OutboxRow, type RecordRow, StoreDb } from './db.ts';
@@ -126,7 +126,10 @@ export interface IncomingPage {
   hasMore: boolean;
 }
 
-const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta'] as const;
+const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta', 'redownloadSeen'] as const;
+
+/** The `meta` key of the re-download marker (its value: when it started). */
+const REDOWNLOAD = 'redownload';
 
 function rfc3339Now(): string {
   return new Date().toISOString();
@@ -441,7 +444,7 @@ export class LocalStore {
     const user = tokenSubject(token);
     const url = server.replace(/\/+$/, '');
     const db = this.db;
-    return db.transaction('rw', [db.meta, db.cursors], async () => {
+    return db.transaction('rw', [db.meta, db.cursors, db.redownloadSeen], async () => {
       const existing = (await db.meta.get('account'))?.value as Account | undefined;
       if (existing && existing.user !== user) {
         throw new StoreError('account_mismatch', `this store belongs to \`${existing.user}\`; the token is \`${user}\`'s`);
@@ -449,6 +452,9 @@ export class LocalStore {
       if (existing?.server !== url) {
         await db.cursors.clear();
         await db.meta.delete('appCursor');
+        // Another server's log says nothing about this one's records.
+        await db.redownloadSeen.clear();
+        await db.meta.delete(REDOWNLOAD);
       }
       const account = { user, server: url, token: token.trim() };
       await db.meta.put({ key: 'account', value: account });
@@ -498,7 +504,9 @@ export class LocalStore {
     await db.transaction('rw', [...ALL_TABLES], async () => {
       await db.outbox.where('changesetId').equals(id).delete();
       await this.applyIn(reply.changes);
-      if (!reply.hasMore) {
+      // During a re-download only its pulls set cursors (sync pushes after
+      // it; this is another tab or an older sync still running).
+      if (!reply.hasMore && !(await db.meta.get(REDOWNLOAD))) {
         await db.cursors.bulkPut(this.collections.map((collection) => ({ collection, cursor: reply.syncedUntil })));
         await db.meta.put({ key: 'appCursor', value: reply.syncedUntil });
       }
@@ -578,7 +586,7 @@ export class LocalStore {
     const db = this.db;
     return db.transaction('r', [db.cursors, db.meta], async () => {
       const cursors = await db.cursors.bulkGet([...this.collections]);
-      if (cursors.some((c) => c === undefined)) return undefined;
+      if (cursors.some((c) => c === undefined) || (await db.meta.get(REDOWNLOAD))) return undefined;
       return (await db.meta.get('appCursor'))?.value as string | undefined;
     });
   }
@@ -597,6 +605,74 @@ export class LocalStore {
     });
   }
 
+  // ---- re-download after `cursor_expired` ------------------------------------
+  //
+  // The server dropped deleted records past its tombstone retention and this
+  // device's cursor is older: it may hold records whose deletion it can no
+  // longer be told about. It forgets every cursor and pulls every synced
+  // collection from the start, its own changes included, noting each record
+  // that comes back (`redownloadSeen`, in the transaction of its page). When
+  // every collection is complete, the records of synced collections that did
+  // not come back and that no queued or refused local change touches are
+  // removed, the app cursor set and the marker cleared, in one transaction.
+  // The marker is set in the transaction that forgets the cursors, so a tab
+  // closed midway resumes the re-download at the next sync.
+
+  /** Starts a re-download: forgets every cursor and sets the marker, in one transaction. The outbox is untouched. */
+  async startRedownload(): Promise<void> {
+    const db = this.db;
+    await db.transaction('rw', [db.cursors, db.meta, db.redownloadSeen], async () => {
+      await db.cursors.clear();
+      await db.meta.delete('appCursor');
+      await db.redownloadSeen.clear();
+      await db.meta.put({ key: REDOWNLOAD, value: rfc3339Now() });
+    });
+  }
+
+  /** Whether a re-download was started and not finished (perhaps in a tab since closed). */
+  async redownloadPending(): Promise<boolean> {
+    return (await this.db.meta.get(REDOWNLOAD)) !== undefined;
+  }
+
+  /**
+   * Finishes a complete re-download, in one transaction: removes the records
+   * of synced collections that did not come back and that no queued or
+   * refused local change touches, sets the app cursor, clears the marker.
+   * Returns how many records were removed (0 when none was in progress).
+   */
+  async finishRedownload(appCursor: string | undefined): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', [...ALL_TABLES], async () => {
+      if (!(await db.meta.get(REDOWNLOAD))) return 0;
+      const pending = new Set<string>();
+      for (const { change } of [...(await db.outbox.toArray()), ...(await db.rejected.toArray())]) {
+        try {
+          const target = JSON.parse(change) as { table?: unknown; id?: unknown };
+          pending.add(JSON.stringify([target.table, target.id]));
+        } catch {
+          // The change the app wrote: always JSON.
+        }
+      }
+      const seen = new Set((await db.redownloadSeen.toArray()).map((r) => JSON.stringify([r.collection, r.id])));
+      const gone: [string, string][] = [];
+      for (const collection of this.collections) {
+        const keys = await db.records
+          .where('[collection+id]')
+          .between([collection, Dexie.minKey], [collection, Dexie.maxKey], true, true)
+          .primaryKeys();
+        for (const key of keys) {
+          const text = JSON.stringify(key);
+          if (!seen.has(text) && !pending.has(text)) gone.push(key);
+        }
+      }
+      await db.records.bulkDelete(gone);
+      await db.redownloadSeen.clear();
+      await db.meta.delete(REDOWNLOAD);
+      if (appCursor !== undefined) await db.meta.put({ key: 'appCursor', value: appCursor });
+      return gone.length;
+    });
+  }
+
   /** Merges changes received from the server (or any other transport), in one transaction. Returns how many records changed. */
   applyRemote(changes: MergeChange[]): Promise<number> {
     return this.applyPage(changes);
@@ -605,20 +681,26 @@ export class LocalStore {
   /** Applies one page of changes and, if given, moves `[collection, cursor]` in the same transaction. */
   async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string]): Promise<number> {
     const db = this.db;
-    return db.transaction('rw', [db.records, db.cursors, db.meta], async () => {
+    return db.transaction('rw', [db.records, db.cursors, db.meta, db.redownloadSeen], async () => {
       const touched = await this.applyIn(changes);
       if (cursor) await db.cursors.put({ collection: cursor[0], cursor: cursor[1] });
       return touched;
     });
   }
 
-  /** Merges `changes` inside the current transaction; returns how many records changed. */
+  /**
+   * Merges `changes` inside the current transaction; returns how many
+   * records changed. During a re-download, notes every record that came back.
+   */
   private async applyIn(changes: MergeChange[]): Promise<number> {
     if (changes.length === 0) return 0;
     const db = this.db;
     const keys = new Map<string, [string, string]>();
     for (const change of changes) keys.set(JSON.stringify([change.table, change.id]), [change.table, change.id]);
     const keyList = [...keys.values()];
+    if (await db.meta.get(REDOWNLOAD)) {
+      await db.redownloadSeen.bulkPut(keyList.map(([collection, id]) => ({ collection, id })));
+    }
     const rows = await db.records.bulkGet(keyList);
     const states = new Map<string, { state: RecordState; dirty: boolean }>();
     keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false }));

@@ -13,6 +13,18 @@
  * flowing. An `invalid_cursor` (the server's database was replaced) forgets
  * the cursors and starts over.
  *
+ * **Expired cursors.** Every request lists the `cursor-expired` feature
+ * (`X-Sync-Features`). When the server dropped deleted records past its
+ * tombstone retention and a cursor is older than that, it answers 410
+ * `cursor_expired` (a push is stored first) or, on the stream, the event
+ * `cursor-expired`. The client then re-downloads (`LocalStore.startRedownload`):
+ * it forgets every cursor, pulls every synced collection from the start
+ * without its client id (so its own earlier changes come back too), removes
+ * the local records that did not come back and that no unsent change
+ * touches, and only then pushes the outbox, whose resent changeset the
+ * server recognises. A re-download interrupted by a closed tab or a failure
+ * resumes at the next sync; no push is sent while one is unfinished.
+ *
  * **Pull.** Each collection is pulled from its cursor, page by page while
  * `hasMore`; each page is applied in its own transaction, and the cursor is
  * saved only with the last page, so an interrupted pull resumes from the old
@@ -24,7 +36,9 @@
  * changes; each event is applied with its collection's cursor. Local writes
  * (from any tab) are pushed as they happen. Any failure: status `offline` or
  * `error`, then a retry after an exponential backoff with jitter, at once
- * when the browser comes back online. A 401 stops until a new token.
+ * when the browser comes back online. A 401 stops until a new token. The
+ * stream's `cursor-expired` event starts a re-download, then a new stream,
+ * at once.
  */
 
 import { liveQuery } from 'dexie';
@@ -37,6 +51,16 @@ import { SCHEMA_VERSION, type Account, type IncomingPage, type LocalStore, type 
 
 /** `since` meaning "from the start". */
 export const START = '1970-01-01T00:00:00.000Z';
+
+/** What this client lists in `X-Sync-Features`: told `cursor_expired` rather than served from the start. */
+const FEATURES = 'cursor-expired';
+
+/** Re-downloads one pull may start before giving up (each starts over only when the server dropped history again meanwhile). */
+const MAX_REDOWNLOADS = 3;
+
+function isCursorExpired(error: unknown): error is SyncError {
+  return error instanceof SyncError && error.code === 'cursor_expired';
+}
 
 /** Tuning of the sync client. */
 export interface SyncOptions {
@@ -177,8 +201,13 @@ export class SyncClient {
     return `${this.account.server.replace(/\/+$/, '')}/${path}${search}`;
   }
 
-  private headers(extra: Record<string, string> = {}): Record<string, string> {
-    return { Authorization: `Bearer ${this.account.token}`, 'X-Client-Id': this.store.clientId, ...extra };
+  private headers(extra: Record<string, string> = {}, asThisClient = true): Record<string, string> {
+    return {
+      Authorization: `Bearer ${this.account.token}`,
+      ...(asThisClient && { 'X-Client-Id': this.store.clientId }),
+      'X-Sync-Features': FEATURES,
+      ...extra,
+    };
   }
 
   /**
@@ -265,6 +294,10 @@ export class SyncClient {
   async push(signal?: AbortSignal): Promise<SyncReport> {
     const report: SyncReport = { pushed: 0, received: 0, rejected: 0 };
     let cursorReset = false;
+    let redownloaded = false;
+    // An unfinished re-download completes first: a push's reply would
+    // otherwise move the cursors past it.
+    if (await this.store.redownloadPending()) report.received += await this.pull(signal);
     for (;;) {
       const changeset = await this.store.nextChangeset(this.options.changesetSize);
       if (!changeset) return report;
@@ -276,7 +309,13 @@ export class SyncClient {
         await this.store.finishChangeset(changeset.id, reply);
       } catch (error) {
         if (!(error instanceof SyncError)) throw error;
-        if (error.code === 'invalid_cursor' && !cursorReset) {
+        if (isCursorExpired(error) && !redownloaded) {
+          // The server stored the changeset before answering; it is resent
+          // after the re-download, under the same id.
+          redownloaded = true;
+          await this.store.startRedownload();
+          report.received += await this.pull(signal);
+        } else if (error.code === 'invalid_cursor' && !cursorReset) {
           cursorReset = true;
           await this.store.forgetCursors();
         } else if (refusesTheChanges(error)) {
@@ -306,32 +345,53 @@ export class SyncClient {
     return readPage(reply, 'the push reply');
   }
 
-  /** Pulls every synced collection to the end; returns how many changes arrived. */
+  /**
+   * Pulls every synced collection to the end; returns how many changes
+   * arrived. On `cursor_expired`, downloads everything again (and a
+   * re-download left unfinished is completed).
+   */
   async pull(signal?: AbortSignal): Promise<number> {
-    let received = 0;
+    const received = { count: 0 };
+    for (let restarts = 0; ; restarts++) {
+      try {
+        await this.pullRound(received, signal);
+        return received.count;
+      } catch (error) {
+        if (!isCursorExpired(error) || restarts >= MAX_REDOWNLOADS) throw error;
+        await this.store.startRedownload();
+      }
+    }
+  }
+
+  /** Pulls every synced collection from its cursor to the end; then sets the app cursor, or finishes the re-download. */
+  private async pullRound(received: { count: number }, signal?: AbortSignal): Promise<void> {
+    const redownload = await this.store.redownloadPending();
     let firstCursor: string | undefined;
     for (const collection of this.store.collections) {
-      const [count, cursor] = await this.pullCollection(collection, signal);
-      received += count;
+      const cursor = await this.pullCollection(collection, redownload, received, signal);
       // Pulls end at the server's newest position at the time, so the first
       // collection's final cursor is at or before every other's: every
       // change up to it, of every collection, is now applied.
       firstCursor ??= cursor;
     }
-    if (firstCursor !== undefined) await this.store.setAppCursor(firstCursor);
-    return received;
+    if (redownload) await this.store.finishRedownload(firstCursor);
+    else if (firstCursor !== undefined) await this.store.setAppCursor(firstCursor);
   }
 
-  private async pullCollection(collection: string, signal?: AbortSignal): Promise<[number, string]> {
+  /**
+   * Pulls one collection from its cursor to the end; returns the final
+   * cursor. A re-download pulls without the client id, so that this
+   * device's own changes come back too.
+   */
+  private async pullCollection(collection: string, redownload: boolean, received: { count: number }, signal?: AbortSignal): Promise<string> {
     let since = (await this.store.cursor(collection)) ?? START;
-    let received = 0;
     let restarted = false;
     for (;;) {
       let page: IncomingPage;
       try {
         const reply = await this.call(
           this.url(['sync', this.store.appId, 'pull'], { collection, since, limit: String(this.options.pageSize) }),
-          { headers: this.headers() },
+          { headers: this.headers({}, !redownload) },
           'a pull page',
           signal,
         );
@@ -345,10 +405,10 @@ export class SyncClient {
         }
         throw error;
       }
-      received += page.changes.length;
+      received.count += page.changes.length;
       const last = !page.hasMore;
       await this.store.applyPage(page.changes, last ? [collection, page.syncedUntil] : undefined);
-      if (last) return [received, page.syncedUntil];
+      if (last) return page.syncedUntil;
       since = page.syncedUntil;
     }
   }
@@ -361,6 +421,10 @@ export class SyncClient {
   async runLive(signal: AbortSignal): Promise<void> {
     const backoff = new Backoff(this.options.minBackoffMs, this.options.maxBackoffMs);
     const win = browserWindow();
+    // A stream whose cursor expired is followed by a re-download and a new
+    // stream at once, unless it expired again before the new stream
+    // delivered anything.
+    const expired = { last: false };
     while (!signal.aborted) {
       let failure: unknown;
       if (win && !win.navigator.onLine) {
@@ -369,11 +433,17 @@ export class SyncClient {
         await this.store.setStatus({ kind: 'syncing' });
         try {
           await this.syncOnce(signal);
-          failure = await this.followStream(signal, backoff);
+          failure = await this.followStream(signal, backoff, expired);
+          if (isCursorExpired(failure) && !expired.last && !signal.aborted) {
+            expired.last = true;
+            await this.store.startRedownload();
+            continue;
+          }
         } catch (error) {
           failure = error;
         }
       }
+      expired.last = false;
       if (signal.aborted) return;
       await this.settle(failure);
       if (failure instanceof SyncError && failure.kind === 'unauthorized') throw failure;
@@ -391,7 +461,7 @@ export class SyncClient {
    * come. Returns the failure that ended it, or `undefined` when `signal`
    * aborted.
    */
-  private async followStream(signal: AbortSignal, backoff: Backoff): Promise<unknown> {
+  private async followStream(signal: AbortSignal, backoff: Backoff, expired: { last: boolean }): Promise<unknown> {
     const since = (await this.store.appCursor()) ?? START;
     const controller = new AbortController();
     let failure: unknown;
@@ -432,12 +502,17 @@ export class SyncClient {
       }
       const parser = createParser({
         onEvent: (event) => {
+          if (event.event !== 'cursor-expired') expired.last = false;
           if (event.event === 'changes') {
             enqueue(() => this.applyEvent(event.data));
           } else if (event.event === 'error') {
             // The server ends the stream on its own failure: reconnect from the saved cursors.
             const error = errorFrom(503, event.data);
             fail(new SyncError('offline', `the server ended the live stream: ${error.message}`, 503, error.code));
+          } else if (event.event === 'cursor-expired') {
+            // History after the cursor was dropped; the server ends the
+            // stream, and `runLive` downloads everything again.
+            fail(errorFrom(410, event.data));
           }
           // Heartbeats only keep the idle timeout at bay.
         },
