@@ -3,9 +3,16 @@
  * per-user log at positions (nanosecond clock readings, `max(now, last + 1)`,
  * printed as fixed-width RFC 3339 cursors), changeset idempotency,
  * paged pulls, and a live stream; plus hooks to inject faults (lost replies,
- * failed pages, refused changes). The real server is exercised by the
+ * failed pages, refused changes). Like the real server it can compact a
+ * user's log (`compact`): each record's history becomes one folded change at
+ * the position of its latest, and deleted records may be dropped, after which
+ * older cursors are answered `cursor_expired` (to clients that list the
+ * feature) or served from the start. The real server is exercised by the
  * end-to-end tests; this one makes failures easy to stage.
  */
+
+import { parseJson } from '../src/json.ts';
+import { applyChange, emptyState, lastActor, readChange, view } from '../src/merge.ts';
 
 type Json = Record<string, unknown>;
 
@@ -26,8 +33,21 @@ interface Stream {
   controller: ReadableStreamDefaultController<Uint8Array>;
 }
 
-/** What a hook may do with a request: answer it itself, or let it through. */
-export type Hook = (request: { method: string; path: string; query: URLSearchParams; body: Json | undefined }) => Response | 'lose-reply' | undefined;
+/** What a hook may do with a request: answer it itself, or let it through (perhaps after a while). */
+export type Hook = (request: {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  body: Json | undefined;
+}) => Response | 'lose-reply' | undefined | Promise<Response | 'lose-reply' | undefined>;
+
+/** One request's identifying headers. */
+export interface SeenRequest {
+  method: string;
+  path: string;
+  clientId: string | null;
+  features: string | null;
+}
 
 const encoder = new TextEncoder();
 
@@ -37,6 +57,29 @@ function json(status: number, body: unknown): Response {
 
 function error(status: number, code: string, message: string): Response {
   return json(status, { error: { code, message } });
+}
+
+/** The one change that reproduces a record's history (what the real server's `Fold` stores). */
+function fold(history: Entry[]): Json {
+  const state = emptyState();
+  for (const entry of history) applyChange(state, readChange(parseJson(JSON.stringify(entry.change))));
+  const latest = history.at(-1)!.change;
+  const holder = state.deleted ?? lastActor(state);
+  const actorRaw = holder?.actorRaw;
+  const fields: Json = {};
+  for (const [name, field] of state.fields) {
+    const entry: Json = { value: field.value, at: field.at };
+    // A field whose winning write had another actor carries its own (`null`: the user).
+    if (field.actorRaw !== actorRaw) entry.actor = field.actorRaw === undefined ? null : field.actor;
+    fields[name] = entry;
+  }
+  const base: Json = { table: latest.table, id: latest.id, schemaVersion: 2, eventId: latest.eventId, ...(actorRaw !== undefined && { actor: holder!.actor }) };
+  if (state.deleted) return { ...base, op: 'delete', deletedAt: state.deleted.at, fields };
+  if (history.some((e) => e.change.op === 'insert')) {
+    const data = Object.fromEntries(Object.entries(view(state) ?? {}).filter(([key]) => !key.startsWith('__')));
+    return { ...base, op: 'insert', data, fields };
+  }
+  return { ...base, op: 'update', fields };
 }
 
 function subject(authorization: string | null): string | undefined {
@@ -81,6 +124,50 @@ export class FakeServer {
   readonly requests: string[] = [];
   /** Users whose tokens are refused. */
   readonly revoked = new Set<string>();
+  /** Requests seen, with their client id and feature headers. */
+  readonly seen: SeenRequest[] = [];
+  /** Per user: cursors before this position are expired (compaction dropped history up to it). */
+  private readonly expiredThrough = new Map<string, bigint>();
+
+  /**
+   * Compacts `user`'s log: every record's changes become one folded change at
+   * the position of the latest; with `dropDeleted`, deleted records are
+   * dropped altogether and cursors before them expire. Returns how many
+   * changes were folded away and dropped.
+   */
+  compact(user: string, { dropDeleted = false } = {}): { folded: number; dropped: number } {
+    const groups = new Map<string, Entry[]>();
+    for (const entry of this.log) {
+      if (entry.user !== user) continue;
+      const key = JSON.stringify([entry.app, entry.change.table, entry.change.id]);
+      groups.set(key, [...(groups.get(key) ?? []), entry]);
+    }
+    let folded = 0;
+    let dropped = 0;
+    const remove = new Set<Entry>();
+    for (const history of groups.values()) {
+      const latest = history.at(-1)!;
+      const change = fold(history);
+      if (dropDeleted && change.op === 'delete') {
+        for (const entry of history) remove.add(entry);
+        dropped += history.length;
+        this.expiredThrough.set(user, latest.seq > (this.expiredThrough.get(user) ?? 0n) ? latest.seq : this.expiredThrough.get(user)!);
+        continue;
+      }
+      if (history.length < 2) continue;
+      for (const entry of history.slice(0, -1)) remove.add(entry);
+      folded += history.length - 1;
+      latest.change = change;
+      latest.clientId = 'compaction';
+    }
+    const kept = this.log.filter((e) => !remove.has(e));
+    this.log.splice(0, this.log.length, ...kept);
+    return { folded, dropped };
+  }
+
+  private isExpired(user: string, since: bigint): boolean {
+    return since > START && since < (this.expiredThrough.get(user) ?? 0n);
+  }
 
   readonly fetch: typeof fetch = async (input, init) => {
     const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
@@ -88,26 +175,30 @@ export class FakeServer {
     const headers = new Headers(init?.headers);
     const body = typeof init?.body === 'string' ? (JSON.parse(init.body) as Json) : undefined;
     this.requests.push(`${method} ${url.pathname}`);
+    this.seen.push({ method, path: url.pathname, clientId: headers.get('x-client-id'), features: headers.get('x-sync-features') });
     if (init?.signal?.aborted) throw new DOMException('aborted', 'AbortError');
-    const hooked = this.hook?.({ method, path: url.pathname, query: url.searchParams, body });
+    const hooked = await this.hook?.({ method, path: url.pathname, query: url.searchParams, body });
     if (hooked instanceof Response) return hooked;
     const user = subject(headers.get('authorization'));
     if (!user || this.revoked.has(user)) return error(401, 'unauthorized', 'bad token');
     const clientId = headers.get('x-client-id') ?? String(body?.clientId ?? '');
+    const refuseExpired = (headers.get('x-sync-features') ?? url.searchParams.get('features') ?? '')
+      .split(',')
+      .some((feature) => feature.trim() === 'cursor-expired');
     const parts = url.pathname.split('/').filter(Boolean);
     if (parts[0] !== 'sync' || !parts[1]) return error(404, 'not_found', url.pathname);
     const app = decodeURIComponent(parts[1]);
     let response: Response;
-    if (method === 'POST' && parts.length === 2) response = this.push(user, app, clientId, body ?? {});
-    else if (method === 'GET' && parts[2] === 'pull') response = this.pull(user, app, clientId, url.searchParams);
-    else if (method === 'GET' && parts[2] === 'stream') return this.stream(user, app, clientId, url.searchParams, init?.signal ?? undefined);
+    if (method === 'POST' && parts.length === 2) response = this.push(user, app, clientId, body ?? {}, refuseExpired);
+    else if (method === 'GET' && parts[2] === 'pull') response = this.pull(user, app, clientId, url.searchParams, refuseExpired);
+    else if (method === 'GET' && parts[2] === 'stream') return this.stream(user, app, clientId, url.searchParams, refuseExpired, init?.signal ?? undefined);
     else response = error(404, 'not_found', url.pathname);
     if (hooked === 'lose-reply') throw new TypeError('Failed to fetch (the reply was lost)');
     return response;
   };
 
-  private push(user: string, app: string, clientId: string, body: Json): Response {
-    const since = parseSince(typeof body.since === 'string' ? body.since : null);
+  private push(user: string, app: string, clientId: string, body: Json, refuseExpired: boolean): Response {
+    let since = parseSince(typeof body.since === 'string' ? body.since : null);
     if (since === undefined) return error(400, 'invalid_cursor', 'bad since');
     const changes = body.changes as Json[];
     const changesetId = typeof body.changesetId === 'string' ? `${user}/${body.changesetId}` : undefined;
@@ -123,6 +214,11 @@ export class FakeServer {
         tables.add(String(change.table));
       }
       this.announce(user, app);
+    }
+    // The changeset is stored whatever the cursor.
+    if (this.isExpired(user, since)) {
+      if (refuseExpired) return this.expired();
+      since = START;
     }
     return json(200, this.page(user, app, clientId, undefined, since, 1000, 'serverChanges'));
   }
@@ -146,18 +242,33 @@ export class FakeServer {
     };
   }
 
-  private pull(user: string, app: string, clientId: string, query: URLSearchParams): Response {
+  private expired(): Response {
+    return error(410, 'cursor_expired', 'the cursor is older than history this server no longer keeps');
+  }
+
+  private pull(user: string, app: string, clientId: string, query: URLSearchParams, refuseExpired: boolean): Response {
     const collection = query.get('collection');
-    const since = parseSince(query.get('since'));
+    let since = parseSince(query.get('since'));
     if (!collection) return error(400, 'missing_parameter', 'collection');
     if (since === undefined) return error(400, 'invalid_cursor', 'bad since');
+    if (this.isExpired(user, since)) {
+      if (refuseExpired) return this.expired();
+      since = START;
+    }
     const limit = Math.min(Number(query.get('limit') ?? 1000), 1000);
     return json(200, this.page(user, app, clientId, collection, since, limit, 'serverChanges'));
   }
 
-  private stream(user: string, app: string, clientId: string, query: URLSearchParams, signal: AbortSignal | undefined): Response {
-    const since = parseSince(query.get('since'));
+  private stream(user: string, app: string, clientId: string, query: URLSearchParams, refuseExpired: boolean, signal: AbortSignal | undefined): Response {
+    let since = parseSince(query.get('since'));
     if (since === undefined) return error(400, 'invalid_cursor', 'bad since');
+    if (this.isExpired(user, since)) {
+      if (refuseExpired) {
+        const data = JSON.stringify({ error: { code: 'cursor_expired', message: 'the cursor is older than history this server no longer keeps' } });
+        return new Response(`event: cursor-expired\ndata: ${data}\n\n`, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+      }
+      since = START;
+    }
     const collections = (query.get('collections') ?? '').split(',').filter(Boolean);
     let entry: Stream | undefined;
     const body = new ReadableStream<Uint8Array>({
