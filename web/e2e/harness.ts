@@ -71,11 +71,14 @@ export class Server {
   url = '';
   port = 0;
 
-  private constructor(readonly dir: string) {}
+  private constructor(
+    readonly dir: string,
+    private readonly settings: Record<string, string>,
+  ) {}
 
-  /** Starts a server on a free port (or `port`), on a fresh database unless `dir` is given. */
-  static async start(): Promise<Server> {
-    const server = new Server(mkdtempSync(join(tmpdir(), 'mana-e2e-')));
+  /** Starts a server on a free port, on a fresh database, with extra settings (`COMPACTION_THRESHOLD`, …). */
+  static async start(settings: Record<string, string> = {}): Promise<Server> {
+    const server = new Server(mkdtempSync(join(tmpdir(), 'mana-e2e-')), settings);
     await server.spawn(0);
     return server;
   }
@@ -92,7 +95,7 @@ export class Server {
   private async spawn(port: number): Promise<void> {
     const child = spawn(MANA_SYNC, ['serve'], {
       cwd: this.dir,
-      env: this.env({ PORT: String(port), HOST: '127.0.0.1', WEB_DIR }),
+      env: this.env({ PORT: String(port), HOST: '127.0.0.1', WEB_DIR, ...this.settings }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
@@ -129,6 +132,17 @@ export class Server {
   async token(user: string): Promise<string> {
     const { stdout } = await run(MANA_SYNC, ['token', '--user', user], { env: this.env() });
     return stdout.trim();
+  }
+
+  /**
+   * Runs `mana-sync compact --user USER` against the running server's SQLite
+   * file, keeping deleted records `retentionDays` (0: drops them all).
+   * Returns what it printed.
+   */
+  async compact(user: string, retentionDays: number): Promise<{ folded: number; dropped: number }> {
+    const { stdout } = await run(MANA_SYNC, ['compact', '--user', user], { env: this.env({ TOMBSTONE_RETENTION_DAYS: String(retentionDays) }) });
+    const count = (label: string) => Number(new RegExp(`${label} (\\d+)`).exec(stdout)?.[1] ?? NaN);
+    return { folded: count('changes folded'), dropped: count('changes dropped') };
   }
 
   /** `GET /health`. */
