@@ -618,3 +618,39 @@ async fn a_new_device_pages_through_a_log_with_a_dropped_record() {
         .unwrap();
     assert_eq!(fresh.store.list("tasks").unwrap().len(), 4);
 }
+
+/// A record whose only change the server refused never reached the log, so
+/// it does not come back; the re-download keeps it (its change waits aside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redownload_keeps_a_record_whose_change_was_refused() {
+    let server = server_on(None).await;
+    let token = server.token("alice");
+    let app = app_id("todo");
+    let proxy = Proxy::start(&server.url).await;
+    let (phone, laptop) = (Device::new(&app), Device::new(&app));
+    let phone_sync = phone.client_with(&proxy.url, &token, quick_options());
+    let laptop_sync = laptop.client(&server.url, &token);
+    let records = shared_records(&phone_sync, &laptop_sync).await;
+    proxy.set(|faults| {
+        faults.refuse_pushes_containing = Some(("Refused".into(), "invalid_change".into()));
+    });
+    let refused = phone
+        .store
+        .insert("tasks", json!({ "title": "Refused" }))
+        .unwrap();
+    assert_eq!(phone_sync.sync().await.unwrap().rejected, 1);
+    delete_and_drop(&server, &laptop_sync, &records).await;
+
+    phone_sync.sync().await.unwrap();
+    assert!(
+        phone
+            .store
+            .record_state("tasks", &records.doomed)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        record(&phone, &refused).unwrap().get("title"),
+        Some(&json!("Refused"))
+    );
+}
