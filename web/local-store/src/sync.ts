@@ -33,7 +33,9 @@ import { createParser } from 'eventsource-parser';
 import { SyncError } from './errors.ts';
 import { isObject, parseJson, quote, type JsonObject } from './json.ts';
 import { readChange, ChangeError } from './merge.ts';
-import { SCHEMA_VERSION, type Account, type IncomingPage, type LocalStore, type PendingChangeset, type SyncStatus } from './store.ts';
+import { SCHEMA_VERSION } from './encode.ts';
+import type { LocalStore } from './store.ts';
+import type { Account, IncomingPage, PendingChangeset, SyncStatus } from './types.ts';
 
 /** `since` meaning "from the start". */
 export const START = '1970-01-01T00:00:00.000Z';

@@ -1,4 +1,5 @@
-import { LocalStore, type StoreOptions } from '../src/store.ts';
+import { LocalStore } from '../src/store.ts';
+import type { StoreOptions } from '../src/types.ts';
 
 let counter = 0;
 
