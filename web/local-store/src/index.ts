@@ -35,7 +35,7 @@ export {
   applyChange,
   compareFields,
   emptyState,
-  lastActor,
+  lastWrite,
   readChange,
   stateFromJson,
   stateToJson,
