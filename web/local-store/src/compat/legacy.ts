@@ -107,7 +107,7 @@ async function read(legacy: Dexie, collections: readonly string[], server: strin
     }
   }
   const adoption: Adoption = { records: [], pending: [], cursors, server };
-  const read = (wire: Row, into: MergeChange[]) => {
+  const take = (wire: Row, into: MergeChange[]) => {
     try {
       into.push(change(wire));
     } catch (error) {
@@ -117,11 +117,11 @@ async function read(legacy: Dexie, collections: readonly string[], server: strin
   for (const collection of collections) {
     // A collection that never synced: its records never reached a server.
     const into = collection in cursors ? adoption.records : adoption.pending;
-    for (const record of await rows(collection)) for (const wire of recordChanges(collection, record)) read(wire, into);
+    for (const record of await rows(collection)) for (const wire of recordChanges(collection, record)) take(wire, into);
   }
   for (const row of await rows('_pendingChanges')) {
     const wire = pendingChange(row);
-    if (wire) read(wire, adoption.pending);
+    if (wire) take(wire, adoption.pending);
     else console.warn(`mana-sync: skipping a pending change of ${legacy.name} that is not one:`, row);
   }
   return adoption;
