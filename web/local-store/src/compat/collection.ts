@@ -22,7 +22,7 @@ import { StoreError } from '../errors.ts';
 import { hlcOf, hlcText } from '../clock.ts';
 import { isObject, type JsonObject } from '../json.ts';
 import { lastWrite, view, type RecordState } from '../merge.ts';
-import { select } from '../select.ts';
+import { select, type StoredRecord } from '../select.ts';
 import type { LocalStore } from '../store.ts';
 import { compareTimestamps, isTimestamp } from '../timestamp.ts';
 
@@ -55,16 +55,16 @@ function canonical(at: string): string {
 }
 
 /** The record as this layer shows it, deleted or not. */
-function present<T extends BaseRecord>(id: string, state: RecordState): T {
+function present(id: string, state: RecordState): StoredRecord {
   // The fields as written, whether or not a tombstone hides them.
   const shown = view({ fields: state.fields }) ?? {};
   const own = shown.deletedAt;
   const deletedAt = state.deleted ? canonical(state.deleted.at) : own === undefined ? null : own;
   const at = lastWrite(state)?.at;
-  return { ...shown, id, ...(at !== undefined && { updatedAt: canonical(at) }), deletedAt } as unknown as T;
+  return { ...shown, id, ...(at !== undefined && { updatedAt: canonical(at) }), deletedAt };
 }
 
-function isLive(record: BaseRecord): boolean {
+function isLive(record: StoredRecord): boolean {
   return record.deletedAt === null || record.deletedAt === undefined;
 }
 
@@ -86,27 +86,25 @@ export class Collection<T extends BaseRecord = BaseRecord> {
     private readonly now: () => number,
   ) {}
 
-  private async all(): Promise<T[]> {
-    return (await this.core().recordStates(this.name)).map(({ id, state }) => present<T>(id, state));
+  private async all(): Promise<StoredRecord[]> {
+    return (await this.core().recordStates(this.name)).map(({ id, state }) => present(id, state));
   }
 
   /** One record, or `undefined` when missing or deleted. */
   async get(id: string): Promise<T | undefined> {
     const state = await this.core().recordState(this.name, id);
-    const record = state && present<T>(id, state);
-    return record && isLive(record) ? record : undefined;
+    const record = state && present(id, state);
+    return record && isLive(record) ? (record as unknown as T) : undefined;
   }
 
   /** The records that are not deleted and whose fields equal `filter`'s, sorted and paged. */
   async getAll(filter: Partial<T> = {}, options: QueryOptions<T> = {}): Promise<T[]> {
-    const live = (await this.all()).filter(isLive);
     const { sortBy, sortDirection, limit, offset } = options;
-    const records = live as unknown as (JsonObject & { id: string })[];
-    const selected = select(records, {
+    const selected = select((await this.all()).filter(isLive), {
       where: fields(filter, 'absent') as JsonObject,
-      ...(sortBy !== undefined && { orderBy: sortDirection === 'desc' ? `-${sortBy}` : sortBy }),
-      ...(offset !== undefined && { offset }),
-      ...(limit !== undefined && { limit }),
+      orderBy: sortBy && (sortDirection === 'desc' ? `-${sortBy}` : sortBy),
+      offset,
+      limit,
     });
     return selected as unknown as T[];
   }
@@ -176,8 +174,8 @@ export class Collection<T extends BaseRecord = BaseRecord> {
   /** Every record changed after `since` (an RFC 3339 timestamp), deleted ones included, oldest change first. */
   async getModifiedSince(since: string): Promise<T[]> {
     if (!isTimestamp(since)) throw new StoreError('invalid_input', `\`${since}\` is not an RFC 3339 timestamp`);
-    const changed = (await this.all()).filter((r) => r.updatedAt !== undefined && compareTimestamps(r.updatedAt, since) > 0);
-    return select(changed as unknown as (JsonObject & { id: string })[], { orderBy: 'updatedAt' }) as unknown as T[];
+    const changed = (await this.all()).filter((r) => typeof r.updatedAt === 'string' && compareTimestamps(r.updatedAt, since) > 0);
+    return select(changed, { orderBy: 'updatedAt' }) as unknown as T[];
   }
 }
 

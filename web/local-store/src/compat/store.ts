@@ -227,7 +227,7 @@ export class CompatStore {
     await new SyncClient(this.core, account, this.config.engine).sync().catch((error: unknown) => {
       console.warn('mana-sync: sync failed', error);
     });
-    // Current when this resolves, not only once the live read catches up.
+    // Shown at once, without waiting for the live read of the status.
     this.setStatus(await this.core.status());
   }
 
