@@ -137,6 +137,9 @@ describe('sync()', () => {
 
     await store.startSync(async () => token('alice'));
     await expect.poll(() => streams).toBe(1);
+    // Waiting for the stream to open: the engine's sync is under way.
+    await expect.poll(() => store.isSyncing).toBe(true);
+    expect(store.syncStatus).toBe('syncing');
     const phone = await otherDevice(server, store);
     await phone.device.insert('tasks', { title: 'pulled by sync()', done: false });
     await phone.sync.sync();
