@@ -6,6 +6,8 @@
  * when that request fails.
  */
 
+import { devToken } from '../lib/devToken.ts';
+
 const USER = 'mana-todo-compat.user';
 const TOKEN = 'mana-todo-compat.token';
 
@@ -14,20 +16,9 @@ export function signedInUser(): string | null {
   return localStorage.getItem(USER);
 }
 
-async function mint(server: string, user: string): Promise<string> {
-  const response = await fetch(`${server}/dev/token`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ user }),
-  });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body?.error?.message ?? `the server answered ${response.status}`);
-  return body.token;
-}
-
 /** Signs `user` in (the server must be in dev mode) and returns their `getAuthToken`. */
 export async function signIn(server: string, user: string): Promise<() => Promise<string | null>> {
-  localStorage.setItem(TOKEN, await mint(server, user));
+  localStorage.setItem(TOKEN, await devToken(server, user));
   localStorage.setItem(USER, user);
   return tokens(server, user);
 }
@@ -36,7 +27,7 @@ export async function signIn(server: string, user: string): Promise<() => Promis
 export function tokens(server: string, user: string): () => Promise<string | null> {
   return async () => {
     try {
-      localStorage.setItem(TOKEN, await mint(server, user));
+      localStorage.setItem(TOKEN, await devToken(server, user));
     } catch (error) {
       console.warn('no new token; using the last one', error);
     }
