@@ -9,6 +9,7 @@ import { Dexie } from 'dexie';
 import { describe, expect, it } from 'vitest';
 
 import type { CompatStore } from '../src/compat/index.ts';
+import { takeOver } from '../src/compat/legacy.ts';
 import { SyncClient } from '../src/sync.ts';
 import { FakeServer } from './fake-server.ts';
 import { compatStore, freshStore, token } from './helpers.ts';
@@ -128,6 +129,27 @@ describe('upgrading from the seed package', () => {
     expect(await reopened.core.pendingCount()).toBe(0);
     expect(await reopened.collection('tasks').count()).toBe(2);
     await reopened.close();
+  });
+
+  it('two tabs upgrading at once take the old database over once; one that finds it gone starts as it is', async () => {
+    const server = new FakeServer();
+    const first = upgraded(server);
+    const appId = first.config.appId;
+    await seedDatabase(appId, {
+      tasks: [{ id: 't1', title: 'Offline', done: false, createdAt: '2026-11-24T09:00:00.000Z', updatedAt: '2026-11-24T09:00:00.000Z', deletedAt: null }],
+      pending: [{ collection: 'tasks', recordId: 't1', op: 'update', fields: { title: { value: 'Offline', updatedAt: '2026-11-24T09:00:00.000Z' } }, createdAt: '2026-11-24T09:00:00.000Z' }],
+    });
+    const second = compatStore({ ...first.config });
+    await Promise.all([first.initialize(), second.initialize()]);
+    // The record queued as a guest's insert, and the pending update: once each.
+    expect(await first.core.pendingCount()).toBe(2);
+    expect(await second.collection('tasks').count()).toBe(1);
+    await expect.poll(() => Dexie.exists(`manacore-${appId}`)).toBe(false);
+    // The old database is gone by the time this tab looks into it.
+    await takeOver(second.core, SERVER);
+    expect(await second.core.pendingCount()).toBe(2);
+    await first.close();
+    await second.close();
   });
 
   it('an offline device that upgrades and reloads before it syncs loses nothing', async () => {

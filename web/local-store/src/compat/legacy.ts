@@ -133,14 +133,20 @@ export function hasLegacyDatabase(appId: string): Promise<boolean> {
 }
 
 /**
- * Takes over the seed package's database of the store's app (which must
- * exist): its records, unsent changes and cursors (of `server`, the one it
- * synced with), once, then deletes it.
+ * Takes over the seed package's database of the store's app: its records,
+ * unsent changes and cursors (of `server`, the one it synced with), once,
+ * then deletes it. Nothing happens when it is gone (another tab took it
+ * over meanwhile).
  */
 export async function takeOver(store: LocalStore, server: string | undefined): Promise<void> {
   const name = legacyName(store.appId);
   const legacy = new Dexie(name);
-  await legacy.open(); // its own schema, whatever its version
+  try {
+    await legacy.open(); // its own schema, whatever its version
+  } catch (error) {
+    if (error instanceof Error && error.name === Dexie.errnames.NoSuchDatabase) return;
+    throw error;
+  }
   let adoption: Adoption;
   try {
     adoption = await read(legacy, store.collections, server);
