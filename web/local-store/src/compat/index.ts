@@ -16,7 +16,7 @@
  */
 
 export { CompatStore, createLocalStore } from './store.ts';
-export type { CollectionConfig, LocalStoreConfig, SyncConfig, SyncStatus } from './store.ts';
+export type { CollectionConfig, GetAuthToken, LocalStoreConfig, SyncConfig, SyncStatus } from './store.ts';
 export { Collection } from './collection.ts';
 export type { BaseRecord, NewRecord, QueryOptions } from './collection.ts';
 export { StoreError } from '../errors.ts';

@@ -60,10 +60,13 @@ function statusOf(status: EngineStatus): SyncStatus {
   return status.kind === 'local-only' ? 'idle' : status.kind;
 }
 
+/** The app's source of tokens: the signed-in user's current one, or null when signed out. */
+export type GetAuthToken = () => Promise<string | null> | string | null;
+
 /** Where sync stands in this tab. */
 interface Running {
   handle: SyncHandle;
-  getAuthToken: () => Promise<string | null>;
+  getAuthToken: GetAuthToken;
   /** A refused token was replaced since the last successful sync (a second refusal stays an error). */
   refreshed: boolean;
 }
@@ -177,7 +180,7 @@ export class CompatStore {
    * refused (`StoreError` `account_mismatch`): call {@link reset} first.
    * Nothing happens when `getAuthToken` returns null.
    */
-  async startSync(getAuthToken: () => Promise<string | null>): Promise<void> {
+  async startSync(getAuthToken: GetAuthToken): Promise<void> {
     const server = this.serverUrl();
     await this.stopSync();
     const token = await getAuthToken();
