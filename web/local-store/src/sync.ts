@@ -141,6 +141,11 @@ function readPage(json: unknown, what: string): IncomingPage & { table?: string 
 
 function sleep(ms: number, signal: AbortSignal, wake?: (wake: () => void) => () => void): Promise<void> {
   return new Promise((resolve) => {
+    // An aborted signal fires no more `abort` events.
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
     let unwatch = () => {};
     const done = () => {
       clearTimeout(timer);
@@ -402,6 +407,8 @@ export class SyncClient {
       controller.abort();
     };
     const onAbort = () => controller.abort();
+    // Stopped while the cursor was read: an aborted signal fires no more `abort` events.
+    if (signal.aborted) return undefined;
     signal.addEventListener('abort', onAbort, { once: true });
     const win = browserWindow();
     const onOffline = () => fail(new SyncError('offline', 'the browser is offline'));
