@@ -71,6 +71,16 @@ describe('startSync and stopSync', () => {
     await store.close();
   });
 
+  it('starts one engine when started twice at once, which stopSync stops', async () => {
+    const server = new FakeServer();
+    const store = await compatDevice(server);
+    await Promise.all([store.startSync(async () => token('alice')), store.startSync(async () => token('alice'))]);
+    await expect.poll(() => store.syncStatus).toBe('synced');
+    await store.stopSync();
+    await expect.poll(() => server.openStreams).toBe(0);
+    await store.close();
+  });
+
   it('does nothing without a token; refuses a token of another user than the store’s', async () => {
     const server = new FakeServer();
     const store = await compatDevice(server);

@@ -79,6 +79,7 @@ export class CompatStore {
   private engineStatus: EngineStatus = { kind: 'local-only' };
   private watch: Subscription | undefined;
   private running: Running | undefined;
+  private lifecycle: Promise<unknown> = Promise.resolve();
   private readonly listeners = new Set<() => void>();
   private readonly now: () => number;
 
@@ -180,9 +181,25 @@ export class CompatStore {
    * refused (`StoreError` `account_mismatch`): call {@link reset} first.
    * Nothing happens when `getAuthToken` returns null.
    */
-  async startSync(getAuthToken: GetAuthToken): Promise<void> {
+  startSync(getAuthToken: GetAuthToken): Promise<void> {
+    return this.serially(() => this.start(getAuthToken));
+  }
+
+  /** Stops syncing in this tab (sign-out). The data stays; another tab that syncs goes on. */
+  stopSync(): Promise<void> {
+    return this.serially(() => this.stop());
+  }
+
+  /** Runs starts, stops and resets one after the other, so that no engine is started twice or left running. */
+  private serially(action: () => Promise<void>): Promise<void> {
+    const done = this.lifecycle.then(action);
+    this.lifecycle = done.catch(() => {});
+    return done;
+  }
+
+  private async start(getAuthToken: GetAuthToken): Promise<void> {
     const server = this.serverUrl();
-    await this.stopSync();
+    await this.stop();
     const token = await getAuthToken();
     if (!token) return;
     await this.core.signIn(server, token);
@@ -190,8 +207,7 @@ export class CompatStore {
     this.changed();
   }
 
-  /** Stops syncing in this tab (sign-out). The data stays; another tab that syncs goes on. */
-  async stopSync(): Promise<void> {
+  private async stop(): Promise<void> {
     const running = this.running;
     if (!running) return;
     this.running = undefined;
@@ -240,17 +256,19 @@ export class CompatStore {
    * seeds. If sync ran, it starts again with a new token, bringing the
    * account's data back.
    */
-  async reset(): Promise<void> {
-    const running = this.running;
-    await this.stopSync();
-    this.watch?.unsubscribe();
-    await this.core.destroy();
-    this.store = undefined;
-    this.opened = undefined;
-    this.engineStatus = { kind: 'local-only' };
-    await this.initialize();
-    if (running) await this.startSync(running.getAuthToken);
-    this.changed();
+  reset(): Promise<void> {
+    return this.serially(async () => {
+      const running = this.running;
+      await this.stop();
+      this.watch?.unsubscribe();
+      await this.core.destroy();
+      this.store = undefined;
+      this.opened = undefined;
+      this.engineStatus = { kind: 'local-only' };
+      await this.initialize();
+      if (running) await this.start(running.getAuthToken);
+      this.changed();
+    });
   }
 
   /** Stops syncing and closes the database. */
