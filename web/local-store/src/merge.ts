@@ -148,8 +148,11 @@ function mergeFields(state: RecordState, change: MergeChange): boolean {
   return changed;
 }
 
-/** The actor of the record's greatest write (`undefined`: the user, or no write). */
-export function lastActor(state: RecordState): FieldState | Tombstone | undefined {
+/**
+ * The record's greatest write: a field's, or the tombstone (`undefined`: no
+ * write). Its `at` is when the record last changed; its actor is `__lastActor`.
+ */
+export function lastWrite(state: RecordState): FieldState | Tombstone | undefined {
   let best: FieldState | undefined;
   for (const field of state.fields.values()) {
     if (!best || compareFields(field, best) > 0) best = field;
@@ -173,7 +176,7 @@ export function view(state: RecordState): JsonObject | undefined {
       anyActor = true;
     }
   }
-  const last = lastActor(state);
+  const last = lastWrite(state);
   if (last?.actorRaw !== undefined) out.__lastActor = last.actor ?? null;
   if (anyActor) out.__fieldActors = actors;
   return out;

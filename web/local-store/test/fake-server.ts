@@ -27,7 +27,13 @@ interface Stream {
 }
 
 /** What a hook may do with a request: answer it itself, or let it through. */
-export type Hook = (request: { method: string; path: string; query: URLSearchParams; body: Json | undefined }) => Response | 'lose-reply' | undefined;
+export type Hook = (request: {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  body: Json | undefined;
+  authorization: string | null;
+}) => Response | 'lose-reply' | undefined;
 
 const encoder = new TextEncoder();
 
@@ -89,7 +95,7 @@ export class FakeServer {
     const body = typeof init?.body === 'string' ? (JSON.parse(init.body) as Json) : undefined;
     this.requests.push(`${method} ${url.pathname}`);
     if (init?.signal?.aborted) throw new DOMException('aborted', 'AbortError');
-    const hooked = this.hook?.({ method, path: url.pathname, query: url.searchParams, body });
+    const hooked = this.hook?.({ method, path: url.pathname, query: url.searchParams, body, authorization: headers.get('authorization') });
     if (hooked instanceof Response) return hooked;
     const user = subject(headers.get('authorization'));
     if (!user || this.revoked.has(user)) return error(401, 'unauthorized', 'bad token');
