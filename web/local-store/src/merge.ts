@@ -11,7 +11,9 @@
  *   else the lowest timestamp.
  * - Deletes are sticky tombstones: later edits still merge, never resurrect.
  * - Actors: each field keeps its winning write's actor (`__fieldActors`);
- *   `__lastActor` is the actor of the record's greatest write.
+ *   `__lastActor` is the actor of the record's greatest write. A field's own
+ *   `actor` overrides the change's (`null`: the user); a delete may carry
+ *   fields, merged under the tombstone (both only in folded changes).
  */
 
 import { compareText, isObject, rawOf, setOwn, type JsonObject, type JsonValue } from './json.ts';
@@ -50,8 +52,12 @@ export interface MergeChange {
   op: 'insert' | 'update' | 'delete';
   /** Insert: every key with its value and text. */
   data?: Map<string, { value: JsonValue; raw: string }>;
-  /** Per-field writes (updates; optional on inserts). */
-  fields?: Map<string, { value: JsonValue; raw: string; at: string }>;
+  /**
+   * Per-field writes (updates; optional on inserts and deletes). `own` is a
+   * field's own actor, which overrides the change's (folded changes carry
+   * it; `{}` when the field's `actor` is `null`: the user).
+   */
+  fields?: Map<string, { value: JsonValue; raw: string; at: string; own?: { actor?: JsonValue; actorRaw?: string } }>;
   /** Delete: when. */
   deletedAt?: string;
   actor?: JsonValue;
@@ -135,6 +141,8 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
       break;
     case 'delete':
       changed = mergeDelete(state, withActor({ at: change.deletedAt ?? LOWEST_TIMESTAMP }, change));
+      // A folded delete carries the record's fields, merged under the tombstone.
+      changed = mergeFields(state, change) || changed;
       break;
   }
   return changed;
@@ -142,8 +150,9 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
 
 function mergeFields(state: RecordState, change: MergeChange): boolean {
   let changed = false;
-  for (const [name, { value, raw, at }] of change.fields ?? []) {
-    changed = mergeField(state, name, withActor({ value, raw, at }, change)) || changed;
+  for (const [name, { value, raw, at, own }] of change.fields ?? []) {
+    const write = own === undefined ? withActor({ value, raw, at }, change) : { value, raw, at, ...own };
+    changed = mergeField(state, name, write) || changed;
   }
   return changed;
 }
@@ -211,7 +220,8 @@ export function readChange(change: unknown): MergeChange {
       if (!isObject(field) || !('value' in field)) throw new ChangeError(`fields.${name} needs a value`);
       const at = typeof field.at === 'string' ? field.at : field.updatedAt;
       if (!isTimestamp(at)) throw new ChangeError(`fields.${name} needs a timestamp (\`at\` or \`updatedAt\`)`);
-      out.fields.set(name, { value: field.value!, raw: rawOf(field, 'value')!, at });
+      const own = 'actor' in field ? readActor(field) : undefined;
+      out.fields.set(name, { value: field.value!, raw: rawOf(field, 'value')!, at, ...(own && { own }) });
     }
   }
   if (op === 'delete') {
