@@ -282,9 +282,15 @@ async fn an_expired_cursor_is_told_to_clients_that_understand_it(h: Harness) {
     assert_eq!(renames, 1, "the changeset was stored once: {log:?}");
 }
 
-async fn clients_of_the_seeds_protocol_are_served_from_the_start(h: Harness) {
+/// The seed's clients cannot understand `cursor_expired`: they are served
+/// from their cursor (from the start they would get nothing more: their
+/// copy keeps the dropped record either way).
+async fn clients_of_the_seeds_protocol_are_served_from_their_cursor(h: Harness) {
     let cursor = expired_setup(&h).await;
     let laptop = h.device("alice", "laptop");
+    h.device("alice", "phone")
+        .push("todo", START, json!([rename("kept", "renamed", 60)]))
+        .await;
     let (status, reply) = laptop
         .pull(
             "todo",
@@ -296,6 +302,7 @@ async fn clients_of_the_seeds_protocol_are_served_from_the_start(h: Harness) {
         common::ids(reply["serverChanges"].as_array().expect("changes")),
         ["kept"]
     );
+    common::assert_cursor(reply["syncedUntil"].as_str().expect("a plain cursor"));
     let (status, reply) = laptop.push("todo", &cursor, json!([])).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(
@@ -307,6 +314,44 @@ async fn clients_of_the_seeds_protocol_are_served_from_the_start(h: Harness) {
     assert_eq!(
         common::ids(page["changes"].as_array().expect("changes")),
         ["kept"]
+    );
+}
+
+/// After a drop, a download from the start in small pages (whose cursors lie
+/// before the dropped position) is never told it expired.
+async fn a_download_begun_after_a_drop_is_not_expired(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let creates: Vec<Value> = (0..5).map(|i| create(&format!("old{i}"), 1)).collect();
+    phone.push("todo", START, json!(creates)).await;
+    expired_setup(&h).await;
+    let laptop = h.device("alice", "new-laptop");
+    let mut since = START.to_owned();
+    let mut seen = 0;
+    loop {
+        let response = laptop
+            .http
+            .get(format!(
+                "{}/sync/todo/pull?collection=tasks&limit=2&since={}",
+                laptop.base,
+                encode(&since)
+            ))
+            .bearer_auth(&laptop.token)
+            .header(FEATURES.0, FEATURES.1)
+            .send()
+            .await
+            .expect("sent");
+        let (status, page) = common::read(response).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen += page["serverChanges"].as_array().expect("changes").len();
+        since = page["syncedUntil"].as_str().expect("cursor").to_owned();
+        if page["hasMore"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen, 6, "the five old tasks and `kept`");
+    assert!(
+        since.contains('!'),
+        "{since} carries the expiry it was handed out with"
     );
 }
 
@@ -349,7 +394,8 @@ async fn backups_after_compaction_restore_the_same_state(h: Harness) {
 on_both_databases!(
     a_device_that_synced_before_compaction_pulls_what_it_missed,
     an_expired_cursor_is_told_to_clients_that_understand_it,
-    clients_of_the_seeds_protocol_are_served_from_the_start,
+    clients_of_the_seeds_protocol_are_served_from_their_cursor,
+    a_download_begun_after_a_drop_is_not_expired,
     backups_after_compaction_restore_the_same_state,
 );
 
