@@ -361,6 +361,7 @@ pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
         deleted_at: parsed.deleted_at,
         actor: parsed.actor,
         schema_version: Some(version),
+        space_id: None,
     }
     .validate(version)
     .map_err(|problem: ChangeProblem| fail(LineProblem::Invalid(problem.to_string())))?;

@@ -240,6 +240,7 @@ impl StoredChange {
             actor: self.actor,
             event_id: self.event_id,
             schema_version: self.schema_version,
+            space_id: None,
         }
     }
 }
