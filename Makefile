@@ -1,5 +1,5 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup
+.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup bench-compaction
 
 # The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth,
 # serving the Todo web app at http://localhost:3050/.
@@ -19,7 +19,8 @@ lint: web/node_modules/.package-lock.json
 	cd web && npm run check
 
 # The web client (web/local-store) and the Todo app, built into web/todo/dist,
-# which `mana-sync serve` serves (WEB_DIR).
+# which `mana-sync serve` serves (WEB_DIR): the app at /, its compat mode (the
+# seed package's API, @mana-sync/local-store/compat) at /compat/.
 web: web/node_modules/.package-lock.json
 	cd web && npm run build
 
@@ -54,3 +55,9 @@ bench-client:
 bench-backup:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench backup
+
+# A long-lived account (10,000 records × 100 updates): a new device's first
+# sync before and after compaction, compaction rate, push latency meanwhile.
+bench-compaction:
+	cargo build --release --locked -p mana-sync -p mana-sync-bench
+	./target/release/mana-sync-bench compaction

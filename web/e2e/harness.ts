@@ -32,7 +32,7 @@ export function checkPrerequisites(): void {
   if (!existsSync(CHROMIUM)) missing.push(`${CHROMIUM} (apt-get install -y chromium)`);
   if (missing.length > 0) throw new Error(`the end-to-end tests need: ${missing.join('; ')}`);
   const built = statSync(join(WEB_DIR, 'index.html')).mtimeMs;
-  const sources = [join(ROOT, 'web/todo/src'), join(ROOT, 'web/todo/index.html'), join(ROOT, 'web/local-store/src')];
+  const sources = [join(ROOT, 'web/todo/src'), join(ROOT, 'web/todo/index.html'), join(ROOT, 'web/todo/compat'), join(ROOT, 'web/local-store/src')];
   if (!process.env.WEB_DIR && sources.some((path) => newest(path) > built)) {
     throw new Error(`${WEB_DIR} is older than the app's sources: build it first (make web)`);
   }
@@ -162,6 +162,18 @@ export class Server {
   }
 }
 
+/**
+ * `mana-todo --data DIR ARGS…` for `user` on `server`, as a terminal user
+ * would run it (the Rust client's Todo pilot, on the same app and collection).
+ */
+export function manaTodoCli(server: Server, user: string, data: string): (...args: string[]) => Promise<string> {
+  return async (...args) => {
+    const env = { PATH: process.env.PATH ?? '', HOME: data, MANA_SYNC_SERVER: server.url, MANA_SYNC_TOKEN: await server.token(user) };
+    const { stdout } = await run(MANA_TODO, ['--data', data, ...args], { env });
+    return stdout.trim();
+  };
+}
+
 /** Debian's Chromium, headless, on this closed network. */
 export function launchChromium(): Promise<Browser> {
   return chromium.launch({
@@ -198,11 +210,11 @@ export async function newDevice(browser: Browser): Promise<BrowserContext> {
   return context;
 }
 
-/** Opens the app in a new tab of `context` and waits until it shows its sync state. */
-export async function openApp(context: BrowserContext, server: Server): Promise<Page> {
+/** Opens the app (or its compat mode, `/compat/`) in a new tab of `context` and waits until it shows its sync state. */
+export async function openApp(context: BrowserContext, server: Server, path = '/'): Promise<Page> {
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error(`page error: ${error.message}`));
-  await page.goto(`${server.url}/`);
+  await page.goto(`${server.url}${path}`);
   await page.getByTestId('sync-indicator').waitFor();
   return page;
 }

@@ -3,18 +3,14 @@
  * and the web app in Chromium share one list through the server.
  */
 
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
-import { MANA_TODO, Server, addTodo, checkPrerequisites, launchChromium, newDevice, openApp, screenshot, signIn, todo, todoList } from './harness.ts';
-
-const run = promisify(execFile);
+import { Server, addTodo, checkPrerequisites, launchChromium, manaTodoCli, newDevice, openApp, screenshot, signIn, todo, todoList } from './harness.ts';
 
 let server: Server;
 let browser: Browser;
@@ -33,14 +29,8 @@ afterAll(async () => {
   rmSync(data, { recursive: true, force: true });
 });
 
-/** Runs `mana-todo --data DIR ARGS…` as a terminal user would. */
-async function manaTodo(...args: string[]): Promise<string> {
-  const env = { PATH: process.env.PATH ?? '', HOME: data, MANA_SYNC_SERVER: server.url, MANA_SYNC_TOKEN: await server.token('carol') };
-  const { stdout } = await run(MANA_TODO, ['--data', data, ...args], { env });
-  return stdout.trim();
-}
-
 it('a todo added in the terminal appears in the browser, and the browser’s edits reach the terminal', async () => {
+  const manaTodo = manaTodoCli(server, 'carol', data);
   const context = await newDevice(browser);
   const page = await openApp(context, server);
   await signIn(page, 'carol');

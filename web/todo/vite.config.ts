@@ -35,7 +35,12 @@ function contentSecurityPolicy(): Plugin {
 
 export default defineConfig({
   plugins: [svelte({ configFile: false }), contentSecurityPolicy()],
-  build: { target: 'es2022', sourcemap: true },
+  build: {
+    target: 'es2022',
+    sourcemap: true,
+    // The app at `/`, and its compat mode (the seed package's API) at `/compat/`.
+    rollupOptions: { input: { main: 'index.html', compat: 'compat/index.html' } },
+  },
   // `npm run dev`: the app on Vite's dev server, the API proxied to a local
   // `mana-sync serve` (same origin for the app, so dev sign-in works).
   server: {

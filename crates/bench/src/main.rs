@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod backup;
+mod compaction;
 mod live;
 mod raw;
 mod server;
@@ -46,6 +47,21 @@ enum Command {
     Fanout(FanoutArgs),
     /// Backup export and import: rate and the server's peak memory.
     Backup(BackupArgs),
+    /// A long-lived account's first sync before and after compaction.
+    Compaction(CompactionArgs),
+}
+
+#[derive(clap::Args)]
+struct CompactionArgs {
+    /// Records of the account.
+    #[arg(long, default_value_t = 10_000)]
+    records: usize,
+    /// Updates of each record (the log holds records × (updates + 1) changes).
+    #[arg(long, default_value_t = 100)]
+    updates: usize,
+    /// Databases to measure.
+    #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
+    backend: Vec<Backend>,
 }
 
 #[derive(clap::Args)]
@@ -125,13 +141,68 @@ async fn main() -> anyhow::Result<()> {
         "{} not found; run `cargo build --release` first",
         binary.display()
     );
+    // Servers start in temporary directories: the path must not be relative.
+    let binary = binary.canonicalize()?;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     match cli.command.unwrap_or(Command::Throughput(Args::default())) {
         Command::Throughput(args) => throughput(&args, &binary).await,
         Command::Latency(args) => latency(&args, &binary).await,
         Command::Fanout(args) => fanout(&args, &binary).await,
         Command::Backup(args) => backups(&args, &binary).await,
+        Command::Compaction(args) => compactions(&args, &binary).await,
     }
+}
+
+async fn compactions(args: &CompactionArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for &backend in &args.backend {
+        reports.push(compaction::run(backend, binary, args.records, args.updates).await?);
+    }
+    println!(
+        "| database | log | new device downloads | bytes | first sync over HTTP | raw database reading the same rows | ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        for (label, sync) in [
+            ("before compaction", &r.before),
+            ("after compaction", &r.after),
+        ] {
+            println!(
+                "| {:?} | {label} | {} changes ({:.2}× the {} records) | {:.1} MB | {:.0} ms | {:.0} ms | {:.2} |",
+                r.backend,
+                sync.changes,
+                sync.changes as f64 / r.records as f64,
+                r.records,
+                sync.bytes as f64 / 1e6,
+                sync.elapsed.as_secs_f64() * 1000.0,
+                sync.raw.as_secs_f64() * 1000.0,
+                sync.raw.as_secs_f64() / sync.elapsed.as_secs_f64(),
+            );
+        }
+    }
+    println!();
+    println!(
+        "| database | first sync speed-up | changes folded | compaction | folded per second | small push p50 / p99 idle | during compaction |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {:?} | {:.0}× | {} | {:.1} s | {:.0} | {:.1} / {:.1} ms ({} pushes) | {:.1} / {:.1} ms ({} pushes) |",
+            r.backend,
+            r.before.elapsed.as_secs_f64() / r.after.elapsed.as_secs_f64(),
+            r.folded,
+            r.compaction.as_secs_f64(),
+            r.folded as f64 / r.compaction.as_secs_f64(),
+            ms(r.push_idle.percentile(0.5)),
+            ms(r.push_idle.percentile(0.99)),
+            r.push_idle.count(),
+            ms(r.push_during.percentile(0.5)),
+            ms(r.push_during.percentile(0.99)),
+            r.push_during.count(),
+        );
+    }
+    Ok(())
 }
 
 async fn backups(args: &BackupArgs, binary: &std::path::Path) -> anyhow::Result<()> {

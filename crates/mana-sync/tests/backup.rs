@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Db, Device, Harness, START, insert};
+use common::{Db, Device, Harness, START, export, fresh, import, insert};
 use futures::{SinkExt, StreamExt};
 use mana_sync_testkit::server::{ServerOptions, TestServer};
 use reqwest::StatusCode;
@@ -55,51 +55,6 @@ async fn seed(h: &Harness) {
     h.device("bob", "phone")
         .push("todo", START, json!([insert("tasks", "bobs-secret")]))
         .await;
-}
-
-async fn export(server: &TestServer, user: &str) -> String {
-    let response = mana_sync_testkit::http_client()
-        .get(server.at("/backup/export"))
-        .bearer_auth(server.token(user))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or_default()),
-        Some("application/x-ndjson")
-    );
-    response.text().await.expect("body")
-}
-
-async fn import(
-    server: &TestServer,
-    user: &str,
-    body: impl Into<reqwest::Body>,
-) -> (StatusCode, Value) {
-    let response = mana_sync_testkit::http_client()
-        .post(server.at("/backup/import"))
-        .bearer_auth(server.token(user))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
-    common::read(response).await
-}
-
-/// A fresh, empty server on the same kind of database.
-async fn fresh(h: &Harness) -> Harness {
-    let db = match h.db {
-        Some(_) => Db::Postgres,
-        None => Db::Sqlite,
-    };
-    Harness::start(db)
-        .await
-        .expect("the first one started, so this one does")
 }
 
 /// What a new device of `user` would pull from `server`, every collection.

@@ -348,7 +348,10 @@ pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
             .map_err(|e| fail(LineProblem::Invalid(format!("`{what}` {e}"))))
     };
     ident("appId", &parsed.app_id, MAX_NAME_LEN)?;
-    ident("clientId", &parsed.client_id, MAX_ID_LEN)?;
+    // Empty: no one device (a change compaction folded from several).
+    if !parsed.client_id.is_empty() {
+        ident("clientId", &parsed.client_id, MAX_ID_LEN)?;
+    }
     let change = WireChange {
         table: parsed.table,
         id: parsed.id,
@@ -358,6 +361,7 @@ pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
         deleted_at: parsed.deleted_at,
         actor: parsed.actor,
         schema_version: Some(version),
+        space_id: None,
     }
     .validate(version)
     .map_err(|problem: ChangeProblem| fail(LineProblem::Invalid(problem.to_string())))?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
+use crate::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, SpaceId, check_identifier};
 use crate::schema::{self, SchemaVersionError};
 use crate::timestamp::Timestamp;
 
@@ -185,6 +185,11 @@ pub struct WireChange {
     /// The change's schema version; absent means the changeset's, or 1.
     #[serde(default)]
     pub schema_version: Option<u32>,
+    /// The shared space the record belongs to; absent (or `null`) means the
+    /// user's personal space. Also read from `data.spaceId` on inserts and
+    /// `fields.spaceId.value` on updates, as the seed's later clients send it.
+    #[serde(default)]
+    pub space_id: Option<String>,
 }
 
 /// Why one change of a changeset was refused.
@@ -219,6 +224,12 @@ pub enum ChangeProblem {
     /// The change's schema version is not supported.
     #[error(transparent)]
     SchemaVersion(#[from] SchemaVersionError),
+    /// The space id is not valid.
+    #[error("`spaceId` {0}")]
+    SpaceId(IdentError),
+    /// A space id given in `data` or `fields` is not a string.
+    #[error("`spaceId` must be a string (or null for the personal space)")]
+    SpaceIdNotText,
 }
 
 /// A change that passed validation, ready to be stored.
@@ -240,6 +251,8 @@ pub struct Change {
     pub actor: Option<Box<RawValue>>,
     /// The schema version the change was written under.
     pub schema_version: u32,
+    /// The shared space; `None` for the user's personal space.
+    pub space_id: Option<SpaceId>,
 }
 
 fn is_json_object(raw: &RawValue) -> bool {
@@ -258,6 +271,43 @@ impl WireChange {
         if self.op == Op::Delete && self.deleted_at.is_none() {
             self.deleted_at = Some(now.clone());
         }
+    }
+
+    /// The space the change names: `spaceId`, else `data.spaceId` (inserts),
+    /// else `fields.spaceId.value` (updates); `None` for the personal space.
+    fn named_space(&self) -> Result<Option<SpaceId>, ChangeProblem> {
+        fn text(raw: &RawValue) -> Result<Option<String>, ChangeProblem> {
+            serde_json::from_str::<Option<String>>(raw.get())
+                .map_err(|_| ChangeProblem::SpaceIdNotText)
+        }
+        let named = match (&self.space_id, self.op) {
+            (Some(explicit), _) => Some(explicit.clone()),
+            (None, Op::Insert) => {
+                #[derive(Deserialize)]
+                struct Data<'a> {
+                    #[serde(rename = "spaceId", borrow, default)]
+                    space_id: Option<&'a RawValue>,
+                }
+                let data = self
+                    .data
+                    .as_deref()
+                    .and_then(|raw| serde_json::from_str::<Data<'_>>(raw.get()).ok());
+                match data.and_then(|data| data.space_id) {
+                    Some(raw) => text(raw)?,
+                    None => None,
+                }
+            }
+            (None, Op::Update) => match self.fields.as_ref().and_then(|f| f.get("spaceId")) {
+                Some(field) => text(&field.value)?,
+                None => None,
+            },
+            (None, Op::Delete) => None,
+        };
+        named
+            .filter(|id| !id.is_empty())
+            .map(SpaceId::new)
+            .transpose()
+            .map_err(ChangeProblem::SpaceId)
     }
 
     /// Validates the change; `default_version` is the changeset's schema version.
@@ -282,6 +332,7 @@ impl WireChange {
                 })?;
             }
         }
+        let space_id = self.named_space()?;
         match self.op {
             Op::Insert if self.data.is_none() => return Err(ChangeProblem::InsertWithoutData),
             Op::Update if self.fields.as_ref().is_none_or(BTreeMap::is_empty) => {
@@ -301,6 +352,7 @@ impl WireChange {
             deleted_at: self.deleted_at,
             actor: self.actor,
             schema_version,
+            space_id,
         })
     }
 }
@@ -331,6 +383,9 @@ pub struct SyncChange {
     pub event_id: Uuid,
     /// The schema version the change was written under.
     pub schema_version: u32,
+    /// The shared space, when the record is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -404,6 +459,52 @@ mod tests {
     }
 
     #[test]
+    fn the_space_comes_from_space_id_or_from_data_and_fields_as_the_seed_sends_it() {
+        let space = |json: &str| {
+            wire(json)
+                .validate(1)
+                .map(|c| c.space_id.map(|s| s.to_string()))
+        };
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{}}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{"spaceId":"s1"},"spaceId":"s2"}"#),
+            Ok(Some("s2".into())),
+            "the explicit one wins"
+        );
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{"spaceId":"s1","x":1}}"#),
+            Ok(Some("s1".into()))
+        );
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{"spaceId":null}}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            space(
+                r#"{"table":"t","id":"1","op":"update","fields":{"spaceId":{"value":"s3","at":"2026-01-01T00:00:00Z"}}}"#
+            ),
+            Ok(Some("s3".into()))
+        );
+        assert_eq!(
+            space(
+                r#"{"table":"t","id":"1","op":"delete","deletedAt":"2026-01-01T00:00:00Z","spaceId":"s4"}"#
+            ),
+            Ok(Some("s4".into()))
+        );
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{"spaceId":7}}"#),
+            Err(ChangeProblem::SpaceIdNotText)
+        );
+        assert_eq!(
+            space(r#"{"table":"t","id":"1","op":"insert","data":{},"spaceId":"a~b"}"#),
+            Err(ChangeProblem::SpaceId(IdentError::Reserved))
+        );
+    }
+
+    #[test]
     fn schema_version_defaults_to_the_changeset_and_is_bounded() {
         let change = wire(r#"{"table":"t","id":"1","op":"insert","data":{}}"#);
         assert_eq!(change.clone().validate(1).map(|c| c.schema_version), Ok(1));
@@ -430,6 +531,7 @@ mod tests {
             actor: None,
             event_id: Uuid::nil(),
             schema_version: 1,
+            space_id: None,
         };
         let json = serde_json::to_string(&change).expect("serialises");
         assert!(!json.contains("actor"), "{json}");

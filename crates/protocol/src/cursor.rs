@@ -90,6 +90,55 @@ pub struct CursorError {
     text: String,
 }
 
+/// The separator between a cursor and the expiry it was handed out with.
+const EXPIRY_SEPARATOR: char = '!';
+
+/// A `since` with the server's expiry at the time the cursor was handed out
+/// (see [`format_with_expiry`]): clients that are told about expired cursors
+/// get cursors that say which drop of history they already account for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Where to resume.
+    pub since: Since,
+    /// The last dropped position the server had when it handed the cursor
+    /// out (0: none). History dropped up to there cannot have been missed.
+    pub known_expiry: u64,
+}
+
+impl Resume {
+    /// Parses `CURSOR` or `CURSOR!EXPIRY` (what [`format_with_expiry`] writes).
+    pub fn parse(text: &str) -> Result<Self, CursorError> {
+        let (since, expiry) = match text.split_once(EXPIRY_SEPARATOR) {
+            None => (text, None),
+            Some((since, expiry)) => (since, Some(expiry)),
+        };
+        let known_expiry = match expiry.map(Since::parse) {
+            None => 0,
+            Some(Ok(Since::Cursor(cursor))) => cursor.position(),
+            Some(_) => {
+                return Err(CursorError {
+                    text: text.chars().take(80).collect(),
+                });
+            }
+        };
+        Ok(Resume {
+            since: Since::parse(since)?,
+            known_expiry,
+        })
+    }
+}
+
+/// A cursor for a client that is told about expired cursors: the plain
+/// cursor while nothing was ever dropped, else `CURSOR!EXPIRY`, so that a
+/// download begun after a drop is not mistaken for one from before it.
+pub fn format_with_expiry(cursor: Cursor, expiry: u64) -> String {
+    if expiry == 0 {
+        cursor.to_string()
+    } else {
+        format!("{cursor}{EXPIRY_SEPARATOR}{}", Cursor::at(expiry))
+    }
+}
+
 /// Where a device wants to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
@@ -189,6 +238,39 @@ mod tests {
             "2026-11-29T19:20:00",
         ] {
             assert!(Since::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cursors_carry_the_expiry_they_were_handed_out_with() {
+        let cursor = Cursor::from_instant(instant("2026-11-29T19:20:00.5Z"));
+        assert_eq!(format_with_expiry(cursor, 0), cursor.to_string());
+        let expiry = Cursor::from_instant(instant("2026-11-29T20:00:00Z")).position();
+        let text = format_with_expiry(cursor, expiry);
+        assert_eq!(
+            text,
+            "2026-11-29T19:20:00.500000000Z!2026-11-29T20:00:00.000000000Z"
+        );
+        assert_eq!(
+            Resume::parse(&text),
+            Ok(Resume {
+                since: Since::Cursor(cursor),
+                known_expiry: expiry
+            })
+        );
+        assert_eq!(
+            Resume::parse("c1.4"),
+            Ok(Resume {
+                since: Since::Legacy(4),
+                known_expiry: 0
+            })
+        );
+        for bad in [
+            "2026-11-29T19:20:00Z!",
+            "2026-11-29T19:20:00Z!c1.3",
+            "!2026-11-29T19:20:00Z",
+        ] {
+            assert!(Resume::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -27,6 +27,9 @@ pub enum IdentError {
     /// The identifier contains a control character (including NUL).
     #[error("must not contain control characters")]
     ControlCharacter,
+    /// The identifier contains a character reserved for cursors.
+    #[error("must not contain `~`, `=` or `!`")]
+    Reserved,
 }
 
 /// Checks an identifier against the common rules.
@@ -66,6 +69,36 @@ impl UserId {
 }
 
 impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A shared space: a log that several users follow, with members and roles.
+/// The server makes the ids (UUIDs); devices send them back on changes
+/// (`spaceId`) and in cursors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpaceId(String);
+
+impl SpaceId {
+    /// Validates and wraps a space id: an identifier that can also sit in a
+    /// cursor (no `~`, `=` or `!`).
+    pub fn new(id: impl Into<String>) -> Result<Self, IdentError> {
+        let id = id.into();
+        check_identifier(&id, MAX_NAME_LEN)?;
+        if id.contains(['~', '=', '!']) {
+            return Err(IdentError::Reserved);
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpaceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

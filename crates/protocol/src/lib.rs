@@ -18,8 +18,8 @@ pub mod schema;
 pub mod timestamp;
 
 pub use change::{Change, FieldChange, FieldChanges, Op, SyncChange, WireChange};
-pub use cursor::{Cursor, Since};
-pub use ident::UserId;
+pub use cursor::{Cursor, Resume, Since};
+pub use ident::{SpaceId, UserId};
 pub use messages::{
     ErrorBody, PullResponse, PushRequest, PushResponse, SocketMessage, SocketRequest, StreamChanges,
 };

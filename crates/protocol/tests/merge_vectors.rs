@@ -127,6 +127,7 @@ fn the_folded_incoming_changes_give_the_expected_record() {
             actor: folded.actor,
             event_id: uuid::Uuid::nil(),
             schema_version: folded.schema_version,
+            space_id: None,
         };
         let text = serde_json::to_string(&sent).expect("serialises");
         let received: WireChange = serde_json::from_str(&text).expect("reads back");

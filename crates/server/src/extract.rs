@@ -8,12 +8,11 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use mana_sync_protocol::json;
-use mana_sync_store::ExpiredCursor;
 use serde::de::DeserializeOwned;
 
 use crate::MAX_BODY_BYTES;
 use crate::error::ApiError;
-use crate::service::ServiceError;
+use crate::service::{CursorDialect, ServiceError};
 
 /// A JSON body parsed into `T`, with errors that name the offending path.
 pub struct JsonBody<T>(pub T);
@@ -85,12 +84,13 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 }
 
 /// The device id from `X-Client-Id`, if the header is present.
-/// What the client wants done with a cursor older than history compaction
-/// dropped: clients that list `cursor-expired` in `X-Sync-Features` (or the
-/// `features` query parameter, for `EventSource`) are told so and download
-/// the current state again; any other client (the seed's) cannot understand
-/// that and is served from the start of the log.
-pub fn expired_cursor_answer(headers: &HeaderMap, query: Option<&str>) -> ExpiredCursor {
+/// Whether the client wants to be told that its cursor is older than history
+/// compaction dropped: it lists `cursor-expired` in `X-Sync-Features` (or the
+/// `features` query parameter, for `EventSource`), downloads the current state
+/// again when told, and accepts cursors that carry the expiry they were
+/// handed out with. Any other client (the seed's) cannot understand that and
+/// is served from its cursor.
+pub fn tells_expired_cursors(headers: &HeaderMap, query: Option<&str>) -> bool {
     let listed = |features: &str| {
         features
             .split(',')
@@ -101,10 +101,16 @@ pub fn expired_cursor_answer(headers: &HeaderMap, query: Option<&str>) -> Expire
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(listed);
-    if in_header || query.is_some_and(listed) {
-        ExpiredCursor::Refuse
+    in_header || query.is_some_and(listed)
+}
+
+/// The cursor dialect of a client that is (or is not) told about expired
+/// cursors.
+pub fn dialect(told: bool) -> CursorDialect {
+    if told {
+        CursorDialect::ToldExpiry
     } else {
-        ExpiredCursor::FromStart
+        CursorDialect::Plain
     }
 }
 

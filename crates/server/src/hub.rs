@@ -71,9 +71,9 @@ impl Published {
                             since: Since::Cursor(Cursor::at(self.notice.after)),
                             exclude_client: None,
                             limit: MAX_PAGE,
-                            // An expired batch is no batch: every stream then
-                            // reads from its own cursor.
-                            expired: ExpiredCursor::Refuse,
+                            // Never expired: the batch starts at a position
+                            // the log just had.
+                            expired: ExpiredCursor::Serve,
                         },
                     )
                     .await?;

@@ -22,7 +22,7 @@ use mana_sync_store::{ChangePage, ExpiredCursor, MAX_PAGE, Store, StoreError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::hub::{Hub, Pending, SubscriberKind};
-use crate::service::{ServiceError, SyncService};
+use crate::service::{CursorDialect, ServiceError, SyncService};
 
 /// Timing of live connections.
 #[derive(Debug, Clone, Copy)]
@@ -62,10 +62,18 @@ pub struct StreamRequest {
     pub client_id: Option<String>,
     /// What to do with a cursor older than dropped history.
     pub expired: ExpiredCursor,
+    /// How the client reads and writes cursors.
+    pub dialect: CursorDialect,
 }
 
-fn changes_event(service: &SyncService, table: &str, page: ChangePage) -> StreamItem {
+fn changes_event(
+    service: &SyncService,
+    dialect: CursorDialect,
+    table: &str,
+    page: ChangePage,
+) -> StreamItem {
     service.count_sent(page.changes.len());
+    let synced_until = dialect.format(&page);
     StreamItem::Changes(StreamChanges {
         table: table.to_owned(),
         changes: page
@@ -73,7 +81,7 @@ fn changes_event(service: &SyncService, table: &str, page: ChangePage) -> Stream
             .into_iter()
             .map(|change| change.into_sync_change())
             .collect(),
-        synced_until: page.next.to_string(),
+        synced_until,
         has_more: page.has_more,
     })
 }
@@ -131,7 +139,7 @@ pub fn change_stream(
     heartbeat: Duration,
 ) -> impl Stream<Item = StreamItem> + Send + 'static {
     stream! {
-        let StreamRequest { user, app_id, collections, since, client_id, expired } = request;
+        let StreamRequest { user, app_id, collections, since, client_id, expired, dialect } = request;
         let subscription = hub.subscribe(&user, Some(&app_id), SubscriberKind::Stream);
         let store: Arc<dyn Store> = service.store().clone();
 
@@ -148,7 +156,7 @@ pub fn change_stream(
                 match page {
                     Ok(page) => {
                         cursor = page.next;
-                        yield changes_event(&service, &table, page);
+                        yield changes_event(&service, dialect, &table, page);
                     }
                     Err(error) => {
                         yield failure(&error);
@@ -209,8 +217,9 @@ pub fn change_stream(
                                 if !changes.is_empty() {
                                     yield changes_event(
                                         &service,
+                                        dialect,
                                         table,
-                                        ChangePage { changes, next: *cursor, has_more: false },
+                                        ChangePage { changes, next: *cursor, has_more: false, expired_through: batch.expired_through },
                                     );
                                 }
                             }
@@ -230,7 +239,7 @@ pub fn change_stream(
                         Ok(page) => {
                             cursors[i].1 = page.next;
                             if !page.changes.is_empty() {
-                                yield changes_event(&service, &table, page);
+                                yield changes_event(&service, dialect, &table, page);
                             }
                         }
                         Err(error) => {

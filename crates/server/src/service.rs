@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use mana_sync_protocol::change::ChangeProblem;
 use mana_sync_protocol::cursor::CursorError;
+use mana_sync_protocol::cursor::format_with_expiry;
 use mana_sync_protocol::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
 use mana_sync_protocol::schema::{self, DEFAULT_SCHEMA_VERSION, SchemaVersionError};
-use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, Since, Timestamp, UserId};
+use mana_sync_protocol::{
+    PullResponse, PushRequest, PushResponse, Resume, Since, Timestamp, UserId,
+};
 use mana_sync_store::{
     ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
 };
@@ -48,11 +51,47 @@ fn check(what: &str, value: &str, max_len: usize) -> Result<(), ServiceError> {
         .map_err(|error: IdentError| ServiceError::InvalidRequest(format!("`{what}` {error}")))
 }
 
-/// The `since` every read needs: required, and never silently "from zero".
-fn required_since(value: Option<&str>) -> Result<Since, ServiceError> {
-    Ok(Since::parse(
-        value.ok_or(ServiceError::MissingParameter("since"))?,
-    )?)
+/// How a client reads and writes cursors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CursorDialect {
+    /// Plain positions, and no `cursor_expired` answers: the seed's clients,
+    /// and any client that does not list `cursor-expired`.
+    #[default]
+    Plain,
+    /// Clients told about expired cursors: their cursors carry the expiry
+    /// they were handed out with (`mana_sync_protocol::cursor::format_with_expiry`).
+    ToldExpiry,
+}
+
+impl CursorDialect {
+    /// Reads a `since`, and what to do if it turns out expired.
+    fn parse(self, text: &str) -> Result<(Since, ExpiredCursor), ServiceError> {
+        Ok(match self {
+            CursorDialect::Plain => (Since::parse(text)?, ExpiredCursor::Serve),
+            CursorDialect::ToldExpiry => {
+                let resume = Resume::parse(text)?;
+                (
+                    resume.since,
+                    ExpiredCursor::Refuse {
+                        known: resume.known_expiry,
+                    },
+                )
+            }
+        })
+    }
+
+    /// The cursor after `page`, as this client reads it.
+    pub fn format(self, page: &ChangePage) -> String {
+        match self {
+            CursorDialect::Plain => page.next.to_string(),
+            CursorDialect::ToldExpiry => format_with_expiry(page.next, page.expired_through),
+        }
+    }
+
+    /// The `since` every read needs: required, and never silently "from zero".
+    fn required(self, value: Option<&str>) -> Result<(Since, ExpiredCursor), ServiceError> {
+        self.parse(value.ok_or(ServiceError::MissingParameter("since"))?)
+    }
 }
 
 /// Most collections one stream may follow.
@@ -68,8 +107,8 @@ pub struct StreamParams {
     pub since: Option<String>,
     /// The device asking; its own changes are left out.
     pub client_id: Option<String>,
-    /// What to do with a cursor older than dropped history.
-    pub expired: ExpiredCursor,
+    /// How the client reads and writes cursors.
+    pub dialect: CursorDialect,
 }
 
 /// Parameters of a pull, as they arrive.
@@ -83,8 +122,8 @@ pub struct PullParams {
     pub limit: Option<String>,
     /// The device asking; its own changes are left out.
     pub client_id: Option<String>,
-    /// What to do with a cursor older than dropped history.
-    pub expired: ExpiredCursor,
+    /// How the client reads and writes cursors.
+    pub dialect: CursorDialect,
 }
 
 /// The sync operations.
@@ -108,7 +147,7 @@ impl SyncService {
     /// user's other devices' changes of this app after `since`.
     ///
     /// A `since` older than dropped history fails with
-    /// [`StoreError::CursorExpired`] for `ExpiredCursor::Refuse` callers
+    /// [`StoreError::CursorExpired`] for [`CursorDialect::ToldExpiry`] clients
     /// after the changeset was stored: the device downloads the current
     /// state and sends it again, and its `changesetId` makes that a no-op.
     pub async fn push(
@@ -116,7 +155,7 @@ impl SyncService {
         user: &UserId,
         app_id: &str,
         header_client_id: Option<String>,
-        expired: ExpiredCursor,
+        dialect: CursorDialect,
         request: PushRequest,
     ) -> Result<PushResponse, ServiceError> {
         let started = std::time::Instant::now();
@@ -125,7 +164,7 @@ impl SyncService {
             .or(request.client_id)
             .ok_or(ServiceError::MissingParameter("clientId"))?;
         check("clientId", &client_id, MAX_ID_LEN)?;
-        let since = required_since(request.since.as_deref())?;
+        let (since, expired) = dialect.required(request.since.as_deref())?;
         if let Some(changeset_id) = &request.changeset_id {
             check("changesetId", changeset_id, MAX_ID_LEN)?;
         }
@@ -173,7 +212,7 @@ impl SyncService {
                 },
             )
             .await?;
-        let response = self.reply(page);
+        let response = self.reply(page, dialect);
         self.metrics
             .push_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -193,7 +232,7 @@ impl SyncService {
             .collection
             .ok_or(ServiceError::MissingParameter("collection"))?;
         check("collection", &collection, MAX_NAME_LEN)?;
-        let since = required_since(params.since.as_deref())?;
+        let (since, expired) = params.dialect.required(params.since.as_deref())?;
         let limit = match params.limit.as_deref() {
             None => MAX_PAGE,
             Some(text) => match text.parse::<usize>() {
@@ -216,10 +255,10 @@ impl SyncService {
                 since,
                 params.client_id.as_deref(),
                 limit,
-                params.expired,
+                expired,
             )
             .await?;
-        let response = self.reply(page);
+        let response = self.reply(page, params.dialect);
         self.metrics
             .pull_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -258,9 +297,9 @@ impl SyncService {
                 "at most {MAX_STREAM_COLLECTIONS} collections per stream"
             )));
         }
-        let since = match params.since.as_deref() {
-            None => Since::START,
-            Some(text) => Since::parse(text)?,
+        let (since, expired) = match params.since.as_deref() {
+            None => (Since::START, ExpiredCursor::Serve),
+            Some(text) => params.dialect.parse(text)?,
         };
         if let Some(client_id) = &params.client_id {
             check("clientId", client_id, MAX_ID_LEN)?;
@@ -271,7 +310,8 @@ impl SyncService {
             collections,
             since,
             client_id: params.client_id,
-            expired: params.expired,
+            expired,
+            dialect: params.dialect,
         })
     }
 
@@ -309,8 +349,9 @@ impl SyncService {
         self.metrics.changes_sent.inc_by(changes as u64);
     }
 
-    fn reply(&self, page: ChangePage) -> PushResponse {
+    fn reply(&self, page: ChangePage, dialect: CursorDialect) -> PushResponse {
         self.count_sent(page.changes.len());
+        let synced_until = dialect.format(&page);
         PushResponse {
             server_changes: page
                 .changes
@@ -318,7 +359,7 @@ impl SyncService {
                 .map(|change| change.into_sync_change())
                 .collect(),
             conflicts: Vec::new(),
-            synced_until: page.next.to_string(),
+            synced_until,
             has_more: page.has_more,
         }
     }

@@ -27,7 +27,7 @@ use mana_sync_protocol::merge::Fold;
 use mana_sync_protocol::{Change, Cursor};
 use time::OffsetDateTime;
 
-use crate::StoredChange;
+use crate::{ExpiredCursor, StoredChange};
 
 /// How to compact.
 #[derive(Debug, Clone, Copy)]
@@ -203,11 +203,18 @@ pub(crate) fn batches(keys: Vec<RecordKey>, batch_changes: usize) -> Vec<Vec<Rec
     batches
 }
 
-/// Whether a cursor `after` can no longer be served: it is after the start
-/// (a device that has nothing misses nothing) and before history that was
-/// dropped.
-pub(crate) fn is_expired(after: u64, expired_through: u64) -> bool {
-    after > Cursor::START.position() && after < expired_through
+/// Whether a cursor `after` can no longer be served to a client that asked
+/// to be told: it is after the start (a device that has nothing misses
+/// nothing), before history that was dropped, and was handed out before that
+/// drop (a download begun after it never saw the dropped records, whatever
+/// its position).
+pub(crate) fn is_expired(after: u64, expired_through: u64, mode: ExpiredCursor) -> bool {
+    match mode {
+        ExpiredCursor::Serve => false,
+        ExpiredCursor::Refuse { known } => {
+            after > Cursor::START.position() && after < expired_through && known < expired_through
+        }
+    }
 }
 
 /// How many of `changes` may supersede an earlier change (updates and

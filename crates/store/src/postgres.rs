@@ -21,8 +21,8 @@ use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, ExpiredCursor, IMPORT_BATCH, ImportError, ImportNotices,
-    ImportOutcome, ImportSource, LogState, RawColumns, Reserved, encode,
+    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
+    ImportSource, LogState, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -491,15 +491,11 @@ impl Store for PostgresStore {
             expired_through,
         } = log_state(&tx, user).await?;
         let after = resume_after(&tx, user, query.since).await?;
-        let after = match query.expired {
-            _ if !compaction::is_expired(after, expired_through) => after,
-            ExpiredCursor::FromStart => Cursor::START.position(),
-            ExpiredCursor::Refuse => {
-                return Err(StoreError::CursorExpired {
-                    expired_through: Cursor::at(expired_through),
-                });
-            }
-        };
+        if compaction::is_expired(after, expired_through, query.expired) {
+            return Err(StoreError::CursorExpired {
+                expired_through: Cursor::at(expired_through),
+            });
+        }
         let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
         let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
         let user_id = user.as_str();
@@ -529,6 +525,7 @@ impl Store for PostgresStore {
             changes,
             next,
             has_more,
+            expired_through,
         })
     }
 

@@ -23,8 +23,8 @@ use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, SQLITE};
 use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, ExpiredCursor, IMPORT_BATCH, ImportError, ImportNotices,
-    ImportOutcome, ImportSource, LogState, RawColumns, Reserved, encode,
+    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
+    ImportSource, LogState, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -468,15 +468,11 @@ impl Store for SqliteStore {
                 expired_through,
             } = log_state(&tx, &user).map_err(database_error)?;
             let after = resume_after(&tx, &user, since)?;
-            let after = match expired {
-                _ if !compaction::is_expired(after, expired_through) => after,
-                ExpiredCursor::FromStart => Cursor::START.position(),
-                ExpiredCursor::Refuse => {
-                    return Err(StoreError::CursorExpired {
-                        expired_through: Cursor::at(expired_through),
-                    });
-                }
-            };
+            if compaction::is_expired(after, expired_through, expired) {
+                return Err(StoreError::CursorExpired {
+                    expired_through: Cursor::at(expired_through),
+                });
+            }
             let sql = select_changes_sql(collection.is_some(), exclude.is_some());
             let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
             let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
@@ -508,6 +504,7 @@ impl Store for SqliteStore {
                 changes,
                 next,
                 has_more,
+                expired_through,
             })
         })
         .await

@@ -61,14 +61,20 @@ pub struct ChangeQuery<'a> {
 /// client gets unless it asks otherwise.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExpiredCursor {
-    /// Fail with [`StoreError::CursorExpired`](crate::StoreError::CursorExpired):
-    /// for clients that understand it and download the current state again.
-    Refuse,
-    /// Read from the start of the log instead: for clients that cannot
-    /// understand the answer (the seed's). They lose only deletions older
-    /// than the retention.
+    /// Fail with [`StoreError::CursorExpired`](crate::StoreError::CursorExpired)
+    /// unless the cursor was handed out after the history was dropped:
+    /// `known` is the last dropped position the client's cursor accounts for
+    /// ([`Resume::known_expiry`](mana_sync_protocol::Resume)). For clients
+    /// that download the current state again.
+    Refuse {
+        /// The expiry the client's cursor was handed out with.
+        known: u64,
+    },
+    /// Serve from the cursor anyway: for clients that cannot understand the
+    /// answer (the seed's). They miss only deletions older than the
+    /// retention, which reading from the start would not give them either.
     #[default]
-    FromStart,
+    Serve,
 }
 
 /// One page of changes.
@@ -80,6 +86,9 @@ pub struct ChangePage {
     pub next: Cursor,
     /// More changes match after `next`.
     pub has_more: bool,
+    /// The last position compaction dropped for good (0: none), for cursors
+    /// that say which drop they account for.
+    pub expired_through: u64,
 }
 
 /// Batches of changes streamed out of the store (see [`Store::export`](crate::Store::export)).
@@ -231,6 +240,7 @@ impl StoredChange {
             actor: self.actor,
             event_id: self.event_id,
             schema_version: self.schema_version,
+            space_id: None,
         }
     }
 }

@@ -93,7 +93,7 @@ async fn read(store: &dyn Store, name: &str, since: &str) -> (Vec<String>, Vec<u
         since: Since::parse(since).expect("a valid since"),
         exclude_client: None,
         limit: 1000,
-        expired: crate::ExpiredCursor::Refuse,
+        expired: crate::ExpiredCursor::Refuse { known: 0 },
     };
     let page = store
         .changes_after(&user(name), &query)

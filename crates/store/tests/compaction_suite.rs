@@ -304,17 +304,19 @@ async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f:
         Err(StoreError::CursorExpired { expired_through }) => assert_eq!(expired_through, deleted),
         other => panic!("expected an expired cursor, got {other:?}"),
     }
-    // …unless the client asked to be served from the start instead.
+    // …to a client that asked to be told. The seed's clients cannot
+    // understand that and are served from their cursor.
     let legacy = ChangeQuery {
-        expired: ExpiredCursor::FromStart,
+        expired: ExpiredCursor::Serve,
         ..expired
     };
     let page = f
         .store
         .changes_after(&alice, &legacy)
         .await
-        .expect("from the start");
-    assert_eq!(page.changes.len(), 1);
+        .expect("served");
+    assert!(page.changes.is_empty());
+    assert_eq!(page.expired_through, deleted.position());
     // From the start, or from the tombstone on, nothing was missed.
     for since in [Cursor::START, deleted] {
         let q = ChangeQuery {
@@ -323,6 +325,64 @@ async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f:
         };
         assert!(f.store.changes_after(&alice, &q).await.is_ok(), "{since}");
     }
+    // A cursor handed out after the drop accounts for it, whatever its
+    // position: a download that begun after the drop pages on.
+    let after_drop = ChangeQuery {
+        expired: ExpiredCursor::Refuse {
+            known: deleted.position(),
+        },
+        ..expired
+    };
+    assert!(f.store.changes_after(&alice, &after_drop).await.is_ok());
+}
+
+/// A new download after a drop, in pages that end before the dropped
+/// position, is never told its cursor expired.
+async fn a_download_begun_after_a_drop_pages_to_the_end(f: Fixture) {
+    let alice = user("alice");
+    for i in 0..10 {
+        push(
+            &*f.store,
+            &alice,
+            "todo",
+            "phone",
+            &[insert_at(&format!("old{i}"), T[0])],
+        )
+        .await;
+    }
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "phone",
+        &[insert_at("gone", T[0])],
+    )
+    .await;
+    push(&*f.store, &alice, "todo", "phone", &[delete("gone", T[1])]).await;
+    let immediately = CompactOptions {
+        tombstone_retention: Duration::ZERO,
+        ..CompactOptions::default()
+    };
+    assert_eq!(
+        compact(&*f.store, &alice, &immediately)
+            .await
+            .records_dropped,
+        1
+    );
+    let (mut since, mut known, mut seen) = (Cursor::START, 0, 0);
+    loop {
+        let mut q = query("todo", None, Since::Cursor(since));
+        q.limit = 3;
+        q.expired = ExpiredCursor::Refuse { known };
+        let page = f.store.changes_after(&alice, &q).await.expect("pages on");
+        seen += page.changes.len();
+        since = page.next;
+        known = page.expired_through;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen, 10);
 }
 
 async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
@@ -435,6 +495,7 @@ store_suite!(
     each_records_history_is_folded_at_its_latest_position,
     every_cursor_handed_out_stays_safe,
     tombstones_past_their_retention_are_dropped_and_older_cursors_expire,
+    a_download_begun_after_a_drop_pages_to_the_end,
     one_compactor_works_on_a_user_at_a_time,
     users_with_superseded_changes_are_candidates_until_compacted,
 );

@@ -8,18 +8,21 @@
  * Svelte 5 reactive queries are in `@mana-sync/local-store/svelte`.
  */
 
-export { LocalStore, SCHEMA_VERSION, compareValues } from './store.ts';
+export { LocalStore } from './store.ts';
+export { SCHEMA_VERSION } from './encode.ts';
+export { compareValues, select } from './select.ts';
+export type { Selection, StoredRecord } from './select.ts';
 export type {
   Account,
+  Adoption,
   IncomingPage,
   PendingChangeset,
   Query,
   RejectedChange,
   SeedRecord,
   StoreOptions,
-  StoredRecord,
   SyncStatus,
-} from './store.ts';
+} from './types.ts';
 export { SyncClient, Backoff, START, errorFrom, readServerChanges } from './sync.ts';
 export type { SyncOptions, SyncReport } from './sync.ts';
 export { startSync } from './tabs.ts';
@@ -32,7 +35,7 @@ export {
   applyChange,
   compareFields,
   emptyState,
-  lastActor,
+  lastWrite,
   readChange,
   stateFromJson,
   stateToJson,

@@ -1,6 +1,6 @@
 /**
  * Field-level last-writer-wins merge of one record: the same rules as the
- * Rust client (`crates/protocol/src/merge/mod.rs`), checked against the shared
+ * Rust client (`crates/protocol/src/merge.rs`), checked against the shared
  * vectors in `spec/merge-vectors.json`.
  *
  * - Per field, the greater write wins: timestamp (as an instant, to the
@@ -11,11 +11,9 @@
  *   else the lowest timestamp.
  * - Deletes are sticky tombstones: later edits still merge, never resurrect.
  * - Actors: each field keeps its winning write's actor (`__fieldActors`);
- *   `__lastActor` is the actor of the record's greatest write. A field entry
- *   may carry its own `actor`, overriding the change's for that field
- *   (`null`: the user); only the server's folded changes carry one.
- * - A delete may carry `fields` (folded changes do): they merge like an
- *   update's, under the tombstone.
+ *   `__lastActor` is the actor of the record's greatest write. A field's own
+ *   `actor` overrides the change's (`null`: the user); a delete may carry
+ *   fields, merged under the tombstone (both only in folded changes).
  */
 
 import { compareText, isObject, rawOf, setOwn, type JsonObject, type JsonValue } from './json.ts';
@@ -54,24 +52,16 @@ export interface MergeChange {
   op: 'insert' | 'update' | 'delete';
   /** Insert: every key with its value and text. */
   data?: Map<string, { value: JsonValue; raw: string }>;
-  /** Per-field writes (updates; optional on inserts and deletes). */
-  fields?: Map<string, FieldWrite>;
+  /**
+   * Per-field writes (updates; optional on inserts and deletes). `own` is a
+   * field's own actor, which overrides the change's (folded changes carry
+   * it; `{}` when the field's `actor` is `null`: the user).
+   */
+  fields?: Map<string, { value: JsonValue; raw: string; at: string; own?: { actor?: JsonValue; actorRaw?: string } }>;
   /** Delete: when. */
   deletedAt?: string;
   actor?: JsonValue;
   actorRaw?: string;
-}
-
-/** One field's write in a change. */
-export interface FieldWrite {
-  value: JsonValue;
-  raw: string;
-  at: string;
-  /**
-   * The field's own actor, overriding the change's: absent when the entry
-   * has no `actor` key; `{}` (no actor: the user) for `"actor": null`.
-   */
-  own?: { actor?: JsonValue; actorRaw?: string };
 }
 
 /** Why a change cannot be read. */
@@ -151,6 +141,7 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
       break;
     case 'delete':
       changed = mergeDelete(state, withActor({ at: change.deletedAt ?? LOWEST_TIMESTAMP }, change));
+      // A folded delete carries the record's fields, merged under the tombstone.
       changed = mergeFields(state, change) || changed;
       break;
   }
@@ -160,16 +151,17 @@ export function applyChange(state: RecordState, change: MergeChange): boolean {
 function mergeFields(state: RecordState, change: MergeChange): boolean {
   let changed = false;
   for (const [name, { value, raw, at, own }] of change.fields ?? []) {
-    const candidate: FieldState = { value, raw, at };
-    if (own === undefined) withActor(candidate, change);
-    else if (own.actorRaw !== undefined) Object.assign(candidate, { actor: own.actor, actorRaw: own.actorRaw });
-    changed = mergeField(state, name, candidate) || changed;
+    const write = own === undefined ? withActor({ value, raw, at }, change) : { value, raw, at, ...own };
+    changed = mergeField(state, name, write) || changed;
   }
   return changed;
 }
 
-/** The actor of the record's greatest write (`undefined`: the user, or no write). */
-export function lastActor(state: RecordState): FieldState | Tombstone | undefined {
+/**
+ * The record's greatest write: a field's, or the tombstone (`undefined`: no
+ * write). Its `at` is when the record last changed; its actor is `__lastActor`.
+ */
+export function lastWrite(state: RecordState): FieldState | Tombstone | undefined {
   let best: FieldState | undefined;
   for (const field of state.fields.values()) {
     if (!best || compareFields(field, best) > 0) best = field;
@@ -193,16 +185,16 @@ export function view(state: RecordState): JsonObject | undefined {
       anyActor = true;
     }
   }
-  const last = lastActor(state);
+  const last = lastWrite(state);
   if (last?.actorRaw !== undefined) out.__lastActor = last.actor ?? null;
   if (anyActor) out.__fieldActors = actors;
   return out;
 }
 
-function readActor(object: JsonObject): { actor?: JsonValue; actorRaw?: string } {
+function readActor(change: JsonObject): { actor?: JsonValue; actorRaw?: string } {
   // `"actor": null` is no actor, as for the Rust client (serde's `Option`).
-  if (object.actor === undefined || object.actor === null) return {};
-  return { actor: object.actor, actorRaw: rawOf(object, 'actor') };
+  if (change.actor === undefined || change.actor === null) return {};
+  return { actor: change.actor, actorRaw: rawOf(change, 'actor') };
 }
 
 /**
@@ -228,10 +220,8 @@ export function readChange(change: unknown): MergeChange {
       if (!isObject(field) || !('value' in field)) throw new ChangeError(`fields.${name} needs a value`);
       const at = typeof field.at === 'string' ? field.at : field.updatedAt;
       if (!isTimestamp(at)) throw new ChangeError(`fields.${name} needs a timestamp (\`at\` or \`updatedAt\`)`);
-      const write: FieldWrite = { value: field.value!, raw: rawOf(field, 'value')!, at };
-      // A present `actor` key overrides the change's, even as `null` (the user).
-      if (Object.prototype.hasOwnProperty.call(field, 'actor') && field.actor !== undefined) write.own = readActor(field);
-      out.fields.set(name, write);
+      const own = 'actor' in field ? readActor(field) : undefined;
+      out.fields.set(name, { value: field.value!, raw: rawOf(field, 'value')!, at, ...(own && { own }) });
     }
   }
   if (op === 'delete') {

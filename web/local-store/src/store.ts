@@ -19,112 +19,13 @@ import { Dexie, liveQuery, type Observable } from 'dexie';
 import { compareHlc, fromMillis, hlcOf, hlcText, next, observe, tick, type HlcTime } from './clock.ts';
 import { type OutboxRow, type RecordRow, StoreDb } from './db.ts';
 import { StoreError } from './errors.ts';
-import { compareText, isObject, quote, type JsonObject, type JsonValue } from './json.ts';
-import {
-  applyChange,
-  emptyState,
-  mergeDelete,
-  mergeField,
-  view,
-  type FieldState,
-  type MergeChange,
-  type RecordState,
-} from './merge.ts';
+import { changeText, deleteChange, encodeValue, insertChange, updateChange } from './encode.ts';
+import { isObject, type JsonObject, type JsonValue } from './json.ts';
+import { applyChange, emptyState, mergeDelete, mergeField, view, type FieldState, type MergeChange, type RecordState } from './merge.ts';
+import { select, type StoredRecord } from './select.ts';
 import { LOWEST_TIMESTAMP, compareTimestamps } from './timestamp.ts';
+import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, StoreOptions, SyncStatus } from './types.ts';
 import { MAX_ID_LEN, MAX_NAME_LEN, checkField, checkIdentifier, tokenSubject, uuidV4, uuidV7 } from './util.ts';
-
-/** The schema version of changes this client writes (timestamps named `at`). */
-export const SCHEMA_VERSION = 2;
-
-/** A record to write when a store is created (onboarding content). */
-export interface SeedRecord {
-  collection: string;
-  /** A fixed id, the same on every device, so that several devices' seeds merge into one record. */
-  id: string;
-  data: JsonObject;
-}
-
-/** How to open a store. */
-export interface StoreOptions {
-  /** The app whose data this is (the `{appId}` of the sync endpoints). */
-  appId: string;
-  /** The collections this app syncs (pulled and streamed). */
-  collections: string[];
-  /**
-   * Records written when the store is created, stamped with the lowest
-   * timestamp so that any real edit, on any device, wins over them. They are
-   * pushed at the first sign-in like any other write.
-   */
-  seed?: SeedRecord[];
-  /** The actor stamped on this device's writes (opaque JSON); absent means the user. */
-  actor?: JsonValue;
-  /** The IndexedDB database name (default `mana-sync.<appId>`). */
-  name?: string;
-  /** The physical clock, in milliseconds since the epoch (replaceable in tests). */
-  now?: () => number;
-}
-
-/** A record as the app sees it. */
-export type StoredRecord = JsonObject & { id: string };
-
-/** Which live records of a collection to read, in which order. */
-export interface Query {
-  collection: string;
-  /** Keep records whose fields equal these values, or for which this returns true. */
-  where?: JsonObject | ((record: StoredRecord) => boolean);
-  /** Order by these fields (`-name` for descending), then by id. Default: by id. */
-  orderBy?: string | string[];
-  /** At most this many. */
-  limit?: number;
-}
-
-/** Where the store stands with the server (what a sync indicator shows). */
-export type SyncStatus =
-  /** No account: a guest store. Everything works; nothing leaves the device. */
-  | { kind: 'local-only' }
-  /** Pushing or pulling right now. */
-  | { kind: 'syncing' }
-  /** The last sync reached the server and brought everything in both directions (and, when live, the stream is connected). */
-  | { kind: 'synced'; at?: string }
-  /** The server cannot be reached now; local writes are kept and pushed later. */
-  | { kind: 'offline'; reason: string }
-  /**
-   * The server refused something (the token, a change); needs attention.
-   * Local data is kept. `signInAgain`: the token was refused, a new sign-in
-   * (`signIn` with a new token of the same user) resumes syncing.
-   */
-  | { kind: 'error'; reason: string; signInAgain?: boolean };
-
-/** The account a store is signed in to. */
-export interface Account {
-  /** The user (the token's `sub`). */
-  user: string;
-  /** The sync server's URL. */
-  server: string;
-  /** The bearer token. */
-  token: string;
-}
-
-/** A change the server refused, set aside. */
-export interface RejectedChange {
-  change: JsonObject;
-  reason: string;
-  rejectedAt: string;
-}
-
-/** Outbox rows sent together under one changeset id. */
-export interface PendingChangeset {
-  id: string;
-  /** The changes' JSON texts, in write order. */
-  changes: string[];
-}
-
-/** A page of changes from the server (a push reply, a pull page, a stream event). */
-export interface IncomingPage {
-  changes: MergeChange[];
-  syncedUntil: string;
-  hasMore: boolean;
-}
 
 const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta', 'redownloadSeen'] as const;
 
@@ -135,66 +36,9 @@ function rfc3339Now(): string {
   return new Date().toISOString();
 }
 
-/** JSON text of a value the app wrote, and the value as it will read back. */
-function encodeValue(name: string, value: unknown): { value: JsonValue; raw: string } {
-  let raw: string | undefined;
-  try {
-    raw = JSON.stringify(value);
-  } catch (error) {
-    throw new StoreError('invalid_input', `field \`${name}\`: ${String(error)}`);
-  }
-  if (raw === undefined) throw new StoreError('invalid_input', `field \`${name}\`: ${typeof value} is not a JSON value`);
-  return { value: JSON.parse(raw) as JsonValue, raw };
-}
-
-function sortedNames(state: RecordState): string[] {
-  return [...state.fields.keys()].sort(compareText);
-}
-
-/** The JSON text of an insert of `state`: `data` with every field, `fields` with every field's timestamp. */
-function insertChange(collection: string, id: string, state: RecordState, actorRaw: string | undefined): string {
-  const names = sortedNames(state);
-  const data = names.map((name) => `${quote(name)}:${state.fields.get(name)!.raw}`).join(',');
-  const fields = names
-    .map((name) => {
-      const field = state.fields.get(name)!;
-      return `${quote(name)}:{"value":${field.raw},"at":${quote(field.at)}}`;
-    })
-    .join(',');
-  return (
-    `{"table":${quote(collection)},"id":${quote(id)},"op":"insert","data":{${data}},"fields":{${fields}}` +
-    `${actorRaw === undefined ? '' : `,"actor":${actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`
-  );
-}
-
-function rank(value: JsonValue | undefined): number {
-  if (value === undefined) return 0;
-  if (value === null) return 1;
-  switch (typeof value) {
-    case 'boolean':
-      return 2;
-    case 'number':
-      return 3;
-    case 'string':
-      return 4;
-    default:
-      return Array.isArray(value) ? 5 : 6;
-  }
-}
-
-/** A total order on optional JSON values (missing < null < booleans < numbers < strings < arrays < objects). */
-export function compareValues(a: JsonValue | undefined, b: JsonValue | undefined): number {
-  const ra = rank(a);
-  const rb = rank(b);
-  if (ra !== rb) return ra < rb ? -1 : 1;
-  if (typeof a === 'boolean' || typeof a === 'number') return a === b ? 0 : a! < b! ? -1 : 1;
-  if (typeof a === 'string') return compareText(a, b as string);
-  if (ra >= 5) return compareText(JSON.stringify(a), JSON.stringify(b));
-  return 0;
-}
-
-function deepEqual(a: JsonValue | undefined, b: JsonValue | undefined): boolean {
-  return a === b || (typeof a === 'object' && a !== null && JSON.stringify(a) === JSON.stringify(b));
+/** A server's URL as accounts keep it (no trailing slash). */
+function serverUrl(server: string): string {
+  return server.replace(/\/+$/, '');
 }
 
 /** The local store of one app in this browser. Every method is local and works offline. */
@@ -290,26 +134,45 @@ export class LocalStore {
    * UUIDv7. Returns the id. Ids of deleted records cannot be reused.
    */
   async insert(collection: string, data: Record<string, unknown>): Promise<string> {
+    const [id] = await this.insertMany(collection, [data]);
+    return id!;
+  }
+
+  /**
+   * Adds several records in one transaction: all of them, or none (an id
+   * that exists, or appears twice, refuses the lot). Returns their ids.
+   */
+  async insertMany(collection: string, records: Record<string, unknown>[]): Promise<string[]> {
     checkIdentifier('collection', collection, MAX_NAME_LEN);
-    if (!isObject(data)) throw new StoreError('invalid_input', 'a record must be an object');
-    const id = data.id === undefined ? uuidV7(this.now()) : data.id;
-    if (typeof id !== 'string') throw new StoreError('invalid_input', '`id` must be a string');
-    checkIdentifier('id', id, MAX_ID_LEN);
-    const values = Object.entries({ ...data, id }).map(([name, value]) => {
-      checkField(name);
-      return [name, encodeValue(name, value)] as const;
+    const prepared = records.map((data) => {
+      if (!isObject(data)) throw new StoreError('invalid_input', 'a record must be an object');
+      const id = data.id === undefined ? uuidV7(this.now()) : data.id;
+      if (typeof id !== 'string') throw new StoreError('invalid_input', '`id` must be a string');
+      checkIdentifier('id', id, MAX_ID_LEN);
+      const values = Object.entries({ ...data, id }).map(([name, value]) => {
+        checkField(name);
+        return [name, encodeValue(name, value)] as const;
+      });
+      return { id, values };
     });
     await this.write(async (clock) => {
-      if (await this.db.records.get([collection, id])) {
-        throw new StoreError('already_exists', `${collection}/${id} already exists (or was deleted: ids are not reused)`);
+      const existing = await this.db.records.bulkGet(prepared.map(({ id }) => [collection, id]));
+      const seen = new Set<string>();
+      prepared.forEach(({ id }, i) => {
+        if (existing[i] || seen.has(id)) {
+          throw new StoreError('already_exists', `${collection}/${id} already exists (or was deleted: ids are not reused)`);
+        }
+        seen.add(id);
+      });
+      for (const { id, values } of prepared) {
+        const at = hlcText(clock.tick());
+        const state = emptyState();
+        for (const [name, value] of values) mergeField(state, name, { ...value, at, ...this.actorFields() });
+        await this.db.records.put(row(collection, id, state));
+        await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw) });
       }
-      const at = hlcText(clock.tick());
-      const state = emptyState();
-      for (const [name, value] of values) mergeField(state, name, { ...value, at, ...this.actorFields() });
-      await this.db.records.put(row(collection, id, state));
-      await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw) });
     });
-    return id;
+    return prepared.map(({ id }) => id);
   }
 
   /**
@@ -331,19 +194,15 @@ export class LocalStore {
       if (values.length === 0) return;
       const state = existing.state;
       const now = clock.tick();
-      const out: string[] = [];
-      for (const [name, value] of values) {
+      const written = values.map(([name, value]) => {
         const current = state.fields.get(name);
         const currentAt = current && hlcOf(current.at);
         const at = hlcText(currentAt && compareHlc(currentAt, now) >= 0 ? next(currentAt) : now);
         mergeField(state, name, { ...value, at, ...this.actorFields() });
-        out.push(`${quote(name)}:{"value":${value.raw},"at":${quote(at)}}`);
-      }
-      const change =
-        `{"table":${quote(collection)},"id":${quote(id)},"op":"update","fields":{${out.join(',')}}` +
-        `${this.actorRaw === undefined ? '' : `,"actor":${this.actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`;
+        return [name, { raw: value.raw, at }] as const;
+      });
       await this.db.records.put(row(collection, id, state));
-      await this.db.outbox.add({ change });
+      await this.db.outbox.add({ change: updateChange(collection, id, written, this.actorRaw) });
     });
   }
 
@@ -356,11 +215,8 @@ export class LocalStore {
       if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
       const at = hlcText(clock.tick());
       mergeDelete(existing.state, { at, ...this.actorFields() });
-      const change =
-        `{"table":${quote(collection)},"id":${quote(id)},"op":"delete","deletedAt":${quote(at)}` +
-        `${this.actorRaw === undefined ? '' : `,"actor":${this.actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`;
       await this.db.records.put(row(collection, id, existing.state));
-      await this.db.outbox.add({ change });
+      await this.db.outbox.add({ change: deleteChange(collection, id, at, this.actorRaw) });
     });
   }
 
@@ -375,24 +231,34 @@ export class LocalStore {
     return (await this.db.records.get([collection, id]))?.state;
   }
 
+  /**
+   * Every record of `collection` with its merge state, deleted ones
+   * included, by id: for layers that show more than the view (when a
+   * record was last written, its tombstone).
+   */
+  async recordStates(collection: string): Promise<{ id: string; state: RecordState }[]> {
+    const rows = await this.db.records.where('[collection+id]').between([collection, Dexie.minKey], [collection, Dexie.maxKey]).toArray();
+    return rows.map((r) => ({ id: r.id, state: r.state }));
+  }
+
+  /**
+   * Forgets a record in this browser only: nothing is queued, and its
+   * changes still in the outbox are still pushed. A later change of it
+   * from another device brings it back. Returns whether it was here.
+   */
+  async purge(collection: string, id: string): Promise<boolean> {
+    const db = this.db;
+    return db.transaction('rw', db.records, async () => {
+      const found = (await db.records.get([collection, id])) !== undefined;
+      await db.records.delete([collection, id]);
+      return found;
+    });
+  }
+
   /** The records a query selects, in its order. */
   async query(query: Query): Promise<StoredRecord[]> {
     const rows = await this.db.records.where('[collection+deleted]').equals([query.collection, 0]).toArray();
-    let records = rows.map(toRecord);
-    const where = query.where;
-    if (typeof where === 'function') records = records.filter(where);
-    else if (where) records = records.filter((r) => Object.entries(where).every(([k, v]) => deepEqual(r[k], v)));
-    const order = (typeof query.orderBy === 'string' ? [query.orderBy] : (query.orderBy ?? [])).map((spec) =>
-      spec.startsWith('-') ? { field: spec.slice(1), sign: -1 } : { field: spec, sign: 1 },
-    );
-    records.sort((a, b) => {
-      for (const { field, sign } of order) {
-        const c = compareValues(a[field], b[field]);
-        if (c !== 0) return c * sign;
-      }
-      return compareText(a.id, b.id);
-    });
-    return query.limit === undefined ? records : records.slice(0, query.limit);
+    return select(rows.map(toRecord), query);
   }
 
   /** Every live record of `collection`, by id. */
@@ -438,24 +304,27 @@ export class LocalStore {
    * user is refused (`account_mismatch`), so one account's data is never
    * pushed into another's. A new token of the same user replaces the old
    * one. Moving to another server forgets the cursors (they are that
-   * server's); merging makes pulling again harmless.
+   * server's: the account's, or for a guest store those {@link adopt}
+   * brought); merging makes pulling again harmless.
    */
   async signIn(server: string, token: string): Promise<Account> {
     const user = tokenSubject(token);
-    const url = server.replace(/\/+$/, '');
+    const url = serverUrl(server);
     const db = this.db;
     return db.transaction('rw', [db.meta, db.cursors, db.redownloadSeen], async () => {
       const existing = (await db.meta.get('account'))?.value as Account | undefined;
       if (existing && existing.user !== user) {
         throw new StoreError('account_mismatch', `this store belongs to \`${existing.user}\`; the token is \`${user}\`'s`);
       }
-      if (existing?.server !== url) {
+      const cursorsFrom = existing?.server ?? ((await db.meta.get('cursorServer'))?.value as string | undefined);
+      if (cursorsFrom !== url) {
         await db.cursors.clear();
         await db.meta.delete('appCursor');
         // Another server's log says nothing about this one's records.
         await db.redownloadSeen.clear();
         await db.meta.delete(REDOWNLOAD);
       }
+      await db.meta.delete('cursorServer');
       const account = { user, server: url, token: token.trim() };
       await db.meta.put({ key: 'account', value: account });
       if (!existing) await db.meta.delete('status');
@@ -670,6 +539,41 @@ export class LocalStore {
       await db.meta.delete(REDOWNLOAD);
       if (appCursor !== undefined) await db.meta.put({ key: 'appCursor', value: appCursor });
       return gone.length;
+    });
+  }
+
+  /**
+   * Takes over what another client left in this browser (an older
+   * package's database, say), once per `source`, in one transaction:
+   * `records` are merged in as they stand (the server has them: nothing is
+   * queued), `pending` changes are merged in and queued in the outbox in
+   * order (they never reached the server), and the clock moves past both.
+   * The cursors are taken only by a store that has none and no account yet
+   * (the upgrade of a device): they are RFC 3339 `since` values of
+   * `server`, the earliest becomes the app cursor, and the first
+   * {@link signIn} keeps them if it is to that server. Returns `false`
+   * (and changes nothing) when `source` was adopted before.
+   */
+  async adopt(source: string, adoption: Adoption): Promise<boolean> {
+    const pending = adoption.pending.map((change) => ({ change: changeText(change) }));
+    const cursors = Object.entries(adoption.cursors);
+    const db = this.db;
+    return db.transaction('rw', [...ALL_TABLES], async () => {
+      const key = `adopted:${source}`;
+      if (await db.meta.get(key)) return false;
+      await this.applyIn([...adoption.records, ...adoption.pending]);
+      await db.outbox.bulkAdd(pending);
+      const fresh = (await db.cursors.count()) === 0 && !(await db.meta.get('account'));
+      if (fresh && adoption.server !== undefined && cursors.length > 0) {
+        await db.cursors.bulkPut(cursors.map(([collection, cursor]) => ({ collection, cursor })));
+        const earliest = cursors.map(([, cursor]) => cursor).reduce((a, b) => (compareTimestamps(a, b) <= 0 ? a : b));
+        await db.meta.bulkPut([
+          { key: 'appCursor', value: earliest },
+          { key: 'cursorServer', value: serverUrl(adoption.server) },
+        ]);
+      }
+      await db.meta.put({ key, value: rfc3339Now() });
+      return true;
     });
   }
 

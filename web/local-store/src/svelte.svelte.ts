@@ -24,7 +24,9 @@
 import type { Observable } from 'dexie';
 import { createSubscriber } from 'svelte/reactivity';
 
-import type { LocalStore, Query, StoredRecord, SyncStatus } from './store.ts';
+import type { StoredRecord } from './select.ts';
+import type { LocalStore } from './store.ts';
+import type { Query, SyncStatus } from './types.ts';
 
 /** A value that follows an observable read of the store. */
 export class Live<T> {

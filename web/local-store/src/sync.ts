@@ -47,7 +47,9 @@ import { createParser } from 'eventsource-parser';
 import { SyncError } from './errors.ts';
 import { isObject, parseJson, quote, type JsonObject } from './json.ts';
 import { readChange, ChangeError } from './merge.ts';
-import { SCHEMA_VERSION, type Account, type IncomingPage, type LocalStore, type PendingChangeset, type SyncStatus } from './store.ts';
+import { SCHEMA_VERSION } from './encode.ts';
+import type { LocalStore } from './store.ts';
+import type { Account, IncomingPage, PendingChangeset, SyncStatus } from './types.ts';
 
 /** `since` meaning "from the start". */
 export const START = '1970-01-01T00:00:00.000Z';
@@ -163,6 +165,11 @@ function readPage(json: unknown, what: string): IncomingPage & { table?: string 
 
 function sleep(ms: number, signal: AbortSignal, wake?: (wake: () => void) => () => void): Promise<void> {
   return new Promise((resolve) => {
+    // An aborted signal fires no more `abort` events.
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
     let unwatch = () => {};
     const done = () => {
       clearTimeout(timer);
@@ -470,6 +477,8 @@ export class SyncClient {
       controller.abort();
     };
     const onAbort = () => controller.abort();
+    // Stopped while the cursor was read: an aborted signal fires no more `abort` events.
+    if (signal.aborted) return undefined;
     signal.addEventListener('abort', onAbort, { once: true });
     const win = browserWindow();
     const onOffline = () => fail(new SyncError('offline', 'the browser is offline'));

@@ -17,7 +17,8 @@
 
 import { liveQuery } from 'dexie';
 
-import type { Account, LocalStore } from './store.ts';
+import type { LocalStore } from './store.ts';
+import type { Account } from './types.ts';
 import { SyncClient, type SyncOptions } from './sync.ts';
 
 /** A running sync engine. */

@@ -12,7 +12,7 @@
  */
 
 import { parseJson } from '../src/json.ts';
-import { applyChange, emptyState, lastActor, readChange, view } from '../src/merge.ts';
+import { applyChange, emptyState, lastWrite, readChange, view } from '../src/merge.ts';
 
 type Json = Record<string, unknown>;
 
@@ -39,6 +39,7 @@ export type Hook = (request: {
   path: string;
   query: URLSearchParams;
   body: Json | undefined;
+  authorization: string | null;
 }) => Response | 'lose-reply' | undefined | Promise<Response | 'lose-reply' | undefined>;
 
 /** One request's identifying headers. */
@@ -64,7 +65,7 @@ function fold(history: Entry[]): Json {
   const state = emptyState();
   for (const entry of history) applyChange(state, readChange(parseJson(JSON.stringify(entry.change))));
   const latest = history.at(-1)!.change;
-  const holder = state.deleted ?? lastActor(state);
+  const holder = state.deleted ?? lastWrite(state);
   const actorRaw = holder?.actorRaw;
   const fields: Json = {};
   for (const [name, field] of state.fields) {
@@ -177,7 +178,7 @@ export class FakeServer {
     this.requests.push(`${method} ${url.pathname}`);
     this.seen.push({ method, path: url.pathname, clientId: headers.get('x-client-id'), features: headers.get('x-sync-features') });
     if (init?.signal?.aborted) throw new DOMException('aborted', 'AbortError');
-    const hooked = await this.hook?.({ method, path: url.pathname, query: url.searchParams, body });
+    const hooked = await this.hook?.({ method, path: url.pathname, query: url.searchParams, body, authorization: headers.get('authorization') });
     if (hooked instanceof Response) return hooked;
     const user = subject(headers.get('authorization'));
     if (!user || this.revoked.has(user)) return error(401, 'unauthorized', 'bad token');

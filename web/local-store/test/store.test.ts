@@ -46,6 +46,37 @@ describe('local writes', () => {
     expect(del).toEqual({ table: 'tasks', id, op: 'delete', deletedAt: '2026-11-25T10:00:00.123000002Z', schemaVersion: 2 });
   });
 
+  it('insertMany writes several records in one transaction: all of them or none', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now });
+    const ids = await store.insertMany('tasks', [{ id: 'a', title: 'one' }, { title: 'two' }]);
+    expect(ids[0]).toBe('a');
+    expect((await store.list('tasks')).map((r) => r.title).sort()).toEqual(['one', 'two']);
+    // Each record has its own timestamp and outbox row.
+    expect((await outbox(store)).map((c) => c.fields.title.at)).toEqual(['2026-11-25T10:00:00.123000000Z', '2026-11-25T10:00:00.123000001Z']);
+    const refused = async (records: Record<string, unknown>[]) => {
+      await expect(store.insertMany('tasks', records)).rejects.toSatisfy((e) => e instanceof StoreError && e.code === 'already_exists');
+    };
+    await refused([{ id: 'c', title: 'new' }, { id: 'a', title: 'exists' }]);
+    await refused([{ id: 'd' }, { id: 'd' }]);
+    expect(await store.pendingCount()).toBe(2);
+    expect(await store.get('tasks', 'c')).toBeUndefined();
+    expect(await store.insertMany('tasks', [])).toEqual([]);
+  });
+
+  it('purge forgets a record here only: nothing is queued, a later change brings it back', async () => {
+    const store = await freshStore();
+    await store.insert('tasks', { id: 'p', title: 'local copy' });
+    const pending = await store.pendingCount();
+    expect(await store.purge('tasks', 'p')).toBe(true);
+    expect(await store.get('tasks', 'p')).toBeUndefined();
+    expect(await store.recordState('tasks', 'p')).toBeUndefined();
+    expect(await store.pendingCount()).toBe(pending);
+    expect(await store.purge('tasks', 'p')).toBe(false);
+    await store.applyRemote([change('{"table":"tasks","id":"p","op":"update","fields":{"done":{"value":true,"at":"2026-01-01T00:00:00Z"}}}')]);
+    expect(await store.get('tasks', 'p')).toEqual({ done: true, id: 'p' });
+  });
+
   it('refuses what the server would refuse, and writes nothing', async () => {
     const store = await freshStore();
     const refused = async (write: Promise<unknown>, code: string) => {
@@ -166,6 +197,24 @@ describe('queries', () => {
     expect(await ids({ collection: 'tasks', where: { done: false }, orderBy: 'rank', limit: 3 })).toEqual(['d', 'e', 'f']);
     expect(await ids({ collection: 'tasks', where: (r) => r.rank === 2 })).toEqual(['a', 'b']);
     expect(await ids({ collection: 'other' })).toEqual([]);
+    // Paging: an offset after ordering, then the limit.
+    expect(await ids({ collection: 'tasks', orderBy: 'rank', offset: 2, limit: 2 })).toEqual(['f', 'a']);
+    expect(await ids({ collection: 'tasks', orderBy: 'rank', offset: 4 })).toEqual(['b', 'c']);
+    expect(await ids({ collection: 'tasks', offset: 9 })).toEqual([]);
+  });
+
+  it('recordStates reads every record of a collection with its merge state, deleted ones too', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now, collections: ['tasks', 'lists'] });
+    await store.insert('tasks', { id: 'b', title: 'kept' });
+    await store.insert('tasks', { id: 'a', title: 'gone' });
+    await store.insert('lists', { id: 'l', title: 'elsewhere' });
+    await store.delete('tasks', 'a');
+    const states = await store.recordStates('tasks');
+    expect(states.map((s) => [s.id, s.state.fields.get('title')?.value, s.state.deleted?.at])).toEqual([
+      ['a', 'gone', '2026-11-25T10:00:00.123000003Z'],
+      ['b', 'kept', undefined],
+    ]);
   });
 
   it('live reads follow local writes and applied changes', async () => {
@@ -222,6 +271,73 @@ describe('seeds and accounts', () => {
     await store.signIn('https://sync.example.com', token('alice'));
     expect(await store.cursor('tasks')).toBeUndefined();
     expect(await store.appCursor()).toBeUndefined();
+  });
+
+  it('adopt takes records over unqueued, pending changes queued in this client\'s shape, and the cursors, once', async () => {
+    const clock = manualClock(NOW);
+    const store = await freshStore({ now: clock.now, collections: ['tasks', 'lists'] });
+    const adoption = {
+      records: [
+        change('{"table":"tasks","id":"t1","op":"insert","data":{"id":"t1","title":"synced","updatedAt":"2026-11-20T08:00:00.000Z"}}'),
+        change('{"table":"tasks","id":"t2","op":"insert","data":{"id":"t2","title":"was deleted"},"fields":{"title":{"value":"was deleted","updatedAt":"2026-11-20T08:00:00.000Z"}}}'),
+        change('{"table":"tasks","id":"t2","op":"delete","deletedAt":"2026-11-21T08:00:00.000Z"}'),
+      ],
+      pending: [
+        change('{"table":"tasks","id":"t1","op":"update","fields":{"title":{"value":"edited offline","updatedAt":"2026-11-24T09:00:00.000Z"}},"actor":{"kind":"ai"}}'),
+        change('{"table":"lists","id":"l1","op":"insert","data":{"id":"l1","name":"Home","n":1.0},"fields":{"id":{"value":"l1","at":"2026-11-24T09:00:01Z"},"name":{"value":"Home","at":"2026-11-24T09:00:01Z"},"n":{"value":1.0,"at":"2026-11-24T09:00:01Z"}}}'),
+        change('{"table":"tasks","id":"t3","op":"delete","deletedAt":"2026-11-24T09:00:02.000Z"}'),
+      ],
+      cursors: { tasks: '2026-11-22T00:00:00.000Z', lists: '2026-11-21T00:00:00.000Z' },
+      server: 'http://localhost:3050/',
+    };
+    expect(await store.adopt('old-db', adoption)).toBe(true);
+    expect(await store.get('tasks', 't1')).toMatchObject({ title: 'edited offline', __lastActor: { kind: 'ai' } });
+    expect(await store.get('tasks', 't2')).toBeUndefined();
+    expect(await store.get('lists', 'l1')).toEqual({ id: 'l1', name: 'Home', n: 1 });
+    expect(await outbox(store)).toEqual([
+      { table: 'tasks', id: 't1', op: 'update', fields: { title: { value: 'edited offline', at: '2026-11-24T09:00:00.000Z' } }, actor: { kind: 'ai' }, schemaVersion: 2 },
+      {
+        table: 'lists',
+        id: 'l1',
+        op: 'insert',
+        data: { id: 'l1', n: 1, name: 'Home' },
+        fields: { id: { value: 'l1', at: '2026-11-24T09:00:01Z' }, n: { value: 1, at: '2026-11-24T09:00:01Z' }, name: { value: 'Home', at: '2026-11-24T09:00:01Z' } },
+        schemaVersion: 2,
+      },
+      { table: 'tasks', id: 't3', op: 'delete', deletedAt: '2026-11-24T09:00:02.000Z', schemaVersion: 2 },
+    ]);
+    // Values keep their text in the outbox (\`1.0\`).
+    expect((await store.db.outbox.toArray())[1]!.change).toContain('"n":1.0');
+    expect(await store.cursor('tasks')).toBe('2026-11-22T00:00:00.000Z');
+    expect(await store.appCursor()).toBe('2026-11-21T00:00:00.000Z');
+    // Adopted once: a second call changes nothing.
+    expect(await store.adopt('old-db', adoption)).toBe(false);
+    expect(await store.pendingCount()).toBe(3);
+    // A later local edit is stamped after what was adopted (the clock moved past it).
+    clock.set(Date.UTC(2026, 0, 1));
+    await store.update('tasks', 't1', { title: 'newer' });
+    expect((await outbox(store)).at(-1).fields.title.at).toBe('2026-11-24T09:00:02.000000001Z');
+    // The first sign-in keeps the cursors if it is to their server.
+    await store.signIn('http://localhost:3050', token('alice'));
+    expect(await store.appCursor()).toBe('2026-11-21T00:00:00.000Z');
+  });
+
+  it('adopted cursors are dropped by a sign-in to another server, and never taken by a store that has its own', async () => {
+    const adoption = { records: [], pending: [], cursors: { tasks: '2026-11-22T00:00:00.000Z' }, server: 'http://localhost:3050' };
+    const store = await freshStore();
+    await store.adopt('old-db', adoption);
+    expect(await store.cursor('tasks')).toBe('2026-11-22T00:00:00.000Z');
+    await store.signIn('https://sync.example.com', token('alice'));
+    expect(await store.cursor('tasks')).toBeUndefined();
+
+    const synced = await freshStore();
+    await synced.signIn('http://localhost:3050', token('alice'));
+    await synced.applyPage([], ['tasks', '2026-11-29T19:20:00.000000005Z']);
+    expect(await synced.adopt('old-db', adoption)).toBe(true);
+    expect(await synced.cursor('tasks')).toBe('2026-11-29T19:20:00.000000005Z');
+    const unknown = await freshStore();
+    await unknown.adopt('old-db', { ...adoption, server: undefined });
+    expect(await unknown.cursor('tasks')).toBeUndefined();
   });
 
   it('refuses a database of another app', async () => {

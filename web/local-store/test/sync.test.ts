@@ -189,6 +189,35 @@ describe('live', () => {
     await running;
   });
 
+  it('stops at once when stopped just before the stream opens', async () => {
+    const server = new FakeServer();
+    const [laptop, sync] = await device(server);
+    const stop = new AbortController();
+    // Stopped while the stream's cursor is read (after the pull): the stream must not open.
+    const appCursor = laptop.appCursor.bind(laptop);
+    laptop.appCursor = () => {
+      if (server.requests.some((r) => r.endsWith('/pull'))) stop.abort();
+      return appCursor();
+    };
+    await sync.runLive(stop.signal);
+    expect(server.requests.filter((r) => r.endsWith('/stream'))).toEqual([]);
+    expect(server.openStreams).toBe(0);
+  });
+
+  it('stops at once when stopped while it records a failure, not after the backoff', async () => {
+    const server = new FakeServer();
+    const [laptop, sync] = await device(server, 'alice', { minBackoffMs: 60_000, maxBackoffMs: 60_000 });
+    server.hook = () => new Response('{"error":{"code":"unavailable","message":"down"}}', { status: 503 });
+    const stop = new AbortController();
+    const setStatus = laptop.setStatus.bind(laptop);
+    laptop.setStatus = (status) => {
+      if (status.kind === 'offline') stop.abort();
+      return setStatus(status);
+    };
+    await sync.runLive(stop.signal);
+    expect(await laptop.status()).toMatchObject({ kind: 'offline' });
+  });
+
   it('stops when the server refuses the token', async () => {
     const server = new FakeServer();
     const [laptop, sync] = await device(server);

@@ -219,6 +219,53 @@ macro_rules! on_both_databases {
     };
 }
 
+/// `GET /backup/export` as `user`: the NDJSON text.
+pub async fn export(server: &TestServer, user: &str) -> String {
+    let response = mana_sync_testkit::http_client()
+        .get(server.at("/backup/export"))
+        .bearer_auth(server.token(user))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("application/x-ndjson")
+    );
+    response.text().await.expect("body")
+}
+
+/// `POST /backup/import` of `body` as `user`.
+pub async fn import(
+    server: &TestServer,
+    user: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let response = mana_sync_testkit::http_client()
+        .post(server.at("/backup/import"))
+        .bearer_auth(server.token(user))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    read(response).await
+}
+
+/// A fresh, empty server on the same kind of database.
+pub async fn fresh(h: &Harness) -> Harness {
+    let db = match h.db {
+        Some(_) => Db::Postgres,
+        None => Db::Sqlite,
+    };
+    Harness::start(db)
+        .await
+        .expect("the first one started, so this one does")
+}
+
 /// How long a test waits for something that should happen at once.
 pub const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(10);
 

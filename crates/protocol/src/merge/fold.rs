@@ -120,6 +120,7 @@ impl Fold {
             deleted_at: state.deleted.as_ref().map(|tombstone| tombstone.at.clone()),
             actor,
             schema_version: schema_version.max(1),
+            space_id: None,
         };
         Folded {
             change,

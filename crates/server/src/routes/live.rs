@@ -16,7 +16,7 @@ use mana_sync_protocol::messages::ErrorBody;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{AppId, QueryMap, client_id_header, expired_cursor_answer};
+use crate::extract::{AppId, QueryMap, client_id_header, dialect, tells_expired_cursors};
 use crate::live::{self, StreamItem};
 use crate::service::{ServiceError, StreamParams};
 
@@ -42,7 +42,10 @@ pub async fn stream(
         collections: query.remove("collections"),
         since: query.remove("since"),
         client_id: client_id_header(&headers)?.or_else(|| query.remove("clientId")),
-        expired: expired_cursor_answer(&headers, query.get("features").map(String::as_str)),
+        dialect: dialect(tells_expired_cursors(
+            &headers,
+            query.get("features").map(String::as_str),
+        )),
     };
     let request = state.service.stream_request(user, app_id, params)?;
     let events = live::change_stream(

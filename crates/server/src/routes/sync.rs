@@ -8,7 +8,7 @@ use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, UserId};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{AppId, JsonBody, QueryMap, client_id_header, expired_cursor_answer};
+use crate::extract::{AppId, JsonBody, QueryMap, client_id_header, dialect, tells_expired_cursors};
 use crate::service::PullParams;
 
 /// Stores a changeset and replies with other devices' changes.
@@ -20,11 +20,11 @@ pub async fn push(
     JsonBody(request): JsonBody<PushRequest>,
 ) -> Result<Json<PushResponse>, ApiError> {
     let client_id = client_id_header(&headers)?;
-    let expired = expired_cursor_answer(&headers, None);
+    let dialect = dialect(tells_expired_cursors(&headers, None));
     Ok(Json(
         state
             .service
-            .push(&user, &app_id, client_id, expired, request)
+            .push(&user, &app_id, client_id, dialect, request)
             .await?,
     ))
 }
@@ -42,7 +42,10 @@ pub async fn pull(
         since: query.remove("since"),
         limit: query.remove("limit"),
         client_id: client_id_header(&headers)?.or_else(|| query.remove("clientId")),
-        expired: expired_cursor_answer(&headers, query.get("features").map(String::as_str)),
+        dialect: dialect(tells_expired_cursors(
+            &headers,
+            query.get("features").map(String::as_str),
+        )),
     };
     Ok(Json(state.service.pull(&user, &app_id, params).await?))
 }

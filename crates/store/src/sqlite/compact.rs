@@ -17,6 +17,11 @@ use crate::{StoreResult, StoredChange};
 /// Candidate records read per query.
 const KEYS_PER_PAGE: i64 = 1000;
 
+/// At most this many changes per transaction: SQLite has one writer, so
+/// every push waits for a batch to commit (about 500 changes keep that to a
+/// few milliseconds; `make bench-compaction` measures it).
+const MAX_BATCH_CHANGES: usize = 500;
+
 pub(super) async fn candidates(
     store: &SqliteStore,
     threshold: u64,
@@ -113,7 +118,7 @@ pub(super) async fn compact(
             last.table.clone(),
             last.record_id.clone(),
         );
-        for batch in compaction::batches(keys, options.batch_changes) {
+        for batch in compaction::batches(keys, options.batch_changes.min(MAX_BATCH_CHANGES)) {
             let outcome = compact_batch(store, user, batch, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);

@@ -127,7 +127,7 @@ pub fn query<'a>(app: &'a str, collection: Option<&'a str>, since: Since) -> Cha
         since,
         exclude_client: None,
         limit: 1000,
-        expired: ExpiredCursor::Refuse,
+        expired: ExpiredCursor::Refuse { known: 0 },
     }
 }
 
