@@ -574,17 +574,11 @@ async fn a_redownload_interrupted_by_a_crash_resumes_at_the_next_start(
     assert_eq!(phone.store.dump().unwrap(), fresh.store.dump().unwrap());
 }
 
-/// Known server limitation, reported with this branch: after compaction
-/// dropped a deleted record, every cursor before the drop's position is
-/// answered `cursor_expired`, including the cursors of a download that began
-/// from the start after the drop. So a new device (or a re-download) whose
-/// collection needs more than one page before that position can never
-/// finish: its second page is refused, and starting over meets the same.
-/// (A client without the feature is served from the start each time
-/// instead, and pages the same first page forever.) Small pages make the
-/// scenario small; with 1,000-change pages it takes a longer log.
+/// A download that begins after a drop pages through a log whose dropped
+/// position lies beyond its first page: its page cursors (which carry the
+/// expiry they were handed out with) are not taken for a stale device's, and
+/// the client passes them back untouched. Small pages make the log short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the server tells a download that began after a drop from one that may have seen the dropped record (see ARCHITECTURE.md, client invariants)"]
 async fn a_new_device_pages_through_a_log_with_a_dropped_record() {
     let server = server_on(None).await;
     let token = server.token("alice");
