@@ -99,6 +99,9 @@ struct ServeArgs {
     /// Required `iss` claim, if any.
     #[arg(long, env = "JWT_ISSUER")]
     jwt_issuer: Option<String>,
+    /// Seconds of clock skew tolerated on a token's `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
+    jwt_leeway_secs: u64,
     /// Origins allowed to call the API from a browser, comma-separated (`*` for any).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
@@ -137,6 +140,18 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
+/// `JWT_SECRET`, if set, and only if it is fit to sign with: an empty or
+/// short secret is an error, never a silent dev mode or a guessable key.
+fn checked_secret(secret: Option<String>) -> anyhow::Result<Option<String>> {
+    match secret {
+        Some(secret) => {
+            mana_sync_auth::check_secret(&secret)?;
+            Ok(Some(secret))
+        }
+        None => Ok(None),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
@@ -172,10 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
     }
-    let jwt_secret = non_empty(args.jwt_secret);
-    if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
-        tracing::warn!("JWT_SECRET is shorter than 32 bytes; use a long random secret");
-    }
+    let jwt_secret = checked_secret(args.jwt_secret)?;
     let config = ServerConfig {
         database_url: args.database.database_url.clone(),
         pool_size: args.database.pool_size,
@@ -185,12 +197,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audience: non_empty(args.jwt_audience),
             issuer: non_empty(args.jwt_issuer),
             jwks_min_refresh: DEFAULT_JWKS_MIN_REFRESH,
+            leeway: Duration::from_secs(args.jwt_leeway_secs),
         },
-        cors_origins: args
-            .cors_origins
-            .into_iter()
-            .filter(|o| !o.is_empty())
-            .collect(),
+        cors_origins: args.cors_origins,
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
@@ -247,7 +256,7 @@ async fn shutdown_signal() {
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let user = UserId::new(args.user).context("invalid --user")?;
-    let secret = match non_empty(args.jwt_secret) {
+    let secret = match checked_secret(args.jwt_secret)? {
         Some(secret) => secret,
         None => {
             if non_empty(args.jwks_url).is_some() {

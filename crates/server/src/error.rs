@@ -3,6 +3,7 @@
 //! Every error reply is JSON `{"error": {"code", "message"}}`. Client mistakes
 //! are 4xx with a message that says what to fix; only failures of the server or
 //! its database are 5xx, and their details go to the log, not to the client.
+//! Each failure is logged once, here (the trace layer does not log them again).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,8 +58,8 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
     /// A handler panicked (a bug); the request is answered, not dropped.
-    #[error("internal error")]
-    Panic,
+    #[error("a handler panicked: {0}")]
+    Panic(String),
 }
 
 impl ApiError {
@@ -108,7 +109,7 @@ impl ApiError {
             ApiError::WebAppNotBuilt { .. } => (StatusCode::NOT_FOUND, "web_app_not_built"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

@@ -63,16 +63,31 @@ fn is_transient(code: &str) -> bool {
         || code == "55P03" // lock not available
 }
 
+/// The database's own code and message (`42501: permission denied for …`),
+/// or the driver's error with its causes: on its own a driver error says
+/// only "db error" or "error communicating with the server".
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 fn database_error(error: tokio_postgres::Error) -> StoreError {
     if error.is_closed() {
-        return StoreError::Unavailable(error.to_string());
+        return StoreError::Unavailable(describe(&error));
     }
     match error.as_db_error() {
-        Some(db) if is_transient(db.code().code()) => {
-            StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
-        }
-        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-        None => StoreError::Unavailable(error.to_string()),
+        Some(db) if is_transient(db.code().code()) => StoreError::Unavailable(describe(&error)),
+        Some(_) => StoreError::Database(describe(&error)),
+        None => StoreError::Unavailable(describe(&error)),
     }
 }
 
@@ -80,10 +95,7 @@ fn database_error(error: tokio_postgres::Error) -> StoreError {
 /// database is unavailable, whatever the reason it gave.
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
-        deadpool_postgres::PoolError::Backend(error) => match error.as_db_error() {
-            Some(db) => StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Unavailable(error.to_string()),
-        },
+        deadpool_postgres::PoolError::Backend(error) => StoreError::Unavailable(describe(&error)),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -746,6 +758,7 @@ async fn listen(mut config: tokio_postgres::Config, events: broadcast::Sender<St
                 backoff = LISTEN_BACKOFF_MIN;
             }
             Err(error) => {
+                let error = describe(&error);
                 tracing::warn!(%error, retry_in = ?backoff, "cannot listen for changes");
                 backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
             }
@@ -775,6 +788,7 @@ async fn listen_until_disconnected(
                 }
                 Ok(_) => {}
                 Err(error) => {
+                    let error = describe(&error);
                     tracing::warn!(%error, "listener connection failed");
                     break;
                 }

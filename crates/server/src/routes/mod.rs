@@ -56,9 +56,13 @@ pub fn service(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             // Only the path is logged: query strings can carry tokens.
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
+            // Failures are logged once, with their cause, where they become
+            // responses (`ApiError::into_response`), not again here.
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(()),
         )
         .layer(cors)
         .service(router(state, config, dev_secret)))
@@ -110,7 +114,48 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         .with_state(state)
 }
 
-fn cors(origins: &[String]) -> Result<CorsLayer, StartError> {
+/// The origin a browser would send for `entry` (`scheme://host[:port]`,
+/// lowercase, without a default port), or why `entry` is not an origin.
+fn normalise_origin(entry: &str) -> Result<String, &'static str> {
+    let url = url::Url::parse(entry).map_err(|_| "not scheme://host[:port]")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it has credentials");
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err("it has a path");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or fragment");
+    }
+    let host = url.host_str().ok_or("it has no host")?;
+    Ok(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
+}
+
+/// `CORS_ORIGINS` entries as origins: trimmed and normalised; an entry
+/// that is not an origin is named in a warning and left out.
+pub fn allowed_origins(entries: &[String]) -> Vec<String> {
+    let mut origins: Vec<String> = Vec::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        if entry == "*" {
+            origins.push(entry.to_owned());
+            continue;
+        }
+        match normalise_origin(entry) {
+            Ok(origin) if !origins.contains(&origin) => origins.push(origin),
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                "CORS_ORIGINS: `{entry}` is not an origin ({why}; expected scheme://host[:port]); ignored"
+            ),
+        }
+    }
+    origins
+}
+
+fn cors(entries: &[String]) -> Result<CorsLayer, StartError> {
+    let origins = allowed_origins(entries);
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -162,6 +207,38 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "handler panicked");
-    ApiError::Panic.into_response()
+    ApiError::Panic(detail.to_owned()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_trimmed_lowercased_and_without_default_ports_or_slashes() {
+        let entries: Vec<String> = [
+            " https://a.example ",
+            "https://b.example/",
+            "HTTPS://C.Example:443",
+            "http://localhost:5173",
+            "capacitor://localhost",
+            "https://d.example/app",
+            "d.example",
+            "https://user@e.example",
+            "https://a.example",
+            "",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            allowed_origins(&entries),
+            [
+                "https://a.example",
+                "https://b.example",
+                "https://c.example",
+                "http://localhost:5173",
+                "capacitor://localhost",
+            ]
+        );
+    }
 }
