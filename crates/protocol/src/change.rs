@@ -231,7 +231,7 @@ fn is_json_object(raw: &RawValue) -> bool {
     raw.get().trim_start().starts_with('{')
 }
 
-fn too_deep(value: Option<&Box<RawValue>>) -> bool {
+fn too_deep(value: Option<&RawValue>) -> bool {
     value.is_some_and(|value| nested_deeper_than(value.get(), MAX_DEPTH))
 }
 
@@ -269,7 +269,7 @@ impl WireChange {
                         problem,
                     }
                 })?;
-                if too_deep(Some(&field.value)) {
+                if too_deep(Some(&*field.value)) {
                     return Err(ChangeProblem::TooDeep {
                         path: format!("fields.{name}.value"),
                     });
@@ -277,7 +277,7 @@ impl WireChange {
             }
         }
         for (path, value) in [("data", &self.data), ("actor", &self.actor)] {
-            if too_deep(value.as_ref()) {
+            if too_deep(value.as_deref()) {
                 return Err(ChangeProblem::TooDeep { path: path.into() });
             }
         }
