@@ -33,7 +33,11 @@ impl Env {
             binary,
             ServerOptions {
                 database_url: database.as_ref().map(TestDatabase::url),
-                env: vec![("RUST_LOG".into(), "warn".into())],
+                env: vec![
+                    ("RUST_LOG".into(), "warn".into()),
+                    // The fan-out scenario opens 10,000 streams of one user.
+                    ("MAX_LIVE_PER_USER".into(), "1000000".into()),
+                ],
                 ..ServerOptions::default()
             },
         )

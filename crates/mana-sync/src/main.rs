@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
 use mana_sync_protocol::UserId;
+use mana_sync_server::connections::ConnectionLimits;
 use mana_sync_server::{App, ServerConfig};
 use mana_sync_store::StoreOptions;
 
@@ -117,6 +118,46 @@ struct ServeArgs {
     /// Directory of the built web app served at `/` (`make web` builds it).
     #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
     web_dir: std::path::PathBuf,
+    /// Seconds a client has to send a request head (on a new connection, and
+    /// between requests on a kept-alive one).
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Longest pause, in seconds, while a request body arrives (then 408).
+    #[arg(long, env = "BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// Most connections served at once [default: the open-file limit less
+    /// a reserve for the database and files].
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most open streams and sockets per user.
+    #[arg(long, env = "MAX_LIVE_PER_USER", default_value_t = 100)]
+    max_live_per_user: usize,
+}
+
+/// File descriptors kept free of connections: the database pool, the
+/// Postgres listener, SQLite's files, backup spools, logs (plus three per
+/// pooled connection, see [`connection_budget`]).
+const RESERVED_FILES: u64 = 64;
+
+/// The soft open-file limit, raised to the hard limit first: every open
+/// stream and socket is a file descriptor, and the soft limit is often far
+/// below what the system allows.
+fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// Connections that fit in `open_files` next to the reserve.
+fn connection_budget(open_files: u64, pool_size: usize) -> usize {
+    let reserve = RESERVED_FILES + 3 * pool_size as u64;
+    usize::try_from(open_files.saturating_sub(reserve).max(16)).unwrap_or(usize::MAX)
 }
 
 #[derive(Args)]
@@ -181,12 +222,27 @@ fn init_logging() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Every open stream and socket is a file descriptor; the soft limit is
-    // often far below what the system allows.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
-    }
+    let open_files = raise_open_file_limit();
+    let fits = open_files.map(|limit| connection_budget(limit, args.database.pool_size));
+    let max_connections = match (args.max_connections, fits) {
+        (Some(chosen), Some(fits)) if chosen > fits => {
+            tracing::warn!(
+                max_connections = chosen,
+                fits,
+                "MAX_CONNECTIONS is more than the open file limit leaves room for"
+            );
+            chosen
+        }
+        (Some(chosen), _) => chosen,
+        (None, Some(fits)) => fits,
+        (None, None) => 1024,
+    };
+    tracing::info!(
+        open_files,
+        max_connections,
+        "open file limit {}: serving up to {max_connections} connections",
+        open_files.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string()),
+    );
     let jwt_secret = checked_secret(args.jwt_secret)?;
     let config = ServerConfig {
         database_url: args.database.database_url.clone(),
@@ -204,6 +260,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
         web_dir: args.web_dir,
+        connections: ConnectionLimits {
+            max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        },
+        max_live_per_user: args.max_live_per_user.max(1),
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {

@@ -130,7 +130,6 @@ fn grown_mib(server: &TestServer, baseline: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn a_socket_that_floods_pings_and_never_reads_costs_bounded_memory_and_is_closed() {
     let h = start(&[("WS_AUTH_TIMEOUT_SECS", "2")]).await;
     let baseline = h.server.resident_kib();
@@ -177,7 +176,6 @@ async fn a_socket_that_floods_pings_and_never_reads_costs_bounded_memory_and_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
     let h = start(&[]).await;
     let baseline = h.server.resident_kib();
@@ -251,7 +249,6 @@ async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn silent_connections_are_closed_after_the_header_timeout() {
     let h = start(&[("HEADER_TIMEOUT_SECS", "1")]).await;
     // Never sends a byte.
@@ -291,7 +288,6 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn a_body_that_stops_arriving_is_answered_408_and_closed() {
     let h = start(&[("BODY_TIMEOUT_SECS", "1")]).await;
     for (path, token) in [
@@ -322,7 +318,6 @@ async fn a_body_that_stops_arriving_is_answered_408_and_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn silent_connections_cannot_use_up_the_file_descriptors() {
     // A small machine: 256 open files. The header timeout is long, so only
     // the connection budget can keep the server reachable.
@@ -374,7 +369,6 @@ async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
     let h = start(&[("MAX_LIVE_PER_USER", "3")]).await;
     let mut open = Vec::new();
@@ -429,7 +423,6 @@ async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn streams_and_sockets_leave_a_reserve_for_everyone_else() {
     // 20 connections: streams and sockets of all users may hold 18.
     let h = start(&[("MAX_CONNECTIONS", "20"), ("MAX_LIVE_PER_USER", "100")]).await;
@@ -511,7 +504,6 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 13: not fixed yet"]
 async fn a_declared_length_over_the_limit_is_413_before_the_body_is_sent() {
     let h = start(&[("BACKUP_MAX_BYTES", "1000")]).await;
     let token = h.server.token("alice");

@@ -24,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::backup::BackupError;
 use crate::error::ApiError;
 use crate::{AppState, MAX_BODY_BYTES, ServerConfig, StartError, auth};
 
@@ -109,6 +110,10 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            refuse_declared_oversize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
@@ -176,6 +181,35 @@ fn cors(entries: &[String]) -> Result<CorsLayer, StartError> {
             header::HeaderName::from_static("x-client-id"),
         ])
         .max_age(std::time::Duration::from_secs(3600)))
+}
+
+/// Answers 413 at once, before anything else and before the body is read,
+/// when the declared `Content-Length` is over what the route accepts
+/// (`BACKUP_MAX_BYTES` for `POST /backup/import`, 10 MiB elsewhere). Bodies
+/// without a declared length are still cut off at the limit while read.
+async fn refuse_declared_oversize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let backup = request.uri().path() == "/backup/import";
+    let limit = if backup {
+        state.backup_max_bytes
+    } else {
+        MAX_BODY_BYTES as u64
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit && backup => {
+            ApiError::from(BackupError::TooLarge { limit }).into_response()
+        }
+        Some(length) if length > limit => ApiError::PayloadTooLarge { limit }.into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// The `method` label: the standard methods by name, anything else as
