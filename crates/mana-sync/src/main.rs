@@ -34,6 +34,23 @@ enum Command {
     /// Copy every user's history from the seed's (Go server's) Postgres
     /// database into this one; users already copied are skipped.
     ImportSeed(ImportSeedArgs),
+    /// Bring the database schema up to date as the role that owns the tables,
+    /// and let the server's role read and write rows (nothing more).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Migrate as this owner role's URL instead of DATABASE_URL's; the role
+    /// of DATABASE_URL then gets the rows (unless --app-role names another).
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    migration_database_url: Option<String>,
+    /// The role the server runs as: it may read and write the rows of every
+    /// table, now and of tables later migrations add (Postgres only).
+    #[arg(long, env = "MANA_SYNC_APP_ROLE")]
+    app_role: Option<String>,
 }
 
 #[derive(Args)]
@@ -88,6 +105,10 @@ struct ServeArgs {
     host: IpAddr,
     #[command(flatten)]
     database: DatabaseArgs,
+    /// Run migrations at start-up as this role (the tables' owner), and serve
+    /// as DATABASE_URL's role, which only gets to read and write rows.
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    migration_database_url: Option<String>,
     /// HS256 secret shared with the auth service.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -202,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
         Command::ImportSeed(args) => import_seed(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
@@ -267,6 +289,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         max_live_per_user: args.max_live_per_user.max(1),
     };
+    if let Some(owner_url) = non_empty(args.migration_database_url) {
+        let role = mana_sync_store::postgres::role_of(&args.database.database_url)
+            .context("MIGRATION_DATABASE_URL needs a postgres:// DATABASE_URL with a user")?;
+        mana_sync_store::migrate(&owner_url, Some(&role))
+            .await
+            .with_context(|| {
+                format!(
+                    "migrating {} as its owner",
+                    mana_sync_store::redact_url(&owner_url)
+                )
+            })?;
+    }
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
         eprintln!(
@@ -314,6 +348,28 @@ async fn shutdown_signal() {
         let _ = interrupt.await;
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let (url, role) = match non_empty(args.migration_database_url) {
+        Some(owner_url) => {
+            let role = non_empty(args.app_role)
+                .or_else(|| mana_sync_store::postgres::role_of(&args.database.database_url));
+            (owner_url, role)
+        }
+        None => (args.database.database_url, non_empty(args.app_role)),
+    };
+    let applied = mana_sync_store::migrate(&url, role.as_deref())
+        .await
+        .with_context(|| format!("migrating {}", mana_sync_store::redact_url(&url)))?;
+    match applied.as_slice() {
+        [] => println!("the schema is up to date"),
+        versions => println!("applied migrations {versions:?}"),
+    }
+    if let Some(role) = role {
+        println!("{role} may read and write the rows of every table, and nothing more");
+    }
+    Ok(())
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
