@@ -141,7 +141,7 @@ struct ServeArgs {
     web_dir: std::path::PathBuf,
     /// Seconds a client has to send a request head (on a new connection, and
     /// between requests on a kept-alive one).
-    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     header_timeout_secs: u64,
     /// Longest pause, in seconds, while a request body arrives (then 408).
     #[arg(long, env = "BODY_TIMEOUT_SECS", default_value_t = 30)]
