@@ -51,6 +51,9 @@ use tower_http::timeout::TimeoutBody;
 /// must fit in it, and bodies are read through it in chunks of this size.
 pub const MAX_READ_BUFFER: usize = 8192;
 
+/// Shortest time between two warnings about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How many connections to serve, and how long clients may be silent.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -187,6 +190,7 @@ where
     });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let (mut refused, mut last_warning) = (0_u64, None::<std::time::Instant>);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -203,11 +207,18 @@ where
             () = &mut shutdown => break,
         };
         let Some(admitted) = budget.admit() else {
-            tracing::warn!(
-                %peer,
-                max_connections = budget.max,
-                "refused a connection: every connection is busy (MAX_CONNECTIONS)"
-            );
+            refused += 1;
+            // Once per ten seconds at most: a flood must not flood the log.
+            if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(
+                    %peer,
+                    refused,
+                    max_connections = budget.max,
+                    "refused connections: every connection is busy (MAX_CONNECTIONS)"
+                );
+                last_warning = Some(std::time::Instant::now());
+                refused = 0;
+            }
             continue;
         };
         // Live changes are small writes that must leave at once.
