@@ -183,10 +183,20 @@ fn cors(entries: &[String]) -> Result<CorsLayer, StartError> {
         .max_age(std::time::Duration::from_secs(3600)))
 }
 
+/// Most bytes over the limit that are read and discarded after an early 413,
+/// so that a client that is already sending sees the answer.
+const DRAIN_AFTER_413: u64 = 16 * 1024 * 1024;
+
 /// Answers 413 at once, before anything else and before the body is read,
 /// when the declared `Content-Length` is over what the route accepts
 /// (`BACKUP_MAX_BYTES` for `POST /backup/import`, 10 MiB elsewhere). Bodies
 /// without a declared length are still cut off at the limit while read.
+///
+/// A client that did not ask `Expect: 100-continue` is already sending its
+/// body. Closing on it would reset the connection, and it might never read
+/// the 413 (our clients split a refused changeset on a 413). So a body at
+/// most [`DRAIN_AFTER_413`] over the limit is read and discarded in the
+/// background after the answer (a lingering close); a larger one is not.
 async fn refuse_declared_oversize(
     State(state): State<AppState>,
     request: Request,
@@ -203,12 +213,25 @@ async fn refuse_declared_oversize(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit && backup => {
-            ApiError::from(BackupError::TooLarge { limit }).into_response()
-        }
-        Some(length) if length > limit => ApiError::PayloadTooLarge { limit }.into_response(),
-        _ => next.run(request).await,
+    let Some(length) = declared.filter(|length| *length > limit) else {
+        return next.run(request).await;
+    };
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue && length - limit <= DRAIN_AFTER_413 {
+        let mut body = request.into_body().into_data_stream();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            // Ends with the body, or when it stalls (BODY_TIMEOUT_SECS).
+            while let Some(Ok(_)) = body.next().await {}
+        });
+    }
+    if backup {
+        ApiError::from(BackupError::TooLarge { limit }).into_response()
+    } else {
+        ApiError::PayloadTooLarge { limit }.into_response()
     }
 }
 
