@@ -51,10 +51,12 @@ bench-live:
 bench-client:
 	cargo bench --locked -p mana-sync-client --bench local_store
 
-# Backup export and import of 200,000 changes: rate and the server's peak memory.
+# Backup export and import of 200,000 changes: rate and the server's peak
+# memory; another user's push latency during a 200 MiB import.
 bench-backup:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench backup
+	./target/release/mana-sync-bench contention
 
 # A long-lived account (10,000 records × 100 updates): a new device's first
 # sync before and after compaction, compaction rate, push latency meanwhile.

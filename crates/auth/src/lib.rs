@@ -7,7 +7,9 @@
 //! HS256 token is checked only against the configured secret, never against a
 //! public key, and a key from the JWKS accepts only its own algorithm. That
 //! closes `alg: none` and algorithm-confusion attacks. The token's `sub` is the
-//! user id; `exp` is required.
+//! user id; `exp` is required, and so are `aud` and `iss` when an audience or
+//! issuer is configured. A header that lists critical extensions (`crit`) is
+//! refused: we understand none (RFC 7515, section 4.1.11).
 
 mod jwks;
 
@@ -19,8 +21,12 @@ use serde::{Deserialize, Serialize};
 
 pub use jwks::JwksError;
 
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 30;
+/// Default clock skew tolerated on `exp` and `nbf` ([`AuthConfig::leeway`]).
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// Shortest HS256 secret accepted: 32 bytes, the size of the hash (RFC 7518,
+/// section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// How tokens are checked.
 #[derive(Debug, Clone)]
@@ -35,6 +41,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Shortest time between two fetches of the key set (see [`DEFAULT_JWKS_MIN_REFRESH`]).
     pub jwks_min_refresh: Duration,
+    /// Clock skew tolerated on `exp` and `nbf` (see [`DEFAULT_LEEWAY`]).
+    pub leeway: Duration,
 }
 
 /// Default for [`AuthConfig::jwks_min_refresh`].
@@ -49,6 +57,7 @@ impl AuthConfig {
             audience: None,
             issuer: None,
             jwks_min_refresh: DEFAULT_JWKS_MIN_REFRESH,
+            leeway: DEFAULT_LEEWAY,
         }
     }
 }
@@ -91,9 +100,41 @@ pub enum AuthSetupError {
     /// Neither a secret nor a JWKS URL was given.
     #[error("no JWT_SECRET or JWKS_URL configured")]
     NothingConfigured,
+    /// The HS256 secret is too short to be safe.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The HTTP client for the JWKS could not be built.
     #[error("cannot fetch keys: {0}")]
     Jwks(#[from] JwksError),
+}
+
+/// An HS256 secret that must not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Empty, or only white space.
+    #[error(
+        "JWT_SECRET is empty; set a long random secret shared with your auth service, or unset it for dev mode"
+    )]
+    Empty,
+    /// Shorter than [`MIN_SECRET_BYTES`].
+    #[error(
+        "JWT_SECRET is {len} bytes long; use at least {MIN_SECRET_BYTES} bytes of random (for example `openssl rand -hex 32`)"
+    )]
+    TooShort {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// Checks that `secret` is fit to sign tokens with HS256.
+pub fn check_secret(secret: &str) -> Result<(), SecretError> {
+    if secret.trim().is_empty() {
+        Err(SecretError::Empty)
+    } else if secret.len() < MIN_SECRET_BYTES {
+        Err(SecretError::TooShort { len: secret.len() })
+    } else {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,18 +143,32 @@ struct Claims {
     exp: u64,
 }
 
+/// A verified token: whose it is, and until when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The token's user (`sub`).
+    pub user: UserId,
+    /// The first instant at which the token is refused: its `exp` plus the
+    /// tolerated clock skew. Streams and sockets opened with it end then.
+    pub refused_from: SystemTime,
+}
+
 /// Checks tokens and says whose they are.
 pub struct Verifier {
     secret: Option<DecodingKey>,
     jwks: Option<jwks::KeySet>,
     audience: Option<String>,
     issuer: Option<String>,
+    leeway: Duration,
 }
 
 impl Verifier {
     /// Builds a verifier; with a JWKS URL, fetches the key set once (a failure is
     /// logged, and fetching is retried when a token arrives).
     pub async fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+        if let Some(secret) = &config.jwt_secret {
+            check_secret(secret)?;
+        }
         let secret = config
             .jwt_secret
             .as_ref()
@@ -130,16 +185,29 @@ impl Verifier {
             jwks,
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
+            leeway: config.leeway,
         })
     }
 
     /// Verifies `token` and returns its user.
     pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_token(token).await.map(|verified| verified.user)
+    }
+
+    /// Verifies `token` and returns its user and until when it is accepted.
+    pub async fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        // We implement no JWS extension, so any header parameter marked
+        // critical is one we do not understand (an empty list is invalid too).
+        if let Some(critical) = &header.crit {
+            return Err(AuthError::Invalid(format!(
+                "the header marks {critical:?} as critical (`crit`); this server understands no extensions"
+            )));
+        }
         let (key, algorithm) = match header.alg {
             Algorithm::HS256 => match &self.secret {
                 Some(secret) => (secret.clone(), Algorithm::HS256),
@@ -152,15 +220,23 @@ impl Verifier {
             other => return Err(AuthError::AlgorithmNotAccepted(format!("{other:?}"))),
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
+        // Configured audience and issuer are required, not only checked when
+        // present.
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
             .kind()
         {
@@ -171,7 +247,17 @@ impl Verifier {
             .claims
             .sub
             .ok_or_else(|| AuthError::Subject("missing".into()))?;
-        UserId::new(subject).map_err(|e| AuthError::Subject(e.to_string()))
+        let user = UserId::new(subject).map_err(|e| AuthError::Subject(e.to_string()))?;
+        // `exp` is accepted up to and including `exp + leeway` (whole seconds).
+        let refused_from = UNIX_EPOCH
+            .checked_add(Duration::from_secs(
+                data.claims
+                    .exp
+                    .saturating_add(self.leeway.as_secs())
+                    .saturating_add(1),
+            ))
+            .unwrap_or(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX)));
+        Ok(Verified { user, refused_from })
     }
 }
 

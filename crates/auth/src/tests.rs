@@ -274,3 +274,67 @@ async fn refresh_is_rate_limited() {
     // The set was fetched at start-up, so an unknown kid does not refetch yet.
     assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
 }
+
+#[tokio::test]
+async fn a_configured_audience_and_issuer_are_required() {
+    let verifier = Verifier::new(&AuthConfig {
+        jwt_secret: Some(SECRET.into()),
+        audience: Some("mana-sync".into()),
+        issuer: Some("https://auth.example".into()),
+        ..AuthConfig::new()
+    })
+    .await
+    .expect("configured");
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 60;
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("signs")
+    };
+    let both =
+        sign(json!({"sub": "a", "exp": exp, "aud": "mana-sync", "iss": "https://auth.example"}));
+    let verified = verifier.verify_token(&both).await.expect("accepted");
+    assert_eq!(
+        verified.refused_from,
+        UNIX_EPOCH + Duration::from_secs(exp + 30 + 1),
+        "refused once exp + leeway has passed"
+    );
+    for claims in [
+        json!({"sub": "a", "exp": exp, "iss": "https://auth.example"}),
+        json!({"sub": "a", "exp": exp, "aud": "mana-sync"}),
+    ] {
+        assert!(verifier.verify(&sign(claims)).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn critical_header_extensions_and_weak_secrets_are_refused() {
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["b64".into()]);
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "a", "exp": u64::from(u32::MAX)}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signs");
+    let error = hs_verifier().await.verify(&token).await.unwrap_err();
+    assert!(error.to_string().contains("crit"), "{error}");
+    for secret in ["", "  ", "short"] {
+        let refused = Verifier::new(&AuthConfig {
+            jwt_secret: Some(secret.into()),
+            ..AuthConfig::new()
+        })
+        .await;
+        assert!(
+            matches!(refused, Err(AuthSetupError::Secret(_))),
+            "{secret:?}"
+        );
+    }
+}

@@ -305,3 +305,107 @@ pub async fn run(
     });
     Ok(phases)
 }
+
+/// Another user's pushes while a large backup is imported.
+pub struct Contention {
+    pub backend: Backend,
+    pub backup_bytes: usize,
+    pub changes: usize,
+    pub import: Duration,
+    pub idle: Vec<Duration>,
+    pub during: Vec<Duration>,
+}
+
+/// The latency of one-change pushes of another user, before and while a
+/// backup of `mib` MiB is imported over HTTP (the import is one transaction:
+/// all or nothing).
+pub async fn contention(
+    backend: Backend,
+    binary: &std::path::Path,
+    mib: usize,
+) -> anyhow::Result<Contention> {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = Env::new(backend, binary).await?;
+    let filler = "x".repeat(900);
+    let mut body = Vec::with_capacity((mib << 20) + 2048);
+    let mut changes = 0;
+    while body.len() < mib << 20 {
+        writeln!(
+            body,
+            r#"{{"eventId":"{}","schemaVersion":2,"appId":"bench","table":"tasks","id":"r{changes}","op":"insert","data":{{"f":"{filler}"}},"clientId":"d","createdAt":"2026-11-25T10:00:00Z"}}"#,
+            uuid::Uuid::new_v4()
+        )?;
+        changes += 1;
+    }
+    let backup_bytes = body.len();
+    let push_url = env.server.at("/sync/bench");
+    let push_token = env.server.token("bystander");
+    let push = {
+        let http = env.http.clone();
+        move |n: usize| {
+            let request = http
+                .post(&push_url)
+                .bearer_auth(&push_token)
+                .header("x-client-id", "phone")
+                .json(&serde_json::json!({
+                    "since": "1970-01-01T00:00:00.000Z",
+                    "changes": [{"table": "tasks", "id": format!("b{n}"), "op": "insert", "data": {"n": n}}],
+                }));
+            async move {
+                let started = Instant::now();
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "push: {}",
+                    response.status()
+                );
+                Ok(started.elapsed())
+            }
+        }
+    };
+    let mut idle = Vec::new();
+    for n in 0..50 {
+        idle.push(push(n).await?);
+    }
+    let importing = Arc::new(AtomicBool::new(true));
+    let bystander = tokio::spawn({
+        let importing = importing.clone();
+        let push = push.clone();
+        async move {
+            let mut during = Vec::new();
+            let mut n = 1000;
+            while importing.load(Ordering::Relaxed) {
+                during.push(push(n).await?);
+                n += 1;
+            }
+            anyhow::Ok(during)
+        }
+    });
+    let started = Instant::now();
+    let response = env
+        .http
+        .post(env.server.at("/backup/import"))
+        .bearer_auth(env.server.token("importer"))
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "import: {}",
+        response.text().await?
+    );
+    let import = started.elapsed();
+    importing.store(false, Ordering::Relaxed);
+    let during = bystander.await??;
+    Ok(Contention {
+        backend,
+        backup_bytes,
+        changes,
+        import,
+        idle,
+        during,
+    })
+}

@@ -125,7 +125,10 @@ pub async fn second_instance(env: &Env, binary: &std::path::Path) -> TestServer 
         binary,
         ServerOptions {
             database_url: Some(env.server.database_url.clone()),
-            env: vec![("RUST_LOG".into(), "warn".into())],
+            env: vec![
+                ("RUST_LOG".into(), "warn".into()),
+                ("MAX_LIVE_PER_USER".into(), "1000000".into()),
+            ],
             ..ServerOptions::default()
         },
     )

@@ -49,6 +49,8 @@ enum Command {
     Backup(BackupArgs),
     /// A long-lived account's first sync before and after compaction.
     Compaction(CompactionArgs),
+    /// Another user's push latency while a large backup is imported.
+    Contention(ContentionArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +61,16 @@ struct CompactionArgs {
     /// Updates of each record (the log holds records × (updates + 1) changes).
     #[arg(long, default_value_t = 100)]
     updates: usize,
+    /// Databases to measure.
+    #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
+    backend: Vec<Backend>,
+}
+
+#[derive(clap::Args)]
+struct ContentionArgs {
+    /// Size of the imported backup in MiB.
+    #[arg(long, default_value_t = 200)]
+    mib: usize,
     /// Databases to measure.
     #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
     backend: Vec<Backend>,
@@ -150,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => fanout(&args, &binary).await,
         Command::Backup(args) => backups(&args, &binary).await,
         Command::Compaction(args) => compactions(&args, &binary).await,
+        Command::Contention(args) => contention(&args, &binary).await,
     }
 }
 
@@ -233,6 +246,35 @@ async fn backups(args: &BackupArgs, binary: &std::path::Path) -> anyhow::Result<
             rate(phase.changes, phase.raw),
             phase.raw.as_secs_f64() / phase.server.as_secs_f64(),
             phase.peak_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+async fn contention(args: &ContentionArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+        samples.sort();
+        let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples.get(index).copied().unwrap_or_default()
+    }
+    println!(
+        "| database | backup | import | other user's push p50 / max, idle | during the import |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for &backend in &args.backend {
+        let mut run = backup::contention(backend, binary, args.mib).await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {:?} | {:.0} MiB, {} changes | {:.1} s | {:.1} / {:.1} ms | {:.1} / {:.0} ms ({} pushes) |",
+            run.backend,
+            run.backup_bytes as f64 / 1048576.0,
+            run.changes,
+            run.import.as_secs_f64(),
+            ms(percentile(&mut run.idle, 0.5)),
+            ms(percentile(&mut run.idle, 1.0)),
+            ms(percentile(&mut run.during, 0.5)),
+            ms(percentile(&mut run.during, 1.0)),
+            run.during.len(),
         );
     }
     Ok(())

@@ -42,10 +42,14 @@ impl Env {
             binary,
             ServerOptions {
                 database_url: database.as_ref().map(TestDatabase::url),
-                env: [("RUST_LOG".to_owned(), "warn".to_owned())]
-                    .into_iter()
-                    .chain(settings)
-                    .collect(),
+                env: [
+                    ("RUST_LOG".to_owned(), "warn".to_owned()),
+                    // The fan-out scenario opens 10,000 streams of one user.
+                    ("MAX_LIVE_PER_USER".to_owned(), "1000000".to_owned()),
+                ]
+                .into_iter()
+                .chain(settings)
+                .collect(),
                 ..ServerOptions::default()
             },
         )

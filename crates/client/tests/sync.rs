@@ -9,6 +9,7 @@ mod common;
 use common::{DEADLINE, Device, Proxy, app_id, metric, quick_options, server, server_changes};
 use futures::StreamExt;
 use mana_sync_client::{ClientError, Query, StoreOptions, SyncOptions, SyncStatus};
+use mana_sync_testkit::server::{ServerOptions, TestServer};
 use serde_json::{Value, json};
 
 fn fields(value: Value) -> serde_json::Map<String, Value> {
@@ -578,4 +579,45 @@ async fn a_refused_token_is_an_error_and_stops_the_live_loop() {
         .expect("gives up")
         .unwrap_err();
     assert!(matches!(error, ClientError::Unauthorized(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_while_live_ends_the_stream_and_asks_for_a_new_one() {
+    let server = TestServer::start(
+        &mana_sync_testkit::server::workspace_binary("mana-sync"),
+        ServerOptions {
+            env: vec![
+                ("JWT_LEEWAY_SECS".into(), "0".into()),
+                ("SSE_HEARTBEAT_SECS".into(), "1".into()),
+            ],
+            ..ServerOptions::default()
+        },
+    )
+    .await;
+    let device = Device::new(&app_id("todo"));
+    let token = server.token_with_ttl("kim", std::time::Duration::from_secs(3));
+    let client = device.client_with(&server.url, &token, quick_options());
+    let mut statuses = device.store.watch_status();
+    let live = tokio::spawn({
+        let client = client.clone();
+        async move { client.run_live(std::future::pending()).await }
+    });
+    tokio::time::timeout(DEADLINE, statuses.wait_for(|s| *s == SyncStatus::Synced))
+        .await
+        .expect("connected")
+        .unwrap();
+    // The server ends the stream when the token expires; the client
+    // reconnects with the token it has, which the server refuses: the loop
+    // stops and the status asks for a new token.
+    let error = tokio::time::timeout(DEADLINE, live)
+        .await
+        .expect("the live loop stops once the token expired")
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(error, ClientError::Unauthorized(_)), "{error}");
+    assert!(
+        matches!(device.store.status(), SyncStatus::Error { .. }),
+        "{:?}",
+        device.store.status()
+    );
 }

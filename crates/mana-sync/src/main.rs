@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
 use mana_sync_protocol::UserId;
 use mana_sync_server::compactor::CompactionConfig;
+use mana_sync_server::connections::ConnectionLimits;
 use mana_sync_server::{App, ServerConfig};
 use mana_sync_store::{CompactOptions, CompactOutcome, StoreOptions};
 
@@ -37,6 +38,23 @@ enum Command {
     /// Copy every user's history from the seed's (Go server's) Postgres
     /// database into this one; users already copied are skipped.
     ImportSeed(ImportSeedArgs),
+    /// Bring the database schema up to date as the role that owns the tables,
+    /// and let the server's role read and write rows (nothing more).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Migrate as this owner role's URL instead of DATABASE_URL's; the role
+    /// of DATABASE_URL then gets the rows (unless --app-role names another).
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    migration_database_url: Option<String>,
+    /// The role the server runs as: it may read and write the rows of every
+    /// table, now and of tables later migrations add (Postgres only).
+    #[arg(long, env = "MANA_SYNC_APP_ROLE")]
+    app_role: Option<String>,
 }
 
 #[derive(Args)]
@@ -121,6 +139,10 @@ struct ServeArgs {
     host: IpAddr,
     #[command(flatten)]
     database: DatabaseArgs,
+    /// Run migrations at start-up as this role (the tables' owner), and serve
+    /// as DATABASE_URL's role, which only gets to read and write rows.
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    migration_database_url: Option<String>,
     /// HS256 secret shared with the auth service.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -133,6 +155,9 @@ struct ServeArgs {
     /// Required `iss` claim, if any.
     #[arg(long, env = "JWT_ISSUER")]
     jwt_issuer: Option<String>,
+    /// Seconds of clock skew tolerated on a token's `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
+    jwt_leeway_secs: u64,
     /// Origins allowed to call the API from a browser, comma-separated (`*` for any).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
@@ -158,6 +183,46 @@ struct ServeArgs {
     compaction_interval_secs: u64,
     #[command(flatten)]
     retention: RetentionArgs,
+    /// Seconds a client has to send a request head (on a new connection, and
+    /// between requests on a kept-alive one).
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    header_timeout_secs: u64,
+    /// Longest pause, in seconds, while a request body arrives (then 408).
+    #[arg(long, env = "BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// Most connections served at once [default: the open-file limit less
+    /// a reserve for the database and files].
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most open streams and sockets per user.
+    #[arg(long, env = "MAX_LIVE_PER_USER", default_value_t = 100)]
+    max_live_per_user: usize,
+}
+
+/// File descriptors kept free of connections: the database pool, the
+/// Postgres listener, SQLite's files, backup spools, logs (plus three per
+/// pooled connection, see [`connection_budget`]).
+const RESERVED_FILES: u64 = 64;
+
+/// The soft open-file limit, raised to the hard limit first: every open
+/// stream and socket is a file descriptor, and the soft limit is often far
+/// below what the system allows.
+fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// Connections that fit in `open_files` next to the reserve.
+fn connection_budget(open_files: u64, pool_size: usize) -> usize {
+    let reserve = RESERVED_FILES + 3 * pool_size as u64;
+    usize::try_from(open_files.saturating_sub(reserve).max(16)).unwrap_or(usize::MAX)
 }
 
 #[derive(Args)]
@@ -181,6 +246,18 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
+/// `JWT_SECRET`, if set, and only if it is fit to sign with: an empty or
+/// short secret is an error, never a silent dev mode or a guessable key.
+fn checked_secret(secret: Option<String>) -> anyhow::Result<Option<String>> {
+    match secret {
+        Some(secret) => {
+            mana_sync_auth::check_secret(&secret)?;
+            Ok(Some(secret))
+        }
+        None => Ok(None),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
@@ -191,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Import(args) => import(args).await,
         Command::Compact(args) => compact(args).await,
         Command::ImportSeed(args) => import_seed(args).await,
+        Command::Migrate(args) => migrate(args).await,
     }
 }
 
@@ -211,16 +289,28 @@ fn init_logging() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Every open stream and socket is a file descriptor; the soft limit is
-    // often far below what the system allows.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
-    }
-    let jwt_secret = non_empty(args.jwt_secret);
-    if jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
-        tracing::warn!("JWT_SECRET is shorter than 32 bytes; use a long random secret");
-    }
+    let open_files = raise_open_file_limit();
+    let fits = open_files.map(|limit| connection_budget(limit, args.database.pool_size));
+    let max_connections = match (args.max_connections, fits) {
+        (Some(chosen), Some(fits)) if chosen > fits => {
+            tracing::warn!(
+                max_connections = chosen,
+                fits,
+                "MAX_CONNECTIONS is more than the open file limit leaves room for"
+            );
+            chosen
+        }
+        (Some(chosen), _) => chosen,
+        (None, Some(fits)) => fits,
+        (None, None) => 1024,
+    };
+    tracing::info!(
+        open_files,
+        max_connections,
+        "open file limit {}: serving up to {max_connections} connections",
+        open_files.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string()),
+    );
+    let jwt_secret = checked_secret(args.jwt_secret)?;
     let config = ServerConfig {
         database_url: args.database.database_url.clone(),
         pool_size: args.database.pool_size,
@@ -230,12 +320,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audience: non_empty(args.jwt_audience),
             issuer: non_empty(args.jwt_issuer),
             jwks_min_refresh: DEFAULT_JWKS_MIN_REFRESH,
+            leeway: Duration::from_secs(args.jwt_leeway_secs),
         },
-        cors_origins: args
-            .cors_origins
-            .into_iter()
-            .filter(|o| !o.is_empty())
-            .collect(),
+        cors_origins: args.cors_origins,
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
@@ -245,7 +332,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             interval: Duration::from_secs(args.compaction_interval_secs.max(1)),
             options: args.retention.options(),
         },
+        connections: ConnectionLimits {
+            max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        },
+        max_live_per_user: args.max_live_per_user.max(1),
     };
+    if let Some(owner_url) = non_empty(args.migration_database_url) {
+        let role = mana_sync_store::postgres::role_of(&args.database.database_url)
+            .context("MIGRATION_DATABASE_URL needs a postgres:// DATABASE_URL with a user")?;
+        mana_sync_store::migrate(&owner_url, Some(&role))
+            .await
+            .with_context(|| {
+                format!(
+                    "migrating {} as its owner",
+                    mana_sync_store::redact_url(&owner_url)
+                )
+            })?;
+    }
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
         eprintln!(
@@ -295,9 +400,31 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let (url, role) = match non_empty(args.migration_database_url) {
+        Some(owner_url) => {
+            let role = non_empty(args.app_role)
+                .or_else(|| mana_sync_store::postgres::role_of(&args.database.database_url));
+            (owner_url, role)
+        }
+        None => (args.database.database_url, non_empty(args.app_role)),
+    };
+    let applied = mana_sync_store::migrate(&url, role.as_deref())
+        .await
+        .with_context(|| format!("migrating {}", mana_sync_store::redact_url(&url)))?;
+    match applied.as_slice() {
+        [] => println!("the schema is up to date"),
+        versions => println!("applied migrations {versions:?}"),
+    }
+    if let Some(role) = role {
+        println!("{role} may read and write the rows of every table, and nothing more");
+    }
+    Ok(())
+}
+
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let user = UserId::new(args.user).context("invalid --user")?;
-    let secret = match non_empty(args.jwt_secret) {
+    let secret = match checked_secret(args.jwt_secret)? {
         Some(secret) => secret,
         None => {
             if non_empty(args.jwks_url).is_some() {

@@ -325,3 +325,137 @@ async fn dev_mode_on_postgres_shares_one_secret_between_instances() {
         assert_eq!(response.status(), StatusCode::OK, "{base}");
     }
 }
+
+#[tokio::test]
+async fn audience_and_issuer_are_required_when_configured() {
+    let h = Harness::start_with(
+        Db::Sqlite,
+        ServerOptions {
+            env: vec![
+                ("JWT_AUDIENCE".into(), "mana-sync".into()),
+                ("JWT_ISSUER".into(), "https://auth.example".into()),
+            ],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let key = EncodingKey::from_secret(TEST_SECRET.as_bytes());
+    let with = |claims: Value| {
+        Some(format!(
+            "Bearer {}",
+            sign(Algorithm::HS256, None, &key, &claims)
+        ))
+    };
+    let exp = now() + 600;
+    let good =
+        json!({"sub": "alice", "exp": exp, "aud": "mana-sync", "iss": "https://auth.example"});
+    let (status, body) = status_with(&h, with(good)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = status_with(
+        &h,
+        with(json!({"sub": "alice", "exp": exp, "aud": ["other", "mana-sync"], "iss": "https://auth.example"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "one of several audiences: {body}");
+    for (name, claims) in [
+        (
+            "no aud",
+            json!({"sub": "alice", "exp": exp, "iss": "https://auth.example"}),
+        ),
+        (
+            "no iss",
+            json!({"sub": "alice", "exp": exp, "aud": "mana-sync"}),
+        ),
+        ("neither", json!({"sub": "alice", "exp": exp})),
+        (
+            "wrong aud",
+            json!({"sub": "alice", "exp": exp, "aud": "other", "iss": "https://auth.example"}),
+        ),
+        (
+            "wrong iss",
+            json!({"sub": "alice", "exp": exp, "aud": "mana-sync", "iss": "https://evil.example"}),
+        ),
+    ] {
+        let (status, body) = status_with(&h, with(claims)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_with_critical_header_extensions_are_refused() {
+    let h = Harness::start(Db::Sqlite).await.expect("starts");
+    let key = EncodingKey::from_secret(TEST_SECRET.as_bytes());
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["urn:example:must-understand".into()]);
+    header.extras.insert("urn:example:must-understand", true);
+    let token = jsonwebtoken::encode(&header, &valid_claims("alice"), &key).expect("signs");
+    let (status, body) = status_with(&h, Some(format!("Bearer {token}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("crit"),
+        "{body}"
+    );
+    // An empty list is not allowed either (RFC 7515, 4.1.11).
+    header.crit = Some(Vec::new());
+    let token = jsonwebtoken::encode(&header, &valid_claims("alice"), &key).expect("signs");
+    let (status, _) = status_with(&h, Some(format!("Bearer {token}"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Runs `mana-sync serve` with `env` and expects it to refuse to start,
+/// returning its standard error.
+async fn refuses_to_start(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(common::BINARY)
+        .arg("serve")
+        .env_clear()
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("sync.db").display()),
+        )
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawns");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("started with {env:?}"))
+        .expect("waits");
+    assert!(!status.success(), "{env:?}");
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt as _;
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .await
+        .expect("reads");
+    stderr
+}
+
+#[tokio::test]
+async fn an_empty_or_short_jwt_secret_is_a_startup_error() {
+    let stderr = refuses_to_start(&[("JWT_SECRET", "")]).await;
+    assert!(stderr.contains("JWT_SECRET is empty"), "{stderr}");
+    let stderr = refuses_to_start(&[("JWT_SECRET", "   ")]).await;
+    assert!(stderr.contains("JWT_SECRET is empty"), "{stderr}");
+    let stderr = refuses_to_start(&[("JWT_SECRET", "password123")]).await;
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    // The token command refuses the same secrets.
+    let output = tokio::process::Command::new(common::BINARY)
+        .args(["token", "--user", "alice"])
+        .env_clear()
+        .env("JWT_SECRET", "short")
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 32 bytes"));
+}

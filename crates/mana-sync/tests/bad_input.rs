@@ -201,6 +201,104 @@ async fn unknown_routes_methods_and_headers_get_json_errors(h: Harness) {
     assert_eq!(reply.0, StatusCode::BAD_REQUEST, "{}", reply.1);
 }
 
+/// `{"a":` … `1` … `}` nested `depth` levels deep (the outer object counts).
+fn nested_object(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+/// `[[…[1]…]]`, `depth` arrays deep.
+fn nested_array(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+async fn values_nested_deeper_than_64_levels_are_refused_with_their_path(h: Harness) {
+    let push = |change: String| {
+        format!(r#"{{"clientId":"phone","since":"{START}","changes":[{{"table":"t","id":"ok","op":"insert","data":{{}}}},{change}]}}"#)
+            .into_bytes()
+    };
+    let at = r#""at":"2026-11-25T10:00:00.000Z""#;
+    // 64 levels are fine: the data object and 63 below it, a field value of
+    // 64 arrays, an actor of 64 objects.
+    let fine = push(format!(
+        r#"{{"table":"t","id":"1","op":"insert","data":{{"a":{}}},"fields":{{"a":{{"value":{},{at}}}}},"actor":{}}}"#,
+        nested_object(63),
+        nested_array(64),
+        nested_object(64)
+    ));
+    let (status, reply) = raw_post(&h, "/sync/todo", fine).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let cases = [
+        (
+            format!(
+                r#"{{"table":"t","id":"1","op":"insert","data":{}}}"#,
+                nested_object(65)
+            ),
+            "`data`",
+        ),
+        (
+            format!(
+                r#"{{"table":"t","id":"1","op":"update","fields":{{"title":{{"value":{},{at}}}}}}}"#,
+                nested_array(65)
+            ),
+            "`fields.title.value`",
+        ),
+        (
+            format!(
+                r#"{{"table":"t","id":"1","op":"delete","deletedAt":"2026-11-25T10:00:00Z","actor":{}}}"#,
+                nested_array(65)
+            ),
+            "`actor`",
+        ),
+        // What a device could use to make every other device's JSON parser
+        // give up on the user's pages.
+        (
+            format!(
+                r#"{{"table":"t","id":"1","op":"insert","data":{{"a":{}}}}}"#,
+                nested_array(1_000_000)
+            ),
+            "`data`",
+        ),
+    ];
+    for (change, path) in cases {
+        let reply = raw_post(&h, "/sync/todo", push(change)).await;
+        assert_error(
+            &reply,
+            StatusCode::BAD_REQUEST,
+            "invalid_change",
+            "changes[1]",
+        );
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_change", path);
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_change", "64");
+    }
+    // Backups: the line is named, nothing is imported.
+    let line = |data: String| {
+        format!(
+            r#"{{"eventId":"{}","schemaVersion":1,"appId":"todo","table":"t","id":"x","op":"insert","data":{data},"clientId":"d","createdAt":"2026-11-25T10:00:00Z"}}"#,
+            "0192f0c4-7a8e-7000-8000-000000000001"
+        )
+    };
+    let backup = format!("{}\n", line(format!(r#"{{"a":{}}}"#, nested_array(100))));
+    let device = h.device("alice", "phone");
+    let response = device
+        .http
+        .post(h.server.at("/backup/import"))
+        .bearer_auth(&device.token)
+        .body(backup)
+        .send()
+        .await
+        .expect("sent");
+    let reply = common::read(response).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_backup", "line 1");
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_backup", "`data`");
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_backup", "64");
+    // Only the first push stored anything.
+    let (changes, _) = h
+        .device("alice", "laptop")
+        .pull_all("todo", "t", START)
+        .await;
+    assert_eq!(common::ids(&changes), ["ok", "1"]);
+}
+
 /// JSON values of every shape, biased towards the keys the API reads.
 fn arbitrary_json() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
@@ -408,4 +506,5 @@ on_both_databases!(
     bodies_over_10_mib_are_413,
     unknown_routes_methods_and_headers_get_json_errors,
     no_input_makes_the_server_fail,
+    values_nested_deeper_than_64_levels_are_refused_with_their_path,
 );

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Db, Harness, START, insert};
+use common::{Db, Harness, PROMPTLY, START, insert};
 use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -127,6 +127,54 @@ async fn cors_allows_exactly_the_configured_origins() {
 }
 
 #[tokio::test]
+async fn cors_origins_are_trimmed_and_normalised_and_non_origins_are_named() {
+    let h = Harness::start_with(
+        Db::Sqlite,
+        ServerOptions {
+            env: vec![(
+                "CORS_ORIGINS".into(),
+                "https://a.example, https://b.example/ ,HTTPS://C.Example:443,https://d.example/app,d.example,".into(),
+            )],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let http = mana_sync_testkit::http_client();
+    for (origin, allowed) in [
+        ("https://a.example", true),
+        ("https://b.example", true),
+        ("https://c.example", true),
+        ("https://d.example", false),
+        ("https://evil.example", false),
+    ] {
+        let preflight = http
+            .request(reqwest::Method::OPTIONS, h.server.at("/sync/todo"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .expect("sent");
+        let echoed = preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        assert_eq!(echoed.is_some(), allowed, "{origin}: {echoed:?}");
+        if allowed {
+            assert_eq!(echoed.as_deref(), Some(origin));
+        }
+    }
+    let logs = h.server.logs();
+    for entry in ["https://d.example/app", "`d.example`"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("WARN") && l.contains("CORS_ORIGINS") && l.contains(entry)),
+            "no warning naming {entry}:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_lost_database_is_503_not_500_and_health_says_so() {
     let Some(h) = Harness::start(Db::Postgres).await else {
         return;
@@ -158,6 +206,26 @@ async fn a_lost_database_is_503_not_500_and_health_says_so() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
+    // Logged once, with the database's own code and message.
+    h.server
+        .wait_for_log("cannot listen for changes", PROMPTLY)
+        .await;
+    let logs = h.server.logs();
+    let failures: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("/sync/todo") && line.contains("ERROR"))
+        .collect();
+    assert_eq!(failures.len(), 1, "one 503, one log line: {failures:#?}");
+    assert!(failures[0].contains("42501"), "{}", failures[0]);
+    for line in logs
+        .lines()
+        .filter(|l| l.contains("cannot listen for changes"))
+    {
+        assert!(
+            line.contains("42501") && line.contains("permission denied"),
+            "the database's code and message: {line}"
+        );
+    }
     db.accept_connections().await;
     let (status, body) = phone
         .push("todo", START, json!([insert("tasks", "2")]))

@@ -751,3 +751,101 @@ async fn everything_recovers_when_every_connection_is_dropped() {
     }
     assert_eq!(changes_of(&stream.next_changes().await), ["after-restart"]);
 }
+
+/// A stream and a socket opened with a token that then expires are told so
+/// and ended; the token no longer opens anything.
+#[tokio::test]
+async fn streams_and_sockets_end_when_their_token_expires() {
+    let h = Harness::start_with(
+        common::Db::Sqlite,
+        ServerOptions {
+            env: vec![
+                ("JWT_LEEWAY_SECS".into(), "0".into()),
+                ("SSE_HEARTBEAT_SECS".into(), "1".into()),
+            ],
+            ..ServerOptions::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let token = h.server.token_with_ttl("alice", Duration::from_secs(3));
+    let device = Device {
+        token: token.clone(),
+        ..h.device("alice", "laptop")
+    };
+    let mut stream = device.stream("todo", "tasks", START).await;
+    stream.backlog(1).await;
+    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+    socket
+        .send(Message::text(
+            json!({"type": "auth", "token": token}).to_string(),
+        ))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+    // A second socket renews its token in-band before it expires.
+    let (mut renewed, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+    for fresh in [token.clone(), h.server.token("alice")] {
+        renewed
+            .send(Message::text(
+                json!({"type": "auth", "token": fresh}).to_string(),
+            ))
+            .await
+            .expect("sends");
+        assert_eq!(next_message(&mut renewed).await, json!({"type": "auth-ok"}));
+    }
+    wait_for_connections(&h.server, 1, 2).await;
+
+    let expired = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next_within(Duration::from_secs(10)).await {
+                Some((kind, _)) if kind == "heartbeat" => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream is told before the deadline");
+    let (kind, data) = expired.expect("an event before the end");
+    assert_eq!(kind, "error");
+    assert_eq!(data["error"]["code"], "token_expired", "{data}");
+    assert!(stream.ended().await);
+
+    let message = tokio::time::timeout(Duration::from_secs(10), next_message(&mut socket))
+        .await
+        .expect("the socket is told");
+    assert_eq!(message["type"], "error", "{message}");
+    assert_eq!(message["code"], "token_expired", "{message}");
+    assert_eq!(next_message(&mut socket).await, json!({"closed": 1008}));
+    // The renewed socket lives on; another user's token would not renew it.
+    renewed
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut renewed).await, json!({"type": "pong"}));
+    renewed
+        .send(Message::text(
+            json!({"type": "auth", "token": h.server.token("mallory")}).to_string(),
+        ))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut renewed).await["code"], "unauthorized");
+    assert_eq!(next_message(&mut renewed).await, json!({"closed": 1008}));
+    wait_for_connections(&h.server, 0, 0).await;
+
+    // Reconnecting with the expired token is refused; a fresh one works.
+    let response = device
+        .http
+        .get(h.server.at("/sync/todo/stream?collections=tasks"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let mut fresh = h
+        .device("alice", "laptop")
+        .stream("todo", "tasks", START)
+        .await;
+    fresh.backlog(1).await;
+}

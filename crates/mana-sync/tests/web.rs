@@ -182,6 +182,108 @@ async fn the_apps_own_routes_fall_back_to_index_html_and_api_paths_keep_json_404
 }
 
 #[tokio::test]
+async fn only_regular_files_inside_the_directory_are_served_and_no_dotfiles() {
+    let app = built_app();
+    let dist = app.path().join("dist");
+    std::fs::write(dist.join(".env"), "JWT_SECRET=not for the web").expect("dotfile");
+    std::fs::create_dir_all(dist.join(".git")).expect("dot dir");
+    std::fs::write(dist.join(".git/config"), "not for the web").expect("git");
+    std::fs::create_dir_all(dist.join("assets/.cache")).expect("nested dot dir");
+    std::fs::write(dist.join("assets/.cache/x.js"), "not for the web").expect("cached");
+    std::os::unix::fs::symlink("/", dist.join("rootlink")).expect("symlink to /");
+    std::os::unix::fs::symlink(app.path().join("secret.txt"), dist.join("secret.txt"))
+        .expect("symlink to a file outside");
+    std::os::unix::fs::symlink(dist.join("favicon.svg"), dist.join("icon.svg"))
+        .expect("symlink inside");
+    let h = start(Db::Sqlite, None, Some(&dist))
+        .await
+        .expect("SQLite always starts");
+    for path in [
+        "/rootlink/etc/passwd",
+        "/rootlink/etc/hostname",
+        "/secret.txt",
+        "/.env",
+        "/.git/config",
+        "/%2eenv",
+        "/assets/.cache/x.js",
+        "/assets/%2Ecache/x.js",
+    ] {
+        for accept in ["*/*", PAGE] {
+            let response = get(&h, path, accept).await;
+            let status = response.status();
+            let body = response.text().await.expect("body");
+            assert!(
+                !body.contains("not for the web") && !body.contains("root:"),
+                "{path} ({accept}) served what it must not: {body}"
+            );
+            if accept == PAGE {
+                // A page request falls back to the app, never to the file.
+                assert_eq!(status, StatusCode::OK, "{path}");
+                assert_eq!(body, INDEX, "{path}");
+            } else {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            }
+        }
+    }
+    // A link that stays inside the directory is an ordinary file.
+    let icon = get(&h, "/icon.svg", "image/*").await;
+    assert_eq!(icon.status(), StatusCode::OK);
+    assert_eq!(
+        get(&h, "/assets/index-abc123.js", "*/*").await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn no_path_makes_the_file_server_fail() {
+    let app = built_app();
+    let h = start(Db::Sqlite, None, Some(&app.path().join("dist")))
+        .await
+        .expect("SQLite always starts");
+    let http = mana_sync_testkit::http_client();
+    for path in [
+        "/%00",
+        "/assets/%00",
+        "/%00/x",
+        "/a%00b.js",
+        "/assets/index-abc123.js%00",
+        "/%ff%fe",
+        "/%c0%ae%c0%ae/secret.txt",
+        "/assets/%5c..%5c..%5csecret.txt",
+        "/con",
+        "/assets/",
+        "/assets",
+        "//",
+        "/./index.html",
+    ] {
+        for method in [reqwest::Method::HEAD, reqwest::Method::GET] {
+            for accept in ["*/*", PAGE] {
+                let response = http
+                    .request(method.clone(), h.server.at(path))
+                    .header(ACCEPT, accept)
+                    .send()
+                    .await
+                    .expect("sent");
+                let status = response.status();
+                assert!(
+                    status.is_success() || status.is_client_error() || status.is_redirection(),
+                    "{method} {path} ({accept}): {status}"
+                );
+                if method == reqwest::Method::GET && status.is_client_error() {
+                    let (_, body) = read(response).await;
+                    assert!(body["error"]["code"].is_string(), "{method} {path}: {body}");
+                }
+            }
+        }
+    }
+    let logs = h.server.logs();
+    assert!(
+        !logs.contains("ERROR"),
+        "no request is a server failure:\n{logs}"
+    );
+}
+
+#[tokio::test]
 async fn an_unbuilt_app_is_a_404_that_says_how_to_build_it() {
     let empty = tempfile::tempdir().expect("temp dir");
     let h = start(Db::Sqlite, None, Some(&empty.path().join("dist")))

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, SpaceId, check_identifier};
+use crate::json::{MAX_DEPTH, nested_deeper_than};
 use crate::schema::{self, SchemaVersionError};
 use crate::timestamp::Timestamp;
 
@@ -230,6 +231,14 @@ pub enum ChangeProblem {
     /// A space id given in `data` or `fields` is not a string.
     #[error("`spaceId` must be a string (or null for the personal space)")]
     SpaceIdNotText,
+    /// A value nests arrays and objects deeper than [`MAX_DEPTH`].
+    #[error(
+        "`{path}` is nested more than {MAX_DEPTH} levels deep; many JSON parsers cannot read deeper values, so it is not stored"
+    )]
+    TooDeep {
+        /// Where in the change: `data`, `fields.<name>.value` or `actor`.
+        path: String,
+    },
 }
 
 /// A change that passed validation, ready to be stored.
@@ -257,6 +266,10 @@ pub struct Change {
 
 fn is_json_object(raw: &RawValue) -> bool {
     raw.get().trim_start().starts_with('{')
+}
+
+fn too_deep(value: Option<&RawValue>) -> bool {
+    value.is_some_and(|value| nested_deeper_than(value.get(), MAX_DEPTH))
 }
 
 fn truncated(text: &str) -> String {
@@ -323,13 +336,23 @@ impl WireChange {
             return Err(ChangeProblem::DataNotObject);
         }
         if let Some(fields) = &self.fields {
-            for name in fields.keys() {
+            for (name, field) in fields {
                 check_identifier(name, MAX_NAME_LEN).map_err(|problem| {
                     ChangeProblem::FieldName {
                         name: truncated(name),
                         problem,
                     }
                 })?;
+                if too_deep(Some(&*field.value)) {
+                    return Err(ChangeProblem::TooDeep {
+                        path: format!("fields.{name}.value"),
+                    });
+                }
+            }
+        }
+        for (path, value) in [("data", &self.data), ("actor", &self.actor)] {
+            if too_deep(value.as_deref()) {
+                return Err(ChangeProblem::TooDeep { path: path.into() });
             }
         }
         let space_id = self.named_space()?;

@@ -4,6 +4,46 @@
 
 use serde::de::DeserializeOwned;
 
+/// The deepest a stored JSON value (`data`, a field's `value`, `actor`) may
+/// nest arrays and objects; the value itself counts as one level. Ordinary
+/// JSON parsers stop somewhere between a few hundred and a few thousand
+/// levels (Python's at about 1000), so a deeper value would make every other
+/// device of the user unable to read its pages.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether the JSON text `text` nests arrays and objects more than `limit`
+/// levels deep. Linear, without recursion, and stops at the first level
+/// past the limit, so a value millions of levels deep costs nothing more.
+pub fn nested_deeper_than(text: &str, limit: usize) -> bool {
+    let mut depth = 0_usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A body that is not the JSON we expect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -50,6 +90,20 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects_but_not_brackets_in_strings() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(!nested_deeper_than(&nested(64), 64));
+        assert!(nested_deeper_than(&nested(65), 64));
+        assert!(!nested_deeper_than("1", 0));
+        assert!(nested_deeper_than("{}", 0));
+        let object = r#"{"a":{"b":[1,{"c":"[[[[{{{{\\\"[["}]}}"#;
+        assert!(!nested_deeper_than(object, 4));
+        assert!(nested_deeper_than(object, 3));
+        // Siblings do not add up.
+        assert!(!nested_deeper_than("[[1],[2],[[3]]]", 3));
     }
 
     #[test]

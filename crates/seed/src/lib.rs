@@ -287,6 +287,7 @@ pub async fn import_seed(
         .map_err(connect_error)?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
+            let error = with_causes(&error);
             tracing::warn!(%error, "the seed database connection failed");
         }
     });

@@ -1,13 +1,15 @@
 //! Authentication middleware: every sync route requires a valid bearer
-//! token; the verified user is put in the request's extensions for handlers.
+//! token; the verified user (and when its token stops being accepted) is put
+//! in the request's extensions for handlers.
 
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use mana_sync_auth::AuthError;
+use mana_sync_auth::{AuthError, Verified};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -28,17 +30,28 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     }
 }
 
+/// When the request's token stops being accepted: streams end then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenDeadline(pub SystemTime);
+
+fn record(request: &mut Request, verified: Verified) {
+    request
+        .extensions_mut()
+        .insert(TokenDeadline(verified.refused_from));
+    request.extensions_mut().insert(verified.user);
+}
+
 /// Verifies the bearer token and records its user for the handler.
 pub async fn require_user(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let user = state
+    let verified = state
         .verifier
-        .verify(bearer_token(request.headers())?)
+        .verify_token(bearer_token(request.headers())?)
         .await?;
-    request.extensions_mut().insert(user);
+    record(&mut request, verified);
     Ok(next.run(request).await)
 }
 
@@ -60,7 +73,7 @@ pub async fn require_user_header_or_query(
         Err(AuthError::Missing) => query_token(request.uri()).ok_or(AuthError::Missing)?,
         Err(error) => return Err(error.into()),
     };
-    let user = state.verifier.verify(&token).await?;
-    request.extensions_mut().insert(user);
+    let verified = state.verifier.verify_token(&token).await?;
+    record(&mut request, verified);
     Ok(next.run(request).await)
 }

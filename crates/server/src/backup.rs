@@ -65,6 +65,9 @@ pub enum BackupError {
     /// The backup could not be read to its end.
     #[error("reading the backup failed: {0}; nothing was imported")]
     Read(String),
+    /// The upload stopped arriving for longer than `BODY_TIMEOUT_SECS`.
+    #[error("the backup stopped arriving; nothing was imported, send it again")]
+    TimedOut,
     /// The local spool file failed (a server problem).
     #[error("spooling the backup failed: {0}")]
     Spool(io::Error),
@@ -81,6 +84,11 @@ pub struct BodyTooLarge {
     /// The limit.
     pub limit: u64,
 }
+
+/// Marks a body that stopped arriving (`BODY_TIMEOUT_SECS`), likewise.
+#[derive(Debug, thiserror::Error)]
+#[error("the body stopped arriving")]
+pub struct BodyTimedOut;
 
 fn line_of<'a>(change: &'a StoredChange, created_at: &'a str) -> BackupLine<'a> {
     BackupLine {
@@ -135,6 +143,8 @@ fn read_error(error: LinesCodecError, line: u64) -> BackupError {
                 BackupError::TooLarge {
                     limit: too_large.limit,
                 }
+            } else if error.get_ref().is_some_and(|e| e.is::<BodyTimedOut>()) {
+                BackupError::TimedOut
             } else if error.kind() == io::ErrorKind::InvalidData {
                 BackupError::NotUtf8 { line }
             } else {

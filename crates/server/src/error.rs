@@ -3,6 +3,7 @@
 //! Every error reply is JSON `{"error": {"code", "message"}}`. Client mistakes
 //! are 4xx with a message that says what to fix; only failures of the server or
 //! its database are 5xx, and their details go to the log, not to the client.
+//! Each failure is logged once, here (the trace layer does not log them again).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,11 @@ use mana_sync_protocol::schema::SchemaVersionError;
 use mana_sync_store::StoreError;
 
 use crate::backup::BackupError;
+use crate::hub::LiveRefusal;
 use crate::service::ServiceError;
+
+/// Seconds a client is asked to wait (`Retry-After`) when a limit is reached.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// An error on its way to becoming a response.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +32,20 @@ pub enum ApiError {
     /// The body is not the JSON the endpoint expects.
     #[error("{0}")]
     BadBody(String),
-    /// The body is larger than [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES).
+    /// The body is larger than [`MAX_BODY_BYTES`](crate::MAX_BODY_BYTES)
+    /// (or, for a backup, `BACKUP_MAX_BYTES`).
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge {
         /// The limit.
-        limit: usize,
+        limit: u64,
     },
+    /// The body stopped arriving for longer than `BODY_TIMEOUT_SECS`
+    /// (detected by [`is_body_timeout`]).
+    #[error("the request body stopped arriving; nothing was stored, send it again")]
+    BodyTimeout,
+    /// A stream could not be opened: a limit on open streams and sockets.
+    #[error(transparent)]
+    Live(#[from] LiveRefusal),
     /// No such route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -57,8 +70,8 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
     /// A handler panicked (a bug); the request is answered, not dropped.
-    #[error("internal error")]
-    Panic,
+    #[error("a handler panicked: {0}")]
+    Panic(String),
 }
 
 impl ApiError {
@@ -94,6 +107,7 @@ impl ApiError {
                 BackupError::TooLarge { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
                 }
+                BackupError::TimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
                 BackupError::Store(StoreError::Unavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
@@ -106,20 +120,37 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::Live(LiveRefusal::PerUser { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_connections")
+            }
+            ApiError::Live(LiveRefusal::Full { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_busy")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::WebAppNotBuilt { .. } => (StatusCode::NOT_FOUND, "web_app_not_built"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+}
+
+/// Whether an answer with `code` tells the client when to come back.
+fn asks_to_retry(code: &str) -> bool {
+    matches!(code, "too_many_connections" | "server_busy")
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        let busy = matches!(self, ApiError::Live(LiveRefusal::Full { .. }));
+        let message = if busy {
+            // At capacity by design, not a failure.
+            tracing::warn!(error = %self, "refused a stream");
+            self.to_string()
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
             match status {
                 StatusCode::SERVICE_UNAVAILABLE => {
@@ -142,6 +173,26 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if asks_to_retry(code) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         response
     }
+}
+
+/// Whether `error`, or one of its causes, is a request body that stopped
+/// arriving for longer than `BODY_TIMEOUT_SECS` (tower-http's `TimeoutBody`,
+/// which `connections` wraps around every request body).
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

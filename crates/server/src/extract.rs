@@ -11,7 +11,7 @@ use mana_sync_protocol::json;
 use serde::de::DeserializeOwned;
 
 use crate::MAX_BODY_BYTES;
-use crate::error::ApiError;
+use crate::error::{ApiError, is_body_timeout};
 use crate::service::{CursorDialect, ServiceError};
 
 /// A JSON body parsed into `T`, with errors that name the offending path.
@@ -26,8 +26,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge {
-                        limit: MAX_BODY_BYTES,
+                        limit: MAX_BODY_BYTES as u64,
                     }
+                } else if is_body_timeout(&rejection) {
+                    ApiError::BodyTimeout
                 } else {
                     ApiError::BadBody(rejection.body_text())
                 }

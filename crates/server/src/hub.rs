@@ -16,7 +16,7 @@
 //! pins no change data, and one that comes back late reads from its cursor.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use mana_sync_protocol::{Cursor, Since, UserId};
@@ -141,9 +141,55 @@ pub enum SubscriberKind {
     Socket,
 }
 
+/// How many streams and sockets may be open.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveLimits {
+    /// Per user (`MAX_LIVE_PER_USER`).
+    pub per_user: usize,
+    /// For all users together: `MAX_CONNECTIONS` less a reserve for health
+    /// checks, pushes, pulls and new users ([`LiveLimits::for_connections`]).
+    pub total: usize,
+}
+
+impl LiveLimits {
+    /// Limits for a server of `max_connections` connections: streams and
+    /// sockets may hold nine tenths of them; the rest stays free for
+    /// everything else.
+    pub fn for_connections(max_connections: usize, per_user: usize) -> Self {
+        Self {
+            per_user: per_user.max(1),
+            total: max_connections.saturating_sub(max_connections / 10).max(1),
+        }
+    }
+}
+
+/// Why a stream or socket was not opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LiveRefusal {
+    /// The user has as many open as [`LiveLimits::per_user`].
+    #[error(
+        "this user already has {max} streams and sockets open (the server's MAX_LIVE_PER_USER); close one or retry later"
+    )]
+    PerUser {
+        /// The limit.
+        max: usize,
+    },
+    /// The server holds as many as [`LiveLimits::total`].
+    #[error(
+        "the server holds as many streams and sockets as it may ({max}); retry later, or sync without a live connection meanwhile"
+    )]
+    Full {
+        /// The limit.
+        max: usize,
+    },
+}
+
 /// The hub.
 pub struct Hub {
     subscribers: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
+    /// Open subscriptions of every user (changed under `subscribers`' lock).
+    open: AtomicUsize,
+    limits: LiveLimits,
     recent: Mutex<VecDeque<Arc<Published>>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -155,9 +201,16 @@ pub struct Hub {
 impl Hub {
     /// A hub counting its connections in the given gauges, and subscribers
     /// that fell too far behind in `overflows`.
-    pub fn new(streams: IntGauge, sockets: IntGauge, overflows: IntCounter) -> Self {
+    pub fn new(
+        streams: IntGauge,
+        sockets: IntGauge,
+        overflows: IntCounter,
+        limits: LiveLimits,
+    ) -> Self {
         Self {
             subscribers: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            limits,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
             next_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -172,32 +225,44 @@ impl Hub {
         &self.shutdown
     }
 
-    /// Starts receiving notices for `user` (of `app`, or of every app).
-    /// Subscribe *before* reading a backlog, so nothing committed meanwhile
-    /// is missed.
+    /// Starts receiving notices for `user` (of `app`, or of every app), if
+    /// the user and the server are below their [`LiveLimits`]. Subscribe
+    /// *before* reading a backlog, so nothing committed meanwhile is missed.
     pub fn subscribe(
         self: &Arc<Self>,
         user: &UserId,
         app: Option<&str>,
         kind: SubscriberKind,
-    ) -> Subscription {
+    ) -> Result<Subscription, LiveRefusal> {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             app: app.map(str::to_owned),
             wake: Notify::new(),
             pending: Mutex::new(Pending::default()),
         });
-        lock(&self.subscribers)
-            .entry(user.clone())
-            .or_default()
-            .push(subscriber.clone());
+        {
+            let mut subscribers = lock(&self.subscribers);
+            if self.open.load(Ordering::Relaxed) >= self.limits.total {
+                return Err(LiveRefusal::Full {
+                    max: self.limits.total,
+                });
+            }
+            let list = subscribers.entry(user.clone()).or_default();
+            if list.len() >= self.limits.per_user {
+                return Err(LiveRefusal::PerUser {
+                    max: self.limits.per_user,
+                });
+            }
+            list.push(subscriber.clone());
+            self.open.fetch_add(1, Ordering::Relaxed);
+        }
         self.gauge(kind).inc();
-        Subscription {
+        Ok(Subscription {
             hub: self.clone(),
             user: user.clone(),
             subscriber,
             kind,
-        }
+        })
     }
 
     fn gauge(&self, kind: SubscriberKind) -> &IntGauge {
@@ -266,7 +331,9 @@ impl Hub {
     fn remove(&self, user: &UserId, id: u64) {
         let mut subscribers = lock(&self.subscribers);
         if let Some(list) = subscribers.get_mut(user) {
+            let before = list.len();
             list.retain(|s| s.id != id);
+            self.open.fetch_sub(before - list.len(), Ordering::Relaxed);
             if list.is_empty() {
                 subscribers.remove(user);
             }
@@ -307,11 +374,50 @@ mod tests {
     use super::*;
 
     fn hub() -> Arc<Hub> {
+        limited(LiveLimits {
+            per_user: 100,
+            total: 1000,
+        })
+    }
+
+    fn limited(limits: LiveLimits) -> Arc<Hub> {
         Arc::new(Hub::new(
             IntGauge::new("s", "s").expect("gauge"),
             IntGauge::new("w", "w").expect("gauge"),
             IntCounter::new("o", "o").expect("counter"),
+            limits,
         ))
+    }
+
+    #[test]
+    fn subscriptions_are_capped_per_user_and_in_total() {
+        let hub = limited(LiveLimits {
+            per_user: 2,
+            total: 3,
+        });
+        let user = |name: &str| UserId::new(name).expect("valid");
+        let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream);
+        let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket);
+        assert_eq!(
+            hub.subscribe(&user("a"), None, SubscriberKind::Stream)
+                .err(),
+            Some(LiveRefusal::PerUser { max: 2 })
+        );
+        let b1 = hub.subscribe(&user("b"), None, SubscriberKind::Stream);
+        assert_eq!(
+            hub.subscribe(&user("c"), None, SubscriberKind::Stream)
+                .err(),
+            Some(LiveRefusal::Full { max: 3 })
+        );
+        drop(a1);
+        assert!(
+            hub.subscribe(&user("c"), None, SubscriberKind::Stream)
+                .is_ok()
+        );
+        assert_eq!(hub.open.load(Ordering::Relaxed), 2, "dropped again");
+        drop((a2, b1));
+        assert_eq!(hub.open.load(Ordering::Relaxed), 0);
+        assert_eq!(LiveLimits::for_connections(20, 5).total, 18);
     }
 
     fn notice(user: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
@@ -329,13 +435,19 @@ mod tests {
     async fn notices_reach_only_their_user_and_app() {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
-        let todo = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
-        let every_app = hub.subscribe(&alice, None, SubscriberKind::Socket);
-        let bob = hub.subscribe(
-            &UserId::new("bob").expect("valid"),
-            None,
-            SubscriberKind::Socket,
-        );
+        let todo = hub
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .expect("below the limits");
+        let every_app = hub
+            .subscribe(&alice, None, SubscriberKind::Socket)
+            .expect("below the limits");
+        let bob = hub
+            .subscribe(
+                &UserId::new("bob").expect("valid"),
+                None,
+                SubscriberKind::Socket,
+            )
+            .expect("below the limits");
         hub.publish(notice("alice", "notes", 1));
         hub.publish(notice("alice", "todo", 2));
         let pending = todo.changed().await;
@@ -371,13 +483,17 @@ mod tests {
     async fn only_recent_batches_are_kept_alive() {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
-        let slow = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        let slow = hub
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .expect("below the limits");
         for seq in 1..=(RECENT_BATCHES as u64 + 10) {
             hub.publish(notice("alice", "todo", seq));
         }
         let pending = slow.changed().await;
         assert!(pending.resync, "more than MAX_PENDING notices collapse");
-        let fresh = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        let fresh = hub
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .expect("below the limits");
         hub.publish(notice("alice", "todo", 1000));
         let pending = fresh.changed().await;
         assert!(
@@ -391,7 +507,9 @@ mod tests {
     async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memory() {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
-        let slow = hub.subscribe(&alice, Some("todo"), SubscriberKind::Stream);
+        let slow = hub
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .expect("below the limits");
         for seq in 1..=(MAX_PENDING as u64 * 10) {
             hub.publish(notice("alice", "todo", seq));
             assert!(lock(&slow.subscriber.pending).notices.len() <= MAX_PENDING);

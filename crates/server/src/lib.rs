@@ -9,7 +9,7 @@
 pub mod auth;
 pub mod backup;
 pub mod compactor;
-mod connections;
+pub mod connections;
 pub mod error;
 mod extract;
 pub mod hub;
@@ -26,7 +26,8 @@ use mana_sync_auth::{AuthConfig, Verifier};
 use mana_sync_store::{Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 
-use crate::hub::Hub;
+use crate::connections::ConnectionLimits;
+use crate::hub::{Hub, LiveLimits};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 use crate::service::SyncService;
@@ -59,6 +60,10 @@ pub struct ServerConfig {
     pub web_dir: std::path::PathBuf,
     /// Background compaction of the change log.
     pub compaction: compactor::CompactionConfig,
+    /// Connections served at once, and how long clients may be silent.
+    pub connections: ConnectionLimits,
+    /// Open streams and sockets one user may have (`MAX_LIVE_PER_USER`).
+    pub max_live_per_user: usize,
 }
 
 /// Why the server could not start.
@@ -132,6 +137,10 @@ impl App {
             metrics.open_streams.clone(),
             metrics.open_sockets.clone(),
             metrics.live_overflows.clone(),
+            LiveLimits::for_connections(
+                config.connections.max_connections,
+                config.max_live_per_user,
+            ),
         ));
         tokio::spawn(hub.clone().run(store.events()));
         let service = Arc::new(SyncService::new(store, metrics.clone()));
@@ -177,7 +186,14 @@ impl App {
             .map_err(std::io::Error::other)?;
         // Requests carry their peer address: dev-mode sign-in answers
         // loopback callers only.
-        connections::serve(listener, service, shutdown, move || live.cancel()).await
+        connections::serve(
+            listener,
+            service,
+            self.config.connections,
+            shutdown,
+            move || live.cancel(),
+        )
+        .await
     }
 }
 

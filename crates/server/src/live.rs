@@ -10,19 +10,55 @@
 //! to the device that pushed it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_stream::stream;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{Stream, StreamExt};
-use mana_sync_auth::Verifier;
+use mana_sync_auth::{Verified, Verifier};
 use mana_sync_protocol::messages::ErrorDetail;
 use mana_sync_protocol::{Cursor, Since, SocketMessage, SocketRequest, StreamChanges, UserId};
 use mana_sync_store::{ChangePage, ExpiredCursor, MAX_PAGE, Store, StoreError};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::hub::{Hub, Pending, SubscriberKind};
+use crate::connections::ConnectionSlot;
+use crate::hub::{Hub, LiveRefusal, Pending, SubscriberKind, Subscription};
 use crate::service::{CursorDialect, ServiceError, SyncService};
+
+/// Largest message a socket may send: the auth message with its token
+/// needs a few KB (a token travels in headers elsewhere, and request heads
+/// are capped at 8 KiB), every other message is tiny. Larger frames are
+/// refused at their header, before anything is buffered, and the socket is
+/// closed with 1009.
+pub const MAX_SOCKET_MESSAGE: usize = 16 * 1024;
+
+/// Most bytes queued for a socket that does not read (pongs and notices).
+/// Beyond that, writes fail and the socket is closed.
+pub const MAX_SOCKET_QUEUE: usize = 64 * 1024;
+
+/// Read buffer per socket: messages are small, and the default (128 KiB)
+/// was the largest part of an idle socket's memory.
+pub const SOCKET_READ_BUFFER: usize = 4096;
+
+/// How long one write to a socket may wait for the device to read; a device
+/// that has not read [`MAX_SOCKET_QUEUE`] plus the kernel's buffers by then
+/// is gone or hostile, and its socket is closed.
+pub const SOCKET_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A sleep until `deadline` (wall clock), for a token's expiry.
+fn sleep_until(deadline: SystemTime) -> tokio::time::Sleep {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(left)
+}
+
+fn token_expired() -> ErrorDetail {
+    ErrorDetail {
+        code: "token_expired".into(),
+        message: "the token has expired; reconnect with a fresh one".into(),
+    }
+}
 
 /// Timing of live connections.
 #[derive(Debug, Clone, Copy)]
@@ -131,17 +167,22 @@ fn pages(
     }
 }
 
-/// The stream of events for one `GET /sync/{appId}/stream`.
+/// The stream of events for one `GET /sync/{appId}/stream`, subscribed
+/// with `subscription` (taken before the response starts, so a refusal is
+/// still an HTTP status). It ends with `event: error` `token_expired` at
+/// `token_deadline`.
 pub fn change_stream(
     service: Arc<SyncService>,
     hub: Arc<Hub>,
+    subscription: Subscription,
     request: StreamRequest,
     heartbeat: Duration,
+    token_deadline: SystemTime,
 ) -> impl Stream<Item = StreamItem> + Send + 'static {
     stream! {
         let StreamRequest { user, app_id, collections, since, client_id, expired, dialect } = request;
-        let subscription = hub.subscribe(&user, Some(&app_id), SubscriberKind::Stream);
         let store: Arc<dyn Store> = service.store().clone();
+        let mut expiry = std::pin::pin!(sleep_until(token_deadline));
 
         // Backlog: every collection to its end, one event per page (even an
         // empty one, so the device learns its cursor).
@@ -172,6 +213,10 @@ pub fn change_stream(
         loop {
             let pending: Pending = tokio::select! {
                 () = hub.shutdown().cancelled() => return,
+                () = &mut expiry => {
+                    yield StreamItem::Failed(token_expired());
+                    return;
+                }
                 _ = ticks.tick() => {
                     yield StreamItem::Heartbeat;
                     continue;
@@ -264,29 +309,91 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// WebSocket close code for a policy violation (bad or missing auth).
-const CLOSE_POLICY: u16 = 1008;
 /// WebSocket close code for a server going away.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code for a protocol error.
+const CLOSE_PROTOCOL: u16 = 1002;
+/// WebSocket close code for a policy violation (bad or missing auth).
+const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code for a message larger than the server takes.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code for "try again later" (limits reached).
+const CLOSE_TRY_LATER: u16 = 1013;
+
+/// Sends `message`, giving up after [`SOCKET_SEND_TIMEOUT`] or when more
+/// than [`MAX_SOCKET_QUEUE`] is already queued; `false` means the socket is
+/// to be closed.
+async fn send(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SOCKET_SEND_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Tells the device why, then closes (as far as it still reads).
+async fn refuse(socket: &mut WebSocket, code: &str, message: String, close_code: u16) {
+    let error = SocketMessage::Error {
+        code: code.to_owned(),
+        message,
+    };
+    if send(socket, to_text(&error)).await {
+        let reason = match close_code {
+            CLOSE_POLICY => "authentication required",
+            CLOSE_TRY_LATER => "too many connections",
+            _ => "closing",
+        };
+        let _ = send(socket, close(close_code, reason)).await;
+    }
+}
+
+/// The close code for a frame the socket could not read: 1009 for one over
+/// [`MAX_SOCKET_MESSAGE`], 1002 for anything else.
+fn close_code_for(error: axum::Error) -> u16 {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(error) if matches!(*error, tungstenite::Error::Capacity(_)) => CLOSE_TOO_BIG,
+        _ => CLOSE_PROTOCOL,
+    }
+}
+
+/// What a socket sent first.
+enum First {
+    Text(axum::extract::ws::Utf8Bytes),
+    /// A frame it could not read (too big, malformed): close with this code.
+    Unreadable(u16),
+    /// It left, or was closed to make room.
+    Gone,
+}
 
 /// Waits for `{type: "auth", token}` and verifies it; on failure tells the
-/// device why and closes.
+/// device why and closes. Until then the socket counts as a silent
+/// connection: it may be closed to make room for newcomers.
 async fn authenticate(
     socket: &mut WebSocket,
     verifier: &Verifier,
     timeout: Duration,
-) -> Option<(UserId, Option<String>)> {
+    slot: Option<&ConnectionSlot>,
+) -> Option<(Verified, Option<String>)> {
+    let evicted = slot.map(ConnectionSlot::waiting);
     let first = tokio::time::timeout(timeout, async {
         loop {
-            match socket.recv().await {
-                Some(Ok(Message::Text(text))) => return Some(text),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return None,
+            tokio::select! {
+                () = async {
+                    match &evicted {
+                        Some(evicted) => evicted.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                } => return First::Gone,
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Text(text))) => return First::Text(text),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Err(error)) => return First::Unreadable(close_code_for(error)),
+                    _ => return First::Gone,
+                },
             }
         }
     })
     .await;
-    let refusal = match first {
+    let (code, message) = match first {
         Err(_) => (
             "auth_timeout",
             format!(
@@ -294,28 +401,30 @@ async fn authenticate(
                 timeout.as_secs()
             ),
         ),
-        Ok(None) => return None,
-        Ok(Some(text)) => match serde_json::from_str::<SocketRequest>(&text) {
-            Ok(SocketRequest::Auth { token, client_id }) => match verifier.verify(&token).await {
-                Ok(user) => return Some((user, client_id)),
-                Err(error) => ("unauthorized", error.to_string()),
-            },
+        Ok(First::Gone) => return None,
+        Ok(First::Unreadable(code)) => {
+            let _ = send(socket, close(code, "unreadable frame")).await;
+            return None;
+        }
+        Ok(First::Text(text)) => match serde_json::from_str::<SocketRequest>(&text) {
+            Ok(SocketRequest::Auth { token, client_id }) => {
+                match verifier.verify_token(&token).await {
+                    Ok(verified) => {
+                        if let Some(slot) = slot {
+                            slot.proven();
+                        }
+                        return Some((verified, client_id));
+                    }
+                    Err(error) => ("unauthorized", error.to_string()),
+                }
+            }
             Ok(_) | Err(_) => (
                 "unauthorized",
                 "the first message must be {\"type\":\"auth\",\"token\":…}".to_owned(),
             ),
         },
     };
-    let (code, message) = refusal;
-    let _ = socket
-        .send(to_text(&SocketMessage::Error {
-            code: code.to_owned(),
-            message,
-        }))
-        .await;
-    let _ = socket
-        .send(close(CLOSE_POLICY, "authentication required"))
-        .await;
+    refuse(socket, code, message, CLOSE_POLICY).await;
     None
 }
 
@@ -366,49 +475,101 @@ fn sync_available(
         .collect()
 }
 
-/// Serves one WebSocket until the device leaves or the server shuts down.
+/// Serves one WebSocket until the device leaves, its token expires, or the
+/// server shuts down.
 pub async fn serve_socket(
     mut socket: WebSocket,
     verifier: Arc<Verifier>,
     hub: Arc<Hub>,
     app: Option<String>,
     config: LiveConfig,
+    slot: Option<ConnectionSlot>,
 ) {
-    let Some((user, client_id)) =
-        authenticate(&mut socket, &verifier, config.socket_auth_timeout).await
+    let Some((verified, client_id)) = authenticate(
+        &mut socket,
+        &verifier,
+        config.socket_auth_timeout,
+        slot.as_ref(),
+    )
+    .await
     else {
         return;
     };
-    if socket.send(to_text(&SocketMessage::AuthOk)).await.is_err() {
+    let Verified { user, refused_from } = verified;
+    let subscription = match hub.subscribe(&user, app.as_deref(), SubscriberKind::Socket) {
+        Ok(subscription) => subscription,
+        Err(refusal) => {
+            let code = match refusal {
+                LiveRefusal::PerUser { .. } => "too_many_connections",
+                LiveRefusal::Full { .. } => "server_busy",
+            };
+            refuse(&mut socket, code, refusal.to_string(), CLOSE_TRY_LATER).await;
+            return;
+        }
+    };
+    if !send(&mut socket, to_text(&SocketMessage::AuthOk)).await {
         return;
     }
-    let subscription = hub.subscribe(&user, app.as_deref(), SubscriberKind::Socket);
+    let mut expiry = std::pin::pin!(sleep_until(refused_from));
     loop {
         tokio::select! {
             () = hub.shutdown().cancelled() => {
-                let _ = socket.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                let _ = send(&mut socket, close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                return;
+            }
+            () = &mut expiry => {
+                let expired = token_expired();
+                refuse(&mut socket, &expired.code, expired.message, CLOSE_POLICY).await;
                 return;
             }
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let reply = match serde_json::from_str::<SocketRequest>(&text) {
                         Ok(SocketRequest::Ping) => SocketMessage::Pong,
-                        Ok(SocketRequest::Auth { .. }) => continue,
+                        // A fresh token of the same user keeps the socket
+                        // open past the old one's expiry.
+                        Ok(SocketRequest::Auth { token, .. }) => {
+                            match verifier.verify_token(&token).await {
+                                Ok(fresh) if fresh.user == user => {
+                                    expiry.set(sleep_until(fresh.refused_from));
+                                    SocketMessage::AuthOk
+                                }
+                                Ok(_) => {
+                                    refuse(
+                                        &mut socket,
+                                        "unauthorized",
+                                        "a socket cannot change user; open a new one".into(),
+                                        CLOSE_POLICY,
+                                    )
+                                    .await;
+                                    return;
+                                }
+                                Err(error) => {
+                                    refuse(&mut socket, "unauthorized", error.to_string(), CLOSE_POLICY)
+                                        .await;
+                                    return;
+                                }
+                            }
+                        }
                         Err(error) => SocketMessage::Error {
                             code: "invalid_message".into(),
                             message: format!("expected {{\"type\":\"ping\"}}: {error}"),
                         },
                     };
-                    if socket.send(to_text(&reply)).await.is_err() {
+                    if !send(&mut socket, to_text(&reply)).await {
                         return;
                     }
                 }
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Err(error)) => {
+                    let _ = send(&mut socket, close(close_code_for(error), "unreadable frame")).await;
+                    return;
+                }
+                Some(Ok(Message::Close(_))) | None => return,
                 Some(Ok(_)) => {}
             },
             pending = subscription.changed() => {
                 for message in sync_available(&pending, app.as_deref(), client_id.as_deref()) {
-                    if socket.send(to_text(&message)).await.is_err() {
+                    if !send(&mut socket, to_text(&message)).await {
                         return;
                     }
                 }

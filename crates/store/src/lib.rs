@@ -194,6 +194,32 @@ pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Arc<dyn Stor
     }
 }
 
+/// Brings the schema of the database `url` names up to date, connected as
+/// that URL's role (on Postgres: the role that owns the tables), and lets
+/// `grant_to` read and write the rows of every table, now and of tables
+/// added later (Postgres only). Returns the versions applied.
+///
+/// This is the first half of the split setup: the server then connects as
+/// `grant_to`, which cannot change the schema or lift row-level security.
+pub async fn migrate(url: &str, grant_to: Option<&str>) -> StoreResult<Vec<u32>> {
+    if let Some(path) = sqlite::path_from_url(url) {
+        if grant_to.is_some() {
+            return Err(StoreError::Config(
+                "SQLite has no roles to grant to; migrate without one".into(),
+            ));
+        }
+        sqlite::SqliteStore::open(path, &StoreOptions { pool_size: 1 }).await?;
+        Ok(Vec::new())
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::migrate_as_owner(url, grant_to).await
+    } else {
+        Err(StoreError::Config(format!(
+            "`{}` is neither sqlite://PATH nor postgres://…",
+            redact_url(url)
+        )))
+    }
+}
+
 /// `url` without its password, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

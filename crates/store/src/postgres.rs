@@ -66,16 +66,31 @@ fn is_transient(code: &str) -> bool {
         || code == "55P03" // lock not available
 }
 
+/// The database's own code and message (`42501: permission denied for …`),
+/// or the driver's error with its causes: on its own a driver error says
+/// only "db error" or "error communicating with the server".
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 fn database_error(error: tokio_postgres::Error) -> StoreError {
     if error.is_closed() {
-        return StoreError::Unavailable(error.to_string());
+        return StoreError::Unavailable(describe(&error));
     }
     match error.as_db_error() {
-        Some(db) if is_transient(db.code().code()) => {
-            StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message()))
-        }
-        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-        None => StoreError::Unavailable(error.to_string()),
+        Some(db) if is_transient(db.code().code()) => StoreError::Unavailable(describe(&error)),
+        Some(_) => StoreError::Database(describe(&error)),
+        None => StoreError::Unavailable(describe(&error)),
     }
 }
 
@@ -83,10 +98,7 @@ fn database_error(error: tokio_postgres::Error) -> StoreError {
 /// database is unavailable, whatever the reason it gave.
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
-        deadpool_postgres::PoolError::Backend(error) => match error.as_db_error() {
-            Some(db) => StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Unavailable(error.to_string()),
-        },
+        deadpool_postgres::PoolError::Backend(error) => StoreError::Unavailable(describe(&error)),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -152,68 +164,37 @@ impl PostgresStore {
 
     async fn migrate(&self, migrations: &[Migration]) -> StoreResult<()> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await.map_err(database_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(database_error)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS mana_schema_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 name       TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
-        )
-        .await
-        .map_err(database_error)?;
-        let applied: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(database_error)?
-            .get(0);
-        for migration in migrations
-            .iter()
-            .filter(|m| i64::from(m.version) > i64::from(applied))
-        {
-            tx.batch_execute(migration.sql)
-                .await
-                .map_err(|e| StoreError::Migration {
-                    version: migration.version,
-                    message: database_error(e).to_string(),
-                })?;
-            let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
-            tx.execute(
-                "INSERT INTO mana_schema_migrations (version, name) VALUES ($1, $2)",
-                &[&version, &migration.name],
-            )
-            .await
-            .map_err(database_error)?;
-            tracing::info!(
-                version = migration.version,
-                name = migration.name,
-                "applied migration"
-            );
-        }
-        tx.commit().await.map_err(database_error)
+        migrate(&mut client, migrations, None).await.map(drop)
     }
 
     async fn warn_if_rls_is_bypassed(&self) -> StoreResult<()> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
             .query_one(
-                "SELECT current_user::text, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                "SELECT current_user::text, rolsuper OR rolbypassrls,
+                        EXISTS (SELECT 1 FROM pg_tables
+                                 WHERE schemaname = current_schema()
+                                   AND tablename = 'mana_changes'
+                                   AND tableowner = current_user)
+                   FROM pg_roles WHERE rolname = current_user",
                 &[],
             )
             .await
             .map_err(database_error)?;
-        let (role, bypasses): (String, bool) = (row.get(0), row.get(1));
+        let (role, bypasses, owns): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
         if bypasses {
             tracing::warn!(
                 role,
                 "connected as a superuser or BYPASSRLS role: row-level security is not \
                  enforced; connect as a dedicated role (see README, Running on Postgres)"
+            );
+        } else if owns {
+            tracing::warn!(
+                role,
+                "the server's role owns its tables, so it could lift row-level security \
+                 (ALTER TABLE ... NO FORCE ROW LEVEL SECURITY); run migrations as an owner \
+                 role and the server as a role that only reads and writes rows (see README, \
+                 Running on Postgres)"
             );
         }
         Ok(())
@@ -244,6 +225,172 @@ impl PostgresStore {
             .map_err(database_error)?;
         Ok(tx)
     }
+}
+
+/// Brings the schema up to date on `client`: the pending migrations in one
+/// transaction, under an advisory lock so instances starting together take
+/// turns. With `grant_to`, the role that will serve gets the rows of every
+/// table (and of every table this role creates later). Returns the versions
+/// applied.
+///
+/// When nothing is pending and nothing is to be granted, no DDL runs at
+/// all: a server connected as a role that may only read and write rows
+/// starts on a database that its owner migrated.
+async fn migrate(
+    client: &mut tokio_postgres::Client,
+    migrations: &[Migration],
+    grant_to: Option<&str>,
+) -> StoreResult<Vec<u32>> {
+    let newest = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+    if grant_to.is_none() && applied_version(client).await? >= i64::from(newest) {
+        return Ok(Vec::new());
+    }
+    let tx = client.transaction().await.map_err(database_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(database_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS mana_schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(|e| migration_error(0, e))?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM mana_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(database_error)?
+        .get(0);
+    let mut done = Vec::new();
+    for migration in migrations
+        .iter()
+        .filter(|m| i64::from(m.version) > i64::from(applied))
+    {
+        tx.batch_execute(migration.sql)
+            .await
+            .map_err(|e| migration_error(migration.version, e))?;
+        let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO mana_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &migration.name],
+        )
+        .await
+        .map_err(database_error)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        done.push(migration.version);
+    }
+    if let Some(role) = grant_to {
+        let schema: String = tx
+            .query_one("SELECT current_schema()::text", &[])
+            .await
+            .map_err(database_error)?
+            .get(0);
+        tx.batch_execute(&grant_rows_sql(&schema, role))
+            .await
+            .map_err(|e| migration_error(newest, e))?;
+    }
+    tx.commit().await.map_err(database_error)?;
+    Ok(done)
+}
+
+/// The newest migration applied, 0 for a database never migrated; read
+/// without any DDL (the rows role may not create tables).
+async fn applied_version(client: &tokio_postgres::Client) -> StoreResult<i64> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('mana_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(database_error)?;
+    if !row.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM mana_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(database_error)?;
+    Ok(row.get(0))
+}
+
+/// A failed migration step; a role without the right to change the schema
+/// is told how to run the migrations instead.
+fn migration_error(version: u32, error: tokio_postgres::Error) -> StoreError {
+    let insufficient = error
+        .as_db_error()
+        .is_some_and(|db| db.code().code() == "42501");
+    let mut message = database_error(error).to_string();
+    if insufficient {
+        message.push_str(
+            "; this role may not change the schema: run the migrations as the role that owns \
+             the tables (`mana-sync migrate`, or MIGRATION_DATABASE_URL for `mana-sync serve`)",
+        );
+    }
+    StoreError::Migration { version, message }
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Lets `role` read and write the rows of every table in `schema`, and of
+/// every table the migrating role creates there later (a future migration),
+/// and nothing else: no DDL, no TRUNCATE, and only reading the migration
+/// record. Idempotent.
+fn grant_rows_sql(schema: &str, role: &str) -> String {
+    let (schema, role) = (quote_identifier(schema), quote_identifier(role));
+    format!(
+        "GRANT USAGE ON SCHEMA {schema} TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role};
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role};
+         REVOKE INSERT, UPDATE, DELETE ON mana_schema_migrations FROM {role};
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema}
+             GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role};
+         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema}
+             GRANT USAGE, SELECT ON SEQUENCES TO {role};"
+    )
+}
+
+/// Migrates the database at `url` as its owner and, with `grant_to`, lets
+/// that role read and write rows (see [`grant_rows_sql`]). Returns the
+/// versions applied.
+pub async fn migrate_as_owner(url: &str, grant_to: Option<&str>) -> StoreResult<Vec<u32>> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+    let driver = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            let error = describe(&error);
+            tracing::warn!(%error, "the migration connection failed");
+        }
+    });
+    let result = migrate(&mut client, POSTGRES, grant_to).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The role a `postgres://` URL connects as.
+pub fn role_of(url: &str) -> Option<String> {
+    let config: tokio_postgres::Config = url.parse().ok()?;
+    config.get_user().map(str::to_owned)
 }
 
 /// Reserves the next `count` positions of `user`.
@@ -794,6 +941,7 @@ async fn listen(mut config: tokio_postgres::Config, events: broadcast::Sender<St
                 backoff = LISTEN_BACKOFF_MIN;
             }
             Err(error) => {
+                let error = describe(&error);
                 tracing::warn!(%error, retry_in = ?backoff, "cannot listen for changes");
                 backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
             }
@@ -823,6 +971,7 @@ async fn listen_until_disconnected(
                 }
                 Ok(_) => {}
                 Err(error) => {
+                    let error = describe(&error);
                     tracing::warn!(%error, "listener connection failed");
                     break;
                 }

@@ -10,6 +10,14 @@ use crate::in_ci;
 /// nor `BYPASSRLS`, exactly like a production deployment should be.
 pub const APP_ROLE: &str = "mana_test_app";
 
+/// The role that owns the database and runs migrations in the split setup
+/// ([`TestDatabase::create_split`]).
+pub const OWNER_ROLE: &str = "mana_test_owner";
+
+/// The role the server runs as in the split setup: it may only read and
+/// write rows (what the migrations grant it).
+pub const ROWS_ROLE: &str = "mana_test_rows";
+
 /// Superuser connection used to create and drop test databases.
 pub fn admin_url() -> String {
     std::env::var("MANA_TEST_POSTGRES_URL")
@@ -29,6 +37,23 @@ pub struct TestDatabase {
     name: String,
     host: String,
     port: u16,
+    /// The role [`TestDatabase::url`] connects as.
+    role: &'static str,
+    /// The role that owns the database.
+    owner: &'static str,
+}
+
+async fn create_role(admin: &Client, role: &str) {
+    // Several tests may race to create the role; losing the race is fine.
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$;"
+        ))
+        .await
+        .expect("creating a test role");
 }
 
 fn unique_name() -> String {
@@ -42,11 +67,23 @@ fn unique_name() -> String {
 }
 
 impl TestDatabase {
-    /// Creates a fresh database owned by [`APP_ROLE`].
+    /// Creates a fresh database owned by [`APP_ROLE`], the server's role.
     ///
     /// Returns `None` (after saying so on stderr) when Postgres is unreachable
     /// outside CI; panics when it is unreachable in CI.
     pub async fn create() -> Option<Self> {
+        Self::create_owned_by(APP_ROLE, APP_ROLE).await
+    }
+
+    /// Creates a fresh database owned by [`OWNER_ROLE`], for a server that
+    /// connects as [`ROWS_ROLE`] ([`TestDatabase::url`]) after migrations ran
+    /// as the owner ([`TestDatabase::owner_url`]). The rows role has no
+    /// privilege on anything in it until a migration grants it some.
+    pub async fn create_split() -> Option<Self> {
+        Self::create_owned_by(OWNER_ROLE, ROWS_ROLE).await
+    }
+
+    async fn create_owned_by(owner: &'static str, role: &'static str) -> Option<Self> {
         let admin_url = admin_url();
         let admin = match connect(&admin_url).await {
             Ok(client) => client,
@@ -60,21 +97,13 @@ impl TestDatabase {
                 return None;
             }
         };
-        // Several tests may race to create the role; losing the race is fine.
-        admin
-            .batch_execute(&format!(
-                "DO $$ BEGIN
-                     CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-                 END $$;"
-            ))
-            .await
-            .expect("creating the test role");
+        create_role(&admin, owner).await;
+        create_role(&admin, role).await;
         let name = unique_name();
         let mut attempt = 0;
         loop {
             match admin
-                .batch_execute(&format!("CREATE DATABASE {name} OWNER {APP_ROLE}"))
+                .batch_execute(&format!("CREATE DATABASE {name} OWNER {owner}"))
                 .await
             {
                 Ok(()) => break,
@@ -93,13 +122,29 @@ impl TestDatabase {
             _ => "127.0.0.1".to_owned(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
-        Some(Self { name, host, port })
+        Some(Self {
+            name,
+            host,
+            port,
+            role,
+            owner,
+        })
     }
 
-    /// URL to connect as [`APP_ROLE`] (what a server under test uses).
+    /// URL to connect as the server's role: [`APP_ROLE`], or [`ROWS_ROLE`]
+    /// for a database made by [`TestDatabase::create_split`].
     pub fn url(&self) -> String {
+        self.url_as(self.role)
+    }
+
+    /// URL to connect as the database's owner.
+    pub fn owner_url(&self) -> String {
+        self.url_as(self.owner)
+    }
+
+    fn url_as(&self, role: &str) -> String {
         format!(
-            "postgres://{APP_ROLE}@{}:{}/{}",
+            "postgres://{role}@{}:{}/{}",
             self.host, self.port, self.name
         )
     }
@@ -121,34 +166,34 @@ impl TestDatabase {
         &self.name
     }
 
-    /// Refuses new connections as [`APP_ROLE`]; sessions already open live on.
+    /// Refuses new connections as the server's role; sessions already open live on.
     pub async fn refuse_connections(&self) {
-        let name = &self.name;
+        let (name, role) = (&self.name, self.role);
         self.admin()
             .await
             .batch_execute(&format!(
-                "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, {APP_ROLE}"
+                "REVOKE CONNECT ON DATABASE {name} FROM PUBLIC, {role}"
             ))
             .await
             .expect("revokes CONNECT");
     }
 
-    /// Accepts connections as [`APP_ROLE`] again.
+    /// Accepts connections as the server's role again.
     pub async fn accept_connections(&self) {
-        let name = &self.name;
+        let (name, role) = (&self.name, self.role);
         self.admin()
             .await
             .batch_execute(&format!(
-                "GRANT CONNECT ON DATABASE {name} TO PUBLIC, {APP_ROLE}"
+                "GRANT CONNECT ON DATABASE {name} TO PUBLIC, {role}"
             ))
             .await
             .expect("grants CONNECT");
     }
 
-    /// Ends the sessions of [`APP_ROLE`] on this database, only those with
-    /// this `application_name` if one is given (as a Postgres restart would).
+    /// Ends the sessions of the server's role on this database, only those
+    /// with this `application_name` if one is given (as a Postgres restart would).
     pub async fn end_sessions(&self, application_name: Option<&str>) {
-        let name = &self.name;
+        let (name, role) = (&self.name, self.role);
         let only = application_name
             .map(|app| format!(" AND application_name = '{app}'"))
             .unwrap_or_default();
@@ -156,13 +201,13 @@ impl TestDatabase {
             .await
             .batch_execute(&format!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                  WHERE datname = '{name}' AND usename = '{APP_ROLE}'{only}"
+                  WHERE datname = '{name}' AND usename = '{role}'{only}"
             ))
             .await
             .expect("ends sessions");
     }
 
-    /// A connection as [`APP_ROLE`], the server's own role.
+    /// A connection as the server's own role.
     pub async fn app(&self) -> Client {
         connect(&self.url()).await.expect("app role connects")
     }

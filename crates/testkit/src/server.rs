@@ -15,10 +15,14 @@ use tokio::sync::Notify;
 pub struct ServerOptions {
     /// `DATABASE_URL`; `None` uses a SQLite file in a temporary directory.
     pub database_url: Option<String>,
-    /// `JWT_SECRET`; `None` uses a fixed test secret. `Some("")` starts dev mode.
+    /// `JWT_SECRET`; `None` uses a fixed test secret. `Some("")` leaves it
+    /// unset, which starts dev mode (unless `JWKS_URL` is in `env`).
     pub jwt_secret: Option<String>,
     /// Further environment variables.
     pub env: Vec<(String, String)>,
+    /// Runs the server with this limit on open files (soft and hard), as a
+    /// small machine or container would.
+    pub max_open_files: Option<u64>,
 }
 
 /// Secret used when a test does not choose one.
@@ -52,16 +56,33 @@ impl TestServer {
             }
         };
         let secret = options.jwt_secret.unwrap_or_else(|| TEST_SECRET.to_owned());
-        let mut command = Command::new(binary);
+        let mut command = match options.max_open_files {
+            // The shell lowers the limit, then becomes the server (same pid).
+            Some(limit) => {
+                let mut command = Command::new("/bin/sh");
+                command
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" serve"))
+                    .arg(binary);
+                command
+            }
+            None => {
+                let mut command = Command::new(binary);
+                command.arg("serve");
+                command
+            }
+        };
         command
-            .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("DATABASE_URL", &database_url)
-            .env("JWT_SECRET", &secret)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        if !secret.is_empty() {
+            command.env("JWT_SECRET", &secret);
+        }
+        command
             .envs(options.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -121,6 +142,23 @@ impl TestServer {
             Duration::from_secs(3600),
         )
         .expect("mints")
+    }
+
+    /// A token for `user` that expires `ttl` from now.
+    pub fn token_with_ttl(&self, user: &str, ttl: Duration) -> String {
+        mana_sync_auth::mint_token(&self.secret, &UserId::new(user).expect("valid user"), ttl)
+            .expect("mints")
+    }
+
+    /// The server's resident memory in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn resident_kib(&self) -> u64 {
+        let pid = self.pid().expect("server running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 
     /// `self.url` + `path`.

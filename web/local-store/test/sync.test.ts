@@ -226,6 +226,23 @@ describe('live', () => {
     expect(await laptop.status()).toMatchObject({ kind: 'error' });
   });
 
+  it('asks for a new token when the server ends the stream because the token expired', async () => {
+    const server = new FakeServer();
+    const [laptop, sync] = await device(server);
+    let streams = 0;
+    server.hook = ({ path }) => {
+      if (!path.endsWith('/stream') || ++streams > 1) return undefined;
+      // What mana-sync sends when the stream's token expires; from then on
+      // the token is refused.
+      server.revoked.add('alice');
+      const body = 'event: error\ndata: {"error":{"code":"token_expired","message":"the token has expired; reconnect with a fresh one"}}\n\n';
+      return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+    };
+    await expect(sync.runLive(new AbortController().signal)).rejects.toSatisfy((e) => e instanceof SyncError && e.kind === 'unauthorized');
+    expect(streams).toBe(1);
+    expect(await laptop.status()).toMatchObject({ kind: 'error', signInAgain: true });
+  });
+
   it('reconnects after a stream error event', async () => {
     const server = new FakeServer();
     const [laptop, sync] = await device(server);

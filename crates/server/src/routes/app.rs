@@ -9,8 +9,14 @@
 //! image): only a `GET` or `HEAD` of `/` or that accepts HTML falls back to
 //! `index.html`. Without `index.html` (the app was not built) such a request
 //! gets a 404 that says how to build it, never a 5xx.
+//!
+//! Only regular files inside the directory are served: a path is decoded and
+//! resolved here, before the file system is asked anything (see
+//! [`WebApp::resolve`]). Dotfiles, `.`/`..` segments, NUL and other control
+//! characters, and anything a symlink leads to outside the directory are
+//! treated as missing.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,7 +24,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
-use tower_http::services::{ServeDir, ServeFile};
+use tower_http::services::ServeFile;
 
 use crate::error::ApiError;
 
@@ -48,6 +54,60 @@ impl WebApp {
     }
 }
 
+/// Whether one decoded segment of a URL path may name a file of the app.
+fn allowed_segment(segment: &str) -> bool {
+    !segment.starts_with('.')
+        && !segment
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\\' | '/' | ':'))
+}
+
+impl WebApp {
+    /// The regular file inside the directory that `path` (as sent, percent
+    /// encoded) names, with `index.html` for a directory; `None` for
+    /// anything else.
+    async fn resolve(&self, path: &str) -> Option<PathBuf> {
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .ok()?;
+        let mut candidate = self.dir.clone();
+        for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+            if !allowed_segment(segment) {
+                return None;
+            }
+            candidate.push(segment);
+        }
+        let root = tokio::fs::canonicalize(&self.dir).await.ok()?;
+        let file = self.inside(&root, &candidate).await?;
+        let meta = tokio::fs::metadata(&file).await.ok()?;
+        if meta.is_file() {
+            Some(file)
+        } else if meta.is_dir() {
+            let index = self.inside(&root, &file.join("index.html")).await?;
+            tokio::fs::metadata(&index)
+                .await
+                .is_ok_and(|meta| meta.is_file())
+                .then_some(index)
+        } else {
+            None
+        }
+    }
+
+    /// `candidate` with every symlink followed, if that is still inside
+    /// `root` and no part of it (below `root`) is a dotfile.
+    async fn inside(&self, root: &Path, candidate: &Path) -> Option<PathBuf> {
+        let real = tokio::fs::canonicalize(candidate).await.ok()?;
+        let below = real.strip_prefix(root).ok()?;
+        below
+            .components()
+            .all(|part| match part {
+                Component::Normal(name) => name.to_str().is_some_and(allowed_segment),
+                _ => false,
+            })
+            .then_some(real)
+    }
+}
+
 /// Whether `path` is one of the API's (`/sync`, `/sync/…`, but not `/syncing`).
 fn is_api_path(path: &str) -> bool {
     API_PREFIXES.iter().any(|prefix| {
@@ -73,11 +133,15 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
         return ApiError::NotFound(path).into_response();
     }
     let page = accepts_html(request.headers()) || path == "/";
-    let response = match ServeDir::new(&app.dir).oneshot(request).await {
-        Ok(response) => response.map(Body::new),
-        Err(never) => match never {},
+    let file = app.resolve(&path).await;
+    let served = match file {
+        Some(file) => match ServeFile::new(file).oneshot(request).await {
+            Ok(response) => Some(response.map(Body::new)),
+            Err(never) => match never {},
+        },
+        None => None,
     };
-    let response = if response.status() != StatusCode::NOT_FOUND {
+    let response = if let Some(response) = served.filter(|r| r.status() != StatusCode::NOT_FOUND) {
         response
     } else if !page {
         return ApiError::NotFound(path).into_response();
@@ -148,6 +212,16 @@ mod tests {
         }
         for path in ["/", "/syncing", "/developer", "/assets/app.js", "/healthy"] {
             assert!(!is_api_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn dotfiles_control_characters_and_separators_are_not_file_names() {
+        for segment in ["index.html", "app-1a2b.js", "é.svg", "a b"] {
+            assert!(allowed_segment(segment), "{segment}");
+        }
+        for segment in [".env", ".", "..", ".git", "a\0b", "a\\b", "c:x", "a\nb"] {
+            assert!(!allowed_segment(segment), "{segment:?}");
         }
     }
 

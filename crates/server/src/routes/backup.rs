@@ -4,7 +4,7 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use http_body_util::{BodyDataStream, Limited};
@@ -12,8 +12,8 @@ use mana_sync_protocol::UserId;
 use tokio_util::io::StreamReader;
 
 use crate::AppState;
-use crate::backup::{self, BodyTooLarge, ImportReport};
-use crate::error::ApiError;
+use crate::backup::{self, BodyTimedOut, BodyTooLarge, ImportReport};
+use crate::error::{ApiError, is_body_timeout};
 use crate::service::ServiceError;
 
 /// The caller's whole history as NDJSON, streamed.
@@ -42,21 +42,14 @@ pub async fn export(
         .into_response())
 }
 
-/// Restores an NDJSON backup: all of it or nothing.
+/// Restores an NDJSON backup: all of it or nothing. (A declared length
+/// over `BACKUP_MAX_BYTES` was refused before the body, in `routes`.)
 pub async fn import(
     State(state): State<AppState>,
     Extension(user): Extension<UserId>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ImportReport>, ApiError> {
     let limit = state.backup_max_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(backup::BackupError::TooLarge { limit }.into());
-    }
     let bytes = BodyDataStream::new(Limited::new(
         body,
         usize::try_from(limit).unwrap_or(usize::MAX),
@@ -64,6 +57,8 @@ pub async fn import(
     .map_err(move |error| {
         if error.is::<http_body_util::LengthLimitError>() {
             std::io::Error::other(BodyTooLarge { limit })
+        } else if is_body_timeout(&*error) {
+            std::io::Error::other(BodyTimedOut)
         } else {
             std::io::Error::other(error)
         }

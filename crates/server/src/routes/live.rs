@@ -15,19 +15,24 @@ use mana_sync_protocol::ident::{MAX_NAME_LEN, check_identifier};
 use mana_sync_protocol::messages::ErrorBody;
 
 use crate::AppState;
+use crate::auth::TokenDeadline;
+use crate::connections::ConnectionSlot;
 use crate::error::ApiError;
 use crate::extract::{AppId, QueryMap, client_id_header, dialect, tells_expired_cursors};
-use crate::live::{self, StreamItem};
+use crate::hub::SubscriberKind;
+use crate::live::{self, MAX_SOCKET_MESSAGE, MAX_SOCKET_QUEUE, SOCKET_READ_BUFFER, StreamItem};
 use crate::service::{ServiceError, StreamParams};
 
 fn invalid(message: String) -> ApiError {
     ServiceError::InvalidRequest(message).into()
 }
 
-/// Opens a change stream: backlog first, then live changes.
+/// Opens a change stream: backlog first, then live changes, until the
+/// token expires.
 pub async fn stream(
     State(state): State<AppState>,
     Extension(user): Extension<UserId>,
+    Extension(TokenDeadline(deadline)): Extension<TokenDeadline>,
     AppId(app_id): AppId,
     headers: HeaderMap,
     QueryMap(mut query): QueryMap,
@@ -48,11 +53,18 @@ pub async fn stream(
         )),
     };
     let request = state.service.stream_request(user, app_id, params)?;
+    // Subscribed before the response starts, so that a refusal is a status.
+    let subscription =
+        state
+            .hub
+            .subscribe(&request.user, Some(&request.app_id), SubscriberKind::Stream)?;
     let events = live::change_stream(
         state.service.clone(),
         state.hub.clone(),
+        subscription,
         request,
         state.live.heartbeat,
+        deadline,
     )
     .map(|item| Ok(to_event(item)));
     // Reverse proxies (nginx and alikes) would otherwise buffer the stream.
@@ -79,32 +91,43 @@ fn to_event(item: StreamItem) -> Event {
 /// `GET /ws`: notices for every app of the user.
 pub async fn socket_all_apps(
     State(state): State<AppState>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade_socket(state, upgrade, None)
+    upgrade_socket(state, upgrade, None, slot)
 }
 
 /// `GET /ws/{appId}`: notices for one app.
 pub async fn socket_one_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err(error) = check_identifier(&app_id, MAX_NAME_LEN) {
         return invalid(format!("`appId` {error}")).into_response();
     }
-    upgrade_socket(state, upgrade, Some(app_id))
+    upgrade_socket(state, upgrade, Some(app_id), slot)
 }
 
 fn upgrade_socket(
     state: AppState,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     app: Option<String>,
+    slot: Option<Extension<ConnectionSlot>>,
 ) -> Response {
+    let slot = slot.map(|Extension(slot)| slot);
     match upgrade {
+        // Small frames only, and a bounded queue towards a device that does
+        // not read (see the constants in `live`).
         Ok(upgrade) => upgrade
+            .read_buffer_size(SOCKET_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_write_buffer_size(MAX_SOCKET_QUEUE)
+            .max_message_size(MAX_SOCKET_MESSAGE)
+            .max_frame_size(MAX_SOCKET_MESSAGE)
             .on_upgrade(move |socket| {
-                live::serve_socket(socket, state.verifier, state.hub, app, state.live)
+                live::serve_socket(socket, state.verifier, state.hub, app, state.live, slot)
             })
             .into_response(),
         Err(rejection) => invalid(format!(

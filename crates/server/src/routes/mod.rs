@@ -24,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::backup::BackupError;
 use crate::error::ApiError;
 use crate::{AppState, MAX_BODY_BYTES, ServerConfig, StartError, auth};
 
@@ -56,9 +57,13 @@ pub fn service(
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             // Only the path is logged: query strings can carry tokens.
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
+            // Failures are logged once, with their cause, where they become
+            // responses (`ApiError::into_response`), not again here.
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(()),
         )
         .layer(cors)
         .service(router(state, config, dev_secret)))
@@ -105,12 +110,57 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            refuse_declared_oversize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
 }
 
-fn cors(origins: &[String]) -> Result<CorsLayer, StartError> {
+/// The origin a browser would send for `entry` (`scheme://host[:port]`,
+/// lowercase, without a default port), or why `entry` is not an origin.
+fn normalise_origin(entry: &str) -> Result<String, &'static str> {
+    let url = url::Url::parse(entry).map_err(|_| "not scheme://host[:port]")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("it has credentials");
+    }
+    if !matches!(url.path(), "" | "/") {
+        return Err("it has a path");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("it has a query or fragment");
+    }
+    let host = url.host_str().ok_or("it has no host")?;
+    Ok(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
+}
+
+/// `CORS_ORIGINS` entries as origins: trimmed and normalised; an entry
+/// that is not an origin is named in a warning and left out.
+pub fn allowed_origins(entries: &[String]) -> Vec<String> {
+    let mut origins: Vec<String> = Vec::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        if entry == "*" {
+            origins.push(entry.to_owned());
+            continue;
+        }
+        match normalise_origin(entry) {
+            Ok(origin) if !origins.contains(&origin) => origins.push(origin),
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                "CORS_ORIGINS: `{entry}` is not an origin ({why}; expected scheme://host[:port]); ignored"
+            ),
+        }
+    }
+    origins
+}
+
+fn cors(entries: &[String]) -> Result<CorsLayer, StartError> {
+    let origins = allowed_origins(entries);
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -135,8 +185,80 @@ fn cors(origins: &[String]) -> Result<CorsLayer, StartError> {
         .max_age(std::time::Duration::from_secs(3600)))
 }
 
+/// Most bytes over the limit that are read and discarded after an early 413,
+/// so that a client that is already sending sees the answer.
+const DRAIN_AFTER_413: u64 = 16 * 1024 * 1024;
+
+/// Answers 413 at once, before anything else and before the body is read,
+/// when the declared `Content-Length` is over what the route accepts
+/// (`BACKUP_MAX_BYTES` for `POST /backup/import`, 10 MiB elsewhere). Bodies
+/// without a declared length are still cut off at the limit while read.
+///
+/// A client that did not ask `Expect: 100-continue` is already sending its
+/// body. Closing on it would reset the connection, and it might never read
+/// the 413 (our clients split a refused changeset on a 413). So a body at
+/// most [`DRAIN_AFTER_413`] over the limit is read and discarded in the
+/// background after the answer (a lingering close); a larger one is not.
+async fn refuse_declared_oversize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let backup = request.uri().path() == "/backup/import";
+    let limit = if backup {
+        state.backup_max_bytes
+    } else {
+        MAX_BODY_BYTES as u64
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let Some(length) = declared.filter(|length| *length > limit) else {
+        return next.run(request).await;
+    };
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue && length - limit <= DRAIN_AFTER_413 {
+        let mut body = request.into_body().into_data_stream();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            // Ends with the body, or when it stalls (BODY_TIMEOUT_SECS).
+            while let Some(Ok(_)) = body.next().await {}
+        });
+    }
+    if backup {
+        ApiError::from(BackupError::TooLarge { limit }).into_response()
+    } else {
+        ApiError::PayloadTooLarge { limit }.into_response()
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else as
+/// `other`, so made-up methods cannot add series without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts requests by method, route and status. Every label comes from a
+/// small fixed set: the route is the router's pattern (`/sync/{app_id}`) or
+/// `unmatched`, never the path a client sent.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -145,7 +267,7 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     state
         .metrics
         .requests
-        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .with_label_values(&[method, route.as_str(), response.status().as_str()])
         .inc();
     response
 }
@@ -164,6 +286,38 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .map(String::as_str)
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "handler panicked");
-    ApiError::Panic.into_response()
+    ApiError::Panic(detail.to_owned()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_trimmed_lowercased_and_without_default_ports_or_slashes() {
+        let entries: Vec<String> = [
+            " https://a.example ",
+            "https://b.example/",
+            "HTTPS://C.Example:443",
+            "http://localhost:5173",
+            "capacitor://localhost",
+            "https://d.example/app",
+            "d.example",
+            "https://user@e.example",
+            "https://a.example",
+            "",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(
+            allowed_origins(&entries),
+            [
+                "https://a.example",
+                "https://b.example",
+                "https://c.example",
+                "http://localhost:5173",
+                "capacitor://localhost",
+            ]
+        );
+    }
 }
