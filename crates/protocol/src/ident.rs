@@ -27,8 +27,9 @@ pub enum IdentError {
     /// The identifier contains a control character (including NUL).
     #[error("must not contain control characters")]
     ControlCharacter,
-    /// The identifier contains a character reserved for cursors.
-    #[error("must not contain `~`, `=` or `!`")]
+    /// The identifier contains a character reserved for cursors (space ids:
+    /// `~`, `=`, `!`) or starts with `~` (user ids).
+    #[error("must not contain `~`, `=` or `!` (user ids: must not start with `~`)")]
     Reserved,
 }
 
@@ -55,10 +56,14 @@ pub fn check_identifier(value: &str, max_len: usize) -> Result<(), IdentError> {
 pub struct UserId(String);
 
 impl UserId {
-    /// Validates and wraps a user id.
+    /// Validates and wraps a user id. It must not start with `~`, which
+    /// marks the logs of shared spaces ([`LogId`]).
     pub fn new(id: impl Into<String>) -> Result<Self, IdentError> {
         let id = id.into();
         check_identifier(&id, MAX_ID_LEN)?;
+        if id.starts_with(SPACE_LOG_PREFIX) {
+            return Err(IdentError::Reserved);
+        }
         Ok(Self(id))
     }
 
@@ -69,6 +74,58 @@ impl UserId {
 }
 
 impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What starts the log id of a shared space.
+const SPACE_LOG_PREFIX: char = '~';
+
+/// A change log: a user's own (its id is the user id) or a shared space's
+/// (`~<spaceId>`). Logs of both kinds live side by side in the store and
+/// every operation on a log (push, reads, compaction, notices) is the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogId(String);
+
+impl LogId {
+    /// The user's own log.
+    pub fn of_user(user: &UserId) -> Self {
+        Self(user.0.clone())
+    }
+
+    /// A shared space's log.
+    pub fn of_space(space: &SpaceId) -> Self {
+        Self(format!("{SPACE_LOG_PREFIX}{}", space.0))
+    }
+
+    /// Reads a log id as stored.
+    pub fn parse(text: &str) -> Result<Self, IdentError> {
+        match text.strip_prefix(SPACE_LOG_PREFIX) {
+            Some(space) => Ok(Self::of_space(&SpaceId::new(space)?)),
+            None => Ok(Self::of_user(&UserId::new(text)?)),
+        }
+    }
+
+    /// The id as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The space, when this is a space's log.
+    pub fn space(&self) -> Option<SpaceId> {
+        self.0
+            .strip_prefix(SPACE_LOG_PREFIX)
+            .map(|space| SpaceId(space.to_owned()))
+    }
+
+    /// The user, when this is a user's own log.
+    pub fn user(&self) -> Option<UserId> {
+        (!self.0.starts_with(SPACE_LOG_PREFIX)).then(|| UserId(self.0.clone()))
+    }
+}
+
+impl fmt::Display for LogId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -107,6 +164,20 @@ impl fmt::Display for SpaceId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_and_space_logs_never_share_an_id() {
+        assert_eq!(UserId::new("~s1"), Err(IdentError::Reserved));
+        let space = SpaceId::new("s1").expect("valid");
+        let log = LogId::of_space(&space);
+        assert_eq!(log.as_str(), "~s1");
+        assert_eq!(log.space(), Some(space));
+        assert_eq!(log.user(), None);
+        let alice = UserId::new("alice").expect("valid");
+        assert_eq!(LogId::parse("alice").map(|l| l.user()), Ok(Some(alice)));
+        assert_eq!(LogId::parse("~s1"), Ok(log));
+        assert!(SpaceId::new("a=b").is_err());
+    }
 
     #[test]
     fn identifiers_must_be_printable_bounded_and_present() {

@@ -19,7 +19,7 @@ pub mod timestamp;
 
 pub use change::{Change, FieldChange, FieldChanges, Op, SyncChange, WireChange};
 pub use cursor::{Cursor, Resume, Since};
-pub use ident::{SpaceId, UserId};
+pub use ident::{LogId, SpaceId, UserId};
 pub use messages::{
     ErrorBody, PullResponse, PushRequest, PushResponse, SocketMessage, SocketRequest, StreamChanges,
 };

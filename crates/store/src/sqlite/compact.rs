@@ -18,9 +18,9 @@ use crate::{StoreResult, StoredChange};
 const KEYS_PER_PAGE: i64 = 1000;
 
 /// At most this many changes per transaction: SQLite has one writer, so
-/// every push waits for a batch to commit (about 500 changes keep that to a
-/// few milliseconds; `make bench-compaction` measures it).
-const MAX_BATCH_CHANGES: usize = 500;
+/// every push waits for a batch to commit (`make bench-compaction` measures
+/// push latency during compaction).
+const MAX_BATCH_CHANGES: usize = 200;
 
 pub(super) async fn candidates(
     store: &SqliteStore,
@@ -119,9 +119,14 @@ pub(super) async fn compact(
             last.record_id.clone(),
         );
         for batch in compaction::batches(keys, options.batch_changes.min(MAX_BATCH_CHANGES)) {
+            let started = std::time::Instant::now();
             let outcome = compact_batch(store, user, batch, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);
+            // Leave the writer to pushes for as long as the batch held it:
+            // compaction takes at most half of it, and a push waits for at
+            // most one batch.
+            tokio::time::sleep(started.elapsed()).await;
         }
     }
     // What was pushed while we worked stays counted for the next time.
