@@ -21,6 +21,15 @@ pub struct Env {
 
 impl Env {
     pub async fn new(backend: Backend, binary: &Path) -> anyhow::Result<Self> {
+        Self::with_env(backend, binary, Vec::new()).await
+    }
+
+    /// A server with extra environment variables.
+    pub async fn with_env(
+        backend: Backend,
+        binary: &Path,
+        extra: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(
@@ -33,7 +42,10 @@ impl Env {
             binary,
             ServerOptions {
                 database_url: database.as_ref().map(TestDatabase::url),
-                env: vec![("RUST_LOG".into(), "warn".into())],
+                env: [("RUST_LOG".to_owned(), "warn".to_owned())]
+                    .into_iter()
+                    .chain(extra)
+                    .collect(),
                 ..ServerOptions::default()
             },
         )
