@@ -114,6 +114,15 @@ struct ServeArgs {
     /// Directory of the built web app served at `/` (`make web` builds it).
     #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
     web_dir: std::path::PathBuf,
+    /// Milliseconds between heartbeats of instances on one Postgres, and
+    /// between checks that every other instance is still heard; a lost
+    /// notice is made up for within about four of these.
+    #[arg(long, env = "CATCHUP_INTERVAL_MS", default_value_t = 500)]
+    catchup_interval_ms: u64,
+    /// Relay live notices between instances through this NATS server
+    /// (nats://HOST:PORT) instead of Postgres LISTEN/NOTIFY.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -195,6 +204,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
         web_dir: args.web_dir,
+        catchup_interval: Duration::from_millis(args.catchup_interval_ms.max(10)),
+        nats_url: non_empty(args.nats_url),
     };
     let app = App::build(config).await.context("starting mana-sync")?;
     if let Some(secret) = app.dev_secret() {
@@ -253,10 +264,15 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
             if non_empty(args.jwks_url).is_some() {
                 bail!("JWKS_URL is set: tokens come from your auth service, not from mana-sync");
             }
-            let store =
-                mana_sync_store::open(&args.database.database_url, &StoreOptions { pool_size: 1 })
-                    .await
-                    .context("opening the database for its dev-mode secret")?;
+            let store = mana_sync_store::open(
+                &args.database.database_url,
+                &StoreOptions {
+                    pool_size: 1,
+                    ..StoreOptions::default()
+                },
+            )
+            .await
+            .context("opening the database for its dev-mode secret")?;
             mana_sync_server::dev_secret(&*store).await?
         }
     };
@@ -273,6 +289,7 @@ async fn open_store(
         &database.database_url,
         &StoreOptions {
             pool_size: database.pool_size.min(4),
+            ..StoreOptions::default()
         },
     )
     .await

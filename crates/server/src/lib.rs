@@ -56,6 +56,12 @@ pub struct ServerConfig {
     pub backup_max_bytes: u64,
     /// The built web app served at `/` (`WEB_DIR`).
     pub web_dir: std::path::PathBuf,
+    /// Heartbeats between instances and the check that none fell silent:
+    /// a lost notice is made up for within a few of these (`CATCHUP_INTERVAL_MS`).
+    pub catchup_interval: Duration,
+    /// Relay notices between instances through NATS instead of Postgres
+    /// `LISTEN/NOTIFY` (`NATS_URL`).
+    pub nats_url: Option<String>,
 }
 
 /// Why the server could not start.
@@ -109,6 +115,8 @@ impl App {
             &config.database_url,
             &StoreOptions {
                 pool_size: config.pool_size,
+                catchup_interval: config.catchup_interval,
+                nats_url: config.nats_url.clone(),
             },
         )
         .await?;

@@ -1,0 +1,294 @@
+//! A push on Postgres in one round trip.
+//!
+//! The whole push is one transaction whose statements are sent together
+//! (pipelined) and answered together: `BEGIN`, the user's declaration for
+//! row-level security, one statement that records the changeset id, reserves
+//! positions under the user's counter lock and inserts the changes, the
+//! reply's read, and `COMMIT`. If a statement fails, Postgres refuses the
+//! ones after it in the same transaction and `COMMIT` rolls it back.
+//!
+//! **Why the reply may be read inside the push transaction.** A reply ends
+//! at `newest` only if every position up to `newest` is visible in the
+//! reply's snapshot. The read is a statement of its own after the write, so
+//! (in `READ COMMITTED`) its snapshot is taken after the write took the
+//! user's counter row lock. Every other transaction that reserved positions
+//! of this user before us held that lock and released it only after its
+//! commit became visible; so every earlier position is visible to the read,
+//! and no later one can exist until we commit. `newest`, read in the same
+//! statement as the rows, is then our own last position. When nothing was
+//! reserved (a repeated changeset, no changes), no lock is held, and the
+//! read is still one statement, one snapshot: the committed counter and the
+//! rows of every transaction before it, as `changes_after` reads them.
+//!
+//! The work runs on a task of its own, so a device that hangs up mid-push
+//! cannot cancel it between the commit and the notice.
+
+use deadpool_postgres::Pool;
+use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::notice::ChangeNotice;
+use crate::postgres::{
+    ChangeColumns, database_error, pool_error, select_changes_sql, seq_param, seq_value,
+    stored_change,
+};
+use crate::relay::Announcer;
+use crate::{
+    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, StoreError, StoreResult, page_end,
+};
+
+/// Records the changeset id (if any), reserves `count` positions if it was
+/// new, and inserts the changes after them. Returns the reservation (null
+/// when nothing was reserved), whether the changeset was new, and the
+/// user's newest position as this statement's snapshot saw it.
+const WRITE: &str = "
+WITH fresh AS (
+    INSERT INTO mana_changesets (user_id, changeset_id)
+    SELECT $1, $4::text WHERE $4::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), reserved AS (
+    INSERT INTO mana_user_seq AS s (user_id, prev_seq, last_seq)
+    SELECT $1, 0,
+        GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $6::int8) + $5::int8 - 1
+    WHERE $5::int8 > 0 AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM fresh))
+    ON CONFLICT (user_id) DO UPDATE SET
+        prev_seq = s.last_seq,
+        last_seq = GREATEST(
+            (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT,
+            s.last_seq + 1,
+            $6::int8
+        ) + $5::int8 - 1
+    RETURNING prev_seq, last_seq
+), inserted AS (
+    INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+        op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+    SELECT $1, r.last_seq - $5::int8 + u.ord, u.event_id, $2, u.table_name, u.record_id, u.op,
+        u.data, u.fields, u.deleted_at, u.actor, $3, u.schema_version, now()
+    FROM reserved r,
+        UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $14::text[], $15::int4[])
+        WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
+            deleted_at, actor, schema_version, ord)
+)
+SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
+    $4::text IS NULL OR EXISTS (SELECT 1 FROM fresh),
+    COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0)";
+
+/// The reply's rows and the user's newest position, from one snapshot: the
+/// change columns (as `stored_change` reads them), then `newest`; one row
+/// of nulls and `newest` when no change matches.
+fn read_sql(collection: bool, exclude: bool) -> String {
+    format!(
+        "SELECT c.*, n.newest
+         FROM (SELECT COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0) AS newest) n
+         LEFT JOIN LATERAL ({}) c ON true",
+        select_changes_sql(collection, exclude)
+    )
+}
+
+/// An owned copy of the push, for the task that runs it.
+struct Job {
+    user: UserId,
+    app_id: String,
+    client_id: String,
+    changeset_id: Option<String>,
+    changes: Vec<Change>,
+    reply: Option<Reply>,
+}
+
+struct Reply {
+    app_id: String,
+    collection: Option<String>,
+    after: u64,
+    exclude_client: Option<String>,
+    limit: usize,
+}
+
+/// Stores `changeset` and, with `reply`, reads it, in one transaction sent
+/// in one go; announces the push once committed. `reply.since` must be a
+/// position (the caller resolves `c1.<n>` cursors).
+pub(crate) async fn push(
+    pool: Pool,
+    announcer: Announcer,
+    user: &UserId,
+    changeset: NewChangeset<'_>,
+    reply: Option<&ChangeQuery<'_>>,
+) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+    let job = Job {
+        user: user.clone(),
+        app_id: changeset.app_id.to_owned(),
+        client_id: changeset.client_id.to_owned(),
+        changeset_id: changeset.changeset_id.map(str::to_owned),
+        changes: changeset.changes.to_vec(),
+        reply: reply.map(|query| Reply {
+            app_id: query.app_id.to_owned(),
+            collection: query.collection.map(str::to_owned),
+            after: match query.since {
+                Since::Cursor(cursor) => cursor.position(),
+                Since::Legacy(_) => Cursor::START.position(),
+            },
+            exclude_client: query.exclude_client.map(str::to_owned),
+            limit: query.limit.clamp(1, MAX_PAGE),
+        }),
+    };
+    tokio::spawn(run(pool, announcer, job))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+async fn run(
+    pool: Pool,
+    announcer: Announcer,
+    job: Job,
+) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let prepare = |sql: &str| {
+        let client = &client;
+        let sql = sql.to_owned();
+        async move { client.prepare_cached(&sql).await.map_err(database_error) }
+    };
+    let begin = prepare("BEGIN").await?;
+    let set_user = prepare("SELECT set_config('mana.user_id', $1, true)").await?;
+    let write = prepare(WRITE).await?;
+    let read = match &job.reply {
+        Some(reply) => Some(
+            prepare(&read_sql(
+                reply.collection.is_some(),
+                reply.exclude_client.is_some(),
+            ))
+            .await?,
+        ),
+        None => None,
+    };
+    let commit = prepare("COMMIT").await?;
+
+    let user_id = job.user.as_str();
+    let count = i64::try_from(job.changes.len()).unwrap_or(i64::MAX);
+    let first_possible = seq_param(Cursor::START.position() + 1);
+    let columns = ChangeColumns::new(job.changes.iter());
+    let event_ids: Vec<Uuid> = job.changes.iter().map(|_| Uuid::now_v7()).collect();
+    let write_params: [&(dyn ToSql + Sync); 15] = [
+        &user_id,
+        &job.app_id,
+        &job.client_id,
+        &job.changeset_id,
+        &count,
+        &first_possible,
+        &event_ids,
+        &columns.tables,
+        &columns.record_ids,
+        &columns.ops,
+        &columns.data,
+        &columns.fields,
+        &columns.deleted_at,
+        &columns.actors,
+        &columns.schema_versions,
+    ];
+    let (after, fetch) = match &job.reply {
+        Some(reply) => (
+            seq_param(reply.after),
+            i64::try_from(reply.limit + 1).unwrap_or(i64::MAX),
+        ),
+        None => (0, 0),
+    };
+    let mut read_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(reply) = &job.reply {
+        read_params.extend([
+            &user_id as &(dyn ToSql + Sync),
+            &reply.app_id,
+            &after,
+            &fetch,
+        ]);
+        if let Some(collection) = &reply.collection {
+            read_params.push(collection);
+        }
+        if let Some(client_id) = &reply.exclude_client {
+            read_params.push(client_id);
+        }
+    }
+
+    // Sent in this order in one go: `join!` polls each future in turn, and
+    // each sends its statement on its first poll.
+    let declare_params: [&(dyn ToSql + Sync); 1] = [&user_id];
+    let (begun, declared, written, rows, committed) = futures::join!(
+        client.execute(&begin, &[]),
+        client.query_one(&set_user, &declare_params),
+        client.query_one(&write, &write_params),
+        async {
+            match &read {
+                Some(read) => client.query(read, &read_params).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        client.execute(&commit, &[]),
+    );
+    // The first failure is the cause; the statements after it were refused.
+    begun.map_err(database_error)?;
+    declared.map_err(database_error)?;
+    let written = written.map_err(database_error)?;
+    let rows = rows.map_err(database_error)?;
+    let prev: Option<i64> = written.get(0);
+    let last: Option<i64> = written.get(1);
+    let fresh: bool = written.get(2);
+    let notice = match (prev, last) {
+        (Some(prev), Some(last)) => Some(ChangeNotice::for_changeset(
+            &job.user,
+            &NewChangeset {
+                app_id: &job.app_id,
+                client_id: &job.client_id,
+                changeset_id: None,
+                changes: &job.changes,
+            },
+            seq_value(prev),
+            seq_value(last),
+        )),
+        _ => None,
+    };
+    if let Err(error) = committed {
+        // Whether it committed is unknown; a notice for nothing is harmless.
+        if let Some(notice) = notice {
+            announcer.announce(notice);
+        }
+        return Err(database_error(error));
+    }
+    if let Some(notice) = notice {
+        announcer.announce(notice);
+    }
+    let outcome = match (fresh, last) {
+        (false, _) => PushOutcome::Duplicate,
+        (true, Some(last)) => PushOutcome::Stored {
+            count: job.changes.len(),
+            last: Cursor::at(seq_value(last)),
+        },
+        (true, None) => PushOutcome::Stored {
+            count: 0,
+            last: Cursor::at(seq_value(written.get(3))),
+        },
+    };
+    let page = match (rows, &job.reply) {
+        (Some(rows), Some(reply)) => Some(page(&rows, reply.limit)?),
+        _ => None,
+    };
+    Ok((outcome, page))
+}
+
+fn page(rows: &[tokio_postgres::Row], limit: usize) -> StoreResult<ChangePage> {
+    let newest = rows
+        .first()
+        .map_or(0, |row| seq_value(row.get::<_, i64>(13)));
+    let mut changes = rows
+        .iter()
+        .filter(|row| row.get::<_, Option<i64>>(0).is_some())
+        .map(stored_change)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let has_more = changes.len() > limit;
+    changes.truncate(limit);
+    let next = page_end(&changes, has_more, newest);
+    Ok(ChangePage {
+        changes,
+        next,
+        has_more,
+    })
+}

@@ -1,0 +1,125 @@
+//! The relay for large deployments: core NATS (`NATS_URL`).
+//!
+//! Every instance publishes its messages on one subject and subscribes to
+//! it. Core NATS delivers at most once and keeps nothing, which is all a
+//! poke needs: the sequence numbers and heartbeats of the relay turn any
+//! loss into a resync, and so does every (re)connection to the server and
+//! every message NATS dropped for a slow consumer. No Postgres connection
+//! is held for listening, and no notification goes through Postgres.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Peers, Transport, deliver, publish};
+use crate::notice::{ChangeNotice, StoreEvent};
+
+/// The subject every instance publishes and hears notices on.
+pub const SUBJECT: &str = "mana-sync.notices";
+
+/// Longest wait between reconnection attempts: a restarted NATS server is
+/// rejoined (and every stream resynced) within about this long.
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+struct NatsTransport {
+    client: async_nats::Client,
+}
+
+impl Transport for NatsTransport {
+    async fn send(&mut self, messages: &[String]) -> Result<(), String> {
+        for message in messages {
+            self.client
+                .publish(SUBJECT, message.clone().into())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Connects to `url` (retrying in the background if NATS is not up yet) and
+/// starts the publisher and the receiver.
+pub(crate) async fn start(
+    url: &str,
+    events: broadcast::Sender<StoreEvent>,
+    outbox: mpsc::Receiver<Arc<ChangeNotice>>,
+    shed: Arc<AtomicBool>,
+    instance: String,
+    interval: Duration,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let (connection_events, mut connection_changes) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .name("mana-sync")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            (Duration::from_millis(50) * u32::try_from(attempts).unwrap_or(u32::MAX))
+                .min(RECONNECT_MAX)
+        })
+        .event_callback(move |event| {
+            let connection_events = connection_events.clone();
+            async move {
+                let _ = connection_events.send(event);
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| format!("NATS_URL {url}: {e}"))?;
+    let mut subscriber = client
+        .subscribe(SUBJECT)
+        .await
+        .map_err(|e| format!("NATS_URL {url}: {e}"))?;
+    let publisher = tokio::spawn(publish(
+        NatsTransport {
+            client: client.clone(),
+        },
+        outbox,
+        shed,
+        instance.clone(),
+        interval,
+    ));
+    let receiver = tokio::spawn(async move {
+        let _client = client;
+        let mut peers = Peers::new(instance, interval);
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                message = subscriber.next() => match message {
+                    Some(message) => match std::str::from_utf8(&message.payload) {
+                        Ok(text) => deliver(&events, peers.receive(text, Instant::now())),
+                        Err(_) => tracing::warn!("ignoring a change notice that is not UTF-8"),
+                    },
+                    None => {
+                        tracing::error!("the NATS subscription ended");
+                        return;
+                    }
+                },
+                event = connection_changes.recv() => match event {
+                    Some(async_nats::Event::Connected) => {
+                        tracing::info!("listening for changes from every instance (NATS)");
+                        peers.forget();
+                        let _ = events.send(StoreEvent::Resync);
+                    }
+                    Some(async_nats::Event::SlowConsumer(_)) => {
+                        tracing::warn!("NATS dropped change notices; streams re-read from their cursors");
+                        let _ = events.send(StoreEvent::Resync);
+                    }
+                    Some(async_nats::Event::Disconnected) => {
+                        tracing::warn!("lost the connection to NATS; reconnecting");
+                    }
+                    Some(other) => tracing::debug!(event = %other, "NATS"),
+                    None => {}
+                },
+                _ = ticks.tick() => {
+                    if peers.check_silence(Instant::now()) {
+                        let _ = events.send(StoreEvent::Resync);
+                    }
+                }
+            }
+        }
+    });
+    Ok(vec![publisher, receiver])
+}
