@@ -29,6 +29,8 @@ pub struct Shape {
     pub duration: Duration,
     /// Server environment (e.g. `NATS_URL`).
     pub server_env: Vec<(String, String)>,
+    /// Open no streams or sockets (pushes only; nothing is checked).
+    pub no_live: bool,
 }
 
 /// What one side (mana-sync or a raw variant) achieved.
@@ -130,7 +132,8 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
     let ready = Arc::new(AtomicUsize::new(0));
     let ready_notify = Arc::new(Notify::new());
     let mut streams = Vec::new();
-    for (u, token) in tokens.iter().enumerate() {
+    let live_users = if shape.no_live { 0 } else { shape.users };
+    for (u, token) in tokens.iter().enumerate().take(live_users) {
         for d in 0..shape.devices {
             let (http, url, token) = (
                 env.http.clone(),
@@ -203,12 +206,12 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
             wait_for(&ready, &ready_notify, (u + 1) * shape.devices).await;
         }
     }
-    wait_for(&ready, &ready_notify, shape.users * shape.devices).await;
+    wait_for(&ready, &ready_notify, live_users * shape.devices).await;
 
     // Sockets: one per user on /ws/bench, counting sync-available messages.
     let ws_base = env.server.url.replace("http://", "ws://");
     let mut sockets = Vec::new();
-    for token in &tokens {
+    for token in tokens.iter().take(live_users) {
         let (url, token) = (format!("{ws_base}/ws/bench"), token.clone());
         let stop = stop.clone();
         let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
@@ -328,7 +331,11 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
     latencies.sort();
 
     // Every push reaches the other devices of its user.
-    let expected_deliveries = pushed.len() * (shape.devices - 1);
+    let expected_deliveries = if shape.no_live {
+        0
+    } else {
+        pushed.len() * (shape.devices - 1)
+    };
     let settle = Instant::now() + Duration::from_secs(30);
     loop {
         let progressed = book.progress.notified();
@@ -376,7 +383,7 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
         }
     }
     let mut missing = 0;
-    for (u, d, n) in &pushed {
+    for (u, d, n) in pushed.iter().filter(|_| !shape.no_live) {
         let id = change_id(*u, *d, *n);
         for other in (0..shape.devices).filter(|o| o != d) {
             if !by_stream

@@ -73,6 +73,9 @@ struct LoadArgs {
     /// Extra server environment, `NAME=VALUE` (e.g. `NATS_URL=nats://127.0.0.1:4222`).
     #[arg(long = "server-env", value_parser = parse_env)]
     server_env: Vec<(String, String)>,
+    /// Pushes only: no streams or sockets (nothing is checked).
+    #[arg(long)]
+    no_live: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -196,6 +199,7 @@ async fn load_run(args: &LoadArgs, binary: &std::path::Path) -> anyhow::Result<(
         concurrency: args.concurrency,
         duration: args.duration,
         server_env: args.server_env.clone(),
+        no_live: args.no_live,
     };
     let mut rows = Vec::new();
     for &backend in &args.backend {

@@ -14,11 +14,11 @@
 //! user's counter row lock. Every other transaction that reserved positions
 //! of this user before us held that lock and released it only after its
 //! commit became visible; so every earlier position is visible to the read,
-//! and no later one can exist until we commit. `newest`, read in the same
-//! statement as the rows, is then our own last position. When nothing was
-//! reserved (a repeated changeset, no changes), no lock is held, and the
-//! read is still one statement, one snapshot: the committed counter and the
-//! rows of every transaction before it, as `changes_after` reads them.
+//! and no later one can exist until we commit: the page may end at our own
+//! last position. When nothing was reserved (a repeated changeset, no
+//! changes), no lock was held and the read proves nothing; the reply is then
+//! read afterwards by `changes_after`, which reads the newest position and
+//! the rows in one snapshot.
 //!
 //! The work runs on a task of its own, so a device that hangs up mid-push
 //! cannot cancel it between the commit and the notice.
@@ -41,7 +41,9 @@ use crate::{
 /// Records the changeset id (if any), reserves `count` positions if it was
 /// new, and inserts the changes after them. Returns the reservation (null
 /// when nothing was reserved), whether the changeset was new, and the
-/// user's newest position as this statement's snapshot saw it.
+/// user's newest position as this statement's snapshot saw it. It is
+/// planned once per connection (generic plan); the statements after it are
+/// planned with their parameters again (`plan_cache_mode`).
 const WRITE: &str = "
 WITH fresh AS (
     INSERT INTO mana_changesets (user_id, changeset_id)
@@ -74,19 +76,8 @@ WITH fresh AS (
 )
 SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
     $4::text IS NULL OR EXISTS (SELECT 1 FROM fresh),
-    COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0)";
-
-/// The reply's rows and the user's newest position, from one snapshot: the
-/// change columns (as `stored_change` reads them), then `newest`; one row
-/// of nulls and `newest` when no change matches.
-fn read_sql(collection: bool, exclude: bool) -> String {
-    format!(
-        "SELECT c.*, n.newest
-         FROM (SELECT COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0) AS newest) n
-         LEFT JOIN LATERAL ({}) c ON true",
-        select_changes_sql(collection, exclude)
-    )
-}
+    COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0),
+    set_config('plan_cache_mode', 'force_custom_plan', true)";
 
 /// An owned copy of the push, for the task that runs it.
 struct Job {
@@ -108,7 +99,8 @@ struct Reply {
 
 /// Stores `changeset` and, with `reply`, reads it, in one transaction sent
 /// in one go; announces the push once committed. `reply.since` must be a
-/// position (the caller resolves `c1.<n>` cursors).
+/// position (the caller resolves `c1.<n>` cursors). The page is `None` when
+/// nothing was reserved: the caller must read the reply itself.
 pub(crate) async fn push(
     pool: Pool,
     announcer: Announcer,
@@ -150,11 +142,18 @@ async fn run(
         async move { client.prepare_cached(&sql).await.map_err(database_error) }
     };
     let begin = prepare("BEGIN").await?;
-    let set_user = prepare("SELECT set_config('mana.user_id', $1, true)").await?;
+    // The write's plan does not depend on its parameters, and planning it
+    // again for every push (the sessions' `force_custom_plan`, which reads
+    // need) cost Postgres almost half its time under load.
+    let set_user = prepare(
+        "SELECT set_config('mana.user_id', $1, true),
+                set_config('plan_cache_mode', 'force_generic_plan', true)",
+    )
+    .await?;
     let write = prepare(WRITE).await?;
     let read = match &job.reply {
         Some(reply) => Some(
-            prepare(&read_sql(
+            prepare(&select_changes_sql(
                 reply.collection.is_some(),
                 reply.exclude_client.is_some(),
             ))
@@ -256,31 +255,36 @@ async fn run(
     if let Some(notice) = notice {
         announcer.announce(notice);
     }
-    let outcome = match (fresh, last) {
-        (false, _) => PushOutcome::Duplicate,
-        (true, Some(last)) => PushOutcome::Stored {
-            count: job.changes.len(),
-            last: Cursor::at(seq_value(last)),
-        },
-        (true, None) => PushOutcome::Stored {
-            count: 0,
-            last: Cursor::at(seq_value(written.get(3))),
-        },
+    let (outcome, newest) = match (fresh, last) {
+        (false, _) => (PushOutcome::Duplicate, None),
+        (true, Some(last)) => (
+            PushOutcome::Stored {
+                count: job.changes.len(),
+                last: Cursor::at(seq_value(last)),
+            },
+            Some(seq_value(last)),
+        ),
+        (true, None) => (
+            PushOutcome::Stored {
+                count: 0,
+                last: Cursor::at(seq_value(written.get(3))),
+            },
+            None,
+        ),
     };
-    let page = match (rows, &job.reply) {
-        (Some(rows), Some(reply)) => Some(page(&rows, reply.limit)?),
+    // The read inside the transaction ends at the push's own last position.
+    // Without a reservation it proves nothing about `newest`; the caller
+    // reads again (repeated changesets and empty pushes are rare).
+    let page = match (rows, &job.reply, newest) {
+        (Some(rows), Some(reply), Some(newest)) => Some(page(&rows, reply.limit, newest)?),
         _ => None,
     };
     Ok((outcome, page))
 }
 
-fn page(rows: &[tokio_postgres::Row], limit: usize) -> StoreResult<ChangePage> {
-    let newest = rows
-        .first()
-        .map_or(0, |row| seq_value(row.get::<_, i64>(13)));
+fn page(rows: &[tokio_postgres::Row], limit: usize, newest: u64) -> StoreResult<ChangePage> {
     let mut changes = rows
         .iter()
-        .filter(|row| row.get::<_, Option<i64>>(0).is_some())
         .map(stored_change)
         .collect::<StoreResult<Vec<_>>>()?;
     let has_more = changes.len() > limit;

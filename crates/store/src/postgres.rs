@@ -445,7 +445,7 @@ impl Store for PostgresStore {
         .await?;
         match page {
             Some(page) => Ok((outcome, page)),
-            None => Err(StoreError::Database("the reply was not read".into())),
+            None => Ok((outcome, self.changes_after(user, reply).await?)),
         }
     }
 
