@@ -19,6 +19,7 @@ mod pg_push;
 pub mod postgres;
 mod relay;
 pub mod sqlite;
+mod sqlite_writer;
 mod types;
 #[cfg(test)]
 mod upgrade_tests;
