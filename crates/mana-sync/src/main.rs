@@ -363,6 +363,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         tokio_util::io::InspectReader::new(file, move |bytes| counted.inc(bytes.len() as u64));
     let report = mana_sync_server::backup::import(&*store, &user, reader).await;
     bar.finish_and_clear();
+    // Instances serving this database hear of the restored changes.
+    store.close().await;
     let report = report.with_context(|| format!("importing {}", args.file.display()))?;
     println!("imported {}, skipped {}", report.imported, report.skipped);
     Ok(())
@@ -381,6 +383,7 @@ async fn import_seed(args: ImportSeedArgs) -> anyhow::Result<()> {
         ));
     };
     let report = mana_sync_seed::import_seed(&args.from, &*store, &mut on_progress).await;
+    store.close().await;
     bar.finish_and_clear();
     // One line, whatever went wrong: its message already names the cause.
     let report = report.map_err(|error| anyhow::Error::msg(error.to_string()))?;

@@ -172,11 +172,16 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let live = self.state.hub.shutdown().clone();
+        let store = self.state.service.store().clone();
         let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
             .map_err(std::io::Error::other)?;
         // Requests carry their peer address: dev-mode sign-in answers
         // loopback callers only.
-        connections::serve(listener, service, shutdown, move || live.cancel()).await
+        let served = connections::serve(listener, service, shutdown, move || live.cancel()).await;
+        // The last pushes' notices reach the other instances, and they hear
+        // that this one stops rather than crashed.
+        store.close().await;
+        served
     }
 }
 

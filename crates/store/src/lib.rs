@@ -146,6 +146,11 @@ pub trait Store: Send + Sync + 'static {
         changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError>;
 
+    /// Sends whatever notices are still pending to the other instances and
+    /// tells them this one stops (so they do not take its silence for a
+    /// crash). Call before the process exits.
+    async fn close(&self) {}
+
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.
     async fn setting_or_insert(

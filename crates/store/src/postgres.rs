@@ -645,6 +645,10 @@ impl Store for PostgresStore {
         Ok(outcome)
     }
 
+    async fn close(&self) {
+        self.announcer.close(Duration::from_secs(5)).await;
+    }
+
     async fn setting_or_insert(
         &self,
         name: &str,

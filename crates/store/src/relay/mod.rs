@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::notice::{ChangeNotice, Payload, StoreEvent};
 
@@ -58,8 +58,17 @@ pub const DEFAULT_CATCHUP_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub(crate) struct Announcer {
     events: broadcast::Sender<StoreEvent>,
-    outbox: mpsc::Sender<Arc<ChangeNotice>>,
+    outbox: mpsc::Sender<Outgoing>,
     shed: Arc<AtomicBool>,
+}
+
+/// What the publisher is handed.
+pub(crate) enum Outgoing {
+    /// A committed push.
+    Notice(Arc<ChangeNotice>),
+    /// The instance stops: send what is pending and say goodbye (peers then
+    /// do not take the silence for a crash), then acknowledge.
+    Close(oneshot::Sender<()>),
 }
 
 impl Announcer {
@@ -73,9 +82,21 @@ impl Announcer {
         let notice = Arc::new(notice);
         // Nobody listening is fine: live delivery is optional for a push.
         let _ = self.events.send(StoreEvent::Changed(notice.clone()));
-        if self.outbox.try_send(notice).is_err() {
+        if self.outbox.try_send(Outgoing::Notice(notice)).is_err() {
             self.shed.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Sends every pending notice and a goodbye; returns once sent (or
+    /// after `deadline`).
+    pub(crate) async fn close(&self, deadline: Duration) {
+        let (done, sent) = oneshot::channel();
+        let closed = async {
+            if self.outbox.send(Outgoing::Close(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, closed).await;
     }
 }
 
@@ -93,7 +114,7 @@ pub(crate) fn instance_id() -> String {
 /// An announcer, and the publisher task's end of its outbox.
 pub(crate) fn announcer(
     events: broadcast::Sender<StoreEvent>,
-) -> (Announcer, mpsc::Receiver<Arc<ChangeNotice>>) {
+) -> (Announcer, mpsc::Receiver<Outgoing>) {
     let (outbox, receiver) = mpsc::channel(OUTBOX_CAPACITY);
     (
         Announcer {
@@ -110,22 +131,25 @@ pub(crate) fn announcer(
 /// `interval`.
 pub(crate) async fn publish<T: Transport>(
     mut transport: T,
-    mut outbox: mpsc::Receiver<Arc<ChangeNotice>>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     shed: Arc<AtomicBool>,
     instance: String,
     interval: Duration,
 ) {
     let mut sequence = 0_u64;
     let mut batch = Vec::new();
+    let mut closing = None;
     loop {
         match tokio::time::timeout(interval, outbox.recv()).await {
-            Ok(Some(notice)) => batch.push(notice),
+            Ok(Some(Outgoing::Notice(notice))) => batch.push(notice),
+            Ok(Some(Outgoing::Close(done))) => closing = Some(done),
             Ok(None) => return,
             Err(_) => {} // idle: a heartbeat
         }
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && closing.is_none() {
             match outbox.try_recv() {
-                Ok(notice) => batch.push(notice),
+                Ok(Outgoing::Notice(notice)) => batch.push(notice),
+                Ok(Outgoing::Close(done)) => closing = Some(done),
                 Err(_) => break,
             }
         }
@@ -133,11 +157,19 @@ pub(crate) async fn publish<T: Transport>(
             // Skip a number: receivers see the gap and resync.
             sequence += 1;
         }
-        let messages = pack(&instance, &mut sequence, &batch);
+        let mut messages = pack(&instance, &mut sequence, &batch);
         batch.clear();
+        if closing.is_some() {
+            sequence += 1;
+            messages.push(format!(r#"{{"i":"{instance}","s":{sequence},"n":[],"bye":true}}"#));
+        }
         if let Err(error) = transport.send(&messages).await {
             // The numbers are spent: receivers see a gap and resync.
             tracing::warn!(%error, "cannot send change notices to other instances");
+        }
+        if let Some(done) = closing.take() {
+            let _ = done.send(());
+            return;
         }
     }
 }
@@ -181,6 +213,9 @@ struct Message {
     s: u64,
     #[serde(default)]
     n: Vec<Payload>,
+    /// The instance stops on purpose: its silence is no crash.
+    #[serde(default)]
+    bye: bool,
 }
 
 struct Peer {
@@ -243,7 +278,7 @@ impl Peers {
             }
             None => {
                 self.peers.insert(
-                    message.i,
+                    message.i.clone(),
                     Peer {
                         sequence: message.s,
                         heard: now,
@@ -253,6 +288,9 @@ impl Peers {
                 false
             }
         };
+        if message.bye {
+            self.peers.remove(&message.i);
+        }
         let notices = message
             .n
             .into_iter()
@@ -336,6 +374,18 @@ mod tests {
         assert_eq!(pack("a", &mut sequence, &[]).len(), 1);
         let mut own = Peers::new("a".into(), Duration::from_secs(1));
         assert!(own.receive(&messages[0], now).0.is_empty());
+    }
+
+    #[test]
+    fn a_goodbye_is_no_crash() {
+        let mut peers = Peers::new("b".into(), Duration::from_millis(100));
+        let start = Instant::now();
+        let mut sequence = 0;
+        let first = pack("a", &mut sequence, &[notice(1)]);
+        assert!(!peers.receive(&first[0], start).1);
+        let bye = format!(r#"{{"i":"a","s":{},"n":[],"bye":true}}"#, sequence + 1);
+        assert!(!peers.receive(&bye, start).1);
+        assert!(!peers.check_silence(start + Duration::from_secs(10)));
     }
 
     #[test]
