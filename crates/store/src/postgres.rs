@@ -162,6 +162,7 @@ impl PostgresStore {
             ],
             Some(url) => relay::nats::start(
                 url,
+                relay::nats::subject(&listener_config),
                 events.clone(),
                 outbox,
                 announcer.shed(),

@@ -161,7 +161,9 @@ pub(crate) async fn publish<T: Transport>(
         batch.clear();
         if closing.is_some() {
             sequence += 1;
-            messages.push(format!(r#"{{"i":"{instance}","s":{sequence},"n":[],"bye":true}}"#));
+            messages.push(format!(
+                r#"{{"i":"{instance}","s":{sequence},"n":[],"bye":true}}"#
+            ));
         }
         if let Err(error) = transport.send(&messages).await {
             // The numbers are spent: receivers see a gap and resync.

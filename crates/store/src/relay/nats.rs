@@ -15,12 +15,38 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Peers, Transport, deliver, publish};
 use super::Outgoing;
+use super::{Peers, Transport, deliver, publish};
 use crate::notice::StoreEvent;
 
-/// The subject every instance publishes and hears notices on.
-pub const SUBJECT: &str = "mana-sync.notices";
+/// The subject every instance of one database publishes and hears notices
+/// on: `mana-sync.notices.<hash of the database's host, port and name>`, so
+/// that deployments (or test databases) sharing a NATS server do not hear
+/// each other.
+pub(crate) fn subject(database: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = database
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let identity = format!(
+        "{}:{:?}/{}",
+        hosts.join(","),
+        database.get_ports(),
+        database.get_dbname().unwrap_or_default()
+    );
+    // FNV-1a: stable across versions and platforms.
+    let hash = identity
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("mana-sync.notices.{hash:016x}")
+}
 
 /// Longest wait between reconnection attempts: a restarted NATS server is
 /// rejoined (and every stream resynced) within about this long.
@@ -28,13 +54,14 @@ const RECONNECT_MAX: Duration = Duration::from_millis(500);
 
 struct NatsTransport {
     client: async_nats::Client,
+    subject: String,
 }
 
 impl Transport for NatsTransport {
     async fn send(&mut self, messages: &[String]) -> Result<(), String> {
         for message in messages {
             self.client
-                .publish(SUBJECT, message.clone().into())
+                .publish(self.subject.clone(), message.clone().into())
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -46,6 +73,7 @@ impl Transport for NatsTransport {
 /// starts the publisher and the receiver.
 pub(crate) async fn start(
     url: &str,
+    subject: String,
     events: broadcast::Sender<StoreEvent>,
     outbox: mpsc::Receiver<Outgoing>,
     shed: Arc<AtomicBool>,
@@ -71,12 +99,13 @@ pub(crate) async fn start(
         .await
         .map_err(|e| format!("NATS_URL {url}: {e}"))?;
     let mut subscriber = client
-        .subscribe(SUBJECT)
+        .subscribe(subject.clone())
         .await
         .map_err(|e| format!("NATS_URL {url}: {e}"))?;
     let publisher = tokio::spawn(publish(
         NatsTransport {
             client: client.clone(),
+            subject,
         },
         outbox,
         shed,
@@ -87,8 +116,8 @@ pub(crate) async fn start(
         let _client = client;
         let mut peers = Peers::new(instance, interval);
         // Checked twice per interval: an instance that fell silent is noticed
-    // within 3.5 intervals of its last message.
-    let mut ticks = tokio::time::interval(interval / 2);
+        // within 3.5 intervals of its last message.
+        let mut ticks = tokio::time::interval(interval / 2);
         loop {
             tokio::select! {
                 message = subscriber.next() => match message {
