@@ -147,12 +147,32 @@ pub struct Hub {
     streams: IntGauge,
     sockets: IntGauge,
     overflows: IntCounter,
+    notices: IntCounter,
+    resyncs: IntCounter,
 }
 
 impl Hub {
     /// A hub counting its connections in the given gauges, and subscribers
     /// that fell too far behind in `overflows`.
     pub fn new(streams: IntGauge, sockets: IntGauge, overflows: IntCounter) -> Self {
+        Self::with_counters(
+            streams,
+            sockets,
+            overflows,
+            IntCounter::new("notices", "notices").unwrap_or_else(|_| unreachable!()),
+            IntCounter::new("resyncs", "resyncs").unwrap_or_else(|_| unreachable!()),
+        )
+    }
+
+    /// A hub that also counts the notices it hears and the resyncs it
+    /// orders.
+    pub fn with_counters(
+        streams: IntGauge,
+        sockets: IntGauge,
+        overflows: IntCounter,
+        notices: IntCounter,
+        resyncs: IntCounter,
+    ) -> Self {
         Self {
             subscribers: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
@@ -161,6 +181,8 @@ impl Hub {
             streams,
             sockets,
             overflows,
+            notices,
+            resyncs,
         }
     }
 
@@ -248,10 +270,17 @@ impl Hub {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 event = events.recv() => match event {
-                    Ok(StoreEvent::Changed(notice)) => self.publish(notice),
-                    Ok(StoreEvent::Resync) => self.resync_all(),
+                    Ok(StoreEvent::Changed(notice)) => {
+                        self.notices.inc();
+                        self.publish(notice);
+                    }
+                    Ok(StoreEvent::Resync) => {
+                        self.resyncs.inc();
+                        self.resync_all();
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the hub fell behind the store's notices; resyncing everyone");
+                        self.resyncs.inc();
                         self.resync_all();
                     }
                     Err(broadcast::error::RecvError::Closed) => return,

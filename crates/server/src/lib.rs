@@ -133,10 +133,12 @@ impl App {
             };
         let verifier = Arc::new(Verifier::new(&auth).await?);
         let metrics = Arc::new(Metrics::new()?);
-        let hub = Arc::new(Hub::new(
+        let hub = Arc::new(Hub::with_counters(
             metrics.open_streams.clone(),
             metrics.open_sockets.clone(),
             metrics.live_overflows.clone(),
+            metrics.notices.clone(),
+            metrics.resyncs.clone(),
         ));
         tokio::spawn(hub.clone().run(store.events()));
         let service = Arc::new(SyncService::new(store, metrics.clone()));

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub open_sockets: IntGauge,
     /// Streams and sockets that fell too far behind and re-read from their cursors.
     pub live_overflows: IntCounter,
+    /// Notices of committed pushes heard (from this instance and others).
+    pub notices: IntCounter,
+    /// Times every live subscriber was told to re-read from its cursor
+    /// (bus (re)joined, a notice lost, an instance fell silent).
+    pub resyncs: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -82,6 +87,14 @@ impl Metrics {
                 "mana_sync_live_overflows_total",
                 "Streams and sockets that fell too far behind and re-read from their cursors",
             )?,
+            notices: counter(
+                "mana_sync_notices_total",
+                "Notices of committed pushes heard, from this instance and others",
+            )?,
+            resyncs: counter(
+                "mana_sync_resyncs_total",
+                "Times every live subscriber re-read from its cursor (bus rejoined, notices lost, an instance fell silent)",
+            )?,
             registry: registry.clone(),
         })
     }
@@ -119,6 +132,8 @@ mod tests {
             "mana_sync_duplicate_changesets_total",
             "mana_sync_changes_sent_total",
             "mana_sync_live_overflows_total",
+            "mana_sync_notices_total",
+            "mana_sync_resyncs_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }
