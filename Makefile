@@ -1,5 +1,5 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup bench-compaction
+.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup bench-compaction bench-load
 
 # The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth,
 # serving the Todo web app at http://localhost:3050/.
@@ -63,3 +63,11 @@ bench-backup:
 bench-compaction:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench compaction
+
+# Many users making small pushes (one change each, unique changesetIds) with a
+# live stream on every device and a socket per user, against the raw database
+# doing the same durable single-row transactions at the same concurrency.
+# Checks that every change reached every other device exactly once.
+bench-load:
+	cargo build --release --locked -p mana-sync -p mana-sync-bench
+	./target/release/mana-sync-bench load --users 200 --devices 2 --concurrency 64 --duration 20s

@@ -14,6 +14,7 @@
 mod backup;
 mod compaction;
 mod live;
+mod load;
 mod raw;
 mod server;
 
@@ -51,6 +52,10 @@ enum Command {
     Compaction(CompactionArgs),
     /// Another user's push latency while a large backup is imported.
     Contention(ContentionArgs),
+    /// Many users making small pushes with live streams attached, against
+    /// the raw database's durable single-row transactions at the same
+    /// concurrency.
+    Load(LoadArgs),
 }
 
 #[derive(clap::Args)]
@@ -74,6 +79,54 @@ struct ContentionArgs {
     /// Databases to measure.
     #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
     backend: Vec<Backend>,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Users pushing.
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Devices per user; each has a live stream and pushes in turn.
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    /// Pushes in flight at once (and raw database connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long each side runs, e.g. `20s`.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Databases to measure.
+    #[arg(long, value_enum, default_values_t = [Backend::Postgres, Backend::Sqlite])]
+    backend: Vec<Backend>,
+    /// Extra server environment, `NAME=VALUE` (e.g. `NATS_URL=nats://127.0.0.1:4222`).
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+    /// Pushes only: no streams or sockets (nothing is checked).
+    #[arg(long)]
+    no_live: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 20s"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{text}`: use s, ms or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
 }
 
 #[derive(clap::Args)]
@@ -163,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Backup(args) => backups(&args, &binary).await,
         Command::Compaction(args) => compactions(&args, &binary).await,
         Command::Contention(args) => contention(&args, &binary).await,
+        Command::Load(args) => load_run(&args, &binary).await,
     }
 }
 
@@ -214,6 +268,34 @@ async fn compactions(args: &CompactionArgs, binary: &std::path::Path) -> anyhow:
             ms(r.push_during.percentile(0.99)),
             r.push_during.count(),
         );
+    }
+    Ok(())
+}
+
+async fn load_run(args: &LoadArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.devices >= 2,
+        "--devices must be at least 2 (streams hear other devices)"
+    );
+    let shape = load::Shape {
+        users: args.users,
+        devices: args.devices,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        server_env: args.server_env.clone(),
+        no_live: args.no_live,
+    };
+    let mut rows = Vec::new();
+    for &backend in &args.backend {
+        rows.extend(load::run(backend, binary, &shape).await?);
+    }
+    println!(
+        "{} users × {} devices, {} concurrent, {:?} per side; ratios against the first raw row of each database",
+        args.users, args.devices, args.concurrency, args.duration
+    );
+    println!("{}", load::HEADER);
+    for row in rows {
+        println!("{row}");
     }
     Ok(())
 }

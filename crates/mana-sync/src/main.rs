@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the sync server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a token for a user, signed with JWT_SECRET or the dev-mode secret.
     Token(TokenArgs),
     /// Write a user's whole history (every app) as NDJSON.
@@ -197,6 +197,15 @@ struct ServeArgs {
     /// Most open streams and sockets per user.
     #[arg(long, env = "MAX_LIVE_PER_USER", default_value_t = 100)]
     max_live_per_user: usize,
+    /// Milliseconds between heartbeats of instances on one Postgres, and
+    /// between checks that every other instance is still heard; a lost
+    /// notice is made up for within about four of these.
+    #[arg(long, env = "CATCHUP_INTERVAL_MS", default_value_t = 500)]
+    catchup_interval_ms: u64,
+    /// Relay live notices between instances through this NATS server
+    /// (nats://HOST:PORT) instead of Postgres LISTEN/NOTIFY.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
 }
 
 /// File descriptors kept free of connections: the database pool, the
@@ -262,7 +271,7 @@ fn checked_secret(secret: Option<String>) -> anyhow::Result<Option<String>> {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Token(args) => token(args).await,
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
@@ -338,6 +347,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
         },
         max_live_per_user: args.max_live_per_user.max(1),
+        catchup_interval: Duration::from_millis(args.catchup_interval_ms.max(10)),
+        nats_url: non_empty(args.nats_url),
     };
     if let Some(owner_url) = non_empty(args.migration_database_url) {
         let role = mana_sync_store::postgres::role_of(&args.database.database_url)
@@ -430,10 +441,15 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
             if non_empty(args.jwks_url).is_some() {
                 bail!("JWKS_URL is set: tokens come from your auth service, not from mana-sync");
             }
-            let store =
-                mana_sync_store::open(&args.database.database_url, &StoreOptions { pool_size: 1 })
-                    .await
-                    .context("opening the database for its dev-mode secret")?;
+            let store = mana_sync_store::open(
+                &args.database.database_url,
+                &StoreOptions {
+                    pool_size: 1,
+                    ..StoreOptions::default()
+                },
+            )
+            .await
+            .context("opening the database for its dev-mode secret")?;
             mana_sync_server::dev_secret(&*store).await?
         }
     };
@@ -450,6 +466,7 @@ async fn open_store(
         &database.database_url,
         &StoreOptions {
             pool_size: database.pool_size.min(4),
+            ..StoreOptions::default()
         },
     )
     .await
@@ -523,6 +540,8 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         tokio_util::io::InspectReader::new(file, move |bytes| counted.inc(bytes.len() as u64));
     let report = mana_sync_server::backup::import(&*store, &user, reader).await;
     bar.finish_and_clear();
+    // Instances serving this database hear of the restored changes.
+    store.close().await;
     let report = report.with_context(|| format!("importing {}", args.file.display()))?;
     println!("imported {}, skipped {}", report.imported, report.skipped);
     Ok(())
@@ -597,6 +616,7 @@ async fn import_seed(args: ImportSeedArgs) -> anyhow::Result<()> {
         ));
     };
     let report = mana_sync_seed::import_seed(&args.from, &*store, &mut on_progress).await;
+    store.close().await;
     bar.finish_and_clear();
     // One line, whatever went wrong: its message already names the cause.
     let report = report.map_err(|error| anyhow::Error::msg(error.to_string()))?;

@@ -196,6 +196,8 @@ pub struct Hub {
     streams: IntGauge,
     sockets: IntGauge,
     overflows: IntCounter,
+    notices: IntCounter,
+    resyncs: IntCounter,
 }
 
 impl Hub {
@@ -205,6 +207,26 @@ impl Hub {
         streams: IntGauge,
         sockets: IntGauge,
         overflows: IntCounter,
+        limits: LiveLimits,
+    ) -> Self {
+        Self::with_counters(
+            streams,
+            sockets,
+            overflows,
+            IntCounter::new("notices", "notices").unwrap_or_else(|_| unreachable!()),
+            IntCounter::new("resyncs", "resyncs").unwrap_or_else(|_| unreachable!()),
+            limits,
+        )
+    }
+
+    /// A hub that also counts the notices it hears and the resyncs it
+    /// orders.
+    pub fn with_counters(
+        streams: IntGauge,
+        sockets: IntGauge,
+        overflows: IntCounter,
+        notices: IntCounter,
+        resyncs: IntCounter,
         limits: LiveLimits,
     ) -> Self {
         Self {
@@ -217,6 +239,8 @@ impl Hub {
             streams,
             sockets,
             overflows,
+            notices,
+            resyncs,
         }
     }
 
@@ -316,10 +340,17 @@ impl Hub {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 event = events.recv() => match event {
-                    Ok(StoreEvent::Changed(notice)) => self.publish(notice),
-                    Ok(StoreEvent::Resync) => self.resync_all(),
+                    Ok(StoreEvent::Changed(notice)) => {
+                        self.notices.inc();
+                        self.publish(notice);
+                    }
+                    Ok(StoreEvent::Resync) => {
+                        self.resyncs.inc();
+                        self.resync_all();
+                    }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "the hub fell behind the store's notices; resyncing everyone");
+                        self.resyncs.inc();
                         self.resync_all();
                     }
                     Err(broadcast::error::RecvError::Closed) => return,

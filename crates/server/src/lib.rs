@@ -64,6 +64,12 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// Open streams and sockets one user may have (`MAX_LIVE_PER_USER`).
     pub max_live_per_user: usize,
+    /// Heartbeats between instances and the check that none fell silent:
+    /// a lost notice is made up for within a few of these (`CATCHUP_INTERVAL_MS`).
+    pub catchup_interval: Duration,
+    /// Relay notices between instances through NATS instead of Postgres
+    /// `LISTEN/NOTIFY` (`NATS_URL`).
+    pub nats_url: Option<String>,
 }
 
 /// Why the server could not start.
@@ -117,6 +123,8 @@ impl App {
             &config.database_url,
             &StoreOptions {
                 pool_size: config.pool_size,
+                catchup_interval: config.catchup_interval,
+                nats_url: config.nats_url.clone(),
             },
         )
         .await?;
@@ -133,10 +141,12 @@ impl App {
             };
         let verifier = Arc::new(Verifier::new(&auth).await?);
         let metrics = Arc::new(Metrics::new()?);
-        let hub = Arc::new(Hub::new(
+        let hub = Arc::new(Hub::with_counters(
             metrics.open_streams.clone(),
             metrics.open_sockets.clone(),
             metrics.live_overflows.clone(),
+            metrics.notices.clone(),
+            metrics.resyncs.clone(),
             LiveLimits::for_connections(
                 config.connections.max_connections,
                 config.max_live_per_user,
@@ -182,18 +192,23 @@ impl App {
             self.config.compaction,
             live.clone(),
         ));
+        let store = self.state.service.store().clone();
         let service = routes::service(self.state, &self.config, self.dev_secret.as_deref())
             .map_err(std::io::Error::other)?;
         // Requests carry their peer address: dev-mode sign-in answers
         // loopback callers only.
-        connections::serve(
+        let served = connections::serve(
             listener,
             service,
             self.config.connections,
             shutdown,
             move || live.cancel(),
         )
-        .await
+        .await;
+        // The last pushes' notices reach the other instances, and they hear
+        // that this one stops rather than crashed.
+        store.close().await;
+        served
     }
 }
 

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub compaction_folded: IntCounter,
     /// Changes removed with deleted records past their retention.
     pub compaction_dropped: IntCounter,
+    /// Notices of committed pushes heard (from this instance and others).
+    pub notices: IntCounter,
+    /// Times every live subscriber was told to re-read from its cursor
+    /// (bus (re)joined, a notice lost, an instance fell silent).
+    pub resyncs: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -100,6 +105,14 @@ impl Metrics {
                 "mana_sync_compaction_dropped_changes_total",
                 "Changes dropped with deleted records past the tombstone retention",
             )?,
+            notices: counter(
+                "mana_sync_notices_total",
+                "Notices of committed pushes heard, from this instance and others",
+            )?,
+            resyncs: counter(
+                "mana_sync_resyncs_total",
+                "Times every live subscriber re-read from its cursor (bus rejoined, notices lost, an instance fell silent)",
+            )?,
             registry: registry.clone(),
         })
     }
@@ -137,6 +150,8 @@ mod tests {
             "mana_sync_duplicate_changesets_total",
             "mana_sync_changes_sent_total",
             "mana_sync_live_overflows_total",
+            "mana_sync_notices_total",
+            "mana_sync_resyncs_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -182,9 +182,9 @@ impl SyncService {
                     .map_err(|problem| ServiceError::InvalidChange { index, problem })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = self
+        let (outcome, page) = self
             .store
-            .push(
+            .push_and_read(
                 user,
                 NewChangeset {
                     app_id,
@@ -192,16 +192,6 @@ impl SyncService {
                     changeset_id: request.changeset_id.as_deref(),
                     changes: &changes,
                 },
-            )
-            .await?;
-        match outcome {
-            PushOutcome::Stored { count, .. } => self.metrics.changes_stored.inc_by(count as u64),
-            PushOutcome::Duplicate => self.metrics.duplicate_changesets.inc(),
-        }
-        let page = self
-            .store
-            .changes_after(
-                user,
                 &ChangeQuery {
                     app_id,
                     collection: None,
@@ -212,6 +202,10 @@ impl SyncService {
                 },
             )
             .await?;
+        match outcome {
+            PushOutcome::Stored { count, .. } => self.metrics.changes_stored.inc_by(count as u64),
+            PushOutcome::Duplicate => self.metrics.duplicate_changesets.inc(),
+        }
         let response = self.reply(page, dialect);
         self.metrics
             .push_seconds

@@ -16,8 +16,11 @@
 pub mod compaction;
 mod migrations;
 mod notice;
+mod pg_push;
 pub mod postgres;
+mod relay;
 pub mod sqlite;
+mod sqlite_writer;
 mod types;
 #[cfg(test)]
 mod upgrade_tests;
@@ -29,6 +32,7 @@ use mana_sync_protocol::{Cursor, UserId};
 
 pub use compaction::{CompactOptions, CompactOutcome};
 pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
+pub use relay::DEFAULT_CATCHUP_INTERVAL;
 pub use types::{
     ChangeBatches, ChangePage, ChangeQuery, ExpiredCursor, ImportError, ImportOutcome,
     ImportSource, NewChangeset, PushOutcome, SourceError, StoredChange,
@@ -114,6 +118,24 @@ pub trait Store: Send + Sync + 'static {
     /// again and yields [`PushOutcome::Duplicate`].
     async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome>;
 
+    /// Stores a changeset like [`Store::push`], then reads `reply` (the
+    /// device's other devices' changes) as [`Store::changes_after`] would.
+    ///
+    /// A store may do both in one transaction (Postgres does, in one round
+    /// trip): holding the user's counter lock, every earlier position of the
+    /// user is committed or its own, so the page may end at the push's last
+    /// position. The default does one after the other.
+    async fn push_and_read(
+        &self,
+        user: &UserId,
+        changeset: NewChangeset<'_>,
+        reply: &ChangeQuery<'_>,
+    ) -> StoreResult<(PushOutcome, ChangePage)> {
+        let outcome = self.push(user, changeset).await?;
+        let page = self.changes_after(user, reply).await?;
+        Ok((outcome, page))
+    }
+
     /// Reads the user's changes after `query.since`, in commit order, at most
     /// `query.limit` (capped at [`MAX_PAGE`]).
     async fn changes_after(
@@ -156,6 +178,10 @@ pub trait Store: Send + Sync + 'static {
         options: &CompactOptions,
         progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
     ) -> StoreResult<CompactOutcome>;
+    /// Sends whatever notices are still pending to the other instances and
+    /// tells them this one stops (so they do not take its silence for a
+    /// crash). Call before the process exits.
+    async fn close(&self) {}
 
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.
@@ -171,11 +197,22 @@ pub trait Store: Send + Sync + 'static {
 pub struct StoreOptions {
     /// Most connections to hold open (Postgres) or reader connections (SQLite).
     pub pool_size: usize,
+    /// How often an idle instance tells the others it is alive, and checks
+    /// that it still hears them (Postgres): a notice that was lost is made
+    /// up for by a resync within a few of these.
+    pub catchup_interval: std::time::Duration,
+    /// Relay notices between instances through this NATS server instead of
+    /// Postgres `LISTEN/NOTIFY` (Postgres only).
+    pub nats_url: Option<String>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { pool_size: 16 }
+        Self {
+            pool_size: 16,
+            catchup_interval: DEFAULT_CATCHUP_INTERVAL,
+            nats_url: None,
+        }
     }
 }
 
@@ -208,7 +245,14 @@ pub async fn migrate(url: &str, grant_to: Option<&str>) -> StoreResult<Vec<u32>>
                 "SQLite has no roles to grant to; migrate without one".into(),
             ));
         }
-        sqlite::SqliteStore::open(path, &StoreOptions { pool_size: 1 }).await?;
+        sqlite::SqliteStore::open(
+            path,
+            &StoreOptions {
+                pool_size: 1,
+                ..StoreOptions::default()
+            },
+        )
+        .await?;
         Ok(Vec::new())
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         postgres::migrate_as_owner(url, grant_to).await

@@ -25,7 +25,7 @@ pub(crate) const EVENT_CAPACITY: usize = 4096;
 
 /// Postgres refuses notification payloads of 8000 bytes or more; beyond this
 /// budget the collection list is left out ("any collection may have changed").
-const PAYLOAD_BUDGET: usize = 7000;
+pub(crate) const PAYLOAD_BUDGET: usize = 7000;
 
 /// A push was committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +56,10 @@ pub enum StoreEvent {
     Resync,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Payload {
+/// A notice as it travels between instances (short keys: Postgres limits a
+/// notification to 8000 bytes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Payload {
     u: String,
     a: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,16 +100,33 @@ impl ChangeNotice {
             .is_none_or(|tables| tables.iter().any(|t| t == table))
     }
 
-    /// The `pg_notify` payload.
-    pub(crate) fn to_payload(&self) -> String {
-        let mut payload = Payload {
+    /// The notice as it travels between instances.
+    pub(crate) fn to_wire(&self) -> Payload {
+        Payload {
             u: self.user.as_str().to_owned(),
             a: self.app_id.clone(),
             t: self.tables.clone(),
             p: self.after,
             l: self.last,
             c: self.client_id.clone(),
-        };
+        }
+    }
+
+    /// The notice a peer sent, if it names a valid user.
+    pub(crate) fn from_wire(payload: Payload) -> Option<Self> {
+        Some(Self {
+            user: UserId::new(payload.u).ok()?,
+            app_id: payload.a,
+            tables: payload.t,
+            after: payload.p,
+            last: payload.l,
+            client_id: payload.c,
+        })
+    }
+
+    /// The notice as JSON of at most [`PAYLOAD_BUDGET`] bytes.
+    pub(crate) fn to_payload(&self) -> String {
+        let mut payload = self.to_wire();
         let text = serde_json::to_string(&payload).unwrap_or_default();
         if text.len() <= PAYLOAD_BUDGET {
             return text;
@@ -118,15 +137,7 @@ impl ChangeNotice {
 
     /// Parses a payload written by [`ChangeNotice::to_payload`].
     pub(crate) fn from_payload(text: &str) -> Option<Self> {
-        let payload: Payload = serde_json::from_str(text).ok()?;
-        Some(Self {
-            user: UserId::new(payload.u).ok()?,
-            app_id: payload.a,
-            tables: payload.t,
-            after: payload.p,
-            last: payload.l,
-            client_id: payload.c,
-        })
+        Self::from_wire(serde_json::from_str(text).ok()?)
     }
 }
 

@@ -14,12 +14,13 @@ use deadpool_postgres::{
 };
 use mana_sync_protocol::{Cursor, Since, UserId};
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
-use crate::notice::{ChangeNotice, EVENT_CAPACITY, NOTIFY_CHANNEL, StoreEvent};
+use crate::notice::{EVENT_CAPACITY, StoreEvent};
+use crate::relay::{self, Announcer};
 use crate::types::{
     ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
     ImportSource, LogState, RawColumns, Reserved, encode,
@@ -46,12 +47,16 @@ mod compact;
 pub struct PostgresStore {
     pool: Pool,
     events: broadcast::Sender<StoreEvent>,
-    listener: tokio::task::JoinHandle<()>,
+    announcer: Announcer,
+    /// The relay's listener and publisher.
+    relay: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        self.listener.abort();
+        for task in &self.relay {
+            task.abort();
+        }
     }
 }
 
@@ -69,7 +74,7 @@ fn is_transient(code: &str) -> bool {
 /// The database's own code and message (`42501: permission denied for …`),
 /// or the driver's error with its causes: on its own a driver error says
 /// only "db error" or "error communicating with the server".
-fn describe(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         return format!("{}: {}", db.code().code(), db.message());
     }
@@ -83,7 +88,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
-fn database_error(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn database_error(error: tokio_postgres::Error) -> StoreError {
     if error.is_closed() {
         return StoreError::Unavailable(describe(&error));
     }
@@ -96,18 +101,18 @@ fn database_error(error: tokio_postgres::Error) -> StoreError {
 
 /// Failing to get a connection (including failing to open one) means the
 /// database is unavailable, whatever the reason it gave.
-fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
         deadpool_postgres::PoolError::Backend(error) => StoreError::Unavailable(describe(&error)),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
 
-fn seq_param(seq: u64) -> i64 {
+pub(crate) fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn seq_value(seq: i64) -> u64 {
+pub(crate) fn seq_value(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
@@ -151,11 +156,42 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let listener = tokio::spawn(listen(listener_config, events.clone()));
+        let (announcer, outbox) = relay::announcer(events.clone());
+        let instance = relay::instance_id();
+        let interval = options.catchup_interval.max(Duration::from_millis(10));
+        let relay = match &options.nats_url {
+            None => vec![
+                tokio::spawn(relay::pg::listen(
+                    listener_config.clone(),
+                    events.clone(),
+                    instance.clone(),
+                    interval,
+                )),
+                tokio::spawn(relay::publish(
+                    relay::pg::PgTransport::new(listener_config),
+                    outbox,
+                    announcer.shed(),
+                    instance,
+                    interval,
+                )),
+            ],
+            Some(url) => relay::nats::start(
+                url,
+                relay::nats::subject(&listener_config),
+                events.clone(),
+                outbox,
+                announcer.shed(),
+                instance,
+                interval,
+            )
+            .await
+            .map_err(StoreError::Config)?,
+        };
         let store = Self {
             pool,
             events,
-            listener,
+            announcer,
+            relay,
         };
         store.migrate(migrations).await?;
         store.warn_if_rls_is_bypassed().await?;
@@ -476,7 +512,7 @@ async fn log_state(tx: &Transaction<'_>, user: &UserId) -> StoreResult<LogState>
     }))
 }
 
-fn select_changes_sql(collection: bool, exclude: bool) -> String {
+pub(crate) fn select_changes_sql(collection: bool, exclude: bool) -> String {
     let mut sql = String::from(concat!(
         select_columns!(),
         " FROM mana_changes WHERE user_id = $1 AND app_id = $2 AND seq > $3"
@@ -493,7 +529,7 @@ fn select_changes_sql(collection: bool, exclude: bool) -> String {
     sql
 }
 
-fn stored_change(row: &Row) -> StoreResult<StoredChange> {
+pub(crate) fn stored_change(row: &Row) -> StoreResult<StoredChange> {
     let columns = RawColumns {
         op: row.get(5),
         data: row.get(6),
@@ -540,87 +576,40 @@ impl Store for PostgresStore {
     }
 
     async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = Self::begin_as(&mut client, user, false).await?;
-        if let Some(changeset_id) = changeset.changeset_id {
-            let statement = tx
-                .prepare_cached(
-                    "INSERT INTO mana_changesets (user_id, changeset_id) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(database_error)?;
-            let inserted = tx
-                .execute(&statement, &[&user.as_str(), &changeset_id])
-                .await
-                .map_err(database_error)?;
-            if inserted == 0 {
-                tx.rollback().await.map_err(database_error)?;
-                return Ok(PushOutcome::Duplicate);
-            }
-        }
-        if changeset.changes.is_empty() {
-            let newest = log_state(&tx, user).await?.newest;
-            tx.commit().await.map_err(database_error)?;
-            return Ok(PushOutcome::Stored {
-                count: 0,
-                last: Cursor::at(newest),
-            });
-        }
-        let count = i64::try_from(changeset.changes.len()).unwrap_or(i64::MAX);
-        let superseding = crate::compaction::superseding(changeset.changes);
-        let Reserved { after, last } = reserve_positions(&tx, user, count, superseding).await?;
-        let columns = ChangeColumns::new(changeset.changes.iter());
-        let event_ids: Vec<Uuid> = changeset.changes.iter().map(|_| Uuid::now_v7()).collect();
-        let before_first = last - count;
-        // The notice is delivered to every listening instance when, and only
-        // if, this transaction commits, and in commit order. Sending it from
-        // the insert statement saves a round trip per push.
-        let notice =
-            ChangeNotice::for_changeset(user, &changeset, seq_value(after), seq_value(last));
-        let insert = tx
-            .prepare_cached(
-                "WITH inserted AS (
-                     INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
-                         op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
-                     SELECT $1, $2 + u.ord, u.event_id, $3, u.table_name, u.record_id, u.op, u.data,
-                         u.fields, u.deleted_at, u.actor, $4, u.schema_version, now()
-                     FROM UNNEST($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
-                         $10::text[], $11::text[], $12::text[], $13::int4[])
-                         WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
-                             deleted_at, actor, schema_version, ord)
-                 )
-                 SELECT pg_notify($14, $15)",
-            )
-            .await
-            .map_err(database_error)?;
-        tx.query_one(
-            &insert,
-            &[
-                &user.as_str(),
-                &before_first,
-                &changeset.app_id,
-                &changeset.client_id,
-                &event_ids,
-                &columns.tables,
-                &columns.record_ids,
-                &columns.ops,
-                &columns.data,
-                &columns.fields,
-                &columns.deleted_at,
-                &columns.actors,
-                &columns.schema_versions,
-                &NOTIFY_CHANNEL,
-                &notice.to_payload(),
-            ],
+        let (outcome, _) = crate::pg_push::push(
+            self.pool.clone(),
+            self.announcer.clone(),
+            user,
+            changeset,
+            None,
         )
-        .await
-        .map_err(database_error)?;
-        tx.commit().await.map_err(database_error)?;
-        Ok(PushOutcome::Stored {
-            count: changeset.changes.len(),
-            last: Cursor::at(seq_value(last)),
-        })
+        .await?;
+        Ok(outcome)
+    }
+
+    async fn push_and_read(
+        &self,
+        user: &UserId,
+        changeset: NewChangeset<'_>,
+        reply: &ChangeQuery<'_>,
+    ) -> StoreResult<(PushOutcome, ChangePage)> {
+        // A `c1.<n>` cursor needs a lookup first; such devices are rare.
+        if matches!(reply.since, Since::Legacy(_)) {
+            let outcome = self.push(user, changeset).await?;
+            return Ok((outcome, self.changes_after(user, reply).await?));
+        }
+        let (outcome, page) = crate::pg_push::push(
+            self.pool.clone(),
+            self.announcer.clone(),
+            user,
+            changeset,
+            Some(reply),
+        )
+        .await?;
+        match page {
+            Some(page) => Ok((outcome, page)),
+            None => Ok((outcome, self.changes_after(user, reply).await?)),
+        }
     }
 
     async fn changes_after(
@@ -827,16 +816,10 @@ impl Store for PostgresStore {
                 break;
             }
         }
-        let notify = tx
-            .prepare_cached("SELECT pg_notify($1, $2)")
-            .await
-            .map_err(database_error)?;
-        for notice in notices.into_notices(user) {
-            tx.query_one(&notify, &[&NOTIFY_CHANNEL, &notice.to_payload()])
-                .await
-                .map_err(database_error)?;
-        }
         tx.commit().await.map_err(database_error)?;
+        for notice in notices.into_notices(user) {
+            self.announcer.announce(notice);
+        }
         Ok(outcome)
     }
 
@@ -855,6 +838,10 @@ impl Store for PostgresStore {
         progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
     ) -> StoreResult<CompactOutcome> {
         compact::compact(self, user, options, progress).await
+    }
+
+    async fn close(&self) {
+        self.announcer.close(Duration::from_secs(5)).await;
     }
 
     async fn setting_or_insert(
@@ -883,19 +870,21 @@ impl Store for PostgresStore {
 
 /// Changes turned into one array per column, for a single `UNNEST` insert
 /// (without event ids: a push makes new ones, an import keeps the backup's).
-struct ChangeColumns<'a> {
-    tables: Vec<&'a str>,
-    record_ids: Vec<&'a str>,
-    ops: Vec<&'static str>,
-    data: Vec<Option<&'a str>>,
-    fields: Vec<Option<String>>,
-    deleted_at: Vec<Option<&'a str>>,
-    actors: Vec<Option<&'a str>>,
-    schema_versions: Vec<i32>,
+pub(crate) struct ChangeColumns<'a> {
+    pub(crate) tables: Vec<&'a str>,
+    pub(crate) record_ids: Vec<&'a str>,
+    pub(crate) ops: Vec<&'static str>,
+    pub(crate) data: Vec<Option<&'a str>>,
+    pub(crate) fields: Vec<Option<String>>,
+    pub(crate) deleted_at: Vec<Option<&'a str>>,
+    pub(crate) actors: Vec<Option<&'a str>>,
+    pub(crate) schema_versions: Vec<i32>,
 }
 
 impl<'a> ChangeColumns<'a> {
-    fn new(changes: impl ExactSizeIterator<Item = &'a mana_sync_protocol::Change>) -> Self {
+    pub(crate) fn new(
+        changes: impl ExactSizeIterator<Item = &'a mana_sync_protocol::Change>,
+    ) -> Self {
         let capacity = changes.len();
         let mut columns = Self {
             tables: Vec::with_capacity(capacity),
@@ -922,80 +911,6 @@ impl<'a> ChangeColumns<'a> {
         }
         columns
     }
-}
-
-/// Listens for notices from every instance (this one included) and forwards
-/// them; reconnects with backoff when the connection is lost (Postgres
-/// restart, network), announcing [`StoreEvent::Resync`] once listening again
-/// so subscribers re-read whatever they may have missed meanwhile.
-async fn listen(mut config: tokio_postgres::Config, events: broadcast::Sender<StoreEvent>) {
-    config
-        .application_name("mana-sync-listener")
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
-    let mut backoff = LISTEN_BACKOFF_MIN;
-    loop {
-        match listen_until_disconnected(&config, &events).await {
-            Ok(()) => {
-                tracing::warn!("lost the connection listening for changes; reconnecting");
-                backoff = LISTEN_BACKOFF_MIN;
-            }
-            Err(error) => {
-                let error = describe(&error);
-                tracing::warn!(%error, retry_in = ?backoff, "cannot listen for changes");
-                backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
-            }
-        }
-        tokio::time::sleep(backoff).await;
-    }
-}
-
-const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-async fn listen_until_disconnected(
-    config: &tokio_postgres::Config,
-    events: &broadcast::Sender<StoreEvent>,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (payloads, mut received) = mpsc::unbounded_channel::<String>();
-    // The connection must be polled for the client to work; notifications
-    // arrive as messages on it.
-    let driver = tokio::spawn(async move {
-        while let Some(message) = futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(notification)) => {
-                    if payloads.send(notification.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    let error = describe(&error);
-                    tracing::warn!(%error, "listener connection failed");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-        .await?;
-    tracing::info!("listening for changes from every instance");
-    // Whatever was committed while we were not listening is only found by
-    // re-reading from the cursors.
-    let _ = events.send(StoreEvent::Resync);
-    while let Some(payload) = received.recv().await {
-        match ChangeNotice::from_payload(&payload) {
-            Some(notice) => {
-                let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
-            }
-            None => tracing::warn!(payload, "ignoring an unreadable change notice"),
-        }
-    }
-    drop(client);
-    let _ = driver.await;
-    Ok(())
 }
 
 /// The columns of restored changes, for one `UNNEST` insert.

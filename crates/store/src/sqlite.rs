@@ -1,7 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Writes go through a single connection, so SQLite's one-writer rule never
-//! makes a push wait on a busy lock and commit order is simply write order.
+//! Writes go through a single connection owned by one thread
+//! (`sqlite_writer.rs`), so SQLite's one-writer rule never makes a push wait
+//! on a busy lock and commit order is simply write order; the pushes waiting
+//! for it are committed together (group commit).
 //! Reads use a small pool of read-only connections that see consistent WAL
 //! snapshots while writes continue. rusqlite is synchronous, so every call runs
 //! on Tokio's blocking pool.
@@ -21,7 +23,8 @@ use tokio::sync::broadcast;
 
 use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, SQLITE};
-use crate::notice::{ChangeNotice, EVENT_CAPACITY, StoreEvent};
+use crate::notice::{EVENT_CAPACITY, StoreEvent};
+use crate::sqlite_writer::Writer;
 use crate::types::{
     ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
     ImportSource, LogState, RawColumns, Reserved, encode,
@@ -55,7 +58,7 @@ macro_rules! insert_change {
     };
 }
 
-const INSERT_CHANGE: &str = insert_change!();
+pub(crate) const INSERT_CHANGE: &str = insert_change!();
 
 /// Reserves the next `count` positions of `user`.
 ///
@@ -65,8 +68,8 @@ const INSERT_CHANGE: &str = insert_change!();
 ///
 /// `superseding` of the changes may supersede earlier ones (see
 /// [`compaction::superseding`](crate::compaction::superseding)).
-fn reserve_positions(
-    tx: &rusqlite::Transaction<'_>,
+pub(crate) fn reserve_positions(
+    tx: &Connection,
     user: &str,
     count: i64,
     superseding: i64,
@@ -115,14 +118,14 @@ mod compact;
 
 /// The change log in a SQLite file.
 pub struct SqliteStore {
-    writer: Pool<SqliteConnectionManager>,
+    writer: Writer,
     readers: Pool<SqliteConnectionManager>,
     events: broadcast::Sender<StoreEvent>,
     /// Users being compacted by this process (one compactor per user).
     compacting: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-fn database_error(error: rusqlite::Error) -> StoreError {
+pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
     // Another process (an operator's `mana-sync import`) holding the write
     // lock longer than the busy timeout is a reason to retry, not a fault.
     match error.sqlite_error_code() {
@@ -137,7 +140,7 @@ fn pool_error(error: r2d2::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn micros(instant: OffsetDateTime) -> i64 {
+pub(crate) fn micros(instant: OffsetDateTime) -> i64 {
     i64::try_from(instant.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
@@ -165,24 +168,20 @@ impl SqliteStore {
         readers: usize,
         migrations: &[Migration],
     ) -> StoreResult<Self> {
-        let writer_manager = SqliteConnectionManager::file(path).with_init(|conn| {
-            // FULL: a push acknowledged to a device survives a power cut; the
-            // device drops it from its outbox on our word.
+        // FULL: a push acknowledged to a device survives a power cut; the
+        // device drops it from its outbox on our word.
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA busy_timeout = 5000;",
-            )
-        });
-        let writer = Pool::builder()
-            .max_size(1)
-            .connection_timeout(Duration::from_secs(30))
-            .build(writer_manager)
+            )?;
+            Ok(conn)
+        };
+        let mut conn = open()
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
-        {
-            let mut conn = writer.get().map_err(pool_error)?;
-            migrate(&mut conn, migrations)?;
-        }
+        migrate(&mut conn, migrations)?;
         let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
             conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
         });
@@ -192,12 +191,19 @@ impl SqliteStore {
             .build(reader_manager)
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let writer = Writer::start(conn, events.clone())?;
         Ok(Self {
             writer,
             readers,
             events,
             compacting: std::sync::Arc::default(),
         })
+    }
+
+    /// Transactions that committed pushes so far: several pushes waiting
+    /// together are committed in one (group commit).
+    pub fn push_commits(&self) -> u64 {
+        self.writer.groups()
     }
 
     async fn with_connection<R: Send + 'static>(
@@ -260,7 +266,7 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreR
 }
 
 /// The user's newest position and the last position dropped by compaction.
-fn log_state(conn: &Connection, user: &str) -> rusqlite::Result<LogState> {
+pub(crate) fn log_state(conn: &Connection, user: &str) -> rusqlite::Result<LogState> {
     let state: Option<(i64, i64)> = conn
         .query_row(
             "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = ?1",
@@ -364,87 +370,7 @@ impl Store for SqliteStore {
     }
 
     async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
-        let owner = user.clone();
-        let user = user.as_str().to_owned();
-        let app_id = changeset.app_id.to_owned();
-        let client_id = changeset.client_id.to_owned();
-        let changeset_id = changeset.changeset_id.map(str::to_owned);
-        let changes = changeset.changes.to_vec();
-        let events = self.events.clone();
-        Self::with_connection(&self.writer, move |conn| {
-            let now = micros(OffsetDateTime::now_utc());
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database_error)?;
-            if let Some(changeset_id) = &changeset_id {
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO mana_changesets (user_id, changeset_id, created_at)
-                         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                        params![user, changeset_id, now],
-                    )
-                    .map_err(database_error)?;
-                if inserted == 0 {
-                    return Ok(PushOutcome::Duplicate);
-                }
-            }
-            if changes.is_empty() {
-                let newest = log_state(&tx, &user).map_err(database_error)?.newest;
-                tx.commit().map_err(database_error)?;
-                return Ok(PushOutcome::Stored {
-                    count: 0,
-                    last: Cursor::at(newest),
-                });
-            }
-            let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
-            let superseding = crate::compaction::superseding(&changes);
-            let Reserved { after, last } = reserve_positions(&tx, &user, count, superseding)?;
-            {
-                let mut insert = tx.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
-                let first = last - count + 1;
-                for (offset, change) in (0_i64..).zip(changes.iter()) {
-                    let encoded = encode(change);
-                    insert
-                        .execute(params![
-                            user,
-                            first + offset,
-                            Uuid::now_v7().to_string(),
-                            app_id,
-                            change.table,
-                            change.id,
-                            change.op.as_str(),
-                            encoded.data,
-                            encoded.fields,
-                            encoded.deleted_at,
-                            encoded.actor,
-                            client_id,
-                            change.schema_version,
-                            now,
-                        ])
-                        .map_err(database_error)?;
-                }
-            }
-            tx.commit().map_err(database_error)?;
-            let (after, last) = (
-                u64::try_from(after).unwrap_or(0),
-                u64::try_from(last).unwrap_or(0),
-            );
-            let stored = NewChangeset {
-                app_id: &app_id,
-                client_id: &client_id,
-                changeset_id: None,
-                changes: &changes,
-            };
-            // Nobody listening is fine: live delivery is optional for a push.
-            let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(
-                ChangeNotice::for_changeset(&owner, &stored, after, last),
-            )));
-            Ok(PushOutcome::Stored {
-                count: changes.len(),
-                last: Cursor::at(last),
-            })
-        })
-        .await
+        self.writer.push(user, changeset).await
     }
 
     async fn changes_after(
@@ -570,95 +496,93 @@ impl Store for SqliteStore {
         mut changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError> {
         let owner = user.clone();
-        let writer = self.writer.clone();
         let events = self.events.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer.get().map_err(pool_error)?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database_error)?;
-            let user = owner.as_str();
-            let mut outcome = ImportOutcome::default();
-            let mut notices = ImportNotices::default();
-            let mut batch = Vec::with_capacity(IMPORT_BATCH);
-            loop {
-                // The source is async; this thread is one of Tokio's blocking
-                // ones, where waiting on it is allowed. (The source is a local
-                // spool of validated lines, so the writer is not held waiting
-                // on a client.)
-                let next = runtime.block_on(futures::StreamExt::next(&mut changes));
-                let done = match next {
-                    Some(Ok(change)) => {
-                        batch.push(change);
-                        false
-                    }
-                    // Returning drops `tx`: everything is rolled back.
-                    Some(Err(error)) => return Err(ImportError::Source(error)),
-                    None => true,
-                };
-                if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
-                    let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                    let superseding = batch
-                        .iter()
-                        .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
-                        .count();
-                    let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
-                    let Reserved { after, last } =
-                        reserve_positions(&tx, user, count, superseding)?;
-                    notices.reserved(u64::try_from(after).unwrap_or(0));
-                    let mut insert = tx
-                        .prepare_cached(concat!(
-                            insert_change!(),
-                            " ON CONFLICT (user_id, event_id) DO NOTHING"
-                        ))
-                        .map_err(database_error)?;
-                    for (offset, imported) in (1_i64..).zip(batch.drain(..)) {
-                        let seq = last - count + offset;
-                        let change = &imported.change;
-                        let encoded = encode(change);
-                        let stored = insert
-                            .execute(params![
-                                user,
-                                seq,
-                                imported.event_id.to_string(),
-                                imported.app_id,
-                                change.table,
-                                change.id,
-                                change.op.as_str(),
-                                encoded.data,
-                                encoded.fields,
-                                encoded.deleted_at,
-                                encoded.actor,
-                                imported.client_id,
-                                change.schema_version,
-                                micros(imported.created_at),
-                            ])
+        self.writer
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database_error)?;
+                let user = owner.as_str();
+                let mut outcome = ImportOutcome::default();
+                let mut notices = ImportNotices::default();
+                let mut batch = Vec::with_capacity(IMPORT_BATCH);
+                loop {
+                    // The source is async; this thread is one of Tokio's blocking
+                    // ones, where waiting on it is allowed. (The source is a local
+                    // spool of validated lines, so the writer is not held waiting
+                    // on a client.)
+                    let next = runtime.block_on(futures::StreamExt::next(&mut changes));
+                    let done = match next {
+                        Some(Ok(change)) => {
+                            batch.push(change);
+                            false
+                        }
+                        // Returning drops `tx`: everything is rolled back.
+                        Some(Err(error)) => return Err(ImportError::Source(error)),
+                        None => true,
+                    };
+                    if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
+                        let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+                        let superseding = batch
+                            .iter()
+                            .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
+                            .count();
+                        let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
+                        let Reserved { after, last } =
+                            reserve_positions(&tx, user, count, superseding)?;
+                        notices.reserved(u64::try_from(after).unwrap_or(0));
+                        let mut insert = tx
+                            .prepare_cached(concat!(
+                                insert_change!(),
+                                " ON CONFLICT (user_id, event_id) DO NOTHING"
+                            ))
                             .map_err(database_error)?;
-                        if stored == 1 {
-                            outcome.imported += 1;
-                            notices.record(
-                                &imported.app_id,
-                                &change.table,
-                                u64::try_from(seq).unwrap_or(0),
-                            );
-                        } else {
-                            outcome.skipped += 1;
+                        for (offset, imported) in (1_i64..).zip(batch.drain(..)) {
+                            let seq = last - count + offset;
+                            let change = &imported.change;
+                            let encoded = encode(change);
+                            let stored = insert
+                                .execute(params![
+                                    user,
+                                    seq,
+                                    imported.event_id.to_string(),
+                                    imported.app_id,
+                                    change.table,
+                                    change.id,
+                                    change.op.as_str(),
+                                    encoded.data,
+                                    encoded.fields,
+                                    encoded.deleted_at,
+                                    encoded.actor,
+                                    imported.client_id,
+                                    change.schema_version,
+                                    micros(imported.created_at),
+                                ])
+                                .map_err(database_error)?;
+                            if stored == 1 {
+                                outcome.imported += 1;
+                                notices.record(
+                                    &imported.app_id,
+                                    &change.table,
+                                    u64::try_from(seq).unwrap_or(0),
+                                );
+                            } else {
+                                outcome.skipped += 1;
+                            }
                         }
                     }
+                    if done {
+                        break;
+                    }
                 }
-                if done {
-                    break;
+                tx.commit().map_err(database_error)?;
+                for notice in notices.into_notices(&owner) {
+                    let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
                 }
-            }
-            tx.commit().map_err(database_error)?;
-            for notice in notices.into_notices(&owner) {
-                let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
-            }
-            Ok(outcome)
-        })
-        .await
-        .map_err(|e| ImportError::Store(StoreError::Unavailable(e.to_string())))?
+                Ok(outcome)
+            })
+            .await?
     }
 
     async fn compaction_candidates(
@@ -685,7 +609,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<String> {
         let name = name.to_owned();
         let candidate = make();
-        Self::with_connection(&self.writer, move |conn| {
+        self.writer.run(move |conn| {
             conn.execute(
                 "INSERT INTO mana_server_settings (name, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![name, candidate],
@@ -698,6 +622,6 @@ impl Store for SqliteStore {
             )
             .map_err(database_error)
         })
-        .await
+        .await?
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::{Fixture, change, end_of, insert, push, query, read_all, user};
+use common::{Backend, Fixture, change, end_of, insert, push, query, read_all, user};
 use mana_sync_protocol::{Change, Cursor, Since, UserId};
 use mana_sync_store::{ChangeNotice, NewChangeset, PushOutcome, Store, StoreEvent, StoreOptions};
 
@@ -781,6 +781,131 @@ async fn import_is_all_or_nothing_and_skips_known_event_ids(f: Fixture) {
     assert_eq!(outcome.imported, 10);
 }
 
+/// Many pushes at once (on SQLite they are committed in groups): a push the
+/// database refuses fails alone, its neighbours are stored, and a changeset
+/// sent twice at once is stored once.
+async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
+    f.admin_sql(
+        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id LIKE 'poison%'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
+           WHEN (NEW.record_id LIKE 'poison%') EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let alice = user("alice");
+    let changes: Vec<Vec<Change>> = (0..60)
+        .map(|n| {
+            // Every tenth push is refused by the database half-way; every
+            // changeset id is sent twice.
+            if n % 10 == 4 {
+                vec![
+                    insert("tasks", &format!("ok-{n}")),
+                    insert("tasks", &format!("poison-{n}")),
+                ]
+            } else {
+                vec![insert("tasks", &format!("ok-{n}"))]
+            }
+        })
+        .collect();
+    let ids: Vec<String> = (0..60).map(|n| format!("cs-{}", n / 2)).collect();
+    let pushes = futures::future::join_all((0..60).map(|n| {
+        let (store, alice, changes, changeset_id) = (&f.store, &alice, &changes[n], &ids[n]);
+        async move {
+            let result = store
+                .push(
+                    alice,
+                    NewChangeset {
+                        app_id: "todo",
+                        client_id: "d1",
+                        changeset_id: Some(changeset_id),
+                        changes,
+                    },
+                )
+                .await;
+            (n, result)
+        }
+    }));
+    // On SQLite, another connection holds the write lock until every push
+    // has been handed to the writer (join_all polls each once first): they
+    // all wait for it together and are committed as one group or two.
+    let blocker = match &f.backend {
+        Backend::Sqlite { path, .. } => {
+            let conn = rusqlite::Connection::open(path).expect("opens");
+            conn.execute_batch("BEGIN IMMEDIATE").expect("locks");
+            Some(conn)
+        }
+        Backend::Postgres(_) => None,
+    };
+    let (results, ()) = futures::join!(pushes, async move {
+        if let Some(conn) = blocker {
+            conn.execute_batch("COMMIT").expect("unlocks");
+        }
+    });
+    let mut stored = Vec::new();
+    let mut by_changeset: HashMap<usize, Vec<bool>> = HashMap::new();
+    for (n, result) in results {
+        match result {
+            Ok(PushOutcome::Stored { .. }) => {
+                stored.push(n);
+                by_changeset.entry(n / 2).or_default().push(true);
+            }
+            Ok(PushOutcome::Duplicate) => by_changeset.entry(n / 2).or_default().push(false),
+            Err(error) => {
+                assert_eq!(n % 10, 4, "push {n} failed: {error}");
+                assert!(error.to_string().contains("poison"), "{error}");
+            }
+        }
+    }
+    for (changeset, outcomes) in &by_changeset {
+        assert_eq!(
+            outcomes.iter().filter(|stored| **stored).count(),
+            1,
+            "changeset {changeset}: {outcomes:?}"
+        );
+    }
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    let mut expected: Vec<String> = stored.iter().map(|n| format!("ok-{n}")).collect();
+    let mut got = ids.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "exactly the accepted pushes are stored");
+    assert!(ids.iter().all(|id| !id.starts_with("poison")));
+    // Each changeset id was stored by exactly one of its two pushes: a
+    // refused one leaves the id free for the other.
+    assert_eq!(by_changeset.len(), 30);
+    assert_eq!(stored.len(), 30);
+    assert!(stored.iter().all(|n| n % 10 != 4), "{stored:?}");
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(super::Fixture::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let Some(fixture) = super::Fixture::postgres().await else { return };
+                    super::$test(fixture).await;
+                }
+            )*
+        }
+    };
+}
+
 store_suite!(
     reads_back_in_commit_order_with_ids_and_versions,
     a_device_never_reads_its_own_changes_but_moves_past_them,
@@ -799,7 +924,67 @@ store_suite!(
     committed_pushes_are_announced_and_nothing_else,
     export_streams_every_change_of_the_user_oldest_first,
     import_is_all_or_nothing_and_skips_known_event_ids,
+    concurrent_pushes_fail_alone_and_repeat_once,
 );
+
+/// SQLite commits the pushes waiting for its writer together: many
+/// concurrent pushes take fewer transactions than pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_commits_waiting_pushes_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(
+        mana_sync_store::sqlite::SqliteStore::open(
+            &dir.path().join("sync.db").display().to_string(),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("opens"),
+    );
+    let before = store.push_commits();
+    let pushes: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let changes = [insert("tasks", &format!("t{n}"))];
+                let user = user(&format!("user-{}", n % 7));
+                store
+                    .push(
+                        &user,
+                        NewChangeset {
+                            app_id: "todo",
+                            client_id: "d1",
+                            changeset_id: Some(&format!("cs-{n}")),
+                            changes: &changes,
+                        },
+                    )
+                    .await
+                    .expect("stored")
+            })
+        })
+        .collect();
+    for push in pushes {
+        assert!(matches!(
+            push.await.expect("joins"),
+            PushOutcome::Stored { count: 1, .. }
+        ));
+    }
+    let commits = store.push_commits() - before;
+    assert!(
+        commits < 200,
+        "200 concurrent pushes took {commits} transactions"
+    );
+    let mut total = 0;
+    for u in 0..7 {
+        let (ids, _) = read_all(
+            &*store,
+            &user(&format!("user-{u}")),
+            query("todo", None, Since::Cursor(Cursor::START)),
+        )
+        .await;
+        total += ids.len();
+    }
+    assert_eq!(total, 200);
+}
 
 /// On Postgres, notices cross instances: a push through one store is
 /// announced by every other store on the same database.

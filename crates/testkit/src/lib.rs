@@ -8,6 +8,7 @@
 // Test support: a broken test environment should stop the test loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod nats;
 pub mod pg;
 pub mod server;
 

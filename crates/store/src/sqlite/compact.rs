@@ -1,7 +1,8 @@
 //! Compaction on SQLite (the algorithm is in [`crate::compaction`]).
 //!
 //! One compactor per user in this process (a set of users being compacted);
-//! each batch is one `BEGIN IMMEDIATE` transaction on the writer that
+//! each batch is one `BEGIN IMMEDIATE` transaction on the writer thread
+//! (between two groups of pushes) that
 //! re-reads its records, so another process compacting the same file (an
 //! operator's `mana-sync compact`) cannot fold a record twice either.
 
@@ -131,14 +132,16 @@ pub(super) async fn compact(
     }
     // What was pushed while we worked stays counted for the next time.
     let name = user.as_str().to_owned();
-    SqliteStore::with_connection(&store.writer, move |conn| {
-        conn.execute(
-            "UPDATE mana_user_seq SET superseded = max(superseded - ?2, 0) WHERE user_id = ?1",
-            params![name, superseded],
-        )
-        .map_err(database_error)
-    })
-    .await?;
+    store
+        .writer
+        .run(move |conn| {
+            conn.execute(
+                "UPDATE mana_user_seq SET superseded = max(superseded - ?2, 0) WHERE user_id = ?1",
+                params![name, superseded],
+            )
+            .map_err(database_error)
+        })
+        .await??;
     Ok(total)
 }
 
@@ -200,51 +203,53 @@ async fn compact_batch(
     drop_before: i64,
 ) -> StoreResult<CompactOutcome> {
     let user = user.as_str().to_owned();
-    SqliteStore::with_connection(&store.writer, move |conn| {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(database_error)?;
-        let mut plans = Vec::with_capacity(keys.len());
-        {
-            let mut select = tx
-                .prepare_cached(concat!(
-                    select_columns!(),
-                    " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
-                      AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
-                ))
+    store
+        .writer
+        .run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(database_error)?;
-            for key in &keys {
-                let rows = select
-                    .query_map(
-                        params![user, key.app_id, key.table, key.record_id, horizon],
-                        read_row,
-                    )
+            let mut plans = Vec::with_capacity(keys.len());
+            {
+                let mut select = tx
+                    .prepare_cached(concat!(
+                        select_columns!(),
+                        " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
+                      AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
+                    ))
                     .map_err(database_error)?;
-                let mut history: Vec<StoredChange> = Vec::new();
-                for row in rows {
-                    let (head, raw) = row.map_err(database_error)?;
-                    history.push(assemble(head, raw)?);
+                for key in &keys {
+                    let rows = select
+                        .query_map(
+                            params![user, key.app_id, key.table, key.record_id, horizon],
+                            read_row,
+                        )
+                        .map_err(database_error)?;
+                    let mut history: Vec<StoredChange> = Vec::new();
+                    for row in rows {
+                        let (head, raw) = row.map_err(database_error)?;
+                        history.push(assemble(head, raw)?);
+                    }
+                    plans.push(compaction::plan(
+                        &history,
+                        u64::try_from(drop_before).unwrap_or(0),
+                    ));
                 }
-                plans.push(compaction::plan(
-                    &history,
-                    u64::try_from(drop_before).unwrap_or(0),
-                ));
             }
-        }
-        apply(&tx, &user, &plans)?;
-        let (outcome, dropped_through) = compaction::tally(&plans);
-        if dropped_through > 0 {
-            tx.execute(
-                "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
+            apply(&tx, &user, &plans)?;
+            let (outcome, dropped_through) = compaction::tally(&plans);
+            if dropped_through > 0 {
+                tx.execute(
+                    "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
                  WHERE user_id = ?1",
-                params![user, seq_param(dropped_through)],
-            )
-            .map_err(database_error)?;
-        }
-        tx.commit().map_err(database_error)?;
-        Ok(outcome)
-    })
-    .await
+                    params![user, seq_param(dropped_through)],
+                )
+                .map_err(database_error)?;
+            }
+            tx.commit().map_err(database_error)?;
+            Ok(outcome)
+        })
+        .await?
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, user: &str, plans: &[Plan]) -> StoreResult<()> {

@@ -1,0 +1,730 @@
+//! `mana-sync-bench load`: many users making small pushes at once, with a
+//! live stream on every device and a socket per user attached, against the
+//! raw database doing the same durable single-change transactions at the
+//! same concurrency, in the same run.
+//!
+//! Every push is one update with a unique `changesetId` and record id, so
+//! the streams can be checked: each change must reach every other device of
+//! its user exactly once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource as _;
+use futures::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::Backend;
+use crate::server::Env;
+
+/// The load's shape.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub users: usize,
+    pub devices: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Server environment (e.g. `NATS_URL`).
+    pub server_env: Vec<(String, String)>,
+    /// Open no streams or sockets (pushes only; nothing is checked).
+    pub no_live: bool,
+}
+
+/// What one side (mana-sync or a raw variant) achieved.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub label: String,
+    pub pushes: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Push sent → change received by another device's stream.
+    pub delivery: Option<(Duration, Duration)>,
+}
+
+impl Measured {
+    pub fn rate(&self) -> f64 {
+        self.pushes as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The outcome of the mana-sync side: figures and the exactly-once check.
+pub struct ServerRun {
+    pub measured: Measured,
+    pub failed: usize,
+    pub expected_deliveries: usize,
+    pub delivered: usize,
+    pub duplicates: usize,
+    pub missing: usize,
+    pub sockets_notified: usize,
+    pub sockets: usize,
+    pub metrics: Vec<String>,
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn change_id(user: usize, device: usize, n: usize) -> String {
+    format!("u{user}-d{device}-{n}")
+}
+
+fn push_body(user: usize, device: usize, n: usize, since: &str) -> String {
+    let id = change_id(user, device, n);
+    format!(
+        r#"{{"clientId":"u{user}-d{device}","since":"{since}","changesetId":"{id}","changes":[{{"table":"tasks","id":"{id}","op":"update","fields":{{"title":{{"value":"edit {n}","updatedAt":"2026-11-29T19:20:00.000Z"}},"done":{{"value":false,"updatedAt":"2026-11-29T19:20:00.000Z"}}}}}}]}}"#
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Reply {
+    synced_until: String,
+}
+
+#[derive(Deserialize)]
+struct StreamPage {
+    changes: Vec<IdOnly>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+/// Shared bookkeeping of the run.
+struct Book {
+    /// Change id → when its push was sent.
+    sent: Mutex<HashMap<String, Instant>>,
+    /// First deliveries so far.
+    delivered: AtomicUsize,
+    progress: Notify,
+}
+
+struct StreamResult {
+    user: usize,
+    device: usize,
+    counts: HashMap<String, u32>,
+    latencies: Vec<Duration>,
+}
+
+/// Opens one stream per device and one socket per user, runs the pushes for
+/// `shape.duration`, waits for every delivery, and checks exactly-once.
+pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
+    let book = Arc::new(Book {
+        sent: Mutex::new(HashMap::new()),
+        delivered: AtomicUsize::new(0),
+        progress: Notify::new(),
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tokens: Vec<String> = (0..shape.users)
+        .map(|u| env.server.token(&format!("load-user-{u}")))
+        .collect();
+
+    // Streams: one per device, all open (backlog read) before any push.
+    let ready = Arc::new(AtomicUsize::new(0));
+    let ready_notify = Arc::new(Notify::new());
+    let mut streams = Vec::new();
+    let live_users = if shape.no_live { 0 } else { shape.users };
+    for (u, token) in tokens.iter().enumerate().take(live_users) {
+        for d in 0..shape.devices {
+            let (http, url, token) = (
+                env.http.clone(),
+                env.server
+                    .at("/sync/bench/stream?collections=tasks&since=1970-01-01T00:00:00.000Z"),
+                token.clone(),
+            );
+            let (book, stop, ready, ready_notify) = (
+                book.clone(),
+                stop.clone(),
+                ready.clone(),
+                ready_notify.clone(),
+            );
+            streams.push(tokio::spawn(async move {
+                let response = http
+                    .get(url)
+                    .bearer_auth(token)
+                    .header("x-client-id", format!("u{u}-d{d}"))
+                    .timeout(Duration::from_secs(3600))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "stream {}",
+                    response.status()
+                );
+                let mut events = response.bytes_stream().eventsource();
+                let mut result = StreamResult {
+                    user: u,
+                    device: d,
+                    counts: HashMap::new(),
+                    latencies: Vec::new(),
+                };
+                let mut backlog_done = false;
+                loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        () = stop.cancelled() => None,
+                    };
+                    let Some(event) = event else { break };
+                    let event = event?;
+                    if event.event != "changes" {
+                        continue;
+                    }
+                    if !backlog_done {
+                        backlog_done = true;
+                        ready.fetch_add(1, Ordering::SeqCst);
+                        ready_notify.notify_one();
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let page: StreamPage = serde_json::from_str(&event.data)?;
+                    for change in page.changes {
+                        let count = result.counts.entry(change.id.clone()).or_default();
+                        *count += 1;
+                        if *count == 1 {
+                            if let Some(sent) = book.sent.lock().expect("lock").get(&change.id) {
+                                result.latencies.push(now - *sent);
+                            }
+                            book.delivered.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    book.progress.notify_one();
+                }
+                Ok(result)
+            }));
+        }
+        // Open in waves so the accept queue never overflows.
+        if u % 100 == 99 {
+            wait_for(&ready, &ready_notify, (u + 1) * shape.devices).await;
+        }
+    }
+    wait_for(&ready, &ready_notify, live_users * shape.devices).await;
+
+    // Sockets: one per user on /ws/bench, counting sync-available messages.
+    let ws_base = env.server.url.replace("http://", "ws://");
+    let mut sockets = Vec::new();
+    for token in tokens.iter().take(live_users) {
+        let (url, token) = (format!("{ws_base}/ws/bench"), token.clone());
+        let stop = stop.clone();
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                serde_json::json!({"type": "auth", "token": token}).to_string(),
+            ))
+            .await?;
+        sockets.push(tokio::spawn(async move {
+            let mut notified = 0_usize;
+            loop {
+                let message = tokio::select! {
+                    message = socket.next() => message,
+                    () = stop.cancelled() => None,
+                };
+                match message {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                        if text.contains("sync-available") {
+                            notified += 1;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            notified
+        }));
+    }
+
+    // The pushes: `concurrency` workers over every device in turn; each
+    // device resumes from its previous reply's cursor, like a real one.
+    let cursors: Arc<Vec<Mutex<(usize, String)>>> = Arc::new(
+        (0..shape.users * shape.devices)
+            .map(|_| Mutex::new((0, "1970-01-01T00:00:00.000Z".to_owned())))
+            .collect(),
+    );
+    let next_device = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(tokens);
+    let url = env.server.at("/sync/bench");
+    let deadline = Instant::now() + shape.duration;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..shape.concurrency {
+        let (http, url, book, cursors, next_device, tokens) = (
+            env.http.clone(),
+            url.clone(),
+            book.clone(),
+            cursors.clone(),
+            next_device.clone(),
+            tokens.clone(),
+        );
+        let (users, devices) = (shape.users, shape.devices);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut pushed: Vec<(usize, usize, usize)> = Vec::new();
+            let mut failed = 0_usize;
+            while Instant::now() < deadline {
+                let slot = next_device.fetch_add(1, Ordering::Relaxed) % (users * devices);
+                let (u, d) = (slot / devices, slot % devices);
+                let (n, since) = {
+                    let mut cursor = cursors[slot].lock().expect("lock");
+                    cursor.0 += 1;
+                    (cursor.0, cursor.1.clone())
+                };
+                let body = push_body(u, d, n, &since);
+                let begun = Instant::now();
+                book.sent
+                    .lock()
+                    .expect("lock")
+                    .insert(change_id(u, d, n), begun);
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&tokens[u])
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let reply = match response {
+                    Ok(response) if response.status().is_success() => {
+                        response.json::<Reply>().await.ok()
+                    }
+                    Ok(response) => {
+                        eprintln!("push failed: {}", response.status());
+                        None
+                    }
+                    Err(error) => {
+                        eprintln!("push failed: {error}");
+                        None
+                    }
+                };
+                latencies.push(begun.elapsed());
+                match reply {
+                    Some(reply) => {
+                        let mut cursor = cursors[slot].lock().expect("lock");
+                        // Replies may come back out of order for one device.
+                        if reply.synced_until > cursor.1 {
+                            cursor.1 = reply.synced_until;
+                        }
+                        pushed.push((u, d, n));
+                    }
+                    None => failed += 1,
+                }
+            }
+            (latencies, pushed, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut pushed = Vec::new();
+    let mut failed = 0;
+    for worker in workers {
+        let (l, p, f) = worker.await?;
+        latencies.extend(l);
+        pushed.extend(p);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+
+    // Every push reaches the other devices of its user.
+    let expected_deliveries = if shape.no_live {
+        0
+    } else {
+        pushed.len() * (shape.devices - 1)
+    };
+    let settle = Instant::now() + Duration::from_secs(30);
+    loop {
+        let progressed = book.progress.notified();
+        if book.delivered.load(Ordering::SeqCst) >= expected_deliveries || Instant::now() > settle {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), progressed).await;
+    }
+    // A little longer, so that a duplicate sent late would be seen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = env
+        .http
+        .get(env.server.at("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?
+        .lines()
+        .filter(|line| {
+            !line.starts_with('#')
+                && (line.starts_with("mana_sync_changes")
+                    || line.starts_with("mana_sync_push_duration_seconds_count")
+                    || line.starts_with("mana_sync_push_duration_seconds_sum")
+                    || line.starts_with("mana_sync_open")
+                    || line.starts_with("mana_sync_live")
+                    || line.starts_with("mana_sync_notices")
+                    || line.starts_with("mana_sync_resyncs")
+                    || line.starts_with("mana_sync_sqlite")
+                    || line.starts_with("mana_sync_duplicate"))
+        })
+        .map(str::to_owned)
+        .collect();
+    stop.cancel();
+
+    let mut delivered = 0;
+    let mut duplicates = 0;
+    let mut delivery_latencies = Vec::new();
+    let mut by_stream: HashMap<(usize, usize), HashMap<String, u32>> = HashMap::new();
+    for stream in streams {
+        if let Ok(Ok(result)) = stream.await {
+            delivered += result.counts.len();
+            duplicates += result.counts.values().filter(|c| **c > 1).count();
+            delivery_latencies.extend(result.latencies);
+            by_stream.insert((result.user, result.device), result.counts);
+        }
+    }
+    let mut missing = 0;
+    for (u, d, n) in pushed.iter().filter(|_| !shape.no_live) {
+        let id = change_id(*u, *d, *n);
+        for other in (0..shape.devices).filter(|o| o != d) {
+            if !by_stream
+                .get(&(*u, other))
+                .is_some_and(|counts| counts.contains_key(&id))
+            {
+                missing += 1;
+            }
+        }
+    }
+    let socket_count = sockets.len();
+    let mut sockets_notified = 0;
+    for socket in sockets {
+        if let Ok(notified) = socket.await {
+            sockets_notified += usize::from(notified > 0);
+        }
+    }
+    delivery_latencies.sort();
+    Ok(ServerRun {
+        measured: Measured {
+            label: "mana-sync".into(),
+            pushes: pushed.len(),
+            elapsed,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            delivery: Some((
+                percentile(&delivery_latencies, 0.5),
+                percentile(&delivery_latencies, 0.99),
+            )),
+        },
+        failed,
+        expected_deliveries,
+        delivered,
+        duplicates,
+        missing,
+        sockets_notified,
+        sockets: socket_count,
+        metrics,
+    })
+}
+
+async fn wait_for(counter: &AtomicUsize, notify: &Notify, target: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let notified = notify.notified();
+        if counter.load(Ordering::SeqCst) >= target {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {target} streams opened",
+            counter.load(Ordering::SeqCst)
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+}
+
+/// How the raw Postgres side announces a change, if at all.
+#[derive(Debug, Clone, Copy)]
+pub enum RawNotify {
+    /// One `INSERT` per transaction.
+    None,
+    /// `pg_notify` in the same transaction as the insert.
+    InTransaction,
+    /// `pg_notify` after the commit, in a statement (and transaction) of its own.
+    AfterCommit,
+}
+
+/// `concurrency` connections, each committing one single-row `INSERT` per
+/// transaction into a copy of the change log, for `duration`.
+pub async fn raw_postgres(env: &Env, shape: &Shape, notify: RawNotify) -> anyhow::Result<Measured> {
+    let setup = crate::raw::postgres_connection(env).await?;
+    // A listener, as every instance has one.
+    let db = env
+        .database
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("not Postgres"))?;
+    let (listener, mut connection) =
+        tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await?;
+    let drain = tokio::spawn(async move {
+        while let Some(message) = futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if message.is_err() {
+                break;
+            }
+        }
+    });
+    listener.batch_execute("LISTEN raw_bench").await?;
+    drop(setup);
+    let mut clients = Vec::new();
+    for _ in 0..shape.concurrency {
+        clients.push(crate::raw::postgres_connection(env).await?);
+    }
+    let deadline = Instant::now() + shape.duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(worker, client)| {
+            tokio::spawn(async move {
+                let insert = client
+                    .prepare(
+                        "INSERT INTO raw_changes (user_id, seq, event_id, app_id, table_name, record_id,
+                             op, fields, client_id, schema_version, created_at)
+                         VALUES ($1, $2, $3, 'bench', 'tasks', $4, 'update', $5, $6, 1, now())",
+                    )
+                    .await?;
+                let insert_notify = client
+                    .prepare(
+                        "WITH i AS (INSERT INTO raw_changes (user_id, seq, event_id, app_id, table_name,
+                             record_id, op, fields, client_id, schema_version, created_at)
+                         VALUES ($1, $2, $3, 'bench', 'tasks', $4, 'update', $5, $6, 1, now()))
+                         SELECT pg_notify('raw_bench', $7)",
+                    )
+                    .await?;
+                let notify_only = client.prepare("SELECT pg_notify('raw_bench', $1)").await?;
+                let user = format!("raw-{notify:?}-{worker}");
+                let client_id = format!("raw-device-{worker}");
+                let fields = r#"{"title":{"value":"edit","updatedAt":"2026-11-29T19:20:00.000Z"}}"#;
+                let mut latencies = Vec::new();
+                let mut n = 0_i64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let record = format!("{user}-{n}");
+                    let event_id = uuid::Uuid::now_v7();
+                    let payload = format!(r#"{{"u":"{user}","a":"bench","t":["tasks"],"p":{},"l":{n},"c":"{client_id}"}}"#, n - 1);
+                    let begun = Instant::now();
+                    match notify {
+                        RawNotify::None => {
+                            client
+                                .execute(&insert, &[&user, &n, &event_id, &record, &fields, &client_id])
+                                .await?;
+                        }
+                        RawNotify::InTransaction => {
+                            client
+                                .query_one(
+                                    &insert_notify,
+                                    &[&user, &n, &event_id, &record, &fields, &client_id, &payload],
+                                )
+                                .await?;
+                        }
+                        RawNotify::AfterCommit => {
+                            client
+                                .execute(&insert, &[&user, &n, &event_id, &record, &fields, &client_id])
+                                .await?;
+                            client.query_one(&notify_only, &[&payload]).await?;
+                        }
+                    }
+                    latencies.push(begun.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    drop(listener);
+    drain.abort();
+    latencies.sort();
+    Ok(Measured {
+        label: match notify {
+            RawNotify::None => "raw Postgres: one INSERT per transaction".into(),
+            RawNotify::InTransaction => {
+                "raw Postgres: INSERT + pg_notify in one transaction".into()
+            }
+            RawNotify::AfterCommit => {
+                "raw Postgres: INSERT, then pg_notify after the commit".into()
+            }
+        },
+        pushes: latencies.len(),
+        elapsed,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        delivery: None,
+    })
+}
+
+/// `concurrency` tasks sharing one rusqlite connection (SQLite has one
+/// writer), each committing one durable transaction (`synchronous = FULL`)
+/// per single-row insert, for `duration`.
+pub async fn raw_sqlite(env: &Env, shape: &Shape) -> anyhow::Result<Measured> {
+    let conn = Arc::new(Mutex::new(crate::raw::sqlite_connection(env)?));
+    let deadline = Instant::now() + shape.duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..shape.concurrency)
+        .map(|worker| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0_i64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let conn = conn.clone();
+                    let begun = Instant::now();
+                    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                        let mut conn = conn.lock().expect("lock");
+                        let tx = conn
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                        tx.prepare_cached(
+                            "INSERT INTO raw_changes (user_id, seq, event_id, app_id, table_name,
+                                 record_id, op, fields, client_id, schema_version, created_at)
+                             VALUES (?1, ?2, ?3, 'bench', 'tasks', ?4, 'update', ?5, ?6, 1, ?7)",
+                        )?
+                        .execute(rusqlite::params![
+                            format!("raw-user-{worker}"),
+                            n,
+                            uuid::Uuid::now_v7().to_string(),
+                            format!("raw-{worker}-{n}"),
+                            r#"{"title":{"value":"edit","updatedAt":"2026-11-29T19:20:00.000Z"}}"#,
+                            format!("raw-device-{worker}"),
+                            0_i64,
+                        ])?;
+                        tx.commit()?;
+                        Ok(())
+                    })
+                    .await??;
+                    latencies.push(begun.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Measured {
+        label: "raw SQLite: one durable transaction per insert".into(),
+        pushes: latencies.len(),
+        elapsed,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        delivery: None,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the load on `backend` and its raw baselines; returns table rows.
+pub async fn run(
+    backend: Backend,
+    binary: &std::path::Path,
+    shape: &Shape,
+) -> anyhow::Result<Vec<String>> {
+    let env = Env::with_env(backend, binary, shape.server_env.clone()).await?;
+    eprintln!(
+        "{backend:?}: {} users × {} devices, {} concurrent pushes for {:?}…",
+        shape.users, shape.devices, shape.concurrency, shape.duration
+    );
+    let server = run_server(&env, shape).await?;
+    eprintln!(
+        "{backend:?} mana-sync: {:.0} pushes/s, p50 {}, p99 {}; {} failed; deliveries {}/{} \
+         (missing {}, duplicates {}); sockets notified {}/{}",
+        server.measured.rate(),
+        ms(server.measured.p50),
+        ms(server.measured.p99),
+        server.failed,
+        server.delivered,
+        server.expected_deliveries,
+        server.missing,
+        server.duplicates,
+        server.sockets_notified,
+        server.sockets,
+    );
+    for line in &server.metrics {
+        eprintln!("  /metrics: {line}");
+    }
+    let mut raws = Vec::new();
+    match backend {
+        Backend::Postgres => {
+            for notify in [
+                RawNotify::None,
+                RawNotify::InTransaction,
+                RawNotify::AfterCommit,
+            ] {
+                let raw = raw_postgres(&env, shape, notify).await?;
+                eprintln!(
+                    "{backend:?} {}: {:.0}/s, p50 {}, p99 {}",
+                    raw.label,
+                    raw.rate(),
+                    ms(raw.p50),
+                    ms(raw.p99)
+                );
+                raws.push(raw);
+            }
+        }
+        Backend::Sqlite => {
+            let raw = raw_sqlite(&env, shape).await?;
+            eprintln!(
+                "{backend:?} {}: {:.0}/s, p50 {}, p99 {}",
+                raw.label,
+                raw.rate(),
+                ms(raw.p50),
+                ms(raw.p99)
+            );
+            raws.push(raw);
+        }
+    }
+    let base = &raws[0];
+    let mut rows = Vec::new();
+    let s = &server.measured;
+    let (d50, d99) = s.delivery.unwrap_or_default();
+    rows.push(format!(
+        "| {backend:?} | mana-sync, small pushes | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} | {} of {} delivered, {} missing, {} twice; {} failed |",
+        s.rate(),
+        ms(s.p50),
+        ms(s.p99),
+        ms(d50),
+        ms(d99),
+        s.rate() / base.rate(),
+        s.p99.as_secs_f64() / base.p99.as_secs_f64(),
+        server.delivered,
+        server.expected_deliveries,
+        server.missing,
+        server.duplicates,
+        server.failed,
+    ));
+    for raw in &raws {
+        rows.push(format!(
+            "| {backend:?} | {} | {:.0} | {} | {} | – | – | {:.2} | {:.2} | |",
+            raw.label,
+            raw.rate(),
+            ms(raw.p50),
+            ms(raw.p99),
+            raw.rate() / base.rate(),
+            raw.p99.as_secs_f64() / base.p99.as_secs_f64(),
+        ));
+    }
+    anyhow::ensure!(
+        server.missing == 0 && server.duplicates == 0 && server.failed == 0,
+        "{backend:?}: changes were lost or repeated under load:\n{}",
+        rows.join("\n")
+    );
+    Ok(rows)
+}
+
+/// The table's header.
+pub const HEADER: &str = "| database | workload | pushes/s | p50 | p99 | push→stream p50 | push→stream p99 | rate ÷ raw | p99 ÷ raw | exactly once |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|";

@@ -1,0 +1,324 @@
+//! A push on Postgres in one round trip.
+//!
+//! The whole push is one transaction whose statements are sent together
+//! (pipelined) and answered together: `BEGIN`, the user's declaration for
+//! row-level security, one statement that records the changeset id, reserves
+//! positions under the user's counter lock and inserts the changes, the
+//! reply's read, and `COMMIT`. If a statement fails, Postgres refuses the
+//! ones after it in the same transaction and `COMMIT` rolls it back.
+//!
+//! **Why the reply may be read inside the push transaction.** A reply ends
+//! at `newest` only if every position up to `newest` is visible in the
+//! reply's snapshot. The read is a statement of its own after the write, so
+//! (in `READ COMMITTED`) its snapshot is taken after the write took the
+//! user's counter row lock. Every other transaction that reserved positions
+//! of this user before us held that lock and released it only after its
+//! commit became visible; so every earlier position is visible to the read,
+//! and no later one can exist until we commit: the page may end at our own
+//! last position. When nothing was reserved (a repeated changeset, no
+//! changes), no lock was held and the read proves nothing; the reply is then
+//! read afterwards by `changes_after`, which reads the newest position and
+//! the rows in one snapshot.
+//!
+//! The work runs on a task of its own, so a device that hangs up mid-push
+//! cannot cancel it between the commit and the notice.
+
+use deadpool_postgres::Pool;
+use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::notice::ChangeNotice;
+use crate::postgres::{
+    ChangeColumns, database_error, pool_error, select_changes_sql, seq_param, seq_value,
+    stored_change,
+};
+use crate::relay::Announcer;
+use crate::{
+    ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError,
+    StoreResult, page_end,
+};
+
+/// Records the changeset id (if any), reserves `count` positions if it was
+/// new (counting the `$16` changes that may supersede earlier ones for
+/// compaction), and inserts the changes after them. Returns the reservation
+/// (null when nothing was reserved), whether the changeset was new, the
+/// user's newest position as this statement's snapshot saw it, and the
+/// last position compaction dropped (for the reply's expiry check). It is
+/// planned once per connection (generic plan); the statements after it are
+/// planned with their parameters again (`plan_cache_mode`).
+const WRITE: &str = "
+WITH fresh AS (
+    INSERT INTO mana_changesets (user_id, changeset_id)
+    SELECT $1, $4::text WHERE $4::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), reserved AS (
+    INSERT INTO mana_user_seq AS s (user_id, prev_seq, last_seq, superseded)
+    SELECT $1, 0,
+        GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $6::int8) + $5::int8 - 1,
+        $16::int8
+    WHERE $5::int8 > 0 AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM fresh))
+    ON CONFLICT (user_id) DO UPDATE SET
+        prev_seq = s.last_seq,
+        last_seq = GREATEST(
+            (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT,
+            s.last_seq + 1,
+            $6::int8
+        ) + $5::int8 - 1,
+        superseded = s.superseded + $16::int8
+    RETURNING prev_seq, last_seq, expired_through
+), inserted AS (
+    INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+        op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+    SELECT $1, r.last_seq - $5::int8 + u.ord, u.event_id, $2, u.table_name, u.record_id, u.op,
+        u.data, u.fields, u.deleted_at, u.actor, $3, u.schema_version, now()
+    FROM reserved r,
+        UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $14::text[], $15::int4[])
+        WITH ORDINALITY AS u(event_id, table_name, record_id, op, data, fields,
+            deleted_at, actor, schema_version, ord)
+)
+SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
+    $4::text IS NULL OR EXISTS (SELECT 1 FROM fresh),
+    COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0),
+    set_config('plan_cache_mode', 'force_custom_plan', true),
+    (SELECT expired_through FROM reserved)";
+
+/// An owned copy of the push, for the task that runs it.
+struct Job {
+    user: UserId,
+    app_id: String,
+    client_id: String,
+    changeset_id: Option<String>,
+    changes: Vec<Change>,
+    reply: Option<Reply>,
+}
+
+struct Reply {
+    app_id: String,
+    collection: Option<String>,
+    after: u64,
+    exclude_client: Option<String>,
+    limit: usize,
+    expired: ExpiredCursor,
+}
+
+/// Stores `changeset` and, with `reply`, reads it, in one transaction sent
+/// in one go; announces the push once committed. `reply.since` must be a
+/// position (the caller resolves `c1.<n>` cursors). The page is `None` when
+/// nothing was reserved: the caller must read the reply itself.
+pub(crate) async fn push(
+    pool: Pool,
+    announcer: Announcer,
+    user: &UserId,
+    changeset: NewChangeset<'_>,
+    reply: Option<&ChangeQuery<'_>>,
+) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+    let job = Job {
+        user: user.clone(),
+        app_id: changeset.app_id.to_owned(),
+        client_id: changeset.client_id.to_owned(),
+        changeset_id: changeset.changeset_id.map(str::to_owned),
+        changes: changeset.changes.to_vec(),
+        reply: reply.map(|query| Reply {
+            app_id: query.app_id.to_owned(),
+            collection: query.collection.map(str::to_owned),
+            after: match query.since {
+                Since::Cursor(cursor) => cursor.position(),
+                Since::Legacy(_) => Cursor::START.position(),
+            },
+            exclude_client: query.exclude_client.map(str::to_owned),
+            limit: query.limit.clamp(1, MAX_PAGE),
+            expired: query.expired,
+        }),
+    };
+    tokio::spawn(run(pool, announcer, job))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+async fn run(
+    pool: Pool,
+    announcer: Announcer,
+    job: Job,
+) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let prepare = |sql: &str| {
+        let client = &client;
+        let sql = sql.to_owned();
+        async move { client.prepare_cached(&sql).await.map_err(database_error) }
+    };
+    let begin = prepare("BEGIN").await?;
+    // The write's plan does not depend on its parameters, and planning it
+    // again for every push (the sessions' `force_custom_plan`, which reads
+    // need) cost Postgres almost half its time under load.
+    let set_user = prepare(
+        "SELECT set_config('mana.user_id', $1, true),
+                set_config('plan_cache_mode', 'force_generic_plan', true)",
+    )
+    .await?;
+    let write = prepare(WRITE).await?;
+    let read = match &job.reply {
+        Some(reply) => Some(
+            prepare(&select_changes_sql(
+                reply.collection.is_some(),
+                reply.exclude_client.is_some(),
+            ))
+            .await?,
+        ),
+        None => None,
+    };
+    let commit = prepare("COMMIT").await?;
+
+    let user_id = job.user.as_str();
+    let count = i64::try_from(job.changes.len()).unwrap_or(i64::MAX);
+    let superseding = crate::compaction::superseding(&job.changes);
+    let first_possible = seq_param(Cursor::START.position() + 1);
+    let columns = ChangeColumns::new(job.changes.iter());
+    let event_ids: Vec<Uuid> = job.changes.iter().map(|_| Uuid::now_v7()).collect();
+    let write_params: [&(dyn ToSql + Sync); 16] = [
+        &user_id,
+        &job.app_id,
+        &job.client_id,
+        &job.changeset_id,
+        &count,
+        &first_possible,
+        &event_ids,
+        &columns.tables,
+        &columns.record_ids,
+        &columns.ops,
+        &columns.data,
+        &columns.fields,
+        &columns.deleted_at,
+        &columns.actors,
+        &columns.schema_versions,
+        &superseding,
+    ];
+    let (after, fetch) = match &job.reply {
+        Some(reply) => (
+            seq_param(reply.after),
+            i64::try_from(reply.limit + 1).unwrap_or(i64::MAX),
+        ),
+        None => (0, 0),
+    };
+    let mut read_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(reply) = &job.reply {
+        read_params.extend([
+            &user_id as &(dyn ToSql + Sync),
+            &reply.app_id,
+            &after,
+            &fetch,
+        ]);
+        if let Some(collection) = &reply.collection {
+            read_params.push(collection);
+        }
+        if let Some(client_id) = &reply.exclude_client {
+            read_params.push(client_id);
+        }
+    }
+
+    // Sent in this order in one go: `join!` polls each future in turn, and
+    // each sends its statement on its first poll.
+    let declare_params: [&(dyn ToSql + Sync); 1] = [&user_id];
+    let (begun, declared, written, rows, committed) = futures::join!(
+        client.execute(&begin, &[]),
+        client.query_one(&set_user, &declare_params),
+        client.query_one(&write, &write_params),
+        async {
+            match &read {
+                Some(read) => client.query(read, &read_params).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        client.execute(&commit, &[]),
+    );
+    // The first failure is the cause; the statements after it were refused.
+    begun.map_err(database_error)?;
+    declared.map_err(database_error)?;
+    let written = written.map_err(database_error)?;
+    let rows = rows.map_err(database_error)?;
+    let prev: Option<i64> = written.get(0);
+    let last: Option<i64> = written.get(1);
+    let fresh: bool = written.get(2);
+    let notice = match (prev, last) {
+        (Some(prev), Some(last)) => Some(ChangeNotice::for_changeset(
+            &job.user,
+            &NewChangeset {
+                app_id: &job.app_id,
+                client_id: &job.client_id,
+                changeset_id: None,
+                changes: &job.changes,
+            },
+            seq_value(prev),
+            seq_value(last),
+        )),
+        _ => None,
+    };
+    if let Err(error) = committed {
+        // Whether it committed is unknown; a notice for nothing is harmless.
+        if let Some(notice) = notice {
+            announcer.announce(notice);
+        }
+        return Err(database_error(error));
+    }
+    if let Some(notice) = notice {
+        announcer.announce(notice);
+    }
+    let (outcome, newest) = match (fresh, last) {
+        (false, _) => (PushOutcome::Duplicate, None),
+        (true, Some(last)) => (
+            PushOutcome::Stored {
+                count: job.changes.len(),
+                last: Cursor::at(seq_value(last)),
+            },
+            Some(seq_value(last)),
+        ),
+        (true, None) => (
+            PushOutcome::Stored {
+                count: 0,
+                last: Cursor::at(seq_value(written.get(3))),
+            },
+            None,
+        ),
+    };
+    // The read inside the transaction ends at the push's own last position.
+    // Without a reservation it proves nothing about `newest`; the caller
+    // reads again (repeated changesets and empty pushes are rare).
+    let expired_through = written.get::<_, Option<i64>>(5).map_or(0, seq_value);
+    let page = match (rows, &job.reply, newest) {
+        (Some(rows), Some(reply), Some(newest)) => {
+            // The push is stored either way; a device whose cursor expired
+            // downloads again and sends it once more, which is recognised.
+            if crate::compaction::is_expired(reply.after, expired_through, reply.expired) {
+                return Err(StoreError::CursorExpired {
+                    expired_through: Cursor::at(expired_through),
+                });
+            }
+            Some(page(&rows, reply.limit, newest, expired_through)?)
+        }
+        _ => None,
+    };
+    Ok((outcome, page))
+}
+
+fn page(
+    rows: &[tokio_postgres::Row],
+    limit: usize,
+    newest: u64,
+    expired_through: u64,
+) -> StoreResult<ChangePage> {
+    let mut changes = rows
+        .iter()
+        .map(stored_change)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let has_more = changes.len() > limit;
+    changes.truncate(limit);
+    let next = page_end(&changes, has_more, newest);
+    Ok(ChangePage {
+        changes,
+        next,
+        has_more,
+        expired_through,
+    })
+}

@@ -1,0 +1,310 @@
+//! The SQLite writer: group commit.
+//!
+//! One thread owns the write connection. Pushes queue for it; each time it
+//! is free it takes every push waiting (up to [`MAX_GROUP`]) and stores them
+//! in one transaction, so one `fsync` makes a whole group durable instead
+//! of one push. Each push is a `SAVEPOINT` of its own inside the group: a
+//! push that fails (a database refusal, say) is rolled back to its
+//! savepoint and answered with its error, and its neighbours are stored
+//! anyway. A repeated `changesetId` is found whether it was stored before or
+//! earlier in the same group. Positions are taken in queue order, and the
+//! whole group becomes visible at once, so positions still follow commit
+//! order. Notices go out, and devices are answered, only after the commit.
+//!
+//! Other writes (imports, settings) run on the same thread, between groups.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use mana_sync_protocol::{Change, Cursor, UserId};
+use rusqlite::{Connection, params};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, oneshot};
+use uuid::Uuid;
+
+use crate::notice::{ChangeNotice, StoreEvent};
+use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
+use crate::types::{Reserved, encode};
+use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
+
+/// Most pushes committed together.
+pub(crate) const MAX_GROUP: usize = 512;
+
+/// Work for the writer thread.
+enum Job {
+    Push(Push),
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// One push waiting for the writer.
+struct Push {
+    user: UserId,
+    app_id: String,
+    client_id: String,
+    changeset_id: Option<String>,
+    changes: Vec<Change>,
+    done: oneshot::Sender<StoreResult<PushOutcome>>,
+}
+
+/// The handle of the writer thread; the thread ends when the last handle is
+/// dropped.
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+    groups: Arc<AtomicU64>,
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable("the SQLite writer stopped".into())
+}
+
+impl Writer {
+    /// Starts the thread that owns `conn`.
+    pub(crate) fn start(
+        conn: Connection,
+        events: broadcast::Sender<StoreEvent>,
+    ) -> StoreResult<Self> {
+        let (jobs, queue) = mpsc::channel();
+        let groups = Arc::new(AtomicU64::new(0));
+        let counted = groups.clone();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, &queue, &events, &counted))
+            .map_err(|e| StoreError::Unavailable(format!("starting the SQLite writer: {e}")))?;
+        Ok(Self { jobs, groups })
+    }
+
+    /// Transactions that committed groups of pushes so far.
+    pub(crate) fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+
+    /// Stores a changeset with the next group.
+    pub(crate) async fn push(
+        &self,
+        user: &UserId,
+        changeset: NewChangeset<'_>,
+    ) -> StoreResult<PushOutcome> {
+        let (done, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job::Push(Push {
+                user: user.clone(),
+                app_id: changeset.app_id.to_owned(),
+                client_id: changeset.client_id.to_owned(),
+                changeset_id: changeset.changeset_id.map(str::to_owned),
+                changes: changeset.changes.to_vec(),
+                done,
+            }))
+            .map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+
+    /// Runs `work` on the write connection, between groups.
+    pub(crate) async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> R + Send + 'static,
+    ) -> StoreResult<R> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .send(Job::Run(Box::new(move |conn| {
+                let _ = done.send(work(conn));
+            })))
+            .map_err(|_| gone())?;
+        result.await.map_err(|_| gone())
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    queue: &mpsc::Receiver<Job>,
+    events: &broadcast::Sender<StoreEvent>,
+    groups: &AtomicU64,
+) {
+    let mut held: Option<Job> = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Run(work) => work(&mut conn),
+            Job::Push(first) => {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(Job::Push(push)) => group.push(push),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, group, events);
+                groups.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+type Stored = (PushOutcome, Option<ChangeNotice>);
+
+/// Stores `group` in one transaction, each push under its own savepoint;
+/// then announces and answers.
+fn commit_group(conn: &mut Connection, group: Vec<Push>, events: &broadcast::Sender<StoreEvent>) {
+    let mut results: Vec<StoreResult<Stored>> = Vec::with_capacity(group.len());
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            let now = micros(OffsetDateTime::now_utc());
+            for push in &group {
+                let result = store_in_savepoint(conn, push, now);
+                if conn.is_autocommit() {
+                    // The failure ended the whole transaction (I/O error, disk
+                    // full): nothing of the group so far is stored.
+                    let cause = match &result {
+                        Err(error) => error.to_string(),
+                        Ok(_) => "the transaction ended".to_owned(),
+                    };
+                    for earlier in &mut results {
+                        *earlier = Err(StoreError::Unavailable(cause.clone()));
+                    }
+                    results.push(Err(StoreError::Unavailable(cause)));
+                    // Go on with the rest in a new transaction.
+                    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+                        fail_rest(&mut results, group.len(), &database_error(error));
+                        break;
+                    }
+                    continue;
+                }
+                results.push(result);
+            }
+            let committed = if conn.is_autocommit() {
+                Ok(())
+            } else {
+                conn.execute_batch("COMMIT")
+            };
+            if let Err(error) = committed {
+                let error = database_error(error);
+                let _ = conn.execute_batch("ROLLBACK");
+                for result in &mut results {
+                    if result.is_ok() {
+                        *result = Err(StoreError::Unavailable(error.to_string()));
+                    }
+                }
+            }
+        }
+        Err(error) => fail_rest(&mut results, group.len(), &database_error(error)),
+    }
+    for (push, result) in group.into_iter().zip(results) {
+        let answer = result.map(|(outcome, notice)| {
+            if let Some(notice) = notice {
+                // Nobody listening is fine: live delivery is optional.
+                let _ = events.send(StoreEvent::Changed(Arc::new(notice)));
+            }
+            outcome
+        });
+        // The device may have gone; the push is stored all the same.
+        let _ = push.done.send(answer);
+    }
+}
+
+fn fail_rest(results: &mut Vec<StoreResult<Stored>>, total: usize, error: &StoreError) {
+    while results.len() < total {
+        results.push(Err(StoreError::Unavailable(error.to_string())));
+    }
+}
+
+/// One push under a savepoint: stored, or rolled back to where it began.
+fn store_in_savepoint(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
+    conn.execute_batch("SAVEPOINT push")
+        .map_err(database_error)?;
+    match store(conn, push, now) {
+        Ok(stored) => {
+            conn.execute_batch("RELEASE push").map_err(database_error)?;
+            Ok(stored)
+        }
+        Err(error) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK TO push; RELEASE push");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
+    let user = push.user.as_str();
+    if let Some(changeset_id) = &push.changeset_id {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO mana_changesets (user_id, changeset_id, created_at)
+                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut statement| statement.execute(params![user, changeset_id, now]))
+            .map_err(database_error)?;
+        if inserted == 0 {
+            return Ok((PushOutcome::Duplicate, None));
+        }
+    }
+    if push.changes.is_empty() {
+        let newest = log_state(conn, user).map_err(database_error)?.newest;
+        return Ok((
+            PushOutcome::Stored {
+                count: 0,
+                last: Cursor::at(newest),
+            },
+            None,
+        ));
+    }
+    let count = i64::try_from(push.changes.len()).unwrap_or(i64::MAX);
+    let superseding = crate::compaction::superseding(&push.changes);
+    let Reserved { after, last } = reserve_positions(conn, user, count, superseding)?;
+    let mut insert = conn.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
+    let first = last - count + 1;
+    for (offset, change) in (0_i64..).zip(push.changes.iter()) {
+        let encoded = encode(change);
+        insert
+            .execute(params![
+                user,
+                first + offset,
+                Uuid::now_v7().to_string(),
+                push.app_id,
+                change.table,
+                change.id,
+                change.op.as_str(),
+                encoded.data,
+                encoded.fields,
+                encoded.deleted_at,
+                encoded.actor,
+                push.client_id,
+                change.schema_version,
+                now,
+            ])
+            .map_err(database_error)?;
+    }
+    let (after, last) = (
+        u64::try_from(after).unwrap_or(0),
+        u64::try_from(last).unwrap_or(0),
+    );
+    let notice = ChangeNotice::for_changeset(
+        &push.user,
+        &NewChangeset {
+            app_id: &push.app_id,
+            client_id: &push.client_id,
+            changeset_id: None,
+            changes: &push.changes,
+        },
+        after,
+        last,
+    );
+    Ok((
+        PushOutcome::Stored {
+            count: push.changes.len(),
+            last: Cursor::at(last),
+        },
+        Some(notice),
+    ))
+}
