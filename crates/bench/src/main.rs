@@ -230,10 +230,15 @@ async fn compactions(args: &CompactionArgs, binary: &std::path::Path) -> anyhow:
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &reports {
-        for (label, sync) in [
-            ("before compaction", &r.before),
-            ("after compaction", &r.after),
-        ] {
+        let rows = [
+            ("before compaction", Some(&r.before)),
+            ("after compaction, before vacuum", r.before_vacuum.as_ref()),
+            ("after compaction", Some(&r.after)),
+        ];
+        for (label, sync) in rows
+            .into_iter()
+            .filter_map(|(label, sync)| Some((label, sync?)))
+        {
             println!(
                 "| {:?} | {label} | {} changes ({:.2}× the {} records) | {:.1} MB | {:.0} ms | {:.0} ms | {:.2} |",
                 r.backend,

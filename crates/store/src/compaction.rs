@@ -36,6 +36,10 @@ pub struct CompactOptions {
     pub tombstone_retention: std::time::Duration,
     /// About how many changes one transaction reads and rewrites.
     pub batch_changes: usize,
+    /// After each transaction, pause this many times as long as it took:
+    /// compaction is background work, and pushes, pulls and streams share
+    /// the database with it (3: it works at most a quarter of the time).
+    pub pause_ratio: u32,
 }
 
 impl Default for CompactOptions {
@@ -43,6 +47,7 @@ impl Default for CompactOptions {
         Self {
             tombstone_retention: DEFAULT_TOMBSTONE_RETENTION,
             batch_changes: 5_000,
+            pause_ratio: 3,
         }
     }
 }
@@ -52,6 +57,14 @@ pub const DEFAULT_TOMBSTONE_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(90 * 24 * 3600);
 
 impl CompactOptions {
+    /// Yields the database to other work after a transaction that took
+    /// `worked` (see [`CompactOptions::pause_ratio`]).
+    pub(crate) async fn pause_after(&self, worked: std::time::Duration) {
+        if self.pause_ratio > 0 {
+            tokio::time::sleep(worked * self.pause_ratio).await;
+        }
+    }
+
     /// The position before which a deleted record may be dropped.
     pub(crate) fn drop_before(&self, now: OffsetDateTime) -> u64 {
         let retention =

@@ -125,9 +125,11 @@ async fn compact_locked(
             last.record_id.clone(),
         );
         for batch in compaction::batches(keys, options.batch_changes) {
+            let started = std::time::Instant::now();
             let outcome = compact_batch(store, user, &batch, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);
+            options.pause_after(started.elapsed()).await;
         }
     }
     // What was pushed while we worked stays counted for the next time.

@@ -18,10 +18,11 @@ use crate::{StoreResult, StoredChange};
 /// Candidate records read per query.
 const KEYS_PER_PAGE: i64 = 1000;
 
-/// At most this many changes per transaction: SQLite has one writer, so
-/// every push waits for a batch to commit (`make bench-compaction` measures
-/// push latency during compaction).
-const MAX_BATCH_CHANGES: usize = 200;
+/// How long one transaction may hold the writer: SQLite has one, so every
+/// push waits for a batch to commit (`make bench-compaction` measures push
+/// latency during compaction). A batch stops taking records once it has
+/// worked this long.
+const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(super) async fn candidates(
     store: &SqliteStore,
@@ -119,15 +120,13 @@ pub(super) async fn compact(
             last.table.clone(),
             last.record_id.clone(),
         );
-        for batch in compaction::batches(keys, options.batch_changes.min(MAX_BATCH_CHANGES)) {
+        let mut keys = std::collections::VecDeque::from(keys);
+        while !keys.is_empty() {
             let started = std::time::Instant::now();
-            let outcome = compact_batch(store, user, batch, horizon, drop_before).await?;
+            let outcome = compact_batch(store, user, &mut keys, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);
-            // Leave the writer to pushes for as long as the batch held it:
-            // compaction takes at most half of it, and a push waits for at
-            // most one batch.
-            tokio::time::sleep(started.elapsed()).await;
+            options.pause_after(started.elapsed()).await;
         }
     }
     // What was pushed while we worked stays counted for the next time.
@@ -194,62 +193,73 @@ async fn candidate_keys(
     .await
 }
 
-/// Folds or drops one batch of records in one transaction.
+/// Folds or drops records from the front of `keys` in one transaction, for
+/// at most [`BATCH_BUDGET`] (at least one record); the rest stay in `keys`.
 async fn compact_batch(
     store: &SqliteStore,
     user: &UserId,
-    keys: Vec<RecordKey>,
+    keys: &mut std::collections::VecDeque<RecordKey>,
     horizon: i64,
     drop_before: i64,
 ) -> StoreResult<CompactOutcome> {
     let user = user.as_str().to_owned();
-    store
+    let mut pending = std::mem::take(keys);
+    let (outcome, rest) = store
         .writer
         .run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database_error)?;
-            let mut plans = Vec::with_capacity(keys.len());
-            {
-                let mut select = tx
-                    .prepare_cached(concat!(
-                        select_columns!(),
-                        " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
-                      AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
-                    ))
+            let started = std::time::Instant::now();
+            let mut work = || -> StoreResult<CompactOutcome> {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(database_error)?;
-                for key in &keys {
-                    let rows = select
-                        .query_map(
-                            params![user, key.app_id, key.table, key.record_id, horizon],
-                            read_row,
-                        )
+                let mut plans = Vec::new();
+                {
+                    let mut select = tx
+                        .prepare_cached(concat!(
+                            select_columns!(),
+                            " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
+                          AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
+                        ))
                         .map_err(database_error)?;
-                    let mut history: Vec<StoredChange> = Vec::new();
-                    for row in rows {
-                        let (head, raw) = row.map_err(database_error)?;
-                        history.push(assemble(head, raw)?);
+                    while let Some(key) = pending.pop_front() {
+                        let rows = select
+                            .query_map(
+                                params![user, key.app_id, key.table, key.record_id, horizon],
+                                read_row,
+                            )
+                            .map_err(database_error)?;
+                        let mut history: Vec<StoredChange> = Vec::new();
+                        for row in rows {
+                            let (head, raw) = row.map_err(database_error)?;
+                            history.push(assemble(head, raw)?);
+                        }
+                        let plan =
+                            compaction::plan(&history, u64::try_from(drop_before).unwrap_or(0));
+                        apply(&tx, &user, std::slice::from_ref(&plan))?;
+                        plans.push(plan);
+                        if started.elapsed() >= BATCH_BUDGET {
+                            break;
+                        }
                     }
-                    plans.push(compaction::plan(
-                        &history,
-                        u64::try_from(drop_before).unwrap_or(0),
-                    ));
                 }
-            }
-            apply(&tx, &user, &plans)?;
-            let (outcome, dropped_through) = compaction::tally(&plans);
-            if dropped_through > 0 {
-                tx.execute(
-                    "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
-                 WHERE user_id = ?1",
-                    params![user, seq_param(dropped_through)],
-                )
-                .map_err(database_error)?;
-            }
-            tx.commit().map_err(database_error)?;
-            Ok(outcome)
+                let (outcome, dropped_through) = compaction::tally(&plans);
+                if dropped_through > 0 {
+                    tx.execute(
+                        "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
+                         WHERE user_id = ?1",
+                        params![user, seq_param(dropped_through)],
+                    )
+                    .map_err(database_error)?;
+                }
+                tx.commit().map_err(database_error)?;
+                Ok(outcome)
+            };
+            let outcome = work();
+            (outcome, pending)
         })
-        .await?
+        .await?;
+    *keys = rest;
+    outcome
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, user: &str, plans: &[Plan]) -> StoreResult<()> {
