@@ -141,7 +141,7 @@ async fn the_rows_role_cannot_change_the_schema(db: &TestDatabase) {
         "ALTER TABLE mana_changes NO FORCE ROW LEVEL SECURITY",
         "ALTER TABLE mana_changes DISABLE ROW LEVEL SECURITY",
         "ALTER TABLE mana_legacy_cursors NO FORCE ROW LEVEL SECURITY",
-        "DROP POLICY mana_user_isolation ON mana_changes",
+        "DROP POLICY mana_log_isolation ON mana_changes",
         "CREATE POLICY everything ON mana_changes USING (true)",
         "CREATE TABLE mana_intruder (x INT)",
         "TRUNCATE mana_changes",

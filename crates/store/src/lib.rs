@@ -19,6 +19,7 @@ mod notice;
 mod pg_push;
 pub mod postgres;
 mod relay;
+pub mod spaces;
 pub mod sqlite;
 mod sqlite_writer;
 mod types;
@@ -28,11 +29,12 @@ mod upgrade_tests;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mana_sync_protocol::{Cursor, UserId};
+use mana_sync_protocol::{Cursor, SpaceId, UserId};
 
 pub use compaction::{CompactOptions, CompactOutcome};
 pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
 pub use relay::DEFAULT_CATCHUP_INTERVAL;
+pub use spaces::{Member, MemberChange, Membership, MembershipError, Role, SpaceError};
 pub use types::{
     ChangeBatches, ChangePage, ChangeQuery, ExpiredCursor, ImportError, ImportOutcome,
     ImportSource, NewChangeset, PushOutcome, SourceError, StoredChange,
@@ -182,6 +184,24 @@ pub trait Store: Send + Sync + 'static {
     /// tells them this one stops (so they do not take its silence for a
     /// crash). Call before the process exits.
     async fn close(&self) {}
+
+    /// Creates a shared space named `name`, with `owner` as its owner.
+    async fn create_space(&self, owner: &UserId, name: &str) -> StoreResult<Membership>;
+
+    /// The shared spaces `user` belongs to, with their roles, by name.
+    async fn spaces_of(&self, user: &UserId) -> StoreResult<Vec<Membership>>;
+
+    /// The members of `space` as `user` sees them: `None` unless `user` is one.
+    async fn members(&self, user: &UserId, space: &SpaceId) -> StoreResult<Option<Vec<Member>>>;
+
+    /// Changes a membership as `actor`: checked by [`spaces::check`] in the
+    /// transaction that makes it, with the space's members locked.
+    async fn change_membership(
+        &self,
+        actor: &UserId,
+        space: &SpaceId,
+        change: &MemberChange,
+    ) -> Result<(), SpaceError>;
 
     /// Returns the server-wide setting `name`, storing `make()` first if it has none.
     /// Instances sharing a database thus agree on the value.

@@ -40,6 +40,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "compaction",
         sql: include_str!("../migrations/postgres/0005_compaction.sql"),
     },
+    Migration {
+        version: 6,
+        name: "spaces",
+        sql: include_str!("../migrations/postgres/0006_spaces.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[
@@ -67,5 +72,10 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 5,
         name: "compaction",
         sql: include_str!("../migrations/sqlite/0005_compaction.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "spaces",
+        sql: include_str!("../migrations/sqlite/0006_spaces.sql"),
     },
 ];

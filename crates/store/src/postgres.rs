@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
+use crate::spaces::{Member, MemberChange, Membership, SpaceError};
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
-use mana_sync_protocol::{Cursor, Since, UserId};
+use mana_sync_protocol::{Cursor, Since, SpaceId, UserId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
@@ -42,6 +43,7 @@ macro_rules! select_columns {
 }
 
 mod compact;
+mod spaces;
 
 /// The change log in Postgres.
 pub struct PostgresStore {
@@ -842,6 +844,27 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.announcer.close(Duration::from_secs(5)).await;
+    }
+
+    async fn create_space(&self, owner: &UserId, name: &str) -> StoreResult<Membership> {
+        spaces::create_space(self, owner, name).await
+    }
+
+    async fn spaces_of(&self, user: &UserId) -> StoreResult<Vec<Membership>> {
+        spaces::spaces_of(self, user).await
+    }
+
+    async fn members(&self, user: &UserId, space: &SpaceId) -> StoreResult<Option<Vec<Member>>> {
+        spaces::members(self, user, space).await
+    }
+
+    async fn change_membership(
+        &self,
+        actor: &UserId,
+        space: &SpaceId,
+        change: &MemberChange,
+    ) -> Result<(), SpaceError> {
+        spaces::change_membership(self, actor, space, change).await
     }
 
     async fn setting_or_insert(

@@ -1,10 +1,11 @@
 //! Shared spaces: a log that several users follow, with members and roles.
 //!
-//! Every user has an implicit personal space (their own log, `mana_changes`).
-//! A shared space has an id (made by the server), a name and members, each an
-//! `owner`, an `editor` or a `viewer`. Its changes live in a log of their own
-//! (`mana_space_changes`), with positions of their own, and every member's
-//! devices follow it. Owners manage members; a space always keeps an owner.
+//! Every user has an implicit personal space: their own log. A shared space
+//! has an id (made by the server), a name and members, each an `owner`, an
+//! `editor` or a `viewer`. Its changes live in a log of their own (log id
+//! `~<spaceId>`, [`LogId`](mana_sync_protocol::LogId), in the same table as
+//! users' logs), with positions of their own, and every member's devices
+//! follow it. Owners manage members; a space always keeps an owner.
 //!
 //! The rules of who may change a membership are here, pure; each store checks
 //! them inside the transaction that makes the change, with the members'
@@ -118,6 +119,17 @@ pub enum MembershipError {
     },
 }
 
+/// Why a space operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpaceError {
+    /// The change of membership was refused; nothing changed.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
 /// Checks `change` by `actor`, given the actor's role, the changed user's
 /// current role and the number of owners; pure, so both stores apply the same
 /// rules inside their transactions.
@@ -167,7 +179,10 @@ mod tests {
             user: bob.clone(),
             role: Role::Editor,
         };
-        assert_eq!(check(&space, &ann, Some(Role::Owner), &add_bob, None, 1), Ok(()));
+        assert_eq!(
+            check(&space, &ann, Some(Role::Owner), &add_bob, None, 1),
+            Ok(())
+        );
         assert_eq!(
             check(&space, &ann, Some(Role::Editor), &add_bob, None, 1),
             Err(MembershipError::NotOwner(space.clone()))
@@ -178,7 +193,14 @@ mod tests {
         );
         let bob_leaves = MemberChange::Remove { user: bob.clone() };
         assert_eq!(
-            check(&space, &bob, Some(Role::Viewer), &bob_leaves, Some(Role::Viewer), 1),
+            check(
+                &space,
+                &bob,
+                Some(Role::Viewer),
+                &bob_leaves,
+                Some(Role::Viewer),
+                1
+            ),
             Ok(())
         );
     }
@@ -194,11 +216,25 @@ mod tests {
         };
         for change in [&leave, &demote] {
             assert_eq!(
-                check(&space, &ann, Some(Role::Owner), change, Some(Role::Owner), 1),
+                check(
+                    &space,
+                    &ann,
+                    Some(Role::Owner),
+                    change,
+                    Some(Role::Owner),
+                    1
+                ),
                 Err(MembershipError::LastOwner(space.clone()))
             );
             assert_eq!(
-                check(&space, &ann, Some(Role::Owner), change, Some(Role::Owner), 2),
+                check(
+                    &space,
+                    &ann,
+                    Some(Role::Owner),
+                    change,
+                    Some(Role::Owner),
+                    2
+                ),
                 Ok(())
             );
         }

@@ -11,8 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::spaces::{Member, MemberChange, Membership, SpaceError};
 use async_trait::async_trait;
-use mana_sync_protocol::{Cursor, Since, UserId};
+use mana_sync_protocol::{Cursor, Since, SpaceId, UserId};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -115,6 +116,7 @@ fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64>
 }
 
 mod compact;
+mod spaces;
 
 /// The change log in a SQLite file.
 pub struct SqliteStore {
@@ -600,6 +602,27 @@ impl Store for SqliteStore {
         progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
     ) -> StoreResult<CompactOutcome> {
         compact::compact(self, user, options, progress).await
+    }
+
+    async fn create_space(&self, owner: &UserId, name: &str) -> StoreResult<Membership> {
+        spaces::create_space(self, owner, name).await
+    }
+
+    async fn spaces_of(&self, user: &UserId) -> StoreResult<Vec<Membership>> {
+        spaces::spaces_of(self, user).await
+    }
+
+    async fn members(&self, user: &UserId, space: &SpaceId) -> StoreResult<Option<Vec<Member>>> {
+        spaces::members(self, user, space).await
+    }
+
+    async fn change_membership(
+        &self,
+        actor: &UserId,
+        space: &SpaceId,
+        change: &MemberChange,
+    ) -> Result<(), SpaceError> {
+        spaces::change_membership(self, actor, space, change).await
     }
 
     async fn setting_or_insert(
