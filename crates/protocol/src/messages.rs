@@ -114,3 +114,51 @@ pub enum SocketMessage {
         message: String,
     },
 }
+
+/// `POST /spaces`: a new shared space.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSpace {
+    /// Its name, as its members see it.
+    pub name: String,
+}
+
+/// `PUT /spaces/{spaceId}/members/{userId}`: add a member, or change a role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetMember {
+    /// `owner`, `editor` or `viewer`.
+    pub role: String,
+}
+
+/// A shared space as one of its members sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpaceView {
+    /// The space (send it as `spaceId` on changes).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The caller's role: `owner`, `editor` or `viewer`.
+    pub role: String,
+    /// Every member, with the `GET /spaces/{spaceId}` of a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<MemberView>>,
+}
+
+/// One member of a space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    /// The member's user id (a token's `sub`).
+    pub user_id: String,
+    /// `owner`, `editor` or `viewer`.
+    pub role: String,
+}
+
+/// `GET /spaces`: the caller's shared spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceList {
+    /// By name.
+    pub spaces: Vec<SpaceView>,
+}

@@ -16,6 +16,8 @@ use mana_sync_store::StoreError;
 use crate::backup::BackupError;
 use crate::hub::LiveRefusal;
 use crate::service::ServiceError;
+use crate::spaces::SpacesError;
+use mana_sync_store::MembershipError;
 
 /// Seconds a client is asked to wait (`Retry-After`) when a limit is reached.
 const RETRY_AFTER_SECS: &str = "5";
@@ -55,6 +57,9 @@ pub enum ApiError {
     /// A backup was refused, or its import failed.
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// A space operation was refused, or failed.
+    #[error(transparent)]
+    Spaces(#[from] SpacesError),
     /// The web app's directory has no `index.html` (it was not built).
     #[error(
         "the web app is not built: there is no index.html in `{dir}`; build it with `make web`, or point WEB_DIR at a built app"
@@ -74,28 +79,33 @@ pub enum ApiError {
     Panic(String),
 }
 
+/// The status and code of an error of the sync core.
+fn service_status(error: &ServiceError) -> (StatusCode, &'static str) {
+    match error {
+        ServiceError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        ServiceError::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
+        ServiceError::InvalidCursor(_) => (StatusCode::BAD_REQUEST, "invalid_cursor"),
+        ServiceError::SchemaVersion(SchemaVersionError::TooNew { .. })
+        | ServiceError::InvalidChange {
+            problem: ChangeProblem::SchemaVersion(SchemaVersionError::TooNew { .. }),
+            ..
+        } => (StatusCode::BAD_REQUEST, "schema_version_too_new"),
+        ServiceError::SchemaVersion(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        ServiceError::InvalidChange { .. } => (StatusCode::BAD_REQUEST, "invalid_change"),
+        ServiceError::Store(StoreError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+        ServiceError::Store(StoreError::CursorExpired { .. }) => {
+            (StatusCode::GONE, "cursor_expired")
+        }
+        ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Service(error) => match error {
-                ServiceError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                ServiceError::MissingParameter(_) => (StatusCode::BAD_REQUEST, "missing_parameter"),
-                ServiceError::InvalidCursor(_) => (StatusCode::BAD_REQUEST, "invalid_cursor"),
-                ServiceError::SchemaVersion(SchemaVersionError::TooNew { .. })
-                | ServiceError::InvalidChange {
-                    problem: ChangeProblem::SchemaVersion(SchemaVersionError::TooNew { .. }),
-                    ..
-                } => (StatusCode::BAD_REQUEST, "schema_version_too_new"),
-                ServiceError::SchemaVersion(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                ServiceError::InvalidChange { .. } => (StatusCode::BAD_REQUEST, "invalid_change"),
-                ServiceError::Store(StoreError::Unavailable(_)) => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-                }
-                ServiceError::Store(StoreError::CursorExpired { .. }) => {
-                    (StatusCode::GONE, "cursor_expired")
-                }
-                ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
+            ApiError::Service(error) => service_status(error),
             ApiError::Backup(error) => match error {
                 BackupError::Line(line) if line.is_too_new() => {
                     (StatusCode::BAD_REQUEST, "schema_version_too_new")
@@ -114,6 +124,13 @@ impl ApiError {
                 BackupError::Spool(_) | BackupError::Store(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
+            },
+            ApiError::Spaces(SpacesError::Invalid(error)) => service_status(error),
+            ApiError::Spaces(SpacesError::Membership(error)) => match error {
+                MembershipError::NotFound(_) => (StatusCode::NOT_FOUND, "space_not_found"),
+                MembershipError::NotOwner(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                MembershipError::LastOwner(_) => (StatusCode::CONFLICT, "last_owner"),
+                MembershipError::NoSuchMember { .. } => (StatusCode::NOT_FOUND, "member_not_found"),
             },
             ApiError::Auth(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "invalid_json"),

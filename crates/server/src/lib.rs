@@ -17,6 +17,7 @@ pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod service;
+pub mod spaces;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -107,6 +108,8 @@ pub struct AppState {
     pub live: LiveConfig,
     /// Largest backup accepted for import.
     pub backup_max_bytes: u64,
+    /// Shared spaces and their members.
+    pub spaces: Arc<spaces::Spaces>,
 }
 
 /// A configured server, ready to serve.
@@ -153,6 +156,7 @@ impl App {
             ),
         ));
         tokio::spawn(hub.clone().run(store.events()));
+        let spaces = Arc::new(spaces::Spaces::new(store.clone()));
         let service = Arc::new(SyncService::new(store, metrics.clone()));
         let live = LiveConfig {
             heartbeat: config.sse_heartbeat,
@@ -166,6 +170,7 @@ impl App {
                 hub,
                 live,
                 backup_max_bytes: config.backup_max_bytes,
+                spaces,
             },
             config,
             dev_secret,

@@ -35,7 +35,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// Path prefixes that belong to the API, never to the app.
-const API_PREFIXES: [&str; 6] = ["/sync", "/ws", "/backup", "/health", "/metrics", "/dev"];
+const API_PREFIXES: [&str; 7] = [
+    "/sync", "/ws", "/backup", "/spaces", "/health", "/metrics", "/dev",
+];
 
 /// The directory the app is served from.
 #[derive(Debug, Clone)]

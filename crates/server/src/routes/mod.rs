@@ -7,6 +7,7 @@ mod backup;
 mod dev;
 mod health;
 mod live;
+mod spaces;
 mod sync;
 
 pub use app::CONTENT_SECURITY_POLICY;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -77,6 +78,12 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         .route("/sync/{app_id}/pull", get(sync::pull))
         .route("/backup/export", get(backup::export))
         .route("/backup/import", post(backup::import))
+        .route("/spaces", get(spaces::list).post(spaces::create))
+        .route("/spaces/{space_id}", get(spaces::get))
+        .route(
+            "/spaces/{space_id}/members/{user_id}",
+            put(spaces::set_member).delete(spaces::remove_member),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
