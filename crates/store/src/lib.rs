@@ -29,10 +29,10 @@ mod upgrade_tests;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mana_sync_protocol::{Cursor, SpaceId, UserId};
+use mana_sync_protocol::{Cursor, LogId, SpaceId, UserId};
 
 pub use compaction::{CompactOptions, CompactOutcome};
-pub use notice::{ChangeNotice, NOTIFY_CHANNEL, StoreEvent};
+pub use notice::{ChangeNotice, MemberNotice, NOTIFY_CHANNEL, StoreEvent};
 pub use relay::DEFAULT_CATCHUP_INTERVAL;
 pub use spaces::{Member, MemberChange, Membership, MembershipError, Role, SpaceError};
 pub use types::{
@@ -89,6 +89,15 @@ pub enum StoreError {
         /// The last position dropped; cursors from it on are served.
         expired_through: Cursor,
     },
+    /// The user may not read (`write: false`) or write the space: not a
+    /// member, or a viewer pushing. Nothing was read or stored.
+    #[error("no {} access to space `{space}`", if *write { "write" } else { "read" })]
+    SpaceForbidden {
+        /// The space.
+        space: SpaceId,
+        /// Whether writing was refused (else reading).
+        write: bool,
+    },
     /// Bringing the schema up to date failed.
     #[error("migration {version} failed: {message}")]
     Migration {
@@ -138,13 +147,28 @@ pub trait Store: Send + Sync + 'static {
         Ok((outcome, page))
     }
 
-    /// Reads the user's changes after `query.since`, in commit order, at most
-    /// `query.limit` (capped at [`MAX_PAGE`]).
+    /// Reads the user's changes after `query.since` (of `query.space` when
+    /// set: on Postgres, row-level security shows a space's log only to its
+    /// members), in commit order, at most `query.limit` (capped at
+    /// [`MAX_PAGE`]).
     async fn changes_after(
         &self,
         user: &UserId,
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage>;
+
+    /// Reads `log` as the server itself (not as one of its readers): for the
+    /// reads the server shares between every reader of a log (live notices'
+    /// batches). Callers check who may see the result.
+    async fn log_changes_after(
+        &self,
+        log: &LogId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage>;
+
+    /// Who may read `log` now: its user, or a space's members (read as the
+    /// log itself; live delivery checks a shared batch's readers with it).
+    async fn log_readers(&self, log: &LogId) -> StoreResult<Vec<UserId>>;
 
     /// Every change of `user`, all apps, oldest first, in batches: read from
     /// one snapshot and streamed, so memory does not grow with the log. An

@@ -6,15 +6,18 @@
 //! `pg_notify`, which Postgres delivers to every listening connection, on every
 //! server instance, at commit and in commit order; each instance's listener
 //! turns it back into a notice. A notice carries no change data, only what a
-//! subscriber needs to decide whether to read: the user, the app, the
-//! collections, and the positions the push took.
+//! subscriber needs to decide whether to read: the log (a user's, or a
+//! shared space's), the app, the collections, and the positions the push
+//! took. A push that reaches several logs (the pusher's own and spaces) is
+//! announced once per log.
 
 use std::sync::Arc;
 
-use mana_sync_protocol::UserId;
+use mana_sync_protocol::{LogId, SpaceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::NewChangeset;
+use crate::spaces::{MemberChange, Role};
 
 /// Postgres channel that carries notices between instances.
 pub const NOTIFY_CHANNEL: &str = "mana_sync_changes";
@@ -30,13 +33,13 @@ pub(crate) const PAYLOAD_BUDGET: usize = 7000;
 /// A push was committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeNotice {
-    /// Whose log grew.
-    pub user: UserId,
+    /// The log that grew: a user's, or a shared space's.
+    pub log: LogId,
     /// The app the changes belong to.
     pub app_id: String,
     /// The collections that changed; `None` when the list was too long to send.
     pub tables: Option<Vec<String>>,
-    /// The user's newest position before this push. Positions are clock
+    /// The log's newest position before this push. Positions are clock
     /// readings, not a dense count, so this is what tells a subscriber whose
     /// cursor is at `after` (or later) that nothing came in between.
     pub after: u64,
@@ -44,6 +47,19 @@ pub struct ChangeNotice {
     pub last: u64,
     /// The device that pushed.
     pub client_id: String,
+    /// Set when the log's members changed instead (a space's log; nothing
+    /// was written to it): live connections of that user start or stop
+    /// following the space at once.
+    pub member: Option<MemberNotice>,
+}
+
+/// A member of a space was added, given another role, or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberNotice {
+    /// Whose membership changed.
+    pub user: UserId,
+    /// Their role now; `None`: no longer a member.
+    pub role: Option<Role>,
 }
 
 /// What a store announces.
@@ -67,12 +83,15 @@ pub(crate) struct Payload {
     p: u64,
     l: u64,
     c: String,
+    /// A membership change: the member and their role (`None`: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<(String, Option<String>)>,
 }
 
 impl ChangeNotice {
     /// The notice for a changeset stored at positions in `after + 1..=last`.
     pub(crate) fn for_changeset(
-        user: &UserId,
+        log: &LogId,
         changeset: &NewChangeset<'_>,
         after: u64,
         last: u64,
@@ -84,12 +103,33 @@ impl ChangeNotice {
             }
         }
         Self {
-            user: user.clone(),
+            log: log.clone(),
             app_id: changeset.app_id.to_owned(),
             tables: Some(tables),
             after,
             last,
             client_id: changeset.client_id.to_owned(),
+            member: None,
+        }
+    }
+
+    /// The notice of a membership change of `space` (made by `change`).
+    pub(crate) fn for_member(space: &SpaceId, change: &MemberChange) -> Self {
+        let role = match change {
+            MemberChange::Set { role, .. } => Some(*role),
+            MemberChange::Remove { .. } => None,
+        };
+        Self {
+            log: LogId::of_space(space),
+            app_id: String::new(),
+            tables: None,
+            after: 0,
+            last: 0,
+            client_id: String::new(),
+            member: Some(MemberNotice {
+                user: change.user().clone(),
+                role,
+            }),
         }
     }
 
@@ -103,24 +143,41 @@ impl ChangeNotice {
     /// The notice as it travels between instances.
     pub(crate) fn to_wire(&self) -> Payload {
         Payload {
-            u: self.user.as_str().to_owned(),
+            u: self.log.as_str().to_owned(),
             a: self.app_id.clone(),
             t: self.tables.clone(),
             p: self.after,
             l: self.last,
             c: self.client_id.clone(),
+            m: self.member.as_ref().map(|member| {
+                (
+                    member.user.as_str().to_owned(),
+                    member.role.map(|role| role.as_str().to_owned()),
+                )
+            }),
         }
     }
 
-    /// The notice a peer sent, if it names a valid user.
+    /// The notice a peer sent, if it names a valid log.
     pub(crate) fn from_wire(payload: Payload) -> Option<Self> {
+        let member = match payload.m {
+            None => None,
+            Some((user, role)) => Some(MemberNotice {
+                user: UserId::new(user).ok()?,
+                role: match role {
+                    None => None,
+                    Some(name) => Some(Role::from_name(&name)?),
+                },
+            }),
+        };
         Some(Self {
-            user: UserId::new(payload.u).ok()?,
+            log: LogId::parse(&payload.u).ok()?,
             app_id: payload.a,
             tables: payload.t,
             after: payload.p,
             last: payload.l,
             client_id: payload.c,
+            member,
         })
     }
 
@@ -147,12 +204,33 @@ mod tests {
 
     fn notice(tables: Option<Vec<String>>) -> ChangeNotice {
         ChangeNotice {
-            user: UserId::new("alice").expect("valid"),
+            log: LogId::parse("alice").expect("valid"),
             app_id: "todo".into(),
             tables,
             after: 3,
             last: 9,
             client_id: "phone".into(),
+            member: None,
+        }
+    }
+
+    #[test]
+    fn membership_notices_round_trip() {
+        let space = SpaceId::new("household").expect("valid");
+        for change in [
+            MemberChange::Set {
+                user: UserId::new("bob").expect("valid"),
+                role: Role::Viewer,
+            },
+            MemberChange::Remove {
+                user: UserId::new("bob").expect("valid"),
+            },
+        ] {
+            let notice = ChangeNotice::for_member(&space, &change);
+            assert_eq!(
+                ChangeNotice::from_payload(&notice.to_payload()),
+                Some(notice)
+            );
         }
     }
 

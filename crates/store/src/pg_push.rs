@@ -24,7 +24,7 @@
 //! cannot cancel it between the commit and the notice.
 
 use deadpool_postgres::Pool;
-use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -39,15 +39,16 @@ use crate::{
     StoreResult, page_end,
 };
 
-/// Records the changeset id (if any), reserves `count` positions if it was
-/// new (counting the `$16` changes that may supersede earlier ones for
-/// compaction), and inserts the changes after them. Returns the reservation
+/// Records the changeset id (if any), reserves `count` positions of log `$1`
+/// if it was new (counting the `$16` changes that may supersede earlier
+/// ones for compaction), and inserts the changes after them (`$17`: their
+/// author, in a space's log). Returns the reservation
 /// (null when nothing was reserved), whether the changeset was new, the
 /// user's newest position as this statement's snapshot saw it, and the
 /// last position compaction dropped (for the reply's expiry check). It is
 /// planned once per connection (generic plan); the statements after it are
 /// planned with their parameters again (`plan_cache_mode`).
-const WRITE: &str = "
+pub(crate) const WRITE: &str = "
 WITH fresh AS (
     INSERT INTO mana_changesets (user_id, changeset_id)
     SELECT $1, $4::text WHERE $4::text IS NOT NULL
@@ -70,9 +71,9 @@ WITH fresh AS (
     RETURNING prev_seq, last_seq, expired_through
 ), inserted AS (
     INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
-        op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+        op, data, fields, deleted_at, actor, client_id, schema_version, created_at, author_id)
     SELECT $1, r.last_seq - $5::int8 + u.ord, u.event_id, $2, u.table_name, u.record_id, u.op,
-        u.data, u.fields, u.deleted_at, u.actor, $3, u.schema_version, now()
+        u.data, u.fields, u.deleted_at, u.actor, $3, u.schema_version, now(), $17::text
     FROM reserved r,
         UNNEST($7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
             $13::text[], $14::text[], $15::int4[])
@@ -107,7 +108,9 @@ struct Reply {
 /// Stores `changeset` and, with `reply`, reads it, in one transaction sent
 /// in one go; announces the push once committed. `reply.since` must be a
 /// position (the caller resolves `c1.<n>` cursors). The page is `None` when
-/// nothing was reserved: the caller must read the reply itself.
+/// nothing was reserved, or the changeset reaches shared spaces (those take
+/// [`space_push`](crate::postgres::space_push)): the caller must read the
+/// reply itself.
 pub(crate) async fn push(
     pool: Pool,
     announcer: Announcer,
@@ -115,6 +118,10 @@ pub(crate) async fn push(
     changeset: NewChangeset<'_>,
     reply: Option<&ChangeQuery<'_>>,
 ) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+    if crate::spaces::reaches_spaces(changeset.changes) {
+        let outcome = crate::postgres::space_push::push(pool, announcer, user, changeset).await?;
+        return Ok((outcome, None));
+    }
     let job = Job {
         user: user.clone(),
         app_id: changeset.app_id.to_owned(),
@@ -177,7 +184,8 @@ async fn run(
     let first_possible = seq_param(Cursor::START.position() + 1);
     let columns = ChangeColumns::new(job.changes.iter());
     let event_ids: Vec<Uuid> = job.changes.iter().map(|_| Uuid::now_v7()).collect();
-    let write_params: [&(dyn ToSql + Sync); 16] = [
+    let no_author: Option<&str> = None;
+    let write_params: [&(dyn ToSql + Sync); 17] = [
         &user_id,
         &job.app_id,
         &job.client_id,
@@ -194,6 +202,7 @@ async fn run(
         &columns.actors,
         &columns.schema_versions,
         &superseding,
+        &no_author,
     ];
     let (after, fetch) = match &job.reply {
         Some(reply) => (
@@ -243,7 +252,7 @@ async fn run(
     let fresh: bool = written.get(2);
     let notice = match (prev, last) {
         (Some(prev), Some(last)) => Some(ChangeNotice::for_changeset(
-            &job.user,
+            &LogId::of_user(&job.user),
             &NewChangeset {
                 app_id: &job.app_id,
                 client_id: &job.client_id,

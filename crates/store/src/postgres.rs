@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
-use mana_sync_protocol::{Cursor, Since, SpaceId, UserId};
+use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
@@ -44,6 +44,7 @@ macro_rules! select_columns {
 
 mod compact;
 mod spaces;
+pub(crate) mod space_push;
 
 /// The change log in Postgres.
 pub struct PostgresStore {
@@ -238,11 +239,95 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Reads `log` acting for `actor` (row-level security decides what it
+    /// may see): the changes after `query.since`, in commit order.
+    async fn read(
+        &self,
+        actor: &str,
+        log: &LogId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        // Repeatable read: the newest position and the rows are read from
+        // one snapshot, so every position up to `newest` is visible here.
+        let tx = Self::begin_acting(&mut client, actor, true).await?;
+        // A user reading a space's log must belong to it (row-level
+        // security would show such a reader nothing; say why instead).
+        let space = log.space();
+        if let Some(space) = space.as_ref().filter(|_| actor != log.as_str()) {
+            if spaces::role_in(&tx, space, actor).await?.is_none() {
+                return Err(StoreError::SpaceForbidden {
+                    space: space.clone(),
+                    write: false,
+                });
+            }
+        }
+        let log_id = log.as_str();
+        let LogState {
+            newest,
+            expired_through,
+        } = log_state(&tx, log_id).await?;
+        let after = resume_after(&tx, log_id, query.since).await?;
+        if compaction::is_expired(after, expired_through, query.expired) {
+            return Err(StoreError::CursorExpired {
+                expired_through: Cursor::at(expired_through),
+            });
+        }
+        let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
+        let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
+        let after = seq_param(after);
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&log_id, &query.app_id, &after, &fetch];
+        if let Some(collection) = &query.collection {
+            params.push(collection);
+        }
+        if let Some(client_id) = &query.exclude_client {
+            params.push(client_id);
+        }
+        let rows = tx
+            .query(&statement, &params)
+            .await
+            .map_err(database_error)?;
+        tx.commit().await.map_err(database_error)?;
+        let mut changes = rows
+            .iter()
+            .map(stored_change)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let has_more = changes.len() > limit;
+        changes.truncate(limit);
+        if let Some(space) = space {
+            for change in &mut changes {
+                change.space_id = Some(space.clone());
+            }
+        }
+        let next = page_end(&changes, has_more, newest);
+        Ok(ChangePage {
+            changes,
+            next,
+            has_more,
+            expired_through,
+        })
+    }
+
     /// Starts a transaction acting for `user`: row-level security now lets it
-    /// see and write that user's rows only.
+    /// see and write that user's rows and the logs of the user's spaces.
     async fn begin_as<'a>(
         client: &'a mut deadpool_postgres::Client,
         user: &UserId,
+        snapshot: bool,
+    ) -> StoreResult<Transaction<'a>> {
+        Self::begin_acting(client, user.as_str(), snapshot).await
+    }
+
+    /// Starts a transaction acting for `actor`, a user or a log itself
+    /// (server work on a space's log, such as compaction and shared reads):
+    /// row-level security lets it see and write that user's rows and the
+    /// logs of its spaces, or that log only.
+    pub(crate) async fn begin_acting<'a>(
+        client: &'a mut deadpool_postgres::Client,
+        actor: &str,
         snapshot: bool,
     ) -> StoreResult<Transaction<'a>> {
         let builder = client.build_transaction();
@@ -258,7 +343,7 @@ impl PostgresStore {
             .prepare_cached("SELECT set_config('mana.user_id', $1, true)")
             .await
             .map_err(database_error)?;
-        tx.query_one(&set_user, &[&user.as_str()])
+        tx.query_one(&set_user, &[&actor])
             .await
             .map_err(database_error)?;
         Ok(tx)
@@ -478,7 +563,7 @@ async fn reserve_positions(
 
 /// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
 /// previous format at the position its sequence number was migrated to.
-async fn resume_after(tx: &Transaction<'_>, user: &UserId, since: Since) -> StoreResult<u64> {
+async fn resume_after(tx: &Transaction<'_>, log: &str, since: Since) -> StoreResult<u64> {
     let legacy = match since {
         Since::Cursor(cursor) => return Ok(cursor.position()),
         Since::Legacy(legacy) => legacy,
@@ -491,7 +576,7 @@ async fn resume_after(tx: &Transaction<'_>, user: &UserId, since: Since) -> Stor
         .await
         .map_err(database_error)?;
     let row = tx
-        .query_opt(&statement, &[&user.as_str(), &seq_param(legacy)])
+        .query_opt(&statement, &[&log, &seq_param(legacy)])
         .await
         .map_err(database_error)?;
     Ok(row.map_or(Cursor::START.position(), |row| seq_value(row.get(0))))
@@ -499,13 +584,13 @@ async fn resume_after(tx: &Transaction<'_>, user: &UserId, since: Since) -> Stor
 
 /// The user's newest position and the last position dropped by compaction,
 /// as of the transaction's snapshot.
-async fn log_state(tx: &Transaction<'_>, user: &UserId) -> StoreResult<LogState> {
+async fn log_state(tx: &Transaction<'_>, log: &str) -> StoreResult<LogState> {
     let statement = tx
         .prepare_cached("SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1")
         .await
         .map_err(database_error)?;
     let row = tx
-        .query_opt(&statement, &[&user.as_str()])
+        .query_opt(&statement, &[&log])
         .await
         .map_err(database_error)?;
     Ok(row.map_or(LogState::default(), |row| LogState {
@@ -555,6 +640,7 @@ pub(crate) fn stored_change(row: &Row) -> StoreResult<StoredChange> {
         client_id: row.get(10),
         schema_version: u32::try_from(schema_version).unwrap_or(1),
         created_at: row.get(12),
+        space_id: None,
     })
 }
 
@@ -619,52 +705,22 @@ impl Store for PostgresStore {
         user: &UserId,
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage> {
-        let limit = query.limit.clamp(1, MAX_PAGE);
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        // Repeatable read: the newest sequence number and the rows are read
-        // from one snapshot, so every number up to `newest` is visible here.
-        let tx = Self::begin_as(&mut client, user, true).await?;
-        let LogState {
-            newest,
-            expired_through,
-        } = log_state(&tx, user).await?;
-        let after = resume_after(&tx, user, query.since).await?;
-        if compaction::is_expired(after, expired_through, query.expired) {
-            return Err(StoreError::CursorExpired {
-                expired_through: Cursor::at(expired_through),
-            });
+        self.read(user.as_str(), &query.log_of(user), query).await
+    }
+
+    async fn log_changes_after(
+        &self,
+        log: &LogId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
+        self.read(log.as_str(), log, query).await
+    }
+
+    async fn log_readers(&self, log: &LogId) -> StoreResult<Vec<UserId>> {
+        match log.space() {
+            None => Ok(log.user().into_iter().collect()),
+            Some(space) => spaces::readers(self, log, &space).await,
         }
-        let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
-        let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
-        let user_id = user.as_str();
-        let after = seq_param(after);
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&user_id, &query.app_id, &after, &fetch];
-        if let Some(collection) = &query.collection {
-            params.push(collection);
-        }
-        if let Some(client_id) = &query.exclude_client {
-            params.push(client_id);
-        }
-        let rows = tx
-            .query(&statement, &params)
-            .await
-            .map_err(database_error)?;
-        tx.commit().await.map_err(database_error)?;
-        let mut changes = rows
-            .iter()
-            .map(stored_change)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let has_more = changes.len() > limit;
-        changes.truncate(limit);
-        let next = page_end(&changes, has_more, newest);
-        Ok(ChangePage {
-            changes,
-            next,
-            has_more,
-            expired_through,
-        })
     }
 
     async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
@@ -819,7 +875,7 @@ impl Store for PostgresStore {
             }
         }
         tx.commit().await.map_err(database_error)?;
-        for notice in notices.into_notices(user) {
+        for notice in notices.into_notices(&LogId::of_user(user)) {
             self.announcer.announce(notice);
         }
         Ok(outcome)

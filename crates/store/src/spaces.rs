@@ -12,7 +12,7 @@
 //! rows locked, so two owners demoting each other at once cannot leave a
 //! space without one.
 
-use mana_sync_protocol::{SpaceId, UserId};
+use mana_sync_protocol::{Change, LogId, SpaceId, UserId};
 
 /// What a member may do in a space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +49,49 @@ impl Role {
     pub fn can_write(self) -> bool {
         self >= Role::Editor
     }
+}
+
+/// The changes of one changeset that go to one log.
+#[derive(Debug, Clone)]
+pub(crate) struct LogChanges {
+    /// The log.
+    pub log: LogId,
+    /// Its space; `None` for the pusher's own log.
+    pub space: Option<SpaceId>,
+    /// Its changes, in the changeset's order.
+    pub changes: Vec<Change>,
+}
+
+/// Splits a changeset of `user` by the log each change goes to: the user's
+/// own log first, then each space's, by space id (the order every store
+/// takes their locks in, so two pushes into the same spaces cannot
+/// deadlock). Changes keep their order within a log.
+pub(crate) fn split_by_log(user: &UserId, changes: &[Change]) -> Vec<LogChanges> {
+    let mut groups: Vec<LogChanges> = Vec::new();
+    for change in changes {
+        let index = match groups.iter().position(|g| g.space == change.space_id) {
+            Some(index) => index,
+            None => {
+                groups.push(LogChanges {
+                    log: match &change.space_id {
+                        Some(space) => LogId::of_space(space),
+                        None => LogId::of_user(user),
+                    },
+                    space: change.space_id.clone(),
+                    changes: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        groups[index].changes.push(change.clone());
+    }
+    groups.sort_by(|a, b| a.space.cmp(&b.space));
+    groups
+}
+
+/// Whether any change of a changeset goes to a shared space.
+pub(crate) fn reaches_spaces(changes: &[Change]) -> bool {
+    changes.iter().any(|change| change.space_id.is_some())
 }
 
 /// A space as one of its members sees it.

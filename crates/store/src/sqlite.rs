@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::spaces::{Member, MemberChange, Membership, SpaceError};
 use async_trait::async_trait;
-use mana_sync_protocol::{Cursor, Since, SpaceId, UserId};
+use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -50,12 +50,13 @@ macro_rules! select_columns {
     };
 }
 
-/// Inserts one change (`?1` user … `?14` created_at).
+/// Inserts one change (`?1` log … `?14` created_at, `?15` author in a
+/// space's log).
 macro_rules! insert_change {
     () => {
         "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id, op, data,
-             fields, deleted_at, actor, client_id, schema_version, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+             fields, deleted_at, actor, client_id, schema_version, created_at, author_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     };
 }
 
@@ -116,7 +117,7 @@ fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64>
 }
 
 mod compact;
-mod spaces;
+pub(crate) mod spaces;
 
 /// The change log in a SQLite file.
 pub struct SqliteStore {
@@ -206,6 +207,86 @@ impl SqliteStore {
     /// together are committed in one (group commit).
     pub fn push_commits(&self) -> u64 {
         self.writer.groups()
+    }
+
+    /// Reads `log`: the changes after `query.since`, in commit order. With
+    /// `member`, a user reads a space's log and must belong to it.
+    async fn read(
+        &self,
+        member: Option<(SpaceId, UserId)>,
+        log: LogId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
+        let app_id = query.app_id.to_owned();
+        let collection = query.collection.map(str::to_owned);
+        let exclude = query.exclude_client.map(str::to_owned);
+        let since = query.since;
+        let expired = query.expired;
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let space = log.space();
+        Self::with_connection(&self.readers, move |conn| {
+            // One read transaction: the membership, the newest position and
+            // the rows come from the same snapshot.
+            let tx = conn.transaction().map_err(database_error)?;
+            if let Some((space, user)) = &member {
+                if spaces::role_of(&tx, space, user)?.is_none() {
+                    return Err(StoreError::SpaceForbidden {
+                        space: space.clone(),
+                        write: false,
+                    });
+                }
+            }
+            let log = log.as_str();
+            let LogState {
+                newest,
+                expired_through,
+            } = log_state(&tx, log).map_err(database_error)?;
+            let after = resume_after(&tx, log, since)?;
+            if compaction::is_expired(after, expired_through, expired) {
+                return Err(StoreError::CursorExpired {
+                    expired_through: Cursor::at(expired_through),
+                });
+            }
+            let sql = select_changes_sql(collection.is_some(), exclude.is_some());
+            let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
+            let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+            let after = seq_param(after);
+            let mut named: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
+                (":user", &log),
+                (":app", &app_id),
+                (":after", &after),
+                (":limit", &fetch),
+            ];
+            if let Some(collection) = &collection {
+                named.push((":collection", collection));
+            }
+            if let Some(exclude) = &exclude {
+                named.push((":exclude", exclude));
+            }
+            let rows = statement
+                .query_map(named.as_slice(), read_row)
+                .map_err(database_error)?;
+            let mut changes = Vec::with_capacity(limit.min(64));
+            for row in rows {
+                let (head, raw) = row.map_err(database_error)?;
+                changes.push(assemble(head, raw)?);
+            }
+            let has_more = changes.len() > limit;
+            changes.truncate(limit);
+            if let Some(space) = &space {
+                for change in &mut changes {
+                    change.space_id = Some(space.clone());
+                }
+            }
+            let next = page_end(&changes, has_more, newest);
+            Ok(ChangePage {
+                changes,
+                next,
+                has_more,
+                expired_through,
+            })
+        })
+        .await
     }
 
     async fn with_connection<R: Send + 'static>(
@@ -350,6 +431,7 @@ fn assemble(head: StoredChangeHead, raw: RawColumns) -> StoreResult<StoredChange
         client_id: head.client_id,
         schema_version: head.schema_version,
         created_at: from_micros(head.created_at),
+        space_id: None,
     })
 }
 
@@ -380,62 +462,23 @@ impl Store for SqliteStore {
         user: &UserId,
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage> {
-        let user = user.as_str().to_owned();
-        let app_id = query.app_id.to_owned();
-        let collection = query.collection.map(str::to_owned);
-        let exclude = query.exclude_client.map(str::to_owned);
-        let since = query.since;
-        let expired = query.expired;
-        let limit = query.limit.clamp(1, MAX_PAGE);
-        Self::with_connection(&self.readers, move |conn| {
-            // One read transaction: the newest sequence number and the rows
-            // come from the same snapshot.
-            let tx = conn.transaction().map_err(database_error)?;
-            let LogState {
-                newest,
-                expired_through,
-            } = log_state(&tx, &user).map_err(database_error)?;
-            let after = resume_after(&tx, &user, since)?;
-            if compaction::is_expired(after, expired_through, expired) {
-                return Err(StoreError::CursorExpired {
-                    expired_through: Cursor::at(expired_through),
-                });
-            }
-            let sql = select_changes_sql(collection.is_some(), exclude.is_some());
-            let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
-            let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-            let after = seq_param(after);
-            let mut named: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-                (":user", &user),
-                (":app", &app_id),
-                (":after", &after),
-                (":limit", &fetch),
-            ];
-            if let Some(collection) = &collection {
-                named.push((":collection", collection));
-            }
-            if let Some(exclude) = &exclude {
-                named.push((":exclude", exclude));
-            }
-            let rows = statement
-                .query_map(named.as_slice(), read_row)
-                .map_err(database_error)?;
-            let mut changes = Vec::with_capacity(limit.min(64));
-            for row in rows {
-                let (head, raw) = row.map_err(database_error)?;
-                changes.push(assemble(head, raw)?);
-            }
-            let has_more = changes.len() > limit;
-            changes.truncate(limit);
-            let next = page_end(&changes, has_more, newest);
-            Ok(ChangePage {
-                changes,
-                next,
-                has_more,
-                expired_through,
-            })
-        })
-        .await
+        let reader = query.space.map(|space| (space.clone(), user.clone()));
+        self.read(reader, query.log_of(user), query).await
+    }
+
+    async fn log_changes_after(
+        &self,
+        log: &LogId,
+        query: &ChangeQuery<'_>,
+    ) -> StoreResult<ChangePage> {
+        self.read(None, log.clone(), query).await
+    }
+
+    async fn log_readers(&self, log: &LogId) -> StoreResult<Vec<UserId>> {
+        let Some(space) = log.space() else {
+            return Ok(log.user().into_iter().collect());
+        };
+        Self::with_connection(&self.readers, move |conn| spaces::members_of(conn, &space)).await
     }
 
     async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
@@ -560,6 +603,7 @@ impl Store for SqliteStore {
                                     imported.client_id,
                                     change.schema_version,
                                     micros(imported.created_at),
+                                    None::<&str>,
                                 ])
                                 .map_err(database_error)?;
                             if stored == 1 {
@@ -579,7 +623,7 @@ impl Store for SqliteStore {
                     }
                 }
                 tx.commit().map_err(database_error)?;
-                for notice in notices.into_notices(&owner) {
+                for notice in notices.into_notices(&LogId::of_user(&owner)) {
                     let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
                 }
                 Ok(outcome)

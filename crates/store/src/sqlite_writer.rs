@@ -10,6 +10,8 @@
 //! earlier in the same group. Positions are taken in queue order, and the
 //! whole group becomes visible at once, so positions still follow commit
 //! order. Notices go out, and devices are answered, only after the commit.
+//! A push into shared spaces is checked and stored log by log inside its
+//! savepoint: a space the pusher may not write refuses the whole push.
 //!
 //! Other writes (imports, settings) run on the same thread, between groups.
 
@@ -24,6 +26,8 @@ use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, StoreEvent};
+use crate::spaces::{LogChanges, Role, split_by_log};
+use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
 use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
@@ -150,7 +154,8 @@ fn run(
     }
 }
 
-type Stored = (PushOutcome, Option<ChangeNotice>);
+/// A push's outcome and its notices, one per log it reached.
+type Stored = (PushOutcome, Vec<ChangeNotice>);
 
 /// Stores `group` in one transaction, each push under its own savepoint;
 /// then announces and answers.
@@ -199,8 +204,8 @@ fn commit_group(conn: &mut Connection, group: Vec<Push>, events: &broadcast::Sen
         Err(error) => fail_rest(&mut results, group.len(), &database_error(error)),
     }
     for (push, result) in group.into_iter().zip(results) {
-        let answer = result.map(|(outcome, notice)| {
-            if let Some(notice) = notice {
+        let answer = result.map(|(outcome, notices)| {
+            for notice in notices {
                 // Nobody listening is fine: live delivery is optional.
                 let _ = events.send(StoreEvent::Changed(Arc::new(notice)));
             }
@@ -246,7 +251,7 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
             .and_then(|mut statement| statement.execute(params![user, changeset_id, now]))
             .map_err(database_error)?;
         if inserted == 0 {
-            return Ok((PushOutcome::Duplicate, None));
+            return Ok((PushOutcome::Duplicate, Vec::new()));
         }
     }
     if push.changes.is_empty() {
@@ -256,19 +261,57 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
                 count: 0,
                 last: Cursor::at(newest),
             },
-            None,
+            Vec::new(),
         ));
     }
-    let count = i64::try_from(push.changes.len()).unwrap_or(i64::MAX);
-    let superseding = crate::compaction::superseding(&push.changes);
-    let Reserved { after, last } = reserve_positions(conn, user, count, superseding)?;
+    let mut notices = Vec::new();
+    let mut last_stored = 0;
+    for group in split_by_log(&push.user, &push.changes) {
+        // The pusher must be allowed to write the space, checked in the
+        // transaction that stores the changes (memberships change on this
+        // same writer, so the answer holds until the commit).
+        if let Some(space) = &group.space {
+            let role = role_of(conn, space, &push.user)?;
+            if !role.is_some_and(Role::can_write) {
+                return Err(StoreError::SpaceForbidden {
+                    space: space.clone(),
+                    write: true,
+                });
+            }
+        }
+        let (notice, last) = store_log(conn, push, &group, now)?;
+        notices.push(notice);
+        last_stored = last;
+    }
+    Ok((
+        PushOutcome::Stored {
+            count: push.changes.len(),
+            last: Cursor::at(last_stored),
+        },
+        notices,
+    ))
+}
+
+/// Stores the changes of one log of a push after that log's newest position.
+fn store_log(
+    conn: &Connection,
+    push: &Push,
+    group: &LogChanges,
+    now: i64,
+) -> StoreResult<(ChangeNotice, u64)> {
+    let count = i64::try_from(group.changes.len()).unwrap_or(i64::MAX);
+    let superseding = crate::compaction::superseding(&group.changes);
+    let log = group.log.as_str();
+    // Who wrote a change into a space's log; a user's own log needs no name.
+    let author = group.space.as_ref().map(|_| push.user.as_str());
+    let Reserved { after, last } = reserve_positions(conn, log, count, superseding)?;
     let mut insert = conn.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
     let first = last - count + 1;
-    for (offset, change) in (0_i64..).zip(push.changes.iter()) {
+    for (offset, change) in (0_i64..).zip(group.changes.iter()) {
         let encoded = encode(change);
         insert
             .execute(params![
-                user,
+                log,
                 first + offset,
                 Uuid::now_v7().to_string(),
                 push.app_id,
@@ -282,6 +325,7 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
                 push.client_id,
                 change.schema_version,
                 now,
+                author,
             ])
             .map_err(database_error)?;
     }
@@ -290,21 +334,15 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
         u64::try_from(last).unwrap_or(0),
     );
     let notice = ChangeNotice::for_changeset(
-        &push.user,
+        &group.log,
         &NewChangeset {
             app_id: &push.app_id,
             client_id: &push.client_id,
             changeset_id: None,
-            changes: &push.changes,
+            changes: &group.changes,
         },
         after,
         last,
     );
-    Ok((
-        PushOutcome::Stored {
-            count: push.changes.len(),
-            last: Cursor::at(last),
-        },
-        Some(notice),
-    ))
+    Ok((notice, last))
 }

@@ -5,7 +5,9 @@ use std::pin::Pin;
 use futures::Stream;
 use mana_sync_protocol::backup::ImportedChange;
 use mana_sync_protocol::change::fields_from_json;
-use mana_sync_protocol::{Change, Cursor, FieldChanges, Op, Since, SyncChange, Timestamp};
+use mana_sync_protocol::{
+    Change, Cursor, FieldChanges, LogId, Op, Since, SpaceId, SyncChange, Timestamp, UserId,
+};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -42,6 +44,8 @@ pub enum PushOutcome {
 /// Which changes to read.
 #[derive(Debug, Clone, Copy)]
 pub struct ChangeQuery<'a> {
+    /// A shared space's log; `None` reads the user's own log.
+    pub space: Option<&'a SpaceId>,
     /// Only changes of this app.
     pub app_id: &'a str,
     /// Only this collection; `None` reads every collection of the app.
@@ -54,6 +58,16 @@ pub struct ChangeQuery<'a> {
     pub limit: usize,
     /// What to do with a cursor older than history that compaction dropped.
     pub expired: ExpiredCursor,
+}
+
+impl ChangeQuery<'_> {
+    /// The log this query reads for `user`.
+    pub fn log_of(&self, user: &UserId) -> LogId {
+        match self.space {
+            Some(space) => LogId::of_space(space),
+            None => LogId::of_user(user),
+        }
+    }
 }
 
 /// What a read does with a cursor older than history that compaction
@@ -176,21 +190,19 @@ impl ImportNotices {
         *last = (*last).max(position);
     }
 
-    pub(crate) fn into_notices(
-        self,
-        user: &mana_sync_protocol::UserId,
-    ) -> Vec<crate::ChangeNotice> {
+    pub(crate) fn into_notices(self, log: &LogId) -> Vec<crate::ChangeNotice> {
         let after = self.after.unwrap_or_default();
         self.apps
             .into_iter()
             .map(|(app_id, tables, last)| crate::ChangeNotice {
-                user: user.clone(),
+                log: log.clone(),
                 app_id,
                 tables: Some(tables),
                 after,
                 last,
                 // No device is the author of a restore: every device hears it.
                 client_id: String::new(),
+                member: None,
             })
             .collect()
     }
@@ -225,6 +237,8 @@ pub struct StoredChange {
     pub schema_version: u32,
     /// When the server stored it.
     pub created_at: OffsetDateTime,
+    /// The shared space whose log holds it; `None` in a user's own log.
+    pub space_id: Option<SpaceId>,
 }
 
 impl StoredChange {
@@ -240,7 +254,7 @@ impl StoredChange {
             actor: self.actor,
             event_id: self.event_id,
             schema_version: self.schema_version,
-            space_id: None,
+            space_id: self.space_id.map(|space| space.as_str().to_owned()),
         }
     }
 }

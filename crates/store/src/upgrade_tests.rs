@@ -88,6 +88,7 @@ async fn push_one(
 
 async fn read(store: &dyn Store, name: &str, since: &str) -> (Vec<String>, Vec<u64>) {
     let query = ChangeQuery {
+        space: None,
         app_id: "todo",
         collection: None,
         since: Since::parse(since).expect("a valid since"),

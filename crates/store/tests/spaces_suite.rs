@@ -5,8 +5,12 @@
 
 mod common;
 
-use common::{Fixture, user};
-use mana_sync_store::{MemberChange, MembershipError, Role, SpaceError};
+use common::{Fixture, change, insert, push, query, user};
+use mana_sync_protocol::{LogId, Since, SpaceId, UserId};
+use mana_sync_store::{
+    ChangeQuery, MemberChange, MembershipError, NewChangeset, PushOutcome, Role, SpaceError, StoreError,
+    StoreEvent,
+};
 
 fn refused(result: Result<(), SpaceError>) -> MembershipError {
     match result {
@@ -137,7 +141,210 @@ async fn only_owners_manage_members_and_a_space_keeps_an_owner(f: Fixture) {
     );
 }
 
+/// A space `Groceries` owned by ann, with bob as an editor and vic as a
+/// viewer.
+async fn shared_space(f: &Fixture) -> SpaceId {
+    let ann = user("ann");
+    let space = f
+        .store
+        .create_space(&ann, "Groceries")
+        .await
+        .expect("creates")
+        .space_id;
+    for (who, role) in [("bob", Role::Editor), ("vic", Role::Viewer)] {
+        f.store
+            .change_membership(
+                &ann,
+                &space,
+                &MemberChange::Set {
+                    user: user(who),
+                    role,
+                },
+            )
+            .await
+            .expect("adds");
+    }
+    space
+}
+
+fn into_space(space: &SpaceId, id: &str) -> mana_sync_protocol::Change {
+    change(&format!(
+        r#"{{"table":"items","id":"{id}","op":"insert","spaceId":"{space}","data":{{"title":"{id}"}}}}"#,
+        space = space.as_str()
+    ))
+}
+
+async fn space_ids(f: &Fixture, reader: &UserId, space: &SpaceId) -> Result<Vec<String>, StoreError> {
+    let page = f
+        .store
+        .changes_after(
+            reader,
+            &ChangeQuery {
+                space: Some(space),
+                ..query("todo", None, Since::START)
+            },
+        )
+        .await?;
+    assert!(
+        page.changes
+            .iter()
+            .all(|c| c.space_id.as_ref() == Some(space)),
+        "every change read from a space's log names the space"
+    );
+    Ok(page.changes.into_iter().map(|c| c.record_id).collect())
+}
+
+async fn members_write_and_read_a_space_and_nobody_else_does(f: Fixture) {
+    let space = shared_space(&f).await;
+    let (ann, bob, vic, eve) = (user("ann"), user("bob"), user("vic"), user("eve"));
+    // One changeset of bob's reaches his own log and the space's.
+    push(
+        &*f.store,
+        &bob,
+        "todo",
+        "bobs-phone",
+        &[insert("tasks", "own"), into_space(&space, "milk")],
+    )
+    .await;
+    push(&*f.store, &ann, "todo", "anns-phone", &[into_space(&space, "eggs")]).await;
+    for member in [&ann, &bob, &vic] {
+        assert_eq!(
+            space_ids(&f, member, &space).await.expect("a member reads"),
+            ["milk", "eggs"],
+            "{member:?}"
+        );
+    }
+    let (own, _) = common::read_all(&*f.store, &bob, query("todo", None, Since::START)).await;
+    assert_eq!(own, ["own"], "the space's changes are not in bob's own log");
+    let (anns, _) = common::read_all(&*f.store, &ann, query("todo", None, Since::START)).await;
+    assert!(anns.is_empty(), "nor in ann's");
+    match space_ids(&f, &eve, &space).await {
+        Err(StoreError::SpaceForbidden { space: named, write: false }) => assert_eq!(named, space),
+        other => panic!("a stranger must be refused, got {other:?}"),
+    }
+}
+
+async fn a_push_into_a_space_the_pusher_may_not_write_stores_nothing(f: Fixture) {
+    let space = shared_space(&f).await;
+    let mut events = f.store.events();
+    for (who, changeset) in [("vic", "from-a-viewer"), ("eve", "from-a-stranger")] {
+        let pusher = user(who);
+        let refused = f
+            .store
+            .push(
+                &pusher,
+                NewChangeset {
+                    app_id: "todo",
+                    client_id: "device",
+                    changeset_id: Some(changeset),
+                    changes: &[insert("tasks", "own"), into_space(&space, "sneaky")],
+                },
+            )
+            .await;
+        match refused {
+            Err(StoreError::SpaceForbidden { space: named, write: true }) => {
+                assert_eq!(named, space);
+            }
+            other => panic!("{who}'s push must be refused, got {other:?}"),
+        }
+        let (own, _) =
+            common::read_all(&*f.store, &pusher, query("todo", None, Since::START)).await;
+        assert!(own.is_empty(), "nothing of {who}'s changeset is stored");
+    }
+    assert!(
+        space_ids(&f, &user("ann"), &space).await.expect("reads").is_empty(),
+        "the space's log is untouched"
+    );
+    // The refused changeset's id was not used up either.
+    let again = f
+        .store
+        .push(
+            &user("vic"),
+            NewChangeset {
+                app_id: "todo",
+                client_id: "device",
+                changeset_id: Some("from-a-viewer"),
+                changes: &[insert("tasks", "own")],
+            },
+        )
+        .await
+        .expect("stores");
+    assert!(matches!(again, PushOutcome::Stored { count: 1, .. }), "{again:?}");
+    while let Ok(event) = events.try_recv() {
+        if let StoreEvent::Changed(notice) = event {
+            assert!(
+                notice.member.is_some() || notice.log == LogId::of_user(&user("vic")),
+                "no notice for a refused push: {notice:?}"
+            );
+        }
+    }
+}
+
+async fn pushes_and_membership_changes_are_announced_per_log(f: Fixture) {
+    let mut events = f.store.events();
+    let space = shared_space(&f).await;
+    let bob = user("bob");
+    push(
+        &*f.store,
+        &bob,
+        "todo",
+        "bobs-phone",
+        &[insert("tasks", "own"), into_space(&space, "milk")],
+    )
+    .await;
+    f.store
+        .change_membership(&bob, &space, &MemberChange::Remove { user: bob.clone() })
+        .await
+        .expect("bob leaves");
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .expect("announced within the deadline")
+            .expect("open");
+        if let StoreEvent::Changed(notice) = event {
+            let what = match &notice.member {
+                Some(member) => format!(
+                    "{} {} {}",
+                    notice.log.as_str(),
+                    member.user.as_str(),
+                    member.role.map_or("removed", Role::as_str)
+                ),
+                None => format!("{} {:?}", notice.log.as_str(), notice.tables),
+            };
+            seen.push(what);
+        }
+    }
+    let log = LogId::of_space(&space);
+    let log = log.as_str();
+    assert_eq!(
+        seen,
+        [
+            format!("{log} ann owner"),
+            format!("{log} bob editor"),
+            format!("{log} vic viewer"),
+            r#"bob Some(["tasks"])"#.to_owned(),
+            format!(r#"{log} Some(["items"])"#),
+            format!("{log} bob removed"),
+        ]
+    );
+    let mut readers = f.store.log_readers(&LogId::of_space(&space)).await.expect("reads");
+    readers.sort();
+    assert_eq!(readers, [user("ann"), user("vic")]);
+    assert_eq!(
+        f.store.log_readers(&LogId::of_user(&bob)).await.expect("reads"),
+        [bob.clone()]
+    );
+    match space_ids(&f, &bob, &space).await {
+        Err(StoreError::SpaceForbidden { .. }) => {}
+        other => panic!("a member who left reads no more, got {other:?}"),
+    }
+}
+
 store_suite!(
     members_of_a_space_see_it_and_others_do_not,
     only_owners_manage_members_and_a_space_keeps_an_owner,
+    members_write_and_read_a_space_and_nobody_else_does,
+    a_push_into_a_space_the_pusher_may_not_write_stores_nothing,
+    pushes_and_membership_changes_are_announced_per_log,
 );

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use common::{Backend, Fixture, change, end_of, insert, push, query, read_all, user};
-use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
 use mana_sync_store::{ChangeNotice, NewChangeset, PushOutcome, Store, StoreEvent, StoreOptions};
 
 async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
@@ -597,7 +597,7 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
     )
     .await;
     let notice = next_notice(&mut events).await;
-    assert_eq!(notice.user, alice);
+    assert_eq!(notice.log, LogId::of_user(&alice));
     assert_eq!(notice.app_id, "todo");
     assert_eq!(
         notice.tables.as_deref(),
@@ -1025,7 +1025,7 @@ async fn postgres_notices_reach_every_instance() {
         }
     };
     assert_eq!(
-        (notice.user.as_str(), notice.app_id.as_str()),
+        (notice.log.as_str(), notice.app_id.as_str()),
         ("alice", "todo")
     );
     assert!(pushed >= 1 && notice.last > Cursor::START.position());

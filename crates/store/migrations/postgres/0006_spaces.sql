@@ -72,7 +72,8 @@ CREATE POLICY mana_log_isolation ON mana_user_seq
     WITH CHECK (user_id = current_setting('mana.user_id', true)
                 OR user_id IN (SELECT mana_writable_space_logs()));
 
--- Members are visible to the members of the same space; owners change them;
+-- Members are visible to the members of the same space (and to the server
+-- acting as the space's log, to deliver its changes); owners change them;
 -- anyone may remove themselves (leave); the creator of an empty space makes
 -- themselves its owner. Not FORCEd: the functions above read this table as its
 -- owner. A server connecting as the owner therefore relies on its queries
@@ -80,7 +81,8 @@ CREATE POLICY mana_log_isolation ON mana_user_seq
 -- policies apply to it too.
 ALTER TABLE mana_space_members ENABLE ROW LEVEL SECURITY;
 CREATE POLICY mana_space_members_read ON mana_space_members FOR SELECT
-    USING (mana_space_role(space_id) IS NOT NULL);
+    USING (mana_space_role(space_id) IS NOT NULL
+           OR current_setting('mana.user_id', true) = '~' || space_id);
 CREATE POLICY mana_space_members_add ON mana_space_members FOR INSERT
     WITH CHECK (
         mana_space_role(space_id) = 'owner'

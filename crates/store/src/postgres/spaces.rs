@@ -3,9 +3,10 @@
 //! `0006_spaces.sql`: a user sees only the spaces and members of spaces they
 //! belong to, and only owners change members.
 
-use mana_sync_protocol::{SpaceId, UserId};
+use mana_sync_protocol::{LogId, SpaceId, UserId};
 
 use super::{PostgresStore, database_error, pool_error};
+use crate::notice::ChangeNotice;
 use crate::spaces::{self, Member, MemberChange, Membership, Role, SpaceError};
 use crate::{StoreError, StoreResult};
 
@@ -38,6 +39,13 @@ pub(super) async fn create_space(
     .await
     .map_err(database_error)?;
     tx.commit().await.map_err(database_error)?;
+    store.announcer.announce(ChangeNotice::for_member(
+        &id,
+        &MemberChange::Set {
+            user: owner.clone(),
+            role: Role::Owner,
+        },
+    ));
     Ok(Membership {
         space_id: id,
         name: name.to_owned(),
@@ -156,5 +164,50 @@ pub(super) async fn change_membership(
             .map_err(database_error)?,
     };
     tx.commit().await.map_err(database_error)?;
+    store
+        .announcer
+        .announce(ChangeNotice::for_member(space, change));
     Ok(())
+}
+
+/// `user`'s role in `space` (`None`: not a member), in `tx`.
+pub(crate) async fn role_in(
+    tx: &impl deadpool_postgres::GenericClient,
+    space: &SpaceId,
+    user: &str,
+) -> StoreResult<Option<Role>> {
+    let statement = tx
+        .prepare_cached("SELECT role FROM mana_space_members WHERE space_id = $1 AND user_id = $2")
+        .await
+        .map_err(database_error)?;
+    let row = tx
+        .query_opt(&statement, &[&space.as_str(), &user])
+        .await
+        .map_err(database_error)?;
+    row.map(|row| role(row.get(0))).transpose()
+}
+
+/// The members of `space`, read acting as its log (`log`).
+pub(super) async fn readers(
+    store: &PostgresStore,
+    log: &LogId,
+    space: &SpaceId,
+) -> StoreResult<Vec<UserId>> {
+    let mut client = store.pool.get().await.map_err(pool_error)?;
+    let tx = PostgresStore::begin_acting(&mut client, log.as_str(), false).await?;
+    let statement = tx
+        .prepare_cached("SELECT user_id FROM mana_space_members WHERE space_id = $1")
+        .await
+        .map_err(database_error)?;
+    let rows = tx
+        .query(&statement, &[&space.as_str()])
+        .await
+        .map_err(database_error)?;
+    tx.commit().await.map_err(database_error)?;
+    rows.iter()
+        .map(|row| {
+            UserId::new(row.get::<_, String>(0))
+                .map_err(|e| StoreError::Corrupt(format!("member id: {e}")))
+        })
+        .collect()
 }

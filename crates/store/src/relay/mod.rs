@@ -342,16 +342,16 @@ pub(crate) fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mana_sync_protocol::UserId;
 
     fn notice(last: u64) -> Arc<ChangeNotice> {
         Arc::new(ChangeNotice {
-            user: UserId::new("alice").expect("valid"),
+            log: mana_sync_protocol::LogId::parse("alice").expect("valid"),
             app_id: "todo".into(),
             tables: Some(vec!["tasks".into()]),
             after: last - 1,
             last,
             client_id: "phone".into(),
+            member: None,
         })
     }
 

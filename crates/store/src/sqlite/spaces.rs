@@ -1,11 +1,14 @@
 //! Shared spaces on SQLite (the rules are in [`crate::spaces`]); writes run
 //! on the writer, so membership changes of one space take turns.
 
+use std::sync::Arc;
+
 use mana_sync_protocol::{SpaceId, UserId};
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{SqliteStore, database_error, micros};
+use crate::notice::{ChangeNotice, StoreEvent};
 use crate::spaces::{self, Member, MemberChange, Membership, Role, SpaceError};
 use crate::{StoreError, StoreResult};
 
@@ -29,8 +32,16 @@ pub(super) async fn create_space(
     name: &str,
 ) -> StoreResult<Membership> {
     let id = SpaceId::new(uuid::Uuid::now_v7().to_string()).map_err(corrupt)?;
-    let (space, owner, name) = (id.clone(), owner.as_str().to_owned(), name.to_owned());
+    let (space, owner_id, name) = (id.clone(), owner.as_str().to_owned(), name.to_owned());
     let created = name.clone();
+    let events = store.events.clone();
+    let joined = ChangeNotice::for_member(
+        &id,
+        &MemberChange::Set {
+            user: owner.clone(),
+            role: Role::Owner,
+        },
+    );
     store
         .writer
         .run(move |conn| -> StoreResult<()> {
@@ -41,16 +52,19 @@ pub(super) async fn create_space(
             tx.execute(
                 "INSERT INTO mana_spaces (space_id, name, created_by, created_at)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![space.as_str(), name, owner, now],
+                params![space.as_str(), name, owner_id, now],
             )
             .map_err(database_error)?;
             tx.execute(
                 "INSERT INTO mana_space_members (space_id, user_id, role, added_at)
                  VALUES (?1, ?2, 'owner', ?3)",
-                params![space.as_str(), owner, now],
+                params![space.as_str(), owner_id, now],
             )
             .map_err(database_error)?;
-            tx.commit().map_err(database_error)
+            tx.commit().map_err(database_error)?;
+            // Announced on the writer, so in order with the pushes.
+            let _ = events.send(StoreEvent::Changed(Arc::new(joined)));
+            Ok(())
         })
         .await??;
     Ok(Membership {
@@ -135,6 +149,7 @@ pub(super) async fn change_membership(
     change: &MemberChange,
 ) -> Result<(), SpaceError> {
     let (actor, space, change) = (actor.clone(), space.clone(), change.clone());
+    let events = store.events.clone();
     store
         .writer
         .run(move |conn| -> Result<(), SpaceError> {
@@ -188,8 +203,42 @@ pub(super) async fn change_membership(
             }
             .map_err(database_error)?;
             tx.commit().map_err(database_error)?;
+            // Announced on the writer, so in order with the pushes: a push
+            // stored after a removal is announced after it.
+            let notice = ChangeNotice::for_member(&space, &change);
+            let _ = events.send(StoreEvent::Changed(Arc::new(notice)));
             Ok(())
         })
         .await
         .map_err(SpaceError::Store)?
+}
+
+/// `user`'s role in `space` (`None`: not a member), read on `conn`.
+pub(crate) fn role_of(
+    conn: &rusqlite::Connection,
+    space: &SpaceId,
+    user: &UserId,
+) -> StoreResult<Option<Role>> {
+    conn.query_row(
+        "SELECT role FROM mana_space_members WHERE space_id = ?1 AND user_id = ?2",
+        params![space.as_str(), user.as_str()],
+        |row| role(&row.get::<_, String>(0)?),
+    )
+    .optional()
+    .map_err(database_error)
+}
+
+/// Every member of `space`, read on `conn`.
+pub(super) fn members_of(conn: &rusqlite::Connection, space: &SpaceId) -> StoreResult<Vec<UserId>> {
+    let mut statement = conn
+        .prepare_cached("SELECT user_id FROM mana_space_members WHERE space_id = ?1")
+        .map_err(database_error)?;
+    let ids = statement
+        .query_map([space.as_str()], |row| row.get::<_, String>(0))
+        .map_err(database_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(database_error)?;
+    ids.into_iter()
+        .map(|id| UserId::new(id).map_err(corrupt))
+        .collect()
 }

@@ -122,6 +122,7 @@ pub fn end_of(outcome: PushOutcome) -> Cursor {
 
 pub fn query<'a>(app: &'a str, collection: Option<&'a str>, since: Since) -> ChangeQuery<'a> {
     ChangeQuery {
+        space: None,
         app_id: app,
         collection,
         since,
