@@ -90,6 +90,15 @@ pub struct CursorError {
     text: String,
 }
 
+impl CursorError {
+    /// The error for `text` (quoted in part in the message).
+    pub(crate) fn new(text: &str) -> Self {
+        Self {
+            text: text.chars().take(80).collect(),
+        }
+    }
+}
+
 /// The separator between a cursor and the expiry it was handed out with.
 const EXPIRY_SEPARATOR: char = '!';
 

@@ -15,6 +15,7 @@ pub mod json;
 pub mod merge;
 pub mod messages;
 pub mod schema;
+pub mod space_cursor;
 pub mod timestamp;
 
 pub use change::{Change, FieldChange, FieldChanges, Op, SyncChange, WireChange};
@@ -23,4 +24,5 @@ pub use ident::{LogId, SpaceId, UserId};
 pub use messages::{
     ErrorBody, PullResponse, PushRequest, PushResponse, SocketMessage, SocketRequest, StreamChanges,
 };
+pub use space_cursor::SpacesCursor;
 pub use timestamp::Timestamp;

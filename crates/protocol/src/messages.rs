@@ -37,6 +37,11 @@ pub struct PushResponse {
     pub synced_until: String,
     /// More changes are waiting after `synced_until`.
     pub has_more: bool,
+    /// Spaces the device followed (its cursor names them) that the user no
+    /// longer belongs to: the device drops their records. Only for clients
+    /// that follow spaces; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_spaces: Vec<String>,
 }
 
 /// The reply to `GET /sync/{appId}/pull` (the same shape as a push reply).
@@ -54,6 +59,18 @@ pub struct StreamChanges {
     pub synced_until: String,
     /// More backlog follows.
     pub has_more: bool,
+}
+
+/// The data of `event: space-added` and `event: space-removed` on the
+/// stream of a client that follows spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpaceEvent {
+    /// The space.
+    pub space_id: String,
+    /// The user's role in it (`space-added` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// The body of every error reply: `{"error": {"code", "message"}}`.
@@ -105,6 +122,22 @@ pub enum SocketMessage {
         app_id: String,
         /// The collections that changed.
         tables: Vec<String>,
+    },
+    /// The user joined a shared space (or was given another role in it);
+    /// sync to download it. Only on sockets that follow spaces.
+    SpaceAdded {
+        /// The space.
+        #[serde(rename = "spaceId")]
+        space_id: String,
+        /// The user's role in it.
+        role: String,
+    },
+    /// The user left or was removed from a shared space: drop its records.
+    /// Only on sockets that follow spaces.
+    SpaceRemoved {
+        /// The space.
+        #[serde(rename = "spaceId")]
+        space_id: String,
     },
     /// Something was wrong; after an auth error the socket is closed.
     Error {

@@ -98,6 +98,9 @@ fn service_status(error: &ServiceError) -> (StatusCode, &'static str) {
         ServiceError::Store(StoreError::CursorExpired { .. }) => {
             (StatusCode::GONE, "cursor_expired")
         }
+        ServiceError::Store(StoreError::SpaceForbidden { .. }) => {
+            (StatusCode::FORBIDDEN, "space_forbidden")
+        }
         ServiceError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

@@ -86,39 +86,43 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 }
 
 /// The device id from `X-Client-Id`, if the header is present.
-/// Whether the client wants to be told that its cursor is older than history
-/// compaction dropped: it lists `cursor-expired` in `X-Sync-Features` (or the
-/// `features` query parameter, for `EventSource`), downloads the current state
-/// again when told, and accepts cursors that carry the expiry they were
-/// handed out with. Any other client (the seed's) cannot understand that and
-/// is served from its cursor.
-pub fn tells_expired_cursors(headers: &HeaderMap, query: Option<&str>) -> bool {
-    let listed = |features: &str| {
-        features
-            .split(',')
-            .any(|feature| feature.trim().eq_ignore_ascii_case(CURSOR_EXPIRED_FEATURE))
+/// How the client reads and writes cursors, from the features it lists in
+/// `X-Sync-Features` (or the `features` query parameter, for `EventSource`
+/// and WebSockets, which cannot set headers):
+///
+/// - `cursor-expired`: it wants to be told that its cursor is older than
+///   history compaction dropped, downloads the current state again when
+///   told, and accepts cursors that carry the expiry they were handed out
+///   with. Any other client (the seed's) cannot understand that and is
+///   served from its cursor.
+/// - `spaces`: it follows the user's shared spaces, with a cursor per log.
+pub fn dialect(headers: &HeaderMap, query: Option<&str>) -> CursorDialect {
+    let lists = |wanted: &str| {
+        let listed = |features: &str| {
+            features
+                .split(',')
+                .any(|feature| feature.trim().eq_ignore_ascii_case(wanted))
+        };
+        headers
+            .get_all("x-sync-features")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(listed)
+            || query.is_some_and(listed)
     };
-    let in_header = headers
-        .get_all("x-sync-features")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(listed);
-    in_header || query.is_some_and(listed)
-}
-
-/// The cursor dialect of a client that is (or is not) told about expired
-/// cursors.
-pub fn dialect(told: bool) -> CursorDialect {
-    if told {
-        CursorDialect::ToldExpiry
-    } else {
-        CursorDialect::Plain
+    CursorDialect {
+        told_expiry: lists(CURSOR_EXPIRED_FEATURE),
+        follows_spaces: lists(SPACES_FEATURE),
     }
 }
 
 /// The feature a client lists to be told that its cursor expired.
 pub const CURSOR_EXPIRED_FEATURE: &str = "cursor-expired";
 
+/// The feature a client lists to follow its user's shared spaces.
+pub const SPACES_FEATURE: &str = "spaces";
+
+/// The device id from `X-Client-Id`, if the header is present.
 pub fn client_id_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("x-client-id") {
         None => Ok(None),

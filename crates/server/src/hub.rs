@@ -1,7 +1,11 @@
-//! The live hub: tells open streams and sockets that their user's log grew.
+//! The live hub: tells open streams and sockets that a log they follow grew:
+//! their user's own, or a shared space's their user belongs to.
 //!
 //! The hub is fed by the store's events (in process on SQLite, from every
-//! instance through `LISTEN/NOTIFY` on Postgres). It never waits on a
+//! instance through the relay on Postgres). Membership changes arrive the
+//! same way: a subscriber of a user who joins a space follows its log at
+//! once, one of a user who leaves or is removed stops at once, and both are
+//! told (see [`Pending::memberships`]). It never waits on a
 //! subscriber: publishing marks the subscriber's pending set and wakes it, all
 //! under the subscriber map's lock and without awaiting. A subscriber that
 //! does not keep up collects at most [`MAX_PENDING`] notices; beyond that they
@@ -19,9 +23,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use mana_sync_protocol::{Cursor, Since, UserId};
+use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
 use mana_sync_store::{
-    ChangeNotice, ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, Store, StoreError, StoreEvent,
+    ChangeNotice, ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, MemberNotice, Role, Store,
+    StoreError, StoreEvent,
 };
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Notify, OnceCell, broadcast};
@@ -36,7 +41,26 @@ pub const RECENT_BATCHES: usize = 64;
 /// A notice with its shared batch of changes.
 pub struct Published {
     notice: Arc<ChangeNotice>,
-    batch: OnceCell<Arc<ChangePage>>,
+    batch: OnceCell<Arc<Batch>>,
+}
+
+/// The changes a notice announced, read once for every subscriber.
+pub struct Batch {
+    /// Every change of the notice's app after `notice.after`.
+    pub page: ChangePage,
+    /// For a space's log: its members, read after the page. A subscriber
+    /// whose user is not among them left before the batch was read and gets
+    /// nothing of it. `None` for a user's own log.
+    pub readers: Option<Vec<UserId>>,
+}
+
+impl Batch {
+    /// Whether `user` may see this batch.
+    pub fn readable_by(&self, user: &UserId) -> bool {
+        self.readers
+            .as_ref()
+            .is_none_or(|readers| readers.contains(user))
+    }
 }
 
 /// A notice as a subscriber receives it.
@@ -50,7 +74,7 @@ pub struct PendingNotice {
 impl PendingNotice {
     /// The notice's shared batch, or `None` when the hub no longer keeps it
     /// (the subscriber came too late and must read from its cursor).
-    pub async fn batch(&self, store: &dyn Store) -> Option<Result<Arc<ChangePage>, StoreError>> {
+    pub async fn batch(&self, store: &dyn Store) -> Option<Result<Arc<Batch>, StoreError>> {
         let published = self.shared.upgrade()?;
         Some(published.batch(store).await)
     }
@@ -58,14 +82,17 @@ impl PendingNotice {
 
 impl Published {
     /// Every change of the notice's app after `notice.after` (all
-    /// collections, all devices), read once for all subscribers.
-    pub async fn batch(&self, store: &dyn Store) -> Result<Arc<ChangePage>, StoreError> {
+    /// collections, all devices), read once for all subscribers, as the log
+    /// itself.
+    pub async fn batch(&self, store: &dyn Store) -> Result<Arc<Batch>, StoreError> {
         self.batch
             .get_or_try_init(|| async {
+                let log = &self.notice.log;
                 let page = store
-                    .changes_after(
-                        &self.notice.user,
+                    .log_changes_after(
+                        log,
                         &ChangeQuery {
+                            space: None,
                             app_id: &self.notice.app_id,
                             collection: None,
                             since: Since::Cursor(Cursor::at(self.notice.after)),
@@ -77,7 +104,13 @@ impl Published {
                         },
                     )
                     .await?;
-                Ok(Arc::new(page))
+                // Read after the page: someone removed before the push
+                // committed is missing here too.
+                let readers = match log.space() {
+                    Some(_) => Some(store.log_readers(log).await?),
+                    None => None,
+                };
+                Ok(Arc::new(Batch { page, readers }))
             })
             .await
             .cloned()
@@ -87,16 +120,32 @@ impl Published {
 /// What woke a subscriber.
 #[derive(Default)]
 pub struct Pending {
+    /// The user joined a space, got another role in it (`Some`), or left it
+    /// (`None`), in order; the hub already follows or stopped following the
+    /// space's log for this subscriber. Only for subscribers that follow
+    /// spaces; handle these before `notices`.
+    pub memberships: Vec<(SpaceId, Option<Role>)>,
     /// Notices in commit order.
     pub notices: Vec<PendingNotice>,
     /// Notices were lost or dropped: re-read everything from the cursors.
     pub resync: bool,
 }
 
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.resync && self.notices.is_empty() && self.memberships.is_empty()
+    }
+}
+
 struct Subscriber {
     id: u64,
+    user: UserId,
     /// `None`: every app (a `/ws` socket).
     app: Option<String>,
+    /// Whether it follows the spaces its user belongs to.
+    follows_spaces: bool,
+    /// The logs it is registered under (changed under the registry's lock).
+    logs: Mutex<Vec<LogId>>,
     wake: Notify,
     pending: Mutex<Pending>,
 }
@@ -129,6 +178,45 @@ impl Subscriber {
         pending.resync = true;
         drop(pending);
         self.wake.notify_one();
+    }
+
+    fn membership(&self, space: &SpaceId, role: Option<Role>) {
+        let mut pending = lock(&self.pending);
+        pending.memberships.push((space.clone(), role));
+        drop(pending);
+        self.wake.notify_one();
+    }
+}
+
+/// Who is subscribed: by user (for the limits and membership changes) and
+/// by log (for notices).
+#[derive(Default)]
+struct Registry {
+    by_user: HashMap<UserId, Vec<Arc<Subscriber>>>,
+    by_log: HashMap<LogId, Vec<Arc<Subscriber>>>,
+}
+
+impl Registry {
+    fn follow(&mut self, subscriber: &Arc<Subscriber>, log: LogId) {
+        let mut logs = lock(&subscriber.logs);
+        if logs.contains(&log) {
+            return;
+        }
+        self.by_log
+            .entry(log.clone())
+            .or_default()
+            .push(subscriber.clone());
+        logs.push(log);
+    }
+
+    fn unfollow(&mut self, subscriber: &Subscriber, log: &LogId) {
+        lock(&subscriber.logs).retain(|known| known != log);
+        if let Some(list) = self.by_log.get_mut(log) {
+            list.retain(|s| s.id != subscriber.id);
+            if list.is_empty() {
+                self.by_log.remove(log);
+            }
+        }
     }
 }
 
@@ -186,7 +274,7 @@ pub enum LiveRefusal {
 
 /// The hub.
 pub struct Hub {
-    subscribers: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
+    subscribers: Mutex<Registry>,
     /// Open subscriptions of every user (changed under `subscribers`' lock).
     open: AtomicUsize,
     limits: LiveLimits,
@@ -230,7 +318,7 @@ impl Hub {
         limits: LiveLimits,
     ) -> Self {
         Self {
-            subscribers: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(Registry::default()),
             open: AtomicUsize::new(0),
             limits,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
@@ -249,41 +337,50 @@ impl Hub {
         &self.shutdown
     }
 
-    /// Starts receiving notices for `user` (of `app`, or of every app), if
-    /// the user and the server are below their [`LiveLimits`]. Subscribe
-    /// *before* reading a backlog, so nothing committed meanwhile is missed.
+    /// Starts receiving notices for `user`'s own log (of `app`, or of every
+    /// app), and with `spaces` for the logs of those spaces and of every
+    /// space the user joins from now on, if the user and the server are below
+    /// their [`LiveLimits`]. Subscribe *before* reading a backlog, so nothing
+    /// committed meanwhile is missed.
     pub fn subscribe(
         self: &Arc<Self>,
         user: &UserId,
         app: Option<&str>,
         kind: SubscriberKind,
+        spaces: Option<&[SpaceId]>,
     ) -> Result<Subscription, LiveRefusal> {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: user.clone(),
             app: app.map(str::to_owned),
+            follows_spaces: spaces.is_some(),
+            logs: Mutex::new(Vec::new()),
             wake: Notify::new(),
             pending: Mutex::new(Pending::default()),
         });
         {
-            let mut subscribers = lock(&self.subscribers);
+            let mut registry = lock(&self.subscribers);
             if self.open.load(Ordering::Relaxed) >= self.limits.total {
                 return Err(LiveRefusal::Full {
                     max: self.limits.total,
                 });
             }
-            let list = subscribers.entry(user.clone()).or_default();
+            let list = registry.by_user.entry(user.clone()).or_default();
             if list.len() >= self.limits.per_user {
                 return Err(LiveRefusal::PerUser {
                     max: self.limits.per_user,
                 });
             }
             list.push(subscriber.clone());
+            registry.follow(&subscriber, LogId::of_user(user));
+            for space in spaces.unwrap_or_default() {
+                registry.follow(&subscriber, LogId::of_space(space));
+            }
             self.open.fetch_add(1, Ordering::Relaxed);
         }
         self.gauge(kind).inc();
         Ok(Subscription {
             hub: self.clone(),
-            user: user.clone(),
             subscriber,
             kind,
         })
@@ -296,8 +393,13 @@ impl Hub {
         }
     }
 
-    /// Hands a notice to every subscriber of its user and app.
+    /// Hands a notice to every subscriber of its log and app; a membership
+    /// change to the member's subscribers that follow spaces.
     pub fn publish(&self, notice: Arc<ChangeNotice>) {
+        if let Some(member) = &notice.member {
+            self.membership(&notice.log, member);
+            return;
+        }
         let published = Arc::new(Published {
             notice: notice.clone(),
             batch: OnceCell::new(),
@@ -313,8 +415,8 @@ impl Hub {
             }
             recent.push_back(published);
         }
-        let subscribers = lock(&self.subscribers);
-        if let Some(list) = subscribers.get(&pending.notice.user) {
+        let registry = lock(&self.subscribers);
+        if let Some(list) = registry.by_log.get(&pending.notice.log) {
             for subscriber in list {
                 if subscriber
                     .app
@@ -327,9 +429,29 @@ impl Hub {
         }
     }
 
+    /// A member of the space whose log is `log` joined, got another role, or
+    /// left: their subscribers that follow spaces start or stop following
+    /// it now, and are told.
+    fn membership(&self, log: &LogId, member: &MemberNotice) {
+        let Some(space) = log.space() else { return };
+        let mut registry = lock(&self.subscribers);
+        let subscribers: Vec<Arc<Subscriber>> = registry
+            .by_user
+            .get(&member.user)
+            .map(|list| list.iter().filter(|s| s.follows_spaces).cloned().collect())
+            .unwrap_or_default();
+        for subscriber in subscribers {
+            match member.role {
+                Some(_) => registry.follow(&subscriber, log.clone()),
+                None => registry.unfollow(&subscriber, log),
+            }
+            subscriber.membership(&space, member.role);
+        }
+    }
+
     /// Tells every subscriber to re-read from its cursor.
     pub fn resync_all(&self) {
-        for subscriber in lock(&self.subscribers).values().flatten() {
+        for subscriber in lock(&self.subscribers).by_user.values().flatten() {
             subscriber.resync();
         }
     }
@@ -359,14 +481,18 @@ impl Hub {
         }
     }
 
-    fn remove(&self, user: &UserId, id: u64) {
-        let mut subscribers = lock(&self.subscribers);
-        if let Some(list) = subscribers.get_mut(user) {
+    fn remove(&self, subscriber: &Subscriber) {
+        let mut registry = lock(&self.subscribers);
+        let logs = std::mem::take(&mut *lock(&subscriber.logs));
+        for log in &logs {
+            registry.unfollow(subscriber, log);
+        }
+        if let Some(list) = registry.by_user.get_mut(&subscriber.user) {
             let before = list.len();
-            list.retain(|s| s.id != id);
+            list.retain(|s| s.id != subscriber.id);
             self.open.fetch_sub(before - list.len(), Ordering::Relaxed);
             if list.is_empty() {
-                subscribers.remove(user);
+                registry.by_user.remove(&subscriber.user);
             }
         }
     }
@@ -375,7 +501,6 @@ impl Hub {
 /// One open stream's or socket's registration; dropping it unsubscribes.
 pub struct Subscription {
     hub: Arc<Hub>,
-    user: UserId,
     subscriber: Arc<Subscriber>,
     kind: SubscriberKind,
 }
@@ -386,16 +511,27 @@ impl Subscription {
         loop {
             self.subscriber.wake.notified().await;
             let pending = std::mem::take(&mut *lock(&self.subscriber.pending));
-            if pending.resync || !pending.notices.is_empty() {
+            if !pending.is_empty() {
                 return pending;
             }
         }
+    }
+
+    /// Also receives the notices of `space`'s log (a space the user was
+    /// found to belong to after subscribing).
+    pub fn follow(&self, space: &SpaceId) {
+        lock(&self.hub.subscribers).follow(&self.subscriber, LogId::of_space(space));
+    }
+
+    /// No longer receives the notices of `space`'s log (the user left it).
+    pub fn unfollow(&self, space: &SpaceId) {
+        lock(&self.hub.subscribers).unfollow(&self.subscriber, &LogId::of_space(space));
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.remove(&self.user, self.subscriber.id);
+        self.hub.remove(&self.subscriber);
         self.hub.gauge(self.kind).dec();
     }
 }
@@ -427,22 +563,22 @@ mod tests {
             total: 3,
         });
         let user = |name: &str| UserId::new(name).expect("valid");
-        let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream);
-        let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket);
+        let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream, None);
+        let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket, None);
         assert_eq!(
-            hub.subscribe(&user("a"), None, SubscriberKind::Stream)
+            hub.subscribe(&user("a"), None, SubscriberKind::Stream, None)
                 .err(),
             Some(LiveRefusal::PerUser { max: 2 })
         );
-        let b1 = hub.subscribe(&user("b"), None, SubscriberKind::Stream);
+        let b1 = hub.subscribe(&user("b"), None, SubscriberKind::Stream, None);
         assert_eq!(
-            hub.subscribe(&user("c"), None, SubscriberKind::Stream)
+            hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
                 .err(),
             Some(LiveRefusal::Full { max: 3 })
         );
         drop(a1);
         assert!(
-            hub.subscribe(&user("c"), None, SubscriberKind::Stream)
+            hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
                 .is_ok()
         );
         assert_eq!(hub.open.load(Ordering::Relaxed), 2, "dropped again");
@@ -451,14 +587,15 @@ mod tests {
         assert_eq!(LiveLimits::for_connections(20, 5).total, 18);
     }
 
-    fn notice(user: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
+    fn notice(log: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
         Arc::new(ChangeNotice {
-            user: UserId::new(user).expect("valid"),
+            log: LogId::parse(log).expect("valid"),
             app_id: app.into(),
             tables: Some(vec!["tasks".into()]),
             after: last - 1,
             last,
             client_id: "d".into(),
+            member: None,
         })
     }
 
@@ -467,16 +604,17 @@ mod tests {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
         let todo = hub
-            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
             .expect("below the limits");
         let every_app = hub
-            .subscribe(&alice, None, SubscriberKind::Socket)
+            .subscribe(&alice, None, SubscriberKind::Socket, None)
             .expect("below the limits");
         let bob = hub
             .subscribe(
                 &UserId::new("bob").expect("valid"),
                 None,
                 SubscriberKind::Socket,
+                None,
             )
             .expect("below the limits");
         hub.publish(notice("alice", "notes", 1));
@@ -505,8 +643,63 @@ mod tests {
         drop((todo, every_app, bob));
         assert_eq!((hub.streams.get(), hub.sockets.get()), (0, 0));
         assert!(
-            lock(&hub.subscribers).is_empty(),
+            lock(&hub.subscribers).by_user.is_empty() && lock(&hub.subscribers).by_log.is_empty(),
             "unsubscribing frees the entries"
+        );
+    }
+
+    #[tokio::test]
+    async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
+        let hub = hub();
+        let bob = UserId::new("bob").expect("valid");
+        let house = SpaceId::new("house").expect("valid");
+        let follows = hub
+            .subscribe(&bob, Some("todo"), SubscriberKind::Stream, Some(&[]))
+            .expect("below the limits");
+        let own_only = hub
+            .subscribe(&bob, Some("todo"), SubscriberKind::Stream, None)
+            .expect("below the limits");
+        let member = |role| {
+            Arc::new(ChangeNotice {
+                log: LogId::of_space(&house),
+                app_id: String::new(),
+                tables: None,
+                after: 0,
+                last: 0,
+                client_id: String::new(),
+                member: Some(MemberNotice {
+                    user: bob.clone(),
+                    role,
+                }),
+            })
+        };
+        hub.publish(notice("~house", "todo", 1));
+        hub.publish(member(Some(Role::Editor)));
+        hub.publish(notice("~house", "todo", 2));
+        let pending = follows.changed().await;
+        assert_eq!(pending.memberships, [(house.clone(), Some(Role::Editor))]);
+        assert_eq!(
+            pending
+                .notices
+                .iter()
+                .map(|p| p.notice.last)
+                .collect::<Vec<_>>(),
+            [2],
+            "notices of the space from the moment bob joined"
+        );
+        hub.publish(member(None));
+        hub.publish(notice("~house", "todo", 3));
+        let pending = follows.changed().await;
+        assert_eq!(pending.memberships, [(house.clone(), None)]);
+        assert!(pending.notices.is_empty(), "nothing after bob left");
+        assert!(
+            lock(&own_only.subscriber.pending).is_empty(),
+            "a client that does not follow spaces hears none of it"
+        );
+        drop((follows, own_only));
+        assert!(
+            lock(&hub.subscribers).by_log.is_empty(),
+            "every log entry is freed"
         );
     }
 
@@ -515,7 +708,7 @@ mod tests {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
         let slow = hub
-            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
             .expect("below the limits");
         for seq in 1..=(RECENT_BATCHES as u64 + 10) {
             hub.publish(notice("alice", "todo", seq));
@@ -523,7 +716,7 @@ mod tests {
         let pending = slow.changed().await;
         assert!(pending.resync, "more than MAX_PENDING notices collapse");
         let fresh = hub
-            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
             .expect("below the limits");
         hub.publish(notice("alice", "todo", 1000));
         let pending = fresh.changed().await;
@@ -539,7 +732,7 @@ mod tests {
         let hub = hub();
         let alice = UserId::new("alice").expect("valid");
         let slow = hub
-            .subscribe(&alice, Some("todo"), SubscriberKind::Stream)
+            .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
             .expect("below the limits");
         for seq in 1..=(MAX_PENDING as u64 * 10) {
             hub.publish(notice("alice", "todo", seq));

@@ -12,6 +12,7 @@ pub mod compactor;
 pub mod connections;
 pub mod error;
 mod extract;
+pub mod follow;
 pub mod hub;
 pub mod live;
 pub mod metrics;

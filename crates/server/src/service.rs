@@ -5,16 +5,15 @@ use std::sync::Arc;
 
 use mana_sync_protocol::change::ChangeProblem;
 use mana_sync_protocol::cursor::CursorError;
-use mana_sync_protocol::cursor::format_with_expiry;
 use mana_sync_protocol::ident::{IdentError, MAX_ID_LEN, MAX_NAME_LEN, check_identifier};
 use mana_sync_protocol::schema::{self, DEFAULT_SCHEMA_VERSION, SchemaVersionError};
-use mana_sync_protocol::{
-    PullResponse, PushRequest, PushResponse, Resume, Since, Timestamp, UserId,
-};
+use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, SpaceId, Timestamp, UserId};
 use mana_sync_store::{
-    ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError,
+    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoredChange,
 };
 
+pub use crate::follow::CursorDialect;
+use crate::follow::{LogCursor, LogCursors, LogRef};
 use crate::live::StreamRequest;
 use crate::metrics::Metrics;
 
@@ -51,47 +50,44 @@ fn check(what: &str, value: &str, max_len: usize) -> Result<(), ServiceError> {
         .map_err(|error: IdentError| ServiceError::InvalidRequest(format!("`{what}` {error}")))
 }
 
-/// How a client reads and writes cursors.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CursorDialect {
-    /// Plain positions, and no `cursor_expired` answers: the seed's clients,
-    /// and any client that does not list `cursor-expired`.
-    #[default]
-    Plain,
-    /// Clients told about expired cursors: their cursors carry the expiry
-    /// they were handed out with (`mana_sync_protocol::cursor::format_with_expiry`).
-    ToldExpiry,
+/// The `since` every read needs: required, and never silently "from zero".
+fn required(value: Option<&str>, dialect: CursorDialect) -> Result<LogCursors, ServiceError> {
+    LogCursors::parse(
+        value.ok_or(ServiceError::MissingParameter("since"))?,
+        dialect,
+    )
 }
 
-impl CursorDialect {
-    /// Reads a `since`, and what to do if it turns out expired.
-    fn parse(self, text: &str) -> Result<(Since, ExpiredCursor), ServiceError> {
-        Ok(match self {
-            CursorDialect::Plain => (Since::parse(text)?, ExpiredCursor::Serve),
-            CursorDialect::ToldExpiry => {
-                let resume = Resume::parse(text)?;
-                (
-                    resume.since,
-                    ExpiredCursor::Refuse {
-                        known: resume.known_expiry,
-                    },
-                )
-            }
-        })
-    }
+/// One page of every log a device follows.
+#[derive(Debug)]
+pub struct FollowedPage {
+    /// The changes: the own log's first, then each space's, each in commit
+    /// order.
+    pub changes: Vec<StoredChange>,
+    /// Where the device stands now.
+    pub cursors: LogCursors,
+    /// More changes may follow: read again from `cursors`.
+    pub has_more: bool,
+    /// Spaces the cursor named that the user no longer belongs to.
+    pub removed: Vec<SpaceId>,
+    /// The spaces the device follows now (their logs were read, or will be
+    /// with the next page).
+    pub followed: Vec<SpaceId>,
+}
 
-    /// The cursor after `page`, as this client reads it.
-    pub fn format(self, page: &ChangePage) -> String {
-        match self {
-            CursorDialect::Plain => page.next.to_string(),
-            CursorDialect::ToldExpiry => format_with_expiry(page.next, page.expired_through),
-        }
-    }
-
-    /// The `since` every read needs: required, and never silently "from zero".
-    fn required(self, value: Option<&str>) -> Result<(Since, ExpiredCursor), ServiceError> {
-        self.parse(value.ok_or(ServiceError::MissingParameter("since"))?)
-    }
+/// What to read of the logs a device follows.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowedQuery<'a> {
+    /// The app.
+    pub app_id: &'a str,
+    /// One collection, or all.
+    pub collection: Option<&'a str>,
+    /// Leave out this device's own changes.
+    pub exclude_client: Option<&'a str>,
+    /// Most changes in the page.
+    pub limit: usize,
+    /// How the device reads cursors (and whether it follows spaces).
+    pub dialect: CursorDialect,
 }
 
 /// Most collections one stream may follow.
@@ -143,8 +139,10 @@ impl SyncService {
         &self.store
     }
 
-    /// Validates and stores a device's changeset atomically, then returns the
-    /// user's other devices' changes of this app after `since`.
+    /// Validates and stores a device's changeset atomically (into the user's
+    /// own log and the spaces its changes name), then returns the changes of
+    /// this app after `since` that other devices made, in every log the
+    /// device follows.
     ///
     /// A `since` older than dropped history fails with
     /// [`StoreError::CursorExpired`] for [`CursorDialect::ToldExpiry`] clients
@@ -164,7 +162,7 @@ impl SyncService {
             .or(request.client_id)
             .ok_or(ServiceError::MissingParameter("clientId"))?;
         check("clientId", &client_id, MAX_ID_LEN)?;
-        let (since, expired) = dialect.required(request.since.as_deref())?;
+        let cursors = required(request.since.as_deref(), dialect)?;
         if let Some(changeset_id) = &request.changeset_id {
             check("changesetId", changeset_id, MAX_ID_LEN)?;
         }
@@ -182,26 +180,53 @@ impl SyncService {
                     .map_err(|problem| ServiceError::InvalidChange { index, problem })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (outcome, page) = self
-            .store
-            .push_and_read(
-                user,
-                NewChangeset {
-                    app_id,
-                    client_id: &client_id,
-                    changeset_id: request.changeset_id.as_deref(),
-                    changes: &changes,
+        let changeset = NewChangeset {
+            app_id,
+            client_id: &client_id,
+            changeset_id: request.changeset_id.as_deref(),
+            changes: &changes,
+        };
+        let (outcome, page) = if dialect.follows_spaces {
+            let outcome = self.store.push(user, changeset).await?;
+            let query = FollowedQuery {
+                app_id,
+                collection: None,
+                exclude_client: Some(&client_id),
+                limit: MAX_PAGE,
+                dialect,
+            };
+            (outcome, self.read_followed(user, &query, cursors).await?)
+        } else {
+            // The device follows its own log only: store and read it in one
+            // go (one round trip on Postgres).
+            let (outcome, page) = self
+                .store
+                .push_and_read(
+                    user,
+                    changeset,
+                    &ChangeQuery {
+                        space: None,
+                        app_id,
+                        collection: None,
+                        since: cursors.own.since,
+                        exclude_client: Some(&client_id),
+                        limit: MAX_PAGE,
+                        expired: cursors.own.expired(dialect),
+                    },
+                )
+                .await?;
+            let followed = FollowedPage {
+                cursors: LogCursors {
+                    own: LogCursor::after(&page),
+                    ..cursors
                 },
-                &ChangeQuery {
-                    app_id,
-                    collection: None,
-                    since,
-                    exclude_client: Some(&client_id),
-                    limit: MAX_PAGE,
-                    expired,
-                },
-            )
-            .await?;
+                changes: page.changes,
+                has_more: page.has_more,
+                removed: Vec::new(),
+                followed: Vec::new(),
+            };
+            (outcome, followed)
+        };
         match outcome {
             PushOutcome::Stored { count, .. } => self.metrics.changes_stored.inc_by(count as u64),
             PushOutcome::Duplicate => self.metrics.duplicate_changesets.inc(),
@@ -226,7 +251,7 @@ impl SyncService {
             .collection
             .ok_or(ServiceError::MissingParameter("collection"))?;
         check("collection", &collection, MAX_NAME_LEN)?;
-        let (since, expired) = params.dialect.required(params.since.as_deref())?;
+        let cursors = required(params.since.as_deref(), params.dialect)?;
         let limit = match params.limit.as_deref() {
             None => MAX_PAGE,
             Some(text) => match text.parse::<usize>() {
@@ -241,17 +266,14 @@ impl SyncService {
         if let Some(client_id) = &params.client_id {
             check("clientId", client_id, MAX_ID_LEN)?;
         }
-        let page = self
-            .page(
-                user,
-                app_id,
-                &collection,
-                since,
-                params.client_id.as_deref(),
-                limit,
-                expired,
-            )
-            .await?;
+        let query = FollowedQuery {
+            app_id,
+            collection: Some(&collection),
+            exclude_client: params.client_id.as_deref(),
+            limit,
+            dialect: params.dialect,
+        };
+        let page = self.read_followed(user, &query, cursors).await?;
         let response = self.reply(page, params.dialect);
         self.metrics
             .pull_seconds
@@ -291,9 +313,9 @@ impl SyncService {
                 "at most {MAX_STREAM_COLLECTIONS} collections per stream"
             )));
         }
-        let (since, expired) = match params.since.as_deref() {
-            None => (Since::START, ExpiredCursor::Serve),
-            Some(text) => params.dialect.parse(text)?,
+        let since = match params.since.as_deref() {
+            None => LogCursors::start(),
+            Some(text) => LogCursors::parse(text, params.dialect)?,
         };
         if let Some(client_id) = &params.client_id {
             check("clientId", client_id, MAX_ID_LEN)?;
@@ -304,35 +326,99 @@ impl SyncService {
             collections,
             since,
             client_id: params.client_id,
-            expired,
             dialect: params.dialect,
         })
     }
 
-    /// One page of one collection after `since`, leaving out `exclude_client`'s
-    /// own changes (validated arguments; used by pulls and streams).
-    #[allow(clippy::too_many_arguments)] // each is one parameter of the read
-    pub async fn page(
+    /// One page of the logs a device follows after `cursors`: its own log,
+    /// then (for clients that follow spaces) each space its user belongs
+    /// to, by id, from the start for a space it has not downloaded yet.
+    /// Spaces the cursors name that the user left are reported in
+    /// [`FollowedPage::removed`] and dropped from the cursors.
+    pub async fn read_followed(
         &self,
         user: &UserId,
-        app_id: &str,
-        collection: &str,
-        since: Since,
-        exclude_client: Option<&str>,
-        limit: usize,
-        expired: ExpiredCursor,
+        query: &FollowedQuery<'_>,
+        mut cursors: LogCursors,
+    ) -> Result<FollowedPage, ServiceError> {
+        let mut followed: Vec<SpaceId> = if query.dialect.follows_spaces {
+            let spaces = self.store.spaces_of(user).await?;
+            spaces.into_iter().map(|m| m.space_id).collect()
+        } else {
+            Vec::new()
+        };
+        let mut removed: Vec<SpaceId> = cursors
+            .spaces
+            .keys()
+            .filter(|space| !followed.contains(space))
+            .cloned()
+            .collect();
+        cursors.spaces.retain(|space, _| followed.contains(space));
+        let logs = std::iter::once(LogRef::Own).chain(followed.iter().map(LogRef::Space));
+        let mut changes: Vec<StoredChange> = Vec::new();
+        let mut has_more = false;
+        for log in logs {
+            let remaining = query.limit.saturating_sub(changes.len());
+            if remaining == 0 {
+                // Logs not reached keep their cursors for the next read.
+                has_more = true;
+                break;
+            }
+            let cursor = cursors.get(&log).unwrap_or(LogCursor::START);
+            let query = FollowedQuery {
+                limit: remaining,
+                ..*query
+            };
+            let read = self.read_log(user, &query, log.space(), cursor).await;
+            match read {
+                Ok(page) => {
+                    cursors.set(&log, LogCursor::after(&page));
+                    changes.extend(page.changes);
+                    if page.has_more {
+                        has_more = true;
+                        break;
+                    }
+                }
+                // Left (or removed) since the list was read.
+                Err(ServiceError::Store(StoreError::SpaceForbidden { space, .. })) => {
+                    cursors.spaces.remove(&space);
+                    removed.push(space);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        followed.retain(|space| !removed.contains(space));
+        Ok(FollowedPage {
+            changes,
+            cursors,
+            has_more,
+            removed,
+            followed,
+        })
+    }
+
+    /// One page of one log a device follows (its own, or `space`'s) after
+    /// `cursor`. A user who is not a member of `space` is refused with
+    /// [`StoreError::SpaceForbidden`].
+    pub async fn read_log(
+        &self,
+        user: &UserId,
+        query: &FollowedQuery<'_>,
+        space: Option<&SpaceId>,
+        cursor: LogCursor,
     ) -> Result<ChangePage, ServiceError> {
         Ok(self
             .store
             .changes_after(
                 user,
                 &ChangeQuery {
-                    app_id,
-                    collection: Some(collection),
-                    since,
-                    exclude_client,
-                    limit,
-                    expired,
+                    space,
+                    app_id: query.app_id,
+                    collection: query.collection,
+                    since: cursor.since,
+                    exclude_client: query.exclude_client,
+                    limit: query.limit,
+                    expired: cursor.expired(query.dialect),
                 },
             )
             .await?)
@@ -343,18 +429,22 @@ impl SyncService {
         self.metrics.changes_sent.inc_by(changes as u64);
     }
 
-    fn reply(&self, page: ChangePage, dialect: CursorDialect) -> PushResponse {
+    fn reply(&self, page: FollowedPage, dialect: CursorDialect) -> PushResponse {
         self.count_sent(page.changes.len());
-        let synced_until = dialect.format(&page);
         PushResponse {
             server_changes: page
                 .changes
                 .into_iter()
-                .map(|change| change.into_sync_change())
+                .map(StoredChange::into_sync_change)
                 .collect(),
             conflicts: Vec::new(),
-            synced_until,
+            synced_until: page.cursors.format(dialect),
             has_more: page.has_more,
+            removed_spaces: page
+                .removed
+                .iter()
+                .map(|space| space.as_str().to_owned())
+                .collect(),
         }
     }
 }

@@ -43,8 +43,8 @@ macro_rules! select_columns {
 }
 
 mod compact;
-mod spaces;
 pub(crate) mod space_push;
+mod spaces;
 
 /// The change log in Postgres.
 pub struct PostgresStore {
@@ -255,13 +255,13 @@ impl PostgresStore {
         // A user reading a space's log must belong to it (row-level
         // security would show such a reader nothing; say why instead).
         let space = log.space();
-        if let Some(space) = space.as_ref().filter(|_| actor != log.as_str()) {
-            if spaces::role_in(&tx, space, actor).await?.is_none() {
-                return Err(StoreError::SpaceForbidden {
-                    space: space.clone(),
-                    write: false,
-                });
-            }
+        if let Some(space) = space.as_ref().filter(|_| actor != log.as_str())
+            && spaces::role_in(&tx, space, actor).await?.is_none()
+        {
+            return Err(StoreError::SpaceForbidden {
+                space: space.clone(),
+                write: false,
+            });
         }
         let log_id = log.as_str();
         let LogState {

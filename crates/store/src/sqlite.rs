@@ -228,13 +228,13 @@ impl SqliteStore {
             // One read transaction: the membership, the newest position and
             // the rows come from the same snapshot.
             let tx = conn.transaction().map_err(database_error)?;
-            if let Some((space, user)) = &member {
-                if spaces::role_of(&tx, space, user)?.is_none() {
-                    return Err(StoreError::SpaceForbidden {
-                        space: space.clone(),
-                        write: false,
-                    });
-                }
+            if let Some((space, user)) = &member
+                && spaces::role_of(&tx, space, user)?.is_none()
+            {
+                return Err(StoreError::SpaceForbidden {
+                    space: space.clone(),
+                    write: false,
+                });
             }
             let log = log.as_str();
             let LogState {

@@ -18,9 +18,11 @@ use crate::AppState;
 use crate::auth::TokenDeadline;
 use crate::connections::ConnectionSlot;
 use crate::error::ApiError;
-use crate::extract::{AppId, QueryMap, client_id_header, dialect, tells_expired_cursors};
+use crate::extract::{AppId, QueryMap, client_id_header, dialect};
 use crate::hub::SubscriberKind;
-use crate::live::{self, MAX_SOCKET_MESSAGE, MAX_SOCKET_QUEUE, SOCKET_READ_BUFFER, StreamItem};
+use crate::live::{
+    self, MAX_SOCKET_MESSAGE, MAX_SOCKET_QUEUE, SOCKET_READ_BUFFER, SocketApp, StreamItem,
+};
 use crate::service::{ServiceError, StreamParams};
 
 fn invalid(message: String) -> ApiError {
@@ -47,17 +49,27 @@ pub async fn stream(
         collections: query.remove("collections"),
         since: query.remove("since"),
         client_id: client_id_header(&headers)?.or_else(|| query.remove("clientId")),
-        dialect: dialect(tells_expired_cursors(
-            &headers,
-            query.get("features").map(String::as_str),
-        )),
+        dialect: dialect(&headers, query.get("features").map(String::as_str)),
     };
     let request = state.service.stream_request(user, app_id, params)?;
+    let spaces = if request.dialect.follows_spaces {
+        let spaces = state
+            .service
+            .store()
+            .spaces_of(&request.user)
+            .await
+            .map_err(ServiceError::from)?;
+        Some(spaces.into_iter().map(|m| m.space_id).collect::<Vec<_>>())
+    } else {
+        None
+    };
     // Subscribed before the response starts, so that a refusal is a status.
-    let subscription =
-        state
-            .hub
-            .subscribe(&request.user, Some(&request.app_id), SubscriberKind::Stream)?;
+    let subscription = state.hub.subscribe(
+        &request.user,
+        Some(&request.app_id),
+        SubscriberKind::Stream,
+        spaces.as_deref(),
+    )?;
     let events = live::change_stream(
         state.service.clone(),
         state.hub.clone(),
@@ -85,6 +97,12 @@ fn to_event(item: StreamItem) -> Event {
         StreamItem::CursorExpired(error) => Event::default()
             .event("cursor-expired")
             .data(serde_json::to_string(&ErrorBody { error }).unwrap_or_default()),
+        StreamItem::SpaceAdded(space) => Event::default()
+            .event("space-added")
+            .data(serde_json::to_string(&space).unwrap_or_default()),
+        StreamItem::SpaceRemoved(space) => Event::default()
+            .event("space-removed")
+            .data(serde_json::to_string(&space).unwrap_or_default()),
     }
 }
 
@@ -92,9 +110,21 @@ fn to_event(item: StreamItem) -> Event {
 pub async fn socket_all_apps(
     State(state): State<AppState>,
     slot: Option<Extension<ConnectionSlot>>,
+    headers: HeaderMap,
+    QueryMap(query): QueryMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    upgrade_socket(state, upgrade, None, slot)
+    let follows_spaces =
+        dialect(&headers, query.get("features").map(String::as_str)).follows_spaces;
+    upgrade_socket(
+        state,
+        upgrade,
+        SocketApp {
+            app: None,
+            follows_spaces,
+        },
+        slot,
+    )
 }
 
 /// `GET /ws/{appId}`: notices for one app.
@@ -102,18 +132,30 @@ pub async fn socket_one_app(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     slot: Option<Extension<ConnectionSlot>>,
+    headers: HeaderMap,
+    QueryMap(query): QueryMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err(error) = check_identifier(&app_id, MAX_NAME_LEN) {
         return invalid(format!("`appId` {error}")).into_response();
     }
-    upgrade_socket(state, upgrade, Some(app_id), slot)
+    let follows_spaces =
+        dialect(&headers, query.get("features").map(String::as_str)).follows_spaces;
+    upgrade_socket(
+        state,
+        upgrade,
+        SocketApp {
+            app: Some(app_id),
+            follows_spaces,
+        },
+        slot,
+    )
 }
 
 fn upgrade_socket(
     state: AppState,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    app: Option<String>,
+    app: SocketApp,
     slot: Option<Extension<ConnectionSlot>>,
 ) -> Response {
     let slot = slot.map(|Extension(slot)| slot);
@@ -127,7 +169,15 @@ fn upgrade_socket(
             .max_message_size(MAX_SOCKET_MESSAGE)
             .max_frame_size(MAX_SOCKET_MESSAGE)
             .on_upgrade(move |socket| {
-                live::serve_socket(socket, state.verifier, state.hub, app, state.live, slot)
+                live::serve_socket(
+                    socket,
+                    state.verifier,
+                    state.service.store().clone(),
+                    state.hub,
+                    app,
+                    state.live,
+                    slot,
+                )
             })
             .into_response(),
         Err(rejection) => invalid(format!(

@@ -8,7 +8,7 @@ use mana_sync_protocol::{PullResponse, PushRequest, PushResponse, UserId};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{AppId, JsonBody, QueryMap, client_id_header, dialect, tells_expired_cursors};
+use crate::extract::{AppId, JsonBody, QueryMap, client_id_header, dialect};
 use crate::service::PullParams;
 
 /// Stores a changeset and replies with other devices' changes.
@@ -20,7 +20,7 @@ pub async fn push(
     JsonBody(request): JsonBody<PushRequest>,
 ) -> Result<Json<PushResponse>, ApiError> {
     let client_id = client_id_header(&headers)?;
-    let dialect = dialect(tells_expired_cursors(&headers, None));
+    let dialect = dialect(&headers, None);
     Ok(Json(
         state
             .service
@@ -42,10 +42,7 @@ pub async fn pull(
         since: query.remove("since"),
         limit: query.remove("limit"),
         client_id: client_id_header(&headers)?.or_else(|| query.remove("clientId")),
-        dialect: dialect(tells_expired_cursors(
-            &headers,
-            query.get("features").map(String::as_str),
-        )),
+        dialect: dialect(&headers, query.get("features").map(String::as_str)),
     };
     Ok(Json(state.service.pull(&user, &app_id, params).await?))
 }

@@ -115,9 +115,14 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
             &superseding,
             &author,
         ];
-        let written = tx.query_one(&write, &params).await.map_err(database_error)?;
-        let (Some(prev), Some(last)) = (written.get::<_, Option<i64>>(0), written.get::<_, Option<i64>>(1))
-        else {
+        let written = tx
+            .query_one(&write, &params)
+            .await
+            .map_err(database_error)?;
+        let (Some(prev), Some(last)) = (
+            written.get::<_, Option<i64>>(0),
+            written.get::<_, Option<i64>>(1),
+        ) else {
             return Err(StoreError::Unavailable(format!(
                 "no positions were reserved in log `{log}`"
             )));
