@@ -19,9 +19,15 @@ pub fn in_ci() -> bool {
 
 /// An HTTP client for tests (installs the TLS crypto provider reqwest needs).
 pub fn http_client() -> reqwest::Client {
+    http_client_with(reqwest::header::HeaderMap::new())
+}
+
+/// An HTTP client for tests that sends `headers` with every request.
+pub fn http_client_with(headers: reqwest::header::HeaderMap) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
+        .default_headers(headers)
         .build()
         .expect("HTTP client")
 }

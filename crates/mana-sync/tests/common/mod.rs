@@ -44,6 +44,20 @@ impl Harness {
         })
     }
 
+    /// A device of a client that follows shared spaces and is told about
+    /// expired cursors (`X-Sync-Features: cursor-expired, spaces`).
+    pub fn spaces_device(&self, user: &str, client_id: &str) -> Device {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            "x-sync-features",
+            reqwest::header::HeaderValue::from_static("cursor-expired, spaces"),
+        );
+        Device {
+            http: mana_sync_testkit::http_client_with(headers),
+            ..self.device(user, client_id)
+        }
+    }
+
     pub fn device(&self, user: &str, client_id: &str) -> Device {
         Device {
             http: mana_sync_testkit::http_client(),
