@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
-use mana_sync_protocol::UserId;
+use mana_sync_protocol::{LogId, SpaceId, UserId};
 use mana_sync_server::compactor::CompactionConfig;
 use mana_sync_server::connections::ConnectionLimits;
 use mana_sync_server::{App, ServerConfig};
@@ -91,9 +91,13 @@ struct ImportSeedArgs {
 
 #[derive(Args)]
 struct CompactArgs {
-    /// Only this user (default: every user with changes to fold).
-    #[arg(long)]
+    /// Only this user's own log (default: every log with changes to fold,
+    /// users' and shared spaces').
+    #[arg(long, conflicts_with = "space")]
     user: Option<String>,
+    /// Only this shared space's log.
+    #[arg(long)]
+    space: Option<String>,
     #[command(flatten)]
     retention: RetentionArgs,
     #[command(flatten)]
@@ -549,31 +553,33 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
 async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let store = open_store(&args.database).await?;
-    let users = match args.user {
-        Some(user) => vec![UserId::new(user).context("invalid --user")?],
-        // Every user whose log may hold something to fold.
-        None => store
+    let logs = match (args.user, args.space) {
+        (Some(user), _) => vec![LogId::of_user(
+            &UserId::new(user).context("invalid --user")?,
+        )],
+        (None, Some(space)) => vec![LogId::of_space(
+            &SpaceId::new(space).context("invalid --space")?,
+        )],
+        // Every log that may hold something to fold.
+        (None, None) => store
             .compaction_candidates(0, usize::MAX)
             .await
-            .context("listing users")?
+            .context("listing logs")?
             .into_iter()
-            .map(|(user, _)| user)
+            .map(|(log, _)| log)
             .collect(),
     };
     let options = args.retention.options();
-    let bar = progress(
-        Some(users.len() as u64),
-        "{bar:40} {pos}/{len} users, {msg}",
-    );
+    let bar = progress(Some(logs.len() as u64), "{bar:40} {pos}/{len} logs, {msg}");
     let mut total = CompactOutcome::default();
     let mut busy = 0;
-    for user in &users {
+    for log in &logs {
         let before = total;
         let shown = bar.clone();
-        let outcome = mana_sync_server::compactor::compact_user(
+        let outcome = mana_sync_server::compactor::compact_log(
             &*store,
             None,
-            user,
+            log,
             &options,
             &move |so_far: &CompactOutcome| {
                 shown.set_message(format!(
@@ -584,7 +590,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
             },
         )
         .await
-        .with_context(|| format!("compacting {user}"))?;
+        .with_context(|| format!("compacting {}", log.as_str()))?;
         if outcome.busy {
             busy += 1;
         }
@@ -593,8 +599,8 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     println!(
-        "users {}, changes folded {} (records {}), changes dropped {} (records {}), busy {busy}",
-        users.len(),
+        "logs {}, changes folded {} (records {}), changes dropped {} (records {}), busy {busy}",
+        logs.len(),
         total.changes_folded,
         total.records_folded,
         total.changes_dropped,

@@ -116,7 +116,7 @@ async fn a_device_that_synced_before_compaction_pulls_what_it_missed(h: Harness)
     let (full, mut laptop, cursor) = long_history(&h).await;
     let report = compact_cli(&h, &["--user", "alice"], "90").await;
     assert!(
-        report.contains("users 1, changes folded 300 (records 10), changes dropped 0"),
+        report.contains("logs 1, changes folded 300 (records 10), changes dropped 0"),
         "{report}"
     );
     let (after, _) = h
@@ -138,7 +138,7 @@ async fn a_device_that_synced_before_compaction_pulls_what_it_missed(h: Harness)
     assert_eq!(fresh, full, "a new device");
     // Without --user: every user; nothing is left to fold.
     let report = compact_cli(&h, &[], "90").await;
-    assert!(report.contains("users 1, changes folded 0"), "{report}");
+    assert!(report.contains("logs 1, changes folded 0"), "{report}");
 }
 
 async fn metric(h: &Harness, name: &str) -> u64 {

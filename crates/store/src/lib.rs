@@ -185,22 +185,22 @@ pub trait Store: Send + Sync + 'static {
         changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError>;
 
-    /// Users with at least `threshold` changes that may supersede an earlier
-    /// one since their last compaction, most first, at most `limit` (with a
-    /// threshold of 0: every user).
+    /// Logs (users' and shared spaces') with at least `threshold` changes
+    /// that may supersede an earlier one since their last compaction, most
+    /// first, at most `limit` (with a threshold of 0: every log).
     async fn compaction_candidates(
         &self,
         threshold: u64,
         limit: usize,
-    ) -> StoreResult<Vec<(UserId, u64)>>;
+    ) -> StoreResult<Vec<(LogId, u64)>>;
 
-    /// Compacts `user`'s log up to its current end (see [`compaction`]), in
-    /// bounded transactions; `progress` hears the running totals after each.
-    /// Only one compactor works on a user at a time: another one finds it
-    /// busy.
+    /// Compacts `log` (a user's or a shared space's) up to its current end
+    /// (see [`compaction`]), in bounded transactions; `progress` hears the
+    /// running totals after each. Only one compactor works on a log at a
+    /// time: another one finds it busy.
     async fn compact(
         &self,
-        user: &UserId,
+        log: &LogId,
         options: &CompactOptions,
         progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
     ) -> StoreResult<CompactOutcome>;

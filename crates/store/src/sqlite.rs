@@ -635,17 +635,17 @@ impl Store for SqliteStore {
         &self,
         threshold: u64,
         limit: usize,
-    ) -> StoreResult<Vec<(UserId, u64)>> {
+    ) -> StoreResult<Vec<(LogId, u64)>> {
         compact::candidates(self, threshold, limit).await
     }
 
     async fn compact(
         &self,
-        user: &UserId,
+        log: &LogId,
         options: &CompactOptions,
         progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
     ) -> StoreResult<CompactOutcome> {
-        compact::compact(self, user, options, progress).await
+        compact::compact(self, log, options, progress).await
     }
 
     async fn create_space(&self, owner: &UserId, name: &str) -> StoreResult<Membership> {

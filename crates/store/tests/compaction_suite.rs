@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Backend, Fixture, change, end_of, push, query, user};
 use mana_sync_protocol::merge::RecordState;
-use mana_sync_protocol::{Change, Cursor, Since, UserId};
+use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
 use mana_sync_store::{
     ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, Store, StoreError, StoredChange,
 };
@@ -105,7 +105,7 @@ async fn rows(store: &dyn Store, who: &UserId) -> Vec<StoredChange> {
 
 async fn compact(store: &dyn Store, who: &UserId, options: &CompactOptions) -> CompactOutcome {
     store
-        .compact(who, options, &|_: &CompactOutcome| {})
+        .compact(&LogId::of_user(who), options, &|_: &CompactOutcome| {})
         .await
         .expect("compacts")
 }
@@ -423,11 +423,12 @@ async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
             // A second compaction while the first reports progress.
             let seen = Mutex::new(None);
             let store = f.store.clone();
+            let log = LogId::of_user(&alice);
             let outcome = f
                 .store
-                .compact(&alice, &CompactOptions::default(), &|_: &CompactOutcome| {
+                .compact(&log, &CompactOptions::default(), &|_: &CompactOutcome| {
                     let second = futures::executor::block_on(store.compact(
-                        &alice,
+                        &log,
                         &CompactOptions::default(),
                         &|_: &CompactOutcome| {},
                     ));
@@ -468,7 +469,7 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
         .await;
     }
     let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
-    assert_eq!(candidates, [(alice.clone(), 5)]);
+    assert_eq!(candidates, [(LogId::of_user(&alice), 5)]);
     compact(&*f.store, &alice, &CompactOptions::default()).await;
     assert!(
         f.store
@@ -487,8 +488,79 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
     .await;
     assert_eq!(
         f.store.compaction_candidates(1, 10).await.expect("lists"),
-        [(alice, 1)]
+        [(LogId::of_user(&alice), 1)]
     );
+}
+
+/// A shared space's log is compacted like a user's: its members' edits are
+/// folded, and every member reads the folded state.
+async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
+    let (ann, bob) = (user("ann"), user("bob"));
+    let space = f
+        .store
+        .create_space(&ann, "Groceries")
+        .await
+        .expect("creates")
+        .space_id;
+    f.store
+        .change_membership(
+            &ann,
+            &space,
+            &mana_sync_store::MemberChange::Set {
+                user: bob.clone(),
+                role: mana_sync_store::Role::Editor,
+            },
+        )
+        .await
+        .expect("adds bob");
+    let in_space = |mut change: Change| {
+        change.space_id = Some(space.clone());
+        change
+    };
+    push(
+        &*f.store,
+        &ann,
+        "todo",
+        "anns-phone",
+        &[in_space(insert_at("milk", T[0]))],
+    )
+    .await;
+    for i in 0..5 {
+        let (who, device) = if i % 2 == 0 {
+            (&ann, "anns-phone")
+        } else {
+            (&bob, "bobs-phone")
+        };
+        let edit = in_space(update("milk", "title", &format!("\"milk {i}\""), T[1 + i]));
+        push(&*f.store, who, "todo", device, &[edit]).await;
+    }
+    let log = LogId::of_space(&space);
+    let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
+    assert_eq!(candidates, [(log.clone(), 5)]);
+    let outcome = f
+        .store
+        .compact(&log, &CompactOptions::default(), &|_: &CompactOutcome| {})
+        .await
+        .expect("compacts");
+    assert_eq!(outcome.changes_folded, 5);
+    for member in [&ann, &bob] {
+        let page = f
+            .store
+            .changes_after(
+                member,
+                &ChangeQuery {
+                    space: Some(&space),
+                    ..query("todo", None, Since::START)
+                },
+            )
+            .await
+            .expect("a member reads");
+        assert_eq!(page.changes.len(), 1, "one folded change");
+        let folded = &page.changes[0];
+        assert_eq!(folded.space_id.as_ref(), Some(&space));
+        let fields = folded.fields.as_ref().expect("the merged fields");
+        assert_eq!(fields["title"].value.to_string(), r#""milk 4""#);
+    }
 }
 
 store_suite!(
@@ -498,4 +570,5 @@ store_suite!(
     a_download_begun_after_a_drop_pages_to_the_end,
     one_compactor_works_on_a_user_at_a_time,
     users_with_superseded_changes_are_candidates_until_compacted,
+    a_spaces_log_is_compacted_like_a_users,
 );

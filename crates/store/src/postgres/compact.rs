@@ -6,7 +6,7 @@
 //! batch is one transaction that re-reads its records `FOR UPDATE`.
 
 use deadpool_postgres::GenericClient;
-use mana_sync_protocol::UserId;
+use mana_sync_protocol::LogId;
 use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 
@@ -22,7 +22,7 @@ pub(super) async fn candidates(
     store: &PostgresStore,
     threshold: u64,
     limit: usize,
-) -> StoreResult<Vec<(UserId, u64)>> {
+) -> StoreResult<Vec<(LogId, u64)>> {
     let mut client = store.pool.get().await.map_err(pool_error)?;
     let tx = client
         .build_transaction()
@@ -48,20 +48,20 @@ pub(super) async fn candidates(
     Ok(rows
         .iter()
         .filter_map(|row| {
-            let user = UserId::new(row.get::<_, String>(0)).ok()?;
-            Some((user, seq_value(row.get(1))))
+            let log = LogId::parse(&row.get::<_, String>(0)).ok()?;
+            Some((log, seq_value(row.get(1))))
         })
         .collect())
 }
 
 pub(super) async fn compact(
     store: &PostgresStore,
-    user: &UserId,
+    log: &LogId,
     options: &CompactOptions,
     progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
 ) -> StoreResult<CompactOutcome> {
     let lock = store.pool.get().await.map_err(pool_error)?;
-    let key = format!("mana-sync compaction {}", user.as_str());
+    let key = format!("mana-sync compaction {}", log.as_str());
     let locked: bool = lock
         .query_one(
             "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
@@ -76,7 +76,7 @@ pub(super) async fn compact(
             ..CompactOutcome::default()
         });
     }
-    let result = compact_locked(store, user, options, progress).await;
+    let result = compact_locked(store, log, options, progress).await;
     let unlocked = lock
         .execute(
             "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
@@ -93,17 +93,17 @@ pub(super) async fn compact(
 
 async fn compact_locked(
     store: &PostgresStore,
-    user: &UserId,
+    log: &LogId,
     options: &CompactOptions,
     progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
 ) -> StoreResult<CompactOutcome> {
     let (horizon, superseded) = {
         let mut client = store.pool.get().await.map_err(pool_error)?;
-        let tx = PostgresStore::begin_as(&mut client, user, true).await?;
+        let tx = PostgresStore::begin_acting(&mut client, log.as_str(), true).await?;
         let row = tx
             .query_opt(
                 "SELECT last_seq, superseded FROM mana_user_seq WHERE user_id = $1",
-                &[&user.as_str()],
+                &[&log.as_str()],
             )
             .await
             .map_err(database_error)?;
@@ -117,7 +117,7 @@ async fn compact_locked(
     let mut total = CompactOutcome::default();
     let mut after = (String::new(), String::new(), String::new());
     loop {
-        let keys = candidate_keys(store, user, horizon, drop_before, &after).await?;
+        let keys = candidate_keys(store, log, horizon, drop_before, &after).await?;
         let Some(last) = keys.last() else { break };
         after = (
             last.app_id.clone(),
@@ -126,7 +126,7 @@ async fn compact_locked(
         );
         for batch in compaction::batches(keys, options.batch_changes) {
             let started = std::time::Instant::now();
-            let outcome = compact_batch(store, user, &batch, horizon, drop_before).await?;
+            let outcome = compact_batch(store, log, &batch, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);
             options.pause_after(started.elapsed()).await;
@@ -134,10 +134,10 @@ async fn compact_locked(
     }
     // What was pushed while we worked stays counted for the next time.
     let mut client = store.pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_as(&mut client, user, false).await?;
+    let tx = PostgresStore::begin_acting(&mut client, log.as_str(), false).await?;
     tx.execute(
         "UPDATE mana_user_seq SET superseded = GREATEST(superseded - $2, 0) WHERE user_id = $1",
-        &[&user.as_str(), &superseded],
+        &[&log.as_str(), &superseded],
     )
     .await
     .map_err(database_error)?;
@@ -149,13 +149,13 @@ async fn compact_locked(
 /// fold or a tombstone to drop, up to `horizon`.
 async fn candidate_keys(
     store: &PostgresStore,
-    user: &UserId,
+    log: &LogId,
     horizon: i64,
     drop_before: i64,
     after: &(String, String, String),
 ) -> StoreResult<Vec<RecordKey>> {
     let mut client = store.pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_as(&mut client, user, true).await?;
+    let tx = PostgresStore::begin_acting(&mut client, log.as_str(), true).await?;
     let statement = tx
         .prepare_cached(
             "SELECT app_id, table_name, record_id, count(*)
@@ -172,7 +172,7 @@ async fn candidate_keys(
         .query(
             &statement,
             &[
-                &user.as_str(),
+                &log.as_str(),
                 &horizon,
                 &after.0,
                 &after.1,
@@ -198,13 +198,13 @@ async fn candidate_keys(
 /// Folds or drops one batch of records in one transaction.
 async fn compact_batch(
     store: &PostgresStore,
-    user: &UserId,
+    log: &LogId,
     keys: &[RecordKey],
     horizon: i64,
     drop_before: i64,
 ) -> StoreResult<CompactOutcome> {
     let mut client = store.pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_as(&mut client, user, false).await?;
+    let tx = PostgresStore::begin_acting(&mut client, log.as_str(), false).await?;
     let apps: Vec<&str> = keys.iter().map(|k| k.app_id.as_str()).collect();
     let tables: Vec<&str> = keys.iter().map(|k| k.table.as_str()).collect();
     let records: Vec<&str> = keys.iter().map(|k| k.record_id.as_str()).collect();
@@ -220,7 +220,7 @@ async fn compact_batch(
              WHERE c.user_id = $1 AND c.seq <= $5
              ORDER BY c.app_id, c.table_name, c.record_id, c.seq
              FOR UPDATE OF c",
-            &[&user.as_str(), &apps, &tables, &records, &horizon],
+            &[&log.as_str(), &apps, &tables, &records, &horizon],
         )
         .await
         .map_err(database_error)?;
@@ -232,13 +232,13 @@ async fn compact_batch(
         .chunk_by(|a, b| (&a.app_id, &a.table, &a.record_id) == (&b.app_id, &b.table, &b.record_id))
         .map(|history| compaction::plan(history, seq_value(drop_before)))
         .collect();
-    apply(&tx, user, &plans).await?;
+    apply(&tx, log, &plans).await?;
     let (outcome, dropped_through) = compaction::tally(&plans);
     if dropped_through > 0 {
         tx.execute(
             "UPDATE mana_user_seq SET expired_through = GREATEST(expired_through, $2)
              WHERE user_id = $1",
-            &[&user.as_str(), &seq_param(dropped_through)],
+            &[&log.as_str(), &seq_param(dropped_through)],
         )
         .await
         .map_err(database_error)?;
@@ -249,7 +249,7 @@ async fn compact_batch(
 
 /// Carries out the plans: one `DELETE` for every removed change, one
 /// `UPDATE` for every folded one.
-async fn apply(tx: &impl GenericClient, user: &UserId, plans: &[Plan]) -> StoreResult<()> {
+async fn apply(tx: &impl GenericClient, log: &LogId, plans: &[Plan]) -> StoreResult<()> {
     let mut removed: Vec<i64> = Vec::new();
     let mut kept: Vec<i64> = Vec::new();
     let mut ops: Vec<&str> = Vec::new();
@@ -285,14 +285,14 @@ async fn apply(tx: &impl GenericClient, user: &UserId, plans: &[Plan]) -> StoreR
     if !removed.is_empty() {
         tx.execute(
             "DELETE FROM mana_changes WHERE user_id = $1 AND seq = ANY($2::int8[])",
-            &[&user.as_str(), &removed],
+            &[&log.as_str(), &removed],
         )
         .await
         .map_err(database_error)?;
     }
     if !kept.is_empty() {
         let params: [&(dyn ToSql + Sync); 9] = [
-            &user.as_str(),
+            &log.as_str(),
             &kept,
             &ops,
             &data,

@@ -6,7 +6,7 @@
 //! re-reads its records, so another process compacting the same file (an
 //! operator's `mana-sync compact`) cannot fold a record twice either.
 
-use mana_sync_protocol::UserId;
+use mana_sync_protocol::LogId;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
@@ -28,7 +28,7 @@ pub(super) async fn candidates(
     store: &SqliteStore,
     threshold: u64,
     limit: usize,
-) -> StoreResult<Vec<(UserId, u64)>> {
+) -> StoreResult<Vec<(LogId, u64)>> {
     let threshold = seq_param(threshold);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows: Vec<(String, i64)> = SqliteStore::with_connection(&store.readers, move |conn| {
@@ -51,7 +51,7 @@ pub(super) async fn candidates(
         .into_iter()
         .filter_map(|(user, superseded)| {
             Some((
-                UserId::new(user).ok()?,
+                LogId::parse(&user).ok()?,
                 u64::try_from(superseded).unwrap_or(0),
             ))
         })
@@ -76,7 +76,7 @@ impl Drop for Busy<'_> {
 
 pub(super) async fn compact(
     store: &SqliteStore,
-    user: &UserId,
+    log: &LogId,
     options: &CompactOptions,
     progress: &(dyn for<'o> Fn(&'o CompactOutcome) + Sync),
 ) -> StoreResult<CompactOutcome> {
@@ -84,7 +84,7 @@ pub(super) async fn compact(
         .compacting
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(user.as_str().to_owned());
+        .insert(log.as_str().to_owned());
     if !claimed {
         return Ok(CompactOutcome {
             busy: true,
@@ -93,9 +93,9 @@ pub(super) async fn compact(
     }
     let _busy = Busy {
         store,
-        user: user.as_str().to_owned(),
+        user: log.as_str().to_owned(),
     };
-    let name = user.as_str().to_owned();
+    let name = log.as_str().to_owned();
     let state: Option<(i64, i64)> = SqliteStore::with_connection(&store.readers, move |conn| {
         conn.query_row(
             "SELECT last_seq, superseded FROM mana_user_seq WHERE user_id = ?1",
@@ -113,7 +113,7 @@ pub(super) async fn compact(
     let mut total = CompactOutcome::default();
     let mut after = (String::new(), String::new(), String::new());
     loop {
-        let keys = candidate_keys(store, user, horizon, drop_before, after.clone()).await?;
+        let keys = candidate_keys(store, log, horizon, drop_before, after.clone()).await?;
         let Some(last) = keys.last() else { break };
         after = (
             last.app_id.clone(),
@@ -123,14 +123,14 @@ pub(super) async fn compact(
         let mut keys = std::collections::VecDeque::from(keys);
         while !keys.is_empty() {
             let started = std::time::Instant::now();
-            let outcome = compact_batch(store, user, &mut keys, horizon, drop_before).await?;
+            let outcome = compact_batch(store, log, &mut keys, horizon, drop_before).await?;
             total.add(&outcome);
             progress(&total);
             options.pause_after(started.elapsed()).await;
         }
     }
     // What was pushed while we worked stays counted for the next time.
-    let name = user.as_str().to_owned();
+    let name = log.as_str().to_owned();
     store
         .writer
         .run(move |conn| {
@@ -148,12 +148,12 @@ pub(super) async fn compact(
 /// fold or a tombstone to drop, up to `horizon`.
 async fn candidate_keys(
     store: &SqliteStore,
-    user: &UserId,
+    log: &LogId,
     horizon: i64,
     drop_before: i64,
     after: (String, String, String),
 ) -> StoreResult<Vec<RecordKey>> {
-    let user = user.as_str().to_owned();
+    let user = log.as_str().to_owned();
     SqliteStore::with_connection(&store.readers, move |conn| {
         let mut statement = conn
             .prepare_cached(
@@ -197,12 +197,12 @@ async fn candidate_keys(
 /// at most [`BATCH_BUDGET`] (at least one record); the rest stay in `keys`.
 async fn compact_batch(
     store: &SqliteStore,
-    user: &UserId,
+    log: &LogId,
     keys: &mut std::collections::VecDeque<RecordKey>,
     horizon: i64,
     drop_before: i64,
 ) -> StoreResult<CompactOutcome> {
-    let user = user.as_str().to_owned();
+    let user = log.as_str().to_owned();
     let mut pending = std::mem::take(keys);
     let (outcome, rest) = store
         .writer
