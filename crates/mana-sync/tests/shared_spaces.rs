@@ -388,6 +388,79 @@ async fn spaces_cursors_page_across_logs_and_refuse_bad_input(h: Harness) {
     assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_change", "spaceId");
 }
 
+async fn backups_hold_what_a_user_reads_and_restore_only_into_writable_spaces(h: Harness) {
+    let ann = h.spaces_device("ann", "anns-phone");
+    let bob = h.spaces_device("bob", "bobs-phone");
+    let space = space_of(&ann, &[("bob", "editor"), ("vic", "viewer")]).await;
+    ann.push(
+        "todo",
+        START,
+        json!([own_item("anns-own"), item(&space, "milk")]),
+    )
+    .await;
+    bob.push("todo", START, json!([own_item("bobs-own")])).await;
+
+    let export = common::export(&h.server, "bob").await;
+    let lines: Vec<Value> = export
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).cloned();
+    assert_eq!(lines.len(), 2, "bob's own change and the space's: {export}");
+    assert_eq!(
+        by_id("bobs-own").expect("bob's own")["spaceId"],
+        Value::Null
+    );
+    assert_eq!(by_id("milk").expect("the space's")["spaceId"], json!(space));
+    assert!(by_id("anns-own").is_none(), "nothing of ann's own log");
+    let strangers = common::export(&h.server, "eve").await;
+    assert!(strangers.is_empty(), "{strangers}");
+
+    // Restoring bob's own backup changes nothing: every event is known.
+    let reply = common::import(&h.server, "bob", export.clone()).await;
+    assert_eq!(
+        reply,
+        (StatusCode::OK, json!({"imported": 0, "skipped": 2}))
+    );
+
+    // A new line into the space from bob's backup reaches the space's members.
+    let mut fresh = by_id("milk").expect("the space's");
+    fresh["eventId"] = json!("0193a000-0000-7000-8000-000000000001");
+    fresh["id"] = json!("bread");
+    fresh["data"] = json!({"title": "bread"});
+    let reply = common::import(&h.server, "bob", format!("{fresh}\n")).await;
+    assert_eq!(
+        reply,
+        (StatusCode::OK, json!({"imported": 1, "skipped": 0}))
+    );
+    let (changes, _, _) = pull_items(&h.spaces_device("ann", "tablet"), START).await;
+    assert!(ids(&changes).contains(&"bread".to_owned()), "{changes:?}");
+
+    // A viewer's import naming the space is refused, naming the line, and
+    // nothing of it is stored (not even the lines of the viewer's own log).
+    let mut own = by_id("bobs-own").expect("bob's own");
+    own["eventId"] = json!("0193a000-0000-7000-8000-000000000002");
+    let mut into_space = fresh.clone();
+    into_space["eventId"] = json!("0193a000-0000-7000-8000-000000000003");
+    let backup = format!("{own}\n{into_space}\n");
+    for who in ["vic", "eve"] {
+        let reply = common::import(&h.server, who, backup.clone()).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "space_forbidden", "line 2");
+        assert!(
+            reply.1["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains(&space)
+        );
+        assert!(
+            common::export(&h.server, who)
+                .await
+                .lines()
+                .all(|l| !l.contains("bobs-own"))
+        );
+    }
+}
+
 async fn next_event(stream: &mut EventStream) -> (String, Value) {
     loop {
         let (kind, data) = stream.next().await;
@@ -420,4 +493,5 @@ on_both_databases!(
     joining_a_space_downloads_it_and_follows_it_live,
     sockets_hear_of_spaces_joined_changed_and_left,
     spaces_cursors_page_across_logs_and_refuse_bad_input,
+    backups_hold_what_a_user_reads_and_restore_only_into_writable_spaces,
 );

@@ -4,7 +4,10 @@
 //!
 //! A line is a change with everything needed to restore it exactly:
 //! `eventId, schemaVersion, appId, table, id, op, data|fields|deletedAt,
-//! actor (only if present), clientId, createdAt`. Lines without a
+//! actor (only if present), clientId, createdAt`, and `spaceId` for a change
+//! of a shared space (an export holds every log its user may read; an
+//! import writes each line into its space, which the importer must be
+//! allowed to write). Lines without a
 //! `schemaVersion` are version 1. Older lines are carried forward with
 //! [`schema::migrate`] before they are validated like any pushed change.
 //!
@@ -57,6 +60,9 @@ pub struct BackupLine<'a> {
     pub client_id: &'a str,
     /// When the server first stored it (RFC 3339).
     pub created_at: &'a str,
+    /// The shared space whose log holds it; absent for the user's own log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space_id: Option<&'a str>,
 }
 
 /// A change read from a backup, validated and ready to be restored.
@@ -137,6 +143,8 @@ struct Line {
     deleted_at: Option<Timestamp>,
     #[serde(default)]
     actor: Option<Box<RawValue>>,
+    #[serde(default)]
+    space_id: Option<String>,
 }
 
 /// A JSON object with its members' values kept as raw text.
@@ -361,7 +369,7 @@ pub fn parse_line(line: u64, text: &str) -> Result<ImportedChange, LineError> {
         deleted_at: parsed.deleted_at,
         actor: parsed.actor,
         schema_version: Some(version),
-        space_id: None,
+        space_id: parsed.space_id,
     }
     .validate(version)
     .map_err(|problem: ChangeProblem| fail(LineProblem::Invalid(problem.to_string())))?;

@@ -1,4 +1,8 @@
 //! Backups: a user's whole history out as NDJSON, and back in, all or nothing.
+//! An export holds every log the user may read (their own, then each shared
+//! space's, every line of a space naming it); an import writes each line
+//! into its space, and is refused, naming the line, if it names a space the
+//! user may not write.
 //!
 //! Export streams batches straight from the store (one snapshot, bounded
 //! channel), so memory stays flat however long the history is.
@@ -16,8 +20,8 @@ use std::io;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use mana_sync_protocol::UserId;
 use mana_sync_protocol::backup::{BackupLine, LineError, parse_line};
+use mana_sync_protocol::{SpaceId, UserId};
 use mana_sync_store::{ImportError, SourceError, Store, StoreError, StoredChange};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -65,6 +69,15 @@ pub enum BackupError {
     /// The backup could not be read to its end.
     #[error("reading the backup failed: {0}; nothing was imported")]
     Read(String),
+    /// A line names a shared space the importer may not write (not a
+    /// member, or a viewer).
+    #[error("line {line}: you cannot write to space `{space}`; nothing was imported")]
+    SpaceForbidden {
+        /// The first line naming the space.
+        line: u64,
+        /// The space.
+        space: SpaceId,
+    },
     /// The upload stopped arriving for longer than `BODY_TIMEOUT_SECS`.
     #[error("the backup stopped arriving; nothing was imported, send it again")]
     TimedOut,
@@ -104,6 +117,7 @@ fn line_of<'a>(change: &'a StoredChange, created_at: &'a str) -> BackupLine<'a> 
         actor: change.actor.as_deref(),
         client_id: &change.client_id,
         created_at,
+        space_id: change.space_id.as_ref().map(|space| space.as_str()),
     }
 }
 
@@ -166,13 +180,20 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
     let mut writer = BufWriter::new(tokio::fs::File::from_std(spool));
     let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     let mut number = 0_u64;
+    // Each space the backup names, with the first line naming it.
+    let mut named: Vec<(SpaceId, u64)> = Vec::new();
     while let Some(line) = lines.next().await {
         number += 1;
         let line = line.map_err(|e| read_error(e, number))?;
         if line.trim().is_empty() {
             continue;
         }
-        parse_line(number, &line)?;
+        let parsed = parse_line(number, &line)?;
+        if let Some(space) = parsed.change.space_id
+            && !named.iter().any(|(known, _)| *known == space)
+        {
+            named.push((space, number));
+        }
         writer
             .write_all(line.as_bytes())
             .await
@@ -180,6 +201,19 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
         writer.write_all(b"\n").await.map_err(BackupError::Spool)?;
     }
     writer.flush().await.map_err(BackupError::Spool)?;
+    // Only into spaces the user may write (the store checks again in its
+    // transaction, and on Postgres row-level security does too).
+    if !named.is_empty() {
+        let memberships = store.spaces_of(user).await?;
+        for (space, line) in named {
+            let writable = memberships
+                .iter()
+                .any(|m| m.space_id == space && m.role.can_write());
+            if !writable {
+                return Err(BackupError::SpaceForbidden { line, space });
+            }
+        }
+    }
     let mut spool = writer.into_inner();
     tokio::io::AsyncSeekExt::rewind(&mut spool)
         .await

@@ -121,6 +121,10 @@ impl ApiError {
                     (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
                 }
                 BackupError::TimedOut => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+                BackupError::SpaceForbidden { .. }
+                | BackupError::Store(StoreError::SpaceForbidden { .. }) => {
+                    (StatusCode::FORBIDDEN, "space_forbidden")
+                }
                 BackupError::Store(StoreError::Unavailable(_)) => {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }

@@ -14,17 +14,15 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
 use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
-use uuid::Uuid;
 
 use crate::compaction::{self, CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{EVENT_CAPACITY, StoreEvent};
 use crate::relay::{self, Announcer};
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, LogState, RawColumns, Reserved, encode,
+    ChangeBatches, ImportError, ImportOutcome, ImportSource, LogState, RawColumns, Reserved, encode,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -42,6 +40,7 @@ macro_rules! select_columns {
     };
 }
 
+mod backup;
 mod compact;
 pub(crate) mod space_push;
 mod spaces;
@@ -527,7 +526,7 @@ pub fn role_of(url: &str) -> Option<String> {
 /// [`compaction::superseding`](crate::compaction::superseding)).
 async fn reserve_positions(
     tx: &Transaction<'_>,
-    user: &UserId,
+    log: &str,
     count: i64,
     superseding: i64,
 ) -> StoreResult<Reserved> {
@@ -549,10 +548,7 @@ async fn reserve_positions(
         .map_err(database_error)?;
     let first_possible = seq_param(Cursor::START.position() + 1);
     let row = tx
-        .query_one(
-            &reserve,
-            &[&user.as_str(), &count, &first_possible, &superseding],
-        )
+        .query_one(&reserve, &[&log, &count, &first_possible, &superseding])
         .await
         .map_err(database_error)?;
     Ok(Reserved {
@@ -724,161 +720,15 @@ impl Store for PostgresStore {
     }
 
     async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
-        let (batches, receiver) = mpsc::channel(2);
-        let (started, start) = tokio::sync::oneshot::channel();
-        let pool = self.pool.clone();
-        let user = user.clone();
-        tokio::spawn(async move {
-            let mut client = match pool.get().await {
-                Ok(client) => client,
-                Err(error) => {
-                    let _ = started.send(Err(pool_error(error)));
-                    return;
-                }
-            };
-            // One repeatable-read transaction: the whole export is one
-            // snapshot, fetched a batch at a time through a portal.
-            let tx = match Self::begin_as(&mut client, &user, true).await {
-                Ok(tx) => tx,
-                Err(error) => {
-                    let _ = started.send(Err(error));
-                    return;
-                }
-            };
-            let _ = started.send(Ok(()));
-            let streamed = async {
-                let statement = tx
-                    .prepare_cached(concat!(
-                        select_columns!(),
-                        " FROM mana_changes WHERE user_id = $1 ORDER BY seq"
-                    ))
-                    .await
-                    .map_err(database_error)?;
-                let portal = tx
-                    .bind(&statement, &[&user.as_str()])
-                    .await
-                    .map_err(database_error)?;
-                let fetch = i32::try_from(EXPORT_BATCH).unwrap_or(i32::MAX);
-                loop {
-                    let rows = tx
-                        .query_portal(&portal, fetch)
-                        .await
-                        .map_err(database_error)?;
-                    let last = rows.len() < EXPORT_BATCH;
-                    let batch = rows
-                        .iter()
-                        .map(stored_change)
-                        .collect::<StoreResult<Vec<_>>>()?;
-                    // The reader went away: stop reading.
-                    if !batch.is_empty() && batches.send(Ok(batch)).await.is_err() {
-                        return Ok(());
-                    }
-                    if last {
-                        return Ok(());
-                    }
-                }
-            };
-            if let Err(error) = streamed.await {
-                let _ = batches.send(Err(error)).await;
-            }
-            let _ = tx.commit().await;
-        });
-        crate::types::started_batches(start, receiver).await
+        backup::export(self, user).await
     }
 
     async fn import(
         &self,
         user: &UserId,
-        mut changes: ImportSource,
+        changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError> {
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = Self::begin_as(&mut client, user, false).await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
-                     op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
-                 SELECT $1, $2 + u.ord, u.event_id, u.app_id, u.table_name, u.record_id, u.op, u.data,
-                     u.fields, u.deleted_at, u.actor, u.client_id, u.schema_version, u.created_at
-                 FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                     $9::text[], $10::text[], $11::text[], $12::text[], $13::int4[], $14::timestamptz[])
-                     WITH ORDINALITY AS u(event_id, app_id, table_name, record_id, op, data, fields,
-                         deleted_at, actor, client_id, schema_version, created_at, ord)
-                 ON CONFLICT (user_id, event_id) DO NOTHING
-                 RETURNING seq, app_id, table_name",
-            )
-            .await
-            .map_err(database_error)?;
-        let mut outcome = ImportOutcome::default();
-        let mut notices = ImportNotices::default();
-        let mut batch = Vec::with_capacity(IMPORT_BATCH);
-        loop {
-            let next = futures::StreamExt::next(&mut changes).await;
-            let done = match next {
-                Some(Ok(change)) => {
-                    batch.push(change);
-                    false
-                }
-                Some(Err(error)) => {
-                    let _ = tx.rollback().await;
-                    return Err(ImportError::Source(error));
-                }
-                None => true,
-            };
-            if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
-                let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                // The counter row stays locked until commit: the user's
-                // pushes wait, so cursor order holds for restored changes too.
-                let superseding = batch
-                    .iter()
-                    .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
-                    .count();
-                let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
-                let Reserved { after, last } =
-                    reserve_positions(&tx, user, count, superseding).await?;
-                notices.reserved(seq_value(after));
-                let before_first = last - count;
-                let columns = ImportColumns::new(&batch);
-                let stored = tx
-                    .query(
-                        &insert,
-                        &[
-                            &user.as_str(),
-                            &before_first,
-                            &columns.event_ids,
-                            &columns.app_ids,
-                            &columns.changes.tables,
-                            &columns.changes.record_ids,
-                            &columns.changes.ops,
-                            &columns.changes.data,
-                            &columns.changes.fields,
-                            &columns.changes.deleted_at,
-                            &columns.changes.actors,
-                            &columns.client_ids,
-                            &columns.changes.schema_versions,
-                            &columns.created_at,
-                        ],
-                    )
-                    .await
-                    .map_err(database_error)?;
-                for row in &stored {
-                    let app: &str = row.get(1);
-                    let table: &str = row.get(2);
-                    notices.record(app, table, seq_value(row.get(0)));
-                }
-                let stored = stored.len() as u64;
-                outcome.imported += stored;
-                outcome.skipped += batch.len() as u64 - stored;
-                batch.clear();
-            }
-            if done {
-                break;
-            }
-        }
-        tx.commit().await.map_err(database_error)?;
-        for notice in notices.into_notices(&LogId::of_user(user)) {
-            self.announcer.announce(notice);
-        }
-        Ok(outcome)
+        backup::import(self, user, changes).await
     }
 
     async fn compaction_candidates(
@@ -989,26 +839,5 @@ impl<'a> ChangeColumns<'a> {
                 .push(i32::try_from(change.schema_version).unwrap_or(i32::MAX));
         }
         columns
-    }
-}
-
-/// The columns of restored changes, for one `UNNEST` insert.
-struct ImportColumns<'a> {
-    event_ids: Vec<Uuid>,
-    app_ids: Vec<&'a str>,
-    client_ids: Vec<&'a str>,
-    created_at: Vec<time::OffsetDateTime>,
-    changes: ChangeColumns<'a>,
-}
-
-impl<'a> ImportColumns<'a> {
-    fn new(batch: &'a [mana_sync_protocol::backup::ImportedChange]) -> Self {
-        Self {
-            event_ids: batch.iter().map(|i| i.event_id).collect(),
-            app_ids: batch.iter().map(|i| i.app_id.as_str()).collect(),
-            client_ids: batch.iter().map(|i| i.client_id.as_str()).collect(),
-            created_at: batch.iter().map(|i| i.created_at).collect(),
-            changes: ChangeColumns::new(batch.iter().map(|i| &i.change)),
-        }
     }
 }

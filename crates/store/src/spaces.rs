@@ -51,33 +51,39 @@ impl Role {
     }
 }
 
-/// The changes of one changeset that go to one log.
+/// The changes of one changeset (or backup batch) that go to one log.
 #[derive(Debug, Clone)]
-pub(crate) struct LogChanges {
+pub(crate) struct LogChanges<T> {
     /// The log.
     pub log: LogId,
-    /// Its space; `None` for the pusher's own log.
+    /// Its space; `None` for the writer's own log.
     pub space: Option<SpaceId>,
-    /// Its changes, in the changeset's order.
-    pub changes: Vec<Change>,
+    /// Its changes, in their original order.
+    pub changes: Vec<T>,
 }
 
-/// Splits a changeset of `user` by the log each change goes to: the user's
-/// own log first, then each space's, by space id (the order every store
-/// takes their locks in, so two pushes into the same spaces cannot
-/// deadlock). Changes keep their order within a log.
-pub(crate) fn split_by_log(user: &UserId, changes: &[Change]) -> Vec<LogChanges> {
-    let mut groups: Vec<LogChanges> = Vec::new();
+/// Splits changes `user` writes by the log each goes to (`space_of` says
+/// which space a change names): the user's own log first, then each
+/// space's, by space id (the order every store takes their locks in, so two
+/// pushes into the same spaces cannot deadlock). Changes keep their order
+/// within a log.
+pub(crate) fn split_by_log<T: Clone>(
+    user: &UserId,
+    changes: &[T],
+    space_of: impl Fn(&T) -> Option<&SpaceId>,
+) -> Vec<LogChanges<T>> {
+    let mut groups: Vec<LogChanges<T>> = Vec::new();
     for change in changes {
-        let index = match groups.iter().position(|g| g.space == change.space_id) {
+        let space = space_of(change);
+        let index = match groups.iter().position(|g| g.space.as_ref() == space) {
             Some(index) => index,
             None => {
                 groups.push(LogChanges {
-                    log: match &change.space_id {
+                    log: match space {
                         Some(space) => LogId::of_space(space),
                         None => LogId::of_user(user),
                     },
-                    space: change.space_id.clone(),
+                    space: space.cloned(),
                     changes: Vec::new(),
                 });
                 groups.len() - 1

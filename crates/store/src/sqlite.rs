@@ -27,8 +27,7 @@ use crate::migrations::{Migration, SQLITE};
 use crate::notice::{EVENT_CAPACITY, StoreEvent};
 use crate::sqlite_writer::Writer;
 use crate::types::{
-    ChangeBatches, EXPORT_BATCH, IMPORT_BATCH, ImportError, ImportNotices, ImportOutcome,
-    ImportSource, LogState, RawColumns, Reserved, encode,
+    ChangeBatches, ImportError, ImportOutcome, ImportSource, LogState, RawColumns, Reserved,
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
@@ -116,6 +115,7 @@ fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64>
     Ok(position.map_or(Cursor::START.position(), |p| u64::try_from(p).unwrap_or(0)))
 }
 
+mod backup;
 mod compact;
 pub(crate) mod spaces;
 
@@ -139,7 +139,7 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
     }
 }
 
-fn pool_error(error: r2d2::Error) -> StoreError {
+pub(crate) fn pool_error(error: r2d2::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
@@ -380,7 +380,9 @@ fn select_changes_sql(collection: bool, exclude: bool) -> String {
     sql
 }
 
-fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredChangeHead, RawColumns)> {
+pub(crate) fn read_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(StoredChangeHead, RawColumns)> {
     Ok((
         StoredChangeHead {
             seq: row.get(0)?,
@@ -402,7 +404,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredChangeHead, RawC
     ))
 }
 
-struct StoredChangeHead {
+pub(crate) struct StoredChangeHead {
     seq: i64,
     event_id: String,
     app_id: String,
@@ -413,7 +415,7 @@ struct StoredChangeHead {
     created_at: i64,
 }
 
-fn assemble(head: StoredChangeHead, raw: RawColumns) -> StoreResult<StoredChange> {
+pub(crate) fn assemble(head: StoredChangeHead, raw: RawColumns) -> StoreResult<StoredChange> {
     let columns = raw.decode()?;
     let event_id = Uuid::parse_str(&head.event_id)
         .map_err(|e| StoreError::Corrupt(format!("event_id: {e}")))?;
@@ -482,153 +484,15 @@ impl Store for SqliteStore {
     }
 
     async fn export(&self, user: &UserId) -> StoreResult<ChangeBatches> {
-        let (batches, receiver) = tokio::sync::mpsc::channel(2);
-        let (started, start) = tokio::sync::oneshot::channel();
-        let readers = self.readers.clone();
-        let user = user.as_str().to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = match readers.get() {
-                Ok(conn) => conn,
-                Err(error) => {
-                    let _ = started.send(Err(pool_error(error)));
-                    return;
-                }
-            };
-            // One read transaction: the whole export is one snapshot.
-            let tx = match conn.transaction() {
-                Ok(tx) => tx,
-                Err(error) => {
-                    let _ = started.send(Err(database_error(error)));
-                    return;
-                }
-            };
-            let _ = started.send(Ok(()));
-            let streamed = (|| -> StoreResult<()> {
-                let mut statement = tx
-                    .prepare(concat!(
-                        select_columns!(),
-                        " FROM mana_changes WHERE user_id = ?1 ORDER BY seq"
-                    ))
-                    .map_err(database_error)?;
-                let mut rows = statement.query([&user]).map_err(database_error)?;
-                let mut batch = Vec::with_capacity(EXPORT_BATCH);
-                while let Some(row) = rows.next().map_err(database_error)? {
-                    let (head, raw) = read_row(row).map_err(database_error)?;
-                    batch.push(assemble(head, raw)?);
-                    if batch.len() == EXPORT_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
-                        // The reader went away: stop reading.
-                        if batches.blocking_send(Ok(full)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    let _ = batches.blocking_send(Ok(batch));
-                }
-                Ok(())
-            })();
-            if let Err(error) = streamed {
-                let _ = batches.blocking_send(Err(error));
-            }
-        });
-        crate::types::started_batches(start, receiver).await
+        backup::export(self, user).await
     }
 
     async fn import(
         &self,
         user: &UserId,
-        mut changes: ImportSource,
+        changes: ImportSource,
     ) -> Result<ImportOutcome, ImportError> {
-        let owner = user.clone();
-        let events = self.events.clone();
-        let runtime = tokio::runtime::Handle::current();
-        self.writer
-            .run(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(database_error)?;
-                let user = owner.as_str();
-                let mut outcome = ImportOutcome::default();
-                let mut notices = ImportNotices::default();
-                let mut batch = Vec::with_capacity(IMPORT_BATCH);
-                loop {
-                    // The source is async; this thread is one of Tokio's blocking
-                    // ones, where waiting on it is allowed. (The source is a local
-                    // spool of validated lines, so the writer is not held waiting
-                    // on a client.)
-                    let next = runtime.block_on(futures::StreamExt::next(&mut changes));
-                    let done = match next {
-                        Some(Ok(change)) => {
-                            batch.push(change);
-                            false
-                        }
-                        // Returning drops `tx`: everything is rolled back.
-                        Some(Err(error)) => return Err(ImportError::Source(error)),
-                        None => true,
-                    };
-                    if batch.len() == IMPORT_BATCH || (done && !batch.is_empty()) {
-                        let count = i64::try_from(batch.len()).unwrap_or(i64::MAX);
-                        let superseding = batch
-                            .iter()
-                            .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
-                            .count();
-                        let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
-                        let Reserved { after, last } =
-                            reserve_positions(&tx, user, count, superseding)?;
-                        notices.reserved(u64::try_from(after).unwrap_or(0));
-                        let mut insert = tx
-                            .prepare_cached(concat!(
-                                insert_change!(),
-                                " ON CONFLICT (user_id, event_id) DO NOTHING"
-                            ))
-                            .map_err(database_error)?;
-                        for (offset, imported) in (1_i64..).zip(batch.drain(..)) {
-                            let seq = last - count + offset;
-                            let change = &imported.change;
-                            let encoded = encode(change);
-                            let stored = insert
-                                .execute(params![
-                                    user,
-                                    seq,
-                                    imported.event_id.to_string(),
-                                    imported.app_id,
-                                    change.table,
-                                    change.id,
-                                    change.op.as_str(),
-                                    encoded.data,
-                                    encoded.fields,
-                                    encoded.deleted_at,
-                                    encoded.actor,
-                                    imported.client_id,
-                                    change.schema_version,
-                                    micros(imported.created_at),
-                                    None::<&str>,
-                                ])
-                                .map_err(database_error)?;
-                            if stored == 1 {
-                                outcome.imported += 1;
-                                notices.record(
-                                    &imported.app_id,
-                                    &change.table,
-                                    u64::try_from(seq).unwrap_or(0),
-                                );
-                            } else {
-                                outcome.skipped += 1;
-                            }
-                        }
-                    }
-                    if done {
-                        break;
-                    }
-                }
-                tx.commit().map_err(database_error)?;
-                for notice in notices.into_notices(&LogId::of_user(&owner)) {
-                    let _ = events.send(StoreEvent::Changed(std::sync::Arc::new(notice)));
-                }
-                Ok(outcome)
-            })
-            .await?
+        backup::import(self, user, changes).await
     }
 
     async fn compaction_candidates(

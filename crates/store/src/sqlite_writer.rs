@@ -266,7 +266,7 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
     }
     let mut notices = Vec::new();
     let mut last_stored = 0;
-    for group in split_by_log(&push.user, &push.changes) {
+    for group in split_by_log(&push.user, &push.changes, |c| c.space_id.as_ref()) {
         // The pusher must be allowed to write the space, checked in the
         // transaction that stores the changes (memberships change on this
         // same writer, so the answer holds until the commit).
@@ -296,7 +296,7 @@ fn store(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
 fn store_log(
     conn: &Connection,
     push: &Push,
-    group: &LogChanges,
+    group: &LogChanges<Change>,
     now: i64,
 ) -> StoreResult<(ChangeNotice, u64)> {
     let count = i64::try_from(group.changes.len()).unwrap_or(i64::MAX);

@@ -208,6 +208,34 @@ impl ImportNotices {
     }
 }
 
+/// The notices of an import, one set per log it wrote to (the importer's
+/// own, and spaces').
+#[derive(Default)]
+pub(crate) struct ImportLogs {
+    logs: Vec<(LogId, ImportNotices)>,
+}
+
+impl ImportLogs {
+    /// The notices of `log`.
+    pub(crate) fn of(&mut self, log: &LogId) -> &mut ImportNotices {
+        let index = match self.logs.iter().position(|(known, _)| known == log) {
+            Some(index) => index,
+            None => {
+                self.logs.push((log.clone(), ImportNotices::default()));
+                self.logs.len() - 1
+            }
+        };
+        &mut self.logs[index].1
+    }
+
+    pub(crate) fn into_notices(self) -> Vec<crate::ChangeNotice> {
+        self.logs
+            .into_iter()
+            .flat_map(|(log, notices)| notices.into_notices(&log))
+            .collect()
+    }
+}
+
 /// A change as it sits in the log.
 #[derive(Debug, Clone)]
 pub struct StoredChange {

@@ -371,7 +371,57 @@ async fn pushes_and_membership_changes_are_announced_per_log(f: Fixture) {
     }
 }
 
+/// The store refuses an import into a space the importer may not write by
+/// itself (the server checks first; this is the second line of defence),
+/// and stores nothing of it.
+async fn an_import_into_a_space_the_importer_may_not_write_stores_nothing(f: Fixture) {
+    let space = shared_space(&f).await;
+    let restored = |n: u128, change: mana_sync_protocol::Change| {
+        Ok(mana_sync_protocol::backup::ImportedChange {
+            event_id: uuid::Uuid::from_u128(n),
+            app_id: "todo".to_owned(),
+            client_id: "restored".to_owned(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            change,
+        })
+    };
+    for who in ["vic", "eve"] {
+        let items = vec![
+            restored(1, insert("tasks", "own")),
+            restored(2, into_space(&space, "sneaky")),
+        ];
+        let result = f
+            .store
+            .import(&user(who), Box::pin(futures::stream::iter(items)))
+            .await;
+        match result {
+            Err(mana_sync_store::ImportError::Store(StoreError::SpaceForbidden {
+                space: named,
+                write: true,
+            })) => {
+                assert_eq!(named, space);
+            }
+            other => panic!("{who}'s import must be refused, got {other:?}"),
+        }
+        let (own, _) =
+            common::read_all(&*f.store, &user(who), query("todo", None, Since::START)).await;
+        assert!(own.is_empty(), "nothing of {who}'s import is stored");
+    }
+    let items = vec![restored(3, into_space(&space, "bread"))];
+    let outcome = f
+        .store
+        .import(&user("bob"), Box::pin(futures::stream::iter(items)))
+        .await
+        .expect("an editor restores into the space");
+    assert_eq!(outcome.imported, 1);
+    assert_eq!(
+        space_ids(&f, &user("ann"), &space).await.expect("reads"),
+        ["bread"]
+    );
+}
+
 store_suite!(
+    an_import_into_a_space_the_importer_may_not_write_stores_nothing,
     members_of_a_space_see_it_and_others_do_not,
     only_owners_manage_members_and_a_space_keeps_an_owner,
     members_write_and_read_a_space_and_nobody_else_does,

@@ -80,7 +80,7 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
     let no_changeset: Option<&str> = None;
     let mut notices = Vec::new();
     let mut last_stored = 0;
-    for group in split_by_log(&job.user, &job.changes) {
+    for group in split_by_log(&job.user, &job.changes, |c| c.space_id.as_ref()) {
         if let Some(space) = &group.space {
             let role = super::spaces::role_in(&tx, space, job.user.as_str()).await?;
             if !role.is_some_and(Role::can_write) {
