@@ -34,6 +34,17 @@ pub enum ClientError {
         /// The id.
         id: String,
     },
+    /// A write into a shared space where the user is a viewer (as of the
+    /// last refresh of the spaces list): the server would refuse it.
+    #[error(
+        "`{name}` is shared with you as a viewer: its records cannot be changed (an owner can make you an editor)"
+    )]
+    ReadOnlySpace {
+        /// The space's id.
+        space: String,
+        /// Its name.
+        name: String,
+    },
     /// The token is not a JWT with a `sub` claim.
     #[error("the token is not a JWT with a `sub` (user) claim: {0}")]
     InvalidToken(String),

@@ -14,6 +14,12 @@
 //!   ([`SyncClient::run_live`]), merging field by field
 //!   ([`mana_sync_protocol::merge`]). Its progress is the store's
 //!   [`SyncStatus`].
+//! - Shared spaces: a record may live in a space several users share
+//!   ([`LocalStore::insert_in`]); its changes carry the space, the client
+//!   follows every space of the user (one composite cursor per collection),
+//!   drops a space's records when the user leaves it, and sets aside the
+//!   changes the server refuses to let the user write ([`spaces`] is the
+//!   typed API: create, list, members, roles, leave).
 //! - Guest mode: a store starts local-only; [`LocalStore::sign_in`] (or
 //!   [`SyncClient::new`]) makes its data the account's, pushed at the next
 //!   sync.
@@ -34,6 +40,7 @@ pub mod clock;
 pub mod error;
 mod live;
 pub mod query;
+pub mod spaces;
 pub mod status;
 pub mod store;
 pub mod sync;
@@ -42,5 +49,9 @@ mod token;
 pub use error::{ClientError, Result};
 pub use query::{Query, Subscription};
 pub use status::SyncStatus;
-pub use store::{Account, LocalStore, Record, RejectedChange, SeedRecord, StoreOptions};
+pub use mana_sync_protocol::messages::{MemberView, SpaceView};
+pub use spaces::Role;
+pub use store::{
+    Account, LocalSpace, LocalStore, Record, RejectedChange, SeedRecord, StoreOptions,
+};
 pub use sync::{SyncClient, SyncOptions, SyncReport};

@@ -21,6 +21,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use mana_sync_protocol::StreamChanges;
+use mana_sync_protocol::messages::SpaceEvent;
 
 use crate::error::{ClientError, Result};
 use crate::status::SyncStatus;
@@ -212,6 +213,11 @@ impl SyncClient {
                                 return Stopped::Failed(error);
                             }
                         }
+                        "space-added" | "space-removed" => {
+                            if let Err(error) = self.space_event(&event.event, &event.data).await {
+                                return Stopped::Failed(error);
+                            }
+                        }
                         // History after the cursor was dropped: the server
                         // ends the stream; download everything again.
                         "cursor-expired" => return self.expired(&event.data).await,
@@ -272,13 +278,42 @@ impl SyncClient {
     async fn apply_event(&self, data: &str) -> Result<()> {
         let event: StreamChanges = serde_json::from_str(data)
             .map_err(|error| ClientError::Protocol(format!("stream event: {error}")))?;
+        let cursor = event.synced_until.clone();
+        let rejoined = self
+            .blocking(move |store| store.names_dropped_space(&cursor))
+            .await?;
         self.blocking(move |store| {
             store.apply_page(
                 &event.changes,
                 Some((event.table.as_str(), event.synced_until.as_str())),
+                &[],
+                false,
             )
         })
         .await?;
+        if rejoined {
+            // The stream downloads a re-joined space without this device's
+            // own earlier changes; a pull without the client id brings them.
+            self.pull().await?;
+        }
+        Ok(())
+    }
+
+    /// `space-added`: the user joined a space (the stream sends its changes
+    /// next); the list of spaces is refreshed, and a space this device
+    /// dropped before is pulled whole. `space-removed`: its records go.
+    async fn space_event(&self, kind: &str, data: &str) -> Result<()> {
+        let event: SpaceEvent = serde_json::from_str(data)
+            .map_err(|error| ClientError::Protocol(format!("stream event {kind}: {error}")))?;
+        if kind == "space-removed" {
+            let gone = vec![event.space_id];
+            self.blocking(move |store| store.drop_spaces(&gone)).await?;
+            return Ok(());
+        }
+        self.refresh_spaces().await?;
+        if self.blocking(|store| store.has_dropped_spaces()).await? {
+            self.pull().await?;
+        }
         Ok(())
     }
 }

@@ -59,8 +59,12 @@ pub const START: &str = "1970-01-01T00:00:00.000Z";
 /// The request header listing the protocol features this client handles.
 pub(crate) const FEATURES_HEADER: &str = "x-sync-features";
 /// The features it lists: told `cursor_expired` rather than served from the
-/// start when its cursor is older than history the server dropped.
-pub(crate) const FEATURES: &str = "cursor-expired";
+/// start when its cursor is older than history the server dropped; and
+/// following shared spaces (a composite cursor, `removedSpaces`, the
+/// stream's `space-added`/`space-removed`).
+pub(crate) const FEATURES: &str = "cursor-expired,spaces";
+/// The error code of a push into a space the user may not write.
+pub(crate) const SPACE_FORBIDDEN: &str = "space_forbidden";
 /// The error code (and, with a dash, the stream event) of an expired cursor.
 pub(crate) const CURSOR_EXPIRED: &str = "cursor_expired";
 
@@ -258,6 +262,7 @@ impl SyncClient {
     pub(crate) async fn sync_once(&self) -> Result<SyncReport> {
         let mut report = self.push().await?;
         report.received += self.pull().await?;
+        self.refresh_spaces().await?;
         Ok(report)
     }
 
@@ -350,6 +355,21 @@ impl SyncClient {
                     self.blocking(|store| store.forget_cursors()).await?;
                 }
                 Err(ClientError::Server {
+                    status: 403,
+                    code,
+                    message,
+                }) if code == SPACE_FORBIDDEN && changeset.space.is_some() => {
+                    // A viewer's (or a former member's) changes: the server
+                    // stored nothing of the changeset. This space's changes
+                    // are set aside; the other spaces' go on.
+                    let space = changeset.space.clone().unwrap_or_default();
+                    let reason = format!("{code}: {message}");
+                    tracing::warn!(%space, %reason, "the server refused writing a shared space; its changes are set aside");
+                    report.rejected += self
+                        .blocking(move |store| store.reject_space(&space, &reason))
+                        .await?;
+                }
+                Err(ClientError::Server {
                     status,
                     code,
                     message,
@@ -435,10 +455,14 @@ impl SyncClient {
     /// the app cursor, or finishes the re-download in progress.
     async fn pull_round(&self, received: &mut usize) -> Result<()> {
         let redownload = self.blocking(|store| store.redownload_pending()).await?;
+        // A space dropped after leaving it comes back, on re-joining, with
+        // this device's own changes only from a pull without the client id
+        // (see `crate::store` on spaces).
+        let with_own = redownload || self.blocking(|store| store.has_dropped_spaces()).await?;
         let mut first_cursor = None;
         for collection in self.inner.store.collections().to_vec() {
             let cursor = self
-                .pull_collection(&collection, redownload, received)
+                .pull_collection(&collection, with_own, received)
                 .await?;
             // Pulls end at the server's newest position at the time, so the
             // first collection's final cursor is at or before every other's:
@@ -449,19 +473,20 @@ impl SyncClient {
             self.blocking(move |store| store.finish_redownload(first_cursor.as_deref()))
                 .await?;
         } else if let Some(cursor) = first_cursor {
-            self.blocking(move |store| store.set_app_cursor(&cursor))
+            self.blocking(move |store| store.set_app_cursor(&cursor, with_own))
                 .await?;
         }
         Ok(())
     }
 
     /// Pulls one collection from its cursor to the end, counting the changes
-    /// in `received`; returns the final cursor. A re-download pulls without
-    /// the client id, so that this device's own changes come back too.
+    /// in `received`; returns the final cursor. `with_own` (a re-download,
+    /// or a dropped space to download again) pulls without the client id,
+    /// so that this device's own changes come back too.
     async fn pull_collection(
         &self,
         collection: &str,
-        redownload: bool,
+        with_own: bool,
         received: &mut usize,
     ) -> Result<String> {
         let stored = {
@@ -472,7 +497,7 @@ impl SyncClient {
         let mut since = stored.unwrap_or_else(|| START.to_owned());
         let mut restarted = false;
         loop {
-            let page = match self.pull_page(collection, &since, !redownload).await {
+            let page = match self.pull_page(collection, &since, !with_own).await {
                 Ok(page) => page,
                 Err(ClientError::Server { code, .. }) if code == "invalid_cursor" && !restarted => {
                     // Not this server's cursor (its database was replaced):
@@ -490,7 +515,12 @@ impl SyncClient {
             let cursor = next.clone();
             self.blocking(move |store| {
                 let cursor = last.then_some((owned.as_str(), cursor.as_str()));
-                store.apply_page(&page.server_changes, cursor)
+                store.apply_page(
+                    &page.server_changes,
+                    cursor,
+                    &page.removed_spaces,
+                    with_own,
+                )
             })
             .await?;
             if last {

@@ -10,8 +10,9 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::LocalStore;
 use super::cursors::set_cursor;
 use super::meta::{read_clock, set_meta};
-use super::records::{load_state, save_state};
+use super::records::{load, save_state};
 use super::redownload;
+use super::spaces;
 use crate::clock::{self, HlcTime};
 use crate::error::Result;
 
@@ -20,22 +21,32 @@ impl LocalStore {
     /// each is merged into its record, in one transaction. Returns how many
     /// records changed.
     pub fn apply_remote(&self, changes: &[SyncChange]) -> Result<usize> {
-        self.apply_page(changes, None)
+        self.apply_page(changes, None, &[], true)
     }
 
     /// Applies one page of changes and, if given, moves `(collection, cursor)`
-    /// in the same transaction (the last page of a pull, a stream event).
+    /// in the same transaction (the last page of a pull, a stream event);
+    /// drops the spaces the page says the user left (`removedSpaces`).
+    /// `includes_own`: the page holds this device's own changes too (a pull
+    /// without the client id), which decides how the cursor of a dropped
+    /// space is saved (see `spaces`).
     pub(crate) fn apply_page(
         &self,
         changes: &[SyncChange],
         cursor: Option<(&str, &str)>,
+        removed_spaces: &[String],
+        includes_own: bool,
     ) -> Result<usize> {
         let touched = {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let touched = self.apply_in(&tx, changes)?;
+            let mut touched = self.apply_in(&tx, changes)?;
             if let Some((collection, cursor)) = cursor {
-                set_cursor(&tx, collection, cursor)?;
+                let cursor = spaces::cursor_for_saving(&tx, cursor, includes_own)?;
+                set_cursor(&tx, collection, &cursor)?;
+            }
+            for space in removed_spaces {
+                touched.extend(spaces::drop_space(&tx, space)?);
             }
             tx.commit()?;
             touched
@@ -63,8 +74,9 @@ impl LocalStore {
             return Ok(Vec::new());
         }
         // Each record is read and written once per page, however many of the
-        // page's changes touch it.
-        let mut cache: HashMap<(String, String), (RecordState, bool)> = HashMap::new();
+        // page's changes touch it: its state, whether it changed, its space.
+        let mut cache: HashMap<(String, String), (RecordState, bool, Option<String>)> =
+            HashMap::new();
         let mut newest: Option<&Timestamp> = None;
         let redownloading = redownload::in_progress(tx)?;
         for change in changes {
@@ -76,10 +88,21 @@ impl LocalStore {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
                     let (collection, id) = entry.key();
-                    let state = load_state(tx, collection, id)?.unwrap_or_default();
-                    entry.insert((state, false))
+                    let (state, space) = match load(tx, collection, id)? {
+                        Some(stored) => (stored.state, stored.space),
+                        // A new record is in the space of its first change.
+                        None => (RecordState::default(), change.space_id.clone()),
+                    };
+                    entry.insert((state, false, space))
                 }
             };
+            if entry.2 != change.space_id {
+                // A record never moves between spaces: a change naming
+                // another space than the record's (another log's record
+                // with the same id) must not touch it.
+                tracing::warn!(table = %change.table, id = %change.id, space = ?change.space_id, "skipping a change of a record in another space");
+                continue;
+            }
             match entry.0.apply(change.into()) {
                 Ok(changed) => entry.1 |= changed,
                 Err(error) => {
@@ -100,9 +123,9 @@ impl LocalStore {
             }
         }
         let mut touched = Vec::new();
-        for ((collection, id), (state, dirty)) in cache {
+        for ((collection, id), (state, dirty, space)) in cache {
             if dirty {
-                save_state(tx, &collection, &id, &state)?;
+                save_state(tx, &collection, &id, space.as_deref(), &state)?;
                 touched.push((collection, id));
             }
         }

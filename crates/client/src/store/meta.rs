@@ -153,6 +153,9 @@ impl LocalStore {
             if get_meta(&tx, "account_server")?.as_deref() != Some(server.as_str()) {
                 tx.execute("DELETE FROM cursors", [])?;
                 delete_meta(&tx, "app_cursor")?;
+                // Another server's spaces are not this one's.
+                tx.execute("DELETE FROM spaces", [])?;
+                tx.execute("DELETE FROM dropped_spaces", [])?;
                 // Another server's log says nothing about this one's records.
                 redownload::abandon(&tx)?;
                 set_meta(&tx, "account_server", &server)?;

@@ -8,15 +8,22 @@
 //! timestamp.
 //!
 //! Tables:
-//! - `records (collection, id, state, deleted)`: the merge state of each
-//!   record (`mana_sync_protocol::merge::RecordState` as JSON: every field's
-//!   value, timestamp and actor, and the tombstone);
-//! - `outbox (seq, change, changeset_id)`: local changes not yet acknowledged
-//!   by the server, in write order, as the JSON pushed; `changeset_id` is set
-//!   (and committed) before a push is sent, so a retry reuses it;
-//! - `rejected (seq, change, reason, rejected_at)`: changes the server
-//!   refused, set aside so the outbox never wedges (see `crate::sync`);
-//! - `cursors (collection, cursor)`: how far each collection was pulled;
+//! - `records (collection, id, state, deleted, space_id)`: the merge state
+//!   of each record (`mana_sync_protocol::merge::RecordState` as JSON: every
+//!   field's value, timestamp and actor, and the tombstone), and the shared
+//!   space it is in (`NULL`: the user's personal space), fixed when the
+//!   record is first written;
+//! - `outbox (seq, change, changeset_id, space_id)`: local changes not yet
+//!   acknowledged by the server, in write order, as the JSON pushed;
+//!   `changeset_id` is set (and committed) before a push is sent, so a retry
+//!   reuses it; a changeset holds the changes of one space only;
+//! - `rejected (seq, change, reason, rejected_at, space_id)`: changes the
+//!   server refused, set aside so the outbox never wedges (see `crate::sync`);
+//! - `cursors (collection, cursor)`: how far each collection was pulled (a
+//!   composite cursor naming each downloaded space);
+//! - `spaces (space_id, name, role)`: the shared spaces the user belongs to,
+//!   as of the last refresh; `dropped_spaces (space_id)`: spaces whose
+//!   records were dropped after the user left them (see `spaces`);
 //! - `redownload_seen (collection, id)`: records that came back during a
 //!   re-download after `cursor_expired` (see `redownload`);
 //! - `meta (key, value)`: client id, clock, account, app cursor, last error,
@@ -25,8 +32,9 @@
 //! The code follows the tables: this file opens the store and holds what
 //! every part shares; `records` (local writes, reads, queries), `outbox`
 //! (changesets, refused changes), `cursors`, `incoming` (merging what the
-//! server sends), `redownload` (starting over after `cursor_expired`) and
-//! `meta` (clock, status, account).
+//! server sends), `spaces` (shared spaces: the local list, dropping a space
+//! left), `redownload` (starting over after `cursor_expired`) and `meta`
+//! (clock, status, account).
 
 mod cursors;
 mod incoming;
@@ -34,6 +42,7 @@ mod meta;
 mod outbox;
 mod records;
 mod redownload;
+mod spaces;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,12 +63,23 @@ pub use meta::Account;
 pub(crate) use outbox::PendingChangeset;
 pub use outbox::RejectedChange;
 pub use records::Record;
+pub use spaces::LocalSpace;
 
 /// The schema version of changes this client writes (timestamps named `at`).
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// The current layout of the local database (`PRAGMA user_version`).
-const DB_VERSION: i64 = 1;
+/// Version 2 added shared spaces (`space_id` columns, `spaces`,
+/// `dropped_spaces`); [`UPGRADE_TO_2`] brings a version 1 file up to it.
+const DB_VERSION: i64 = 2;
+
+/// Layout 1 to 2: records, outbox rows and refused changes know their space
+/// (every existing one is in the personal space: `NULL`).
+const UPGRADE_TO_2: &str = "
+ALTER TABLE records ADD COLUMN space_id TEXT;
+ALTER TABLE outbox ADD COLUMN space_id TEXT;
+ALTER TABLE rejected ADD COLUMN space_id TEXT;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -71,19 +91,22 @@ CREATE TABLE IF NOT EXISTS records (
     id TEXT NOT NULL,
     state TEXT NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
+    space_id TEXT,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     change TEXT NOT NULL,
-    changeset_id TEXT
+    changeset_id TEXT,
+    space_id TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_changeset ON outbox (changeset_id) WHERE changeset_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY,
     change TEXT NOT NULL,
     reason TEXT NOT NULL,
-    rejected_at TEXT NOT NULL
+    rejected_at TEXT NOT NULL,
+    space_id TEXT
 );
 CREATE TABLE IF NOT EXISTS redownload_seen (
     collection TEXT NOT NULL,
@@ -93,6 +116,15 @@ CREATE TABLE IF NOT EXISTS redownload_seen (
 CREATE TABLE IF NOT EXISTS cursors (
     collection TEXT PRIMARY KEY,
     cursor TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_space ON records (space_id) WHERE space_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS spaces (
+    space_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped_spaces (
+    space_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 ";
 
@@ -194,6 +226,13 @@ fn check_field(name: &str) -> Result<()> {
             "field `{name}`: names starting with `__` are reserved for metadata"
         )));
     }
+    // The server reads `data.spaceId` and `fields.spaceId` as the record's
+    // space: as a field, it would move the record into another space.
+    if name == "spaceId" {
+        return Err(invalid(
+            "field `spaceId` is reserved: a record's space is chosen when it is inserted (`insert_in`)",
+        ));
+    }
     Ok(())
 }
 
@@ -242,6 +281,9 @@ impl LocalStore {
             )));
         }
         let created = version == 0;
+        if version == 1 {
+            tx.execute_batch(UPGRADE_TO_2)?;
+        }
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", DB_VERSION)?;
         let client_id = match get_meta(&tx, "client_id")? {

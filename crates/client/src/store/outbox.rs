@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::cursors::set_cursor;
 use super::meta::set_meta;
 use super::redownload;
+use super::spaces;
 use super::{LocalStore, corrupt, now_rfc3339};
 use crate::error::Result;
 
@@ -22,19 +23,23 @@ pub struct RejectedChange {
     pub reason: String,
     /// When (RFC 3339).
     pub rejected_at: String,
+    /// The shared space of the change's record (`None`: personal).
+    pub space_id: Option<String>,
 }
 
-/// Outbox rows sent together under one changeset id.
+/// Outbox rows sent together under one changeset id: changes of one space.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingChangeset {
     pub id: String,
     /// The changes' JSON texts, in write order.
     pub changes: Vec<String>,
+    /// The shared space they are in (`None`: the personal space).
+    pub space: Option<String>,
 }
 
-pub(super) fn append_outbox(conn: &Connection, change: &str) -> Result<()> {
-    conn.prepare_cached("INSERT INTO outbox (change) VALUES (?1)")?
-        .execute([change])?;
+pub(super) fn append_outbox(conn: &Connection, change: &str, space: Option<&str>) -> Result<()> {
+    conn.prepare_cached("INSERT INTO outbox (change, space_id) VALUES (?1, ?2)")?
+        .execute(params![change, space])?;
     Ok(())
 }
 
@@ -55,8 +60,11 @@ impl LocalStore {
 
     /// The next changeset to push: rows already assigned to a changeset (a
     /// push that failed or whose reply was lost) first, with the same id;
-    /// otherwise up to `max` new rows, whose new id is committed before this
-    /// returns, so that a crash or a timeout after sending resends the same id.
+    /// otherwise up to `max` new rows of the space of the oldest row, whose
+    /// new id is committed before this returns, so that a crash or a timeout
+    /// after sending resends the same id. A changeset holds one space's
+    /// changes, because the server refuses a whole changeset when one space
+    /// of it may not be written: the other spaces' changes still go through.
     pub(crate) fn next_changeset(&self, max: usize) -> Result<Option<PendingChangeset>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -69,22 +77,30 @@ impl LocalStore {
         let id = match assigned {
             Some(id) => id,
             None => {
-                let last: Option<i64> = tx
-                    .prepare_cached(
-                        "SELECT MAX(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?1)",
-                    )?
-                    .query_row([i64::try_from(max.max(1)).unwrap_or(500)], |row| row.get(0))?;
-                let Some(last) = last else {
+                let oldest: Option<Option<String>> = tx
+                    .prepare_cached("SELECT space_id FROM outbox ORDER BY seq LIMIT 1")?
+                    .query_row([], |row| row.get(0))
+                    .optional()?;
+                let Some(space) = oldest else {
                     return Ok(None);
                 };
                 let id = uuid::Uuid::now_v7().to_string();
                 tx.prepare_cached(
-                    "UPDATE outbox SET changeset_id = ?1 WHERE changeset_id IS NULL AND seq <= ?2",
+                    "UPDATE outbox SET changeset_id = ?1 WHERE seq IN
+                       (SELECT seq FROM outbox WHERE changeset_id IS NULL AND space_id IS ?2
+                        ORDER BY seq LIMIT ?3)",
                 )?
-                .execute(params![id, last])?;
+                .execute(params![
+                    id,
+                    space,
+                    i64::try_from(max.max(1)).unwrap_or(500)
+                ])?;
                 id
             }
         };
+        let space: Option<String> = tx
+            .prepare_cached("SELECT space_id FROM outbox WHERE changeset_id = ?1 LIMIT 1")?
+            .query_row([&id], |row| row.get(0))?;
         let changes = {
             let mut statement = tx
                 .prepare_cached("SELECT change FROM outbox WHERE changeset_id = ?1 ORDER BY seq")?;
@@ -93,34 +109,60 @@ impl LocalStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?
         };
         tx.commit()?;
-        Ok(Some(PendingChangeset { id, changes }))
+        Ok(Some(PendingChangeset { id, changes, space }))
     }
 
     /// The server stored changeset `id` (or had stored it before): drop its
     /// rows and apply the reply, in one transaction. The reply holds every
     /// change of the app after the `since` that was sent (the app cursor);
     /// when it holds all of them (`hasMore` false), every collection's cursor
-    /// moves to its `syncedUntil` in the same transaction.
+    /// moves to its `syncedUntil` in the same transaction. Spaces the reply
+    /// says the user left are dropped in it too.
     pub(crate) fn finish_changeset(&self, id: &str, reply: &PushResponse) -> Result<()> {
         let touched = {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached("DELETE FROM outbox WHERE changeset_id = ?1")?
                 .execute([id])?;
-            let touched = self.apply_in(&tx, &reply.server_changes)?;
+            let mut touched = self.apply_in(&tx, &reply.server_changes)?;
             // During a re-download only its pulls set cursors (sync pushes
             // after it; this is another process on the same store).
             if !reply.has_more && !redownload::in_progress(&tx)? {
+                // A push reply leaves out this device's own changes.
+                let cursor = spaces::cursor_for_saving(&tx, &reply.synced_until, false)?;
                 for collection in &self.shared.collections {
-                    set_cursor(&tx, collection, &reply.synced_until)?;
+                    set_cursor(&tx, collection, &cursor)?;
                 }
-                set_meta(&tx, "app_cursor", &reply.synced_until)?;
+                set_meta(&tx, "app_cursor", &cursor)?;
+            }
+            for space in &reply.removed_spaces {
+                touched.extend(spaces::drop_space(&tx, space)?);
             }
             tx.commit()?;
             touched
         };
         self.notify_touched(&touched);
         Ok(())
+    }
+
+    /// The server refused to let the user write `space` (403
+    /// `space_forbidden`: a viewer, or no longer a member): every queued
+    /// change of that space moves out of the outbox into `rejected`, with
+    /// the server's reason, so the other spaces' changes keep flowing.
+    /// Returns how many.
+    pub(crate) fn reject_space(&self, space: &str, reason: &str) -> Result<usize> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let moved = tx
+            .prepare_cached(
+                "INSERT INTO rejected (seq, change, reason, rejected_at, space_id)
+                 SELECT seq, change, ?2, ?3, space_id FROM outbox WHERE space_id = ?1",
+            )?
+            .execute(params![space, reason, now_rfc3339()])?;
+        tx.prepare_cached("DELETE FROM outbox WHERE space_id = ?1")?
+            .execute([space])?;
+        tx.commit()?;
+        Ok(moved)
     }
 
     /// Splits changeset `id` into two halves with new ids (the server refused
@@ -156,8 +198,8 @@ impl LocalStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let moved = tx
             .prepare_cached(
-                "INSERT INTO rejected (seq, change, reason, rejected_at)
-                 SELECT seq, change, ?2, ?3 FROM outbox WHERE changeset_id = ?1",
+                "INSERT INTO rejected (seq, change, reason, rejected_at, space_id)
+                 SELECT seq, change, ?2, ?3, space_id FROM outbox WHERE changeset_id = ?1",
             )?
             .execute(params![id, reason, now_rfc3339()])?;
         tx.prepare_cached("DELETE FROM outbox WHERE changeset_id = ?1")?
@@ -170,21 +212,23 @@ impl LocalStore {
     pub fn rejected(&self) -> Result<Vec<RejectedChange>> {
         let conn = self.conn()?;
         let mut statement =
-            conn.prepare("SELECT change, reason, rejected_at FROM rejected ORDER BY seq")?;
+            conn.prepare("SELECT change, reason, rejected_at, space_id FROM rejected ORDER BY seq")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (change, reason, rejected_at) = row?;
+            let (change, reason, rejected_at, space_id) = row?;
             out.push(RejectedChange {
                 change: serde_json::from_str(&change).map_err(corrupt)?,
                 reason,
                 rejected_at,
+                space_id,
             });
         }
         Ok(out)
@@ -197,7 +241,7 @@ impl LocalStore {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let moved = tx.execute(
-                "INSERT INTO outbox (change) SELECT change FROM rejected ORDER BY seq",
+                "INSERT INTO outbox (change, space_id) SELECT change, space_id FROM rejected ORDER BY seq",
                 [],
             )?;
             tx.execute("DELETE FROM rejected", [])?;

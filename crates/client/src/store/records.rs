@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::meta::{read_clock, set_meta};
 use super::outbox::append_outbox;
+use super::spaces::{check_space_id, check_writable};
 use super::{
     LocalStore, SCHEMA_VERSION, SeedRecord, check_field, check_id, check_name, corrupt, invalid,
     raw,
@@ -26,6 +27,9 @@ pub struct Record {
     pub collection: String,
     /// The record's id.
     pub id: String,
+    /// The shared space it is in; `None` for the user's personal space.
+    /// Fixed when the record is created.
+    pub space_id: Option<String>,
     /// Its fields (including `id`).
     pub data: Map<String, Value>,
     /// The actor of its latest write, if that write had one (`__lastActor`).
@@ -36,7 +40,12 @@ pub struct Record {
 }
 
 impl Record {
-    fn from_state(collection: &str, id: &str, state: &RecordState) -> Self {
+    fn from_state(
+        collection: &str,
+        id: &str,
+        space_id: Option<String>,
+        state: &RecordState,
+    ) -> Self {
         let mut data = Map::new();
         for (name, field) in &state.fields {
             data.insert(name.clone(), parse_raw(field.value.get()));
@@ -46,6 +55,7 @@ impl Record {
         Record {
             collection: collection.to_owned(),
             id: id.to_owned(),
+            space_id,
             data,
             last_actor: state.last_actor().map(|actor| parse_raw(actor.get())),
             field_actors: state
@@ -61,11 +71,15 @@ impl Record {
         self.data.get(field)
     }
 
-    /// The record as one JSON object: its fields, plus `__lastActor` and
-    /// `__fieldActors` when there are actors to report (the keys the seed's
-    /// web client stamps on records).
+    /// The record as one JSON object: its fields, plus `spaceId` for a
+    /// record in a shared space, and `__lastActor` and `__fieldActors` when
+    /// there are actors to report (the keys the seed's web client stamps on
+    /// records).
     pub fn to_json(&self) -> Value {
         let mut object = self.data.clone();
+        if let Some(space) = &self.space_id {
+            object.insert("spaceId".into(), Value::String(space.clone()));
+        }
         if let Some(actor) = &self.last_actor {
             object.insert("__lastActor".into(), actor.clone());
         }
@@ -101,6 +115,10 @@ struct OutChange<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<&'a RawValue>,
     schema_version: u32,
+    /// Every change of a record in a shared space names it, so the server
+    /// writes it into that space's log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    space_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -109,31 +127,49 @@ struct OutField<'a> {
     at: &'a str,
 }
 
+/// A record's merge state and the space it is in.
+pub(super) struct Stored {
+    pub state: RecordState,
+    pub space: Option<String>,
+}
+
+pub(super) fn load(conn: &Connection, collection: &str, id: &str) -> Result<Option<Stored>> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached("SELECT state, space_id FROM records WHERE collection = ?1 AND id = ?2")?
+        .query_row([collection, id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    row.map(|(text, space)| {
+        Ok(Stored {
+            state: serde_json::from_str(&text).map_err(corrupt)?,
+            space,
+        })
+    })
+    .transpose()
+}
+
 pub(super) fn load_state(
     conn: &Connection,
     collection: &str,
     id: &str,
 ) -> Result<Option<RecordState>> {
-    let text: Option<String> = conn
-        .prepare_cached("SELECT state FROM records WHERE collection = ?1 AND id = ?2")?
-        .query_row([collection, id], |row| row.get(0))
-        .optional()?;
-    text.map(|text| serde_json::from_str(&text).map_err(corrupt))
-        .transpose()
+    Ok(load(conn, collection, id)?.map(|stored| stored.state))
 }
 
+/// Saves a record's state. `space` is only written when the record is new:
+/// a record never moves to another space.
 pub(super) fn save_state(
     conn: &Connection,
     collection: &str,
     id: &str,
+    space: Option<&str>,
     state: &RecordState,
 ) -> Result<()> {
     let text = serde_json::to_string(state).map_err(corrupt)?;
     conn.prepare_cached(
-        "INSERT INTO records (collection, id, state, deleted) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO records (collection, id, state, deleted, space_id) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (collection, id) DO UPDATE SET state = excluded.state, deleted = excluded.deleted",
     )?
-    .execute(params![collection, id, text, state.is_deleted()])?;
+    .execute(params![collection, id, text, state.is_deleted(), space])?;
     Ok(())
 }
 
@@ -180,9 +216,9 @@ impl LocalStore {
                     },
                 );
             }
-            let change = insert_change(&record.collection, &record.id, &state, actor)?;
-            save_state(tx, &record.collection, &record.id, &state)?;
-            append_outbox(tx, &change)?;
+            let change = insert_change(&record.collection, &record.id, None, &state, actor)?;
+            save_state(tx, &record.collection, &record.id, None, &state)?;
+            append_outbox(tx, &change, None)?;
         }
         Ok(())
     }
@@ -208,11 +244,23 @@ impl LocalStore {
         Ok(written.value)
     }
 
-    /// Adds a record to `collection`. `data` must be a JSON object; its `id`
-    /// (a string) is used if present, otherwise a new UUIDv7 is made. Returns
-    /// the id. Ids of deleted records cannot be reused (tombstones are sticky).
+    /// Adds a record to `collection`, in the user's personal space. `data`
+    /// must be a JSON object; its `id` (a string) is used if present,
+    /// otherwise a new UUIDv7 is made. Returns the id. Ids of deleted records
+    /// cannot be reused (tombstones are sticky).
     pub fn insert(&self, collection: &str, data: Value) -> Result<String> {
+        self.insert_in(None, collection, data)
+    }
+
+    /// [`LocalStore::insert`] into a shared space (`None`: the personal
+    /// space). The record stays in that space for good: its updates and its
+    /// deletion are pushed into it. A space where the user is a viewer (see
+    /// [`LocalStore::spaces`]) is refused with [`ClientError::ReadOnlySpace`].
+    pub fn insert_in(&self, space: Option<&str>, collection: &str, data: Value) -> Result<String> {
         check_name("collection", collection)?;
+        if let Some(space) = space {
+            check_space_id(space)?;
+        }
         let Value::Object(mut data) = data else {
             return Err(invalid("a record must be a JSON object"));
         };
@@ -230,6 +278,9 @@ impl LocalStore {
         }
         let actor = self.shared.actor.as_deref();
         self.write(|tx, clock| {
+            if let Some(space) = space {
+                check_writable(tx, space)?;
+            }
             if load_state(tx, collection, &id)?.is_some() {
                 return Err(ClientError::AlreadyExists {
                     collection: collection.to_owned(),
@@ -248,9 +299,9 @@ impl LocalStore {
                     },
                 );
             }
-            let change = insert_change(collection, &id, &state, actor)?;
-            save_state(tx, collection, &id, &state)?;
-            append_outbox(tx, &change)?;
+            let change = insert_change(collection, &id, space, &state, actor)?;
+            save_state(tx, collection, &id, space, &state)?;
+            append_outbox(tx, &change, space)?;
             Ok(Written {
                 value: id.clone(),
                 collection: collection.to_owned(),
@@ -275,15 +326,7 @@ impl LocalStore {
         }
         let actor = self.shared.actor.as_deref();
         self.write(|tx, clock| {
-            let mut state = match load_state(tx, collection, id)? {
-                Some(state) if !state.is_deleted() => state,
-                _ => {
-                    return Err(ClientError::NotFound {
-                        collection: collection.to_owned(),
-                        id: id.to_owned(),
-                    });
-                }
-            };
+            let (mut state, space) = live_record(tx, collection, id)?;
             let now = clock.tick();
             let mut out = BTreeMap::new();
             let mut stamps = Vec::with_capacity(values.len());
@@ -329,10 +372,11 @@ impl LocalStore {
                 deleted_at: None,
                 actor,
                 schema_version: SCHEMA_VERSION,
+                space_id: space.as_deref(),
             })
             .map_err(corrupt)?;
-            save_state(tx, collection, id, &state)?;
-            append_outbox(tx, &change)?;
+            save_state(tx, collection, id, space.as_deref(), &state)?;
+            append_outbox(tx, &change, space.as_deref())?;
             Ok(Written {
                 value: (),
                 collection: collection.to_owned(),
@@ -346,15 +390,7 @@ impl LocalStore {
         check_id(id)?;
         let actor = self.shared.actor.as_deref();
         self.write(|tx, clock| {
-            let mut state = match load_state(tx, collection, id)? {
-                Some(state) if !state.is_deleted() => state,
-                _ => {
-                    return Err(ClientError::NotFound {
-                        collection: collection.to_owned(),
-                        id: id.to_owned(),
-                    });
-                }
-            };
+            let (mut state, space) = live_record(tx, collection, id)?;
             let at = clock.tick().to_timestamp();
             state.merge_delete(Tombstone {
                 at: at.clone(),
@@ -369,10 +405,11 @@ impl LocalStore {
                 deleted_at: Some(at.as_str()),
                 actor,
                 schema_version: SCHEMA_VERSION,
+                space_id: space.as_deref(),
             })
             .map_err(corrupt)?;
-            save_state(tx, collection, id, &state)?;
-            append_outbox(tx, &change)?;
+            save_state(tx, collection, id, space.as_deref(), &state)?;
+            append_outbox(tx, &change, space.as_deref())?;
             Ok(Written {
                 value: (),
                 collection: collection.to_owned(),
@@ -383,9 +420,9 @@ impl LocalStore {
     /// One record, or `None` if it does not exist or was deleted.
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
         let conn = self.conn()?;
-        Ok(load_state(&conn, collection, id)?
-            .filter(|state| !state.is_deleted())
-            .map(|state| Record::from_state(collection, id, &state)))
+        Ok(load(&conn, collection, id)?
+            .filter(|stored| !stored.state.is_deleted())
+            .map(|stored| Record::from_state(collection, id, stored.space, &stored.state)))
     }
 
     /// The merge state of a record (deleted ones included), for inspection
@@ -405,16 +442,20 @@ impl LocalStore {
         let mut records = {
             let conn = self.conn()?;
             let mut statement = conn.prepare_cached(
-                "SELECT id, state FROM records WHERE collection = ?1 AND deleted = 0 ORDER BY id",
+                "SELECT id, state, space_id FROM records WHERE collection = ?1 AND deleted = 0 ORDER BY id",
             )?;
             let rows = statement.query_map([query.collection()], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                ))
             })?;
             let mut records = Vec::new();
             for row in rows {
-                let (id, text) = row?;
+                let (id, text, space) = row?;
                 let state: RecordState = serde_json::from_str(&text).map_err(corrupt)?;
-                let record = Record::from_state(query.collection(), &id, &state);
+                let record = Record::from_state(query.collection(), &id, space, &state);
                 if query.matches(&record) {
                     records.push(record);
                 }
@@ -458,6 +499,7 @@ impl LocalStore {
 fn insert_change(
     collection: &str,
     id: &str,
+    space: Option<&str>,
     state: &RecordState,
     actor: Option<&RawValue>,
 ) -> Result<String> {
@@ -484,6 +526,27 @@ fn insert_change(
         deleted_at: None,
         actor,
         schema_version: SCHEMA_VERSION,
+        space_id: space,
     })
     .map_err(corrupt)
+}
+
+/// A live record to change, and its space (which must be writable).
+fn live_record(
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+) -> Result<(RecordState, Option<String>)> {
+    match load(tx, collection, id)? {
+        Some(stored) if !stored.state.is_deleted() => {
+            if let Some(space) = &stored.space {
+                check_writable(tx, space)?;
+            }
+            Ok((stored.state, stored.space))
+        }
+        _ => Err(ClientError::NotFound {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        }),
+    }
 }
