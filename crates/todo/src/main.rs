@@ -1,8 +1,11 @@
 //! `mana-todo`: the Todo pilot on the mana-sync client. A todo list that
 //! lives on the device (works offline, writes instantly), syncs with a
 //! mana-sync server when asked (`sync`) or continuously (`watch`), and is the
-//! way to try sync from a shell. The logic is in `mana-sync-client`; this is
-//! the command line around it.
+//! way to try sync from a shell. Todos live in lists: "My todos" (the
+//! user's own) and shared lists (shared spaces, see `lists`). The logic is
+//! in `mana-sync-client`; this is the command line around it.
+
+mod lists;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use lists::Target;
 use mana_sync_client::{
-    ClientError, LocalStore, Query, Record, SeedRecord, StoreOptions, SyncClient, SyncStatus,
+    ClientError, LocalStore, Query, Record, Role, SeedRecord, StoreOptions, SyncClient, SyncStatus,
 };
 use serde_json::{Value, json};
 
@@ -37,15 +41,79 @@ struct Cli {
 enum Command {
     /// Adds one todo per title; prints each new id on its own line.
     Add {
+        /// The list to add to (name or id; default: My todos).
+        #[arg(long, value_name = "LIST")]
+        list: Option<String>,
         /// The titles.
         #[arg(required = true, value_name = "TITLE")]
         titles: Vec<String>,
     },
-    /// Lists the todos.
+    /// Lists the todos, by list (or those of one list).
     List {
-        /// Print a JSON array of `{id, title, done, createdAt, …}`.
+        /// Only this list's todos (name or id).
+        #[arg(long, value_name = "LIST")]
+        list: Option<String>,
+        /// Print a JSON array of `{id, title, done, createdAt, spaceId?, …}`.
         #[arg(long)]
         json: bool,
+    },
+    /// Shows the lists: My todos, and the shared lists with your role in
+    /// each (refreshed from the server when one is given, else as of the
+    /// last sync).
+    Lists {
+        #[command(flatten)]
+        server: OptionalServerArgs,
+        /// Print a JSON array of `{id, name, role, todos}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates a shared list (you own it); prints its id.
+    NewList {
+        /// Its name (several words are joined with spaces).
+        #[arg(required = true, value_name = "NAME")]
+        name: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Shares a list you own with another user, or changes their role.
+    Share {
+        /// The list (name or id).
+        list: String,
+        /// The user (their user id; in dev mode, the name they sign in with).
+        #[arg(long = "with", value_name = "USER")]
+        user: String,
+        /// editor (reads and writes), viewer (reads only) or owner.
+        #[arg(long, default_value = "editor", value_parser = ["editor", "viewer", "owner"])]
+        role: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Removes a user from a list you own.
+    Unshare {
+        /// The list (name or id).
+        list: String,
+        /// The user.
+        #[arg(long = "with", value_name = "USER")]
+        user: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Shows a shared list's members and their roles.
+    Members {
+        /// The list (name or id).
+        list: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print a JSON array of `{userId, role}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leaves a shared list; its todos leave this device.
+    Leave {
+        /// The list (name or id).
+        list: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Marks a todo as done (ID or a unique prefix of it).
     Done {
@@ -96,6 +164,22 @@ struct ServerArgs {
         hide_env_values = true
     )]
     token: String,
+}
+
+/// `--server`/`--token` where they are optional.
+#[derive(clap::Args, Debug)]
+struct OptionalServerArgs {
+    /// The mana-sync server, e.g. http://localhost:3050.
+    #[arg(long, value_name = "URL", env = "MANA_SYNC_SERVER")]
+    server: Option<String>,
+    /// A token for it.
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "MANA_SYNC_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -189,22 +273,71 @@ fn todos_query() -> Query {
 fn run(cli: Cli) -> Result<()> {
     let store = open(&cli)?;
     match cli.command {
-        Command::Add { titles } => {
+        Command::Add { list, titles } => {
+            let target = match &list {
+                Some(name) => lists::resolve(&store, name)?,
+                None => Target::Mine,
+            };
             for title in titles {
-                let id = store.insert(
+                let id = store.insert_in(
+                    target.space_id(),
                     TASKS,
                     json!({ "title": title, "done": false, "createdAt": now() }),
                 )?;
                 println!("{id}");
             }
         }
-        Command::List { json } => {
-            let todos = store.query(&todos_query())?;
+        Command::List { list, json } => {
+            let mut todos = store.query(&todos_query())?;
+            if let Some(name) = &list {
+                let target = lists::resolve(&store, name)?;
+                todos.retain(|todo| todo.space_id.as_deref() == target.space_id());
+            }
             if json {
                 println!("{}", to_json(&todos));
-            } else {
+            } else if list.is_some() {
                 print!("{}", readable(&todos));
+            } else {
+                print!("{}", by_list(&store, &todos)?);
             }
+        }
+        Command::Lists { server, json } => {
+            if let (Some(url), Some(token)) = (server.server, server.token) {
+                let (client, _) = connect(&store, &ServerArgs { server: url, token })?;
+                if let Err(error) = runtime()?.block_on(client.refresh_spaces()) {
+                    if !error.is_transient() {
+                        return Err(error.into());
+                    }
+                    eprintln!("{error}\nShowing the lists as of the last sync.");
+                }
+            }
+            print!("{}", lists::show(&store, &store.query(&todos_query())?, json)?);
+        }
+        Command::NewList { name, server } => {
+            let (client, _) = connect(&store, &server)?;
+            print!("{}", runtime()?.block_on(lists::create(&client, &name.join(" ")))?);
+        }
+        Command::Share {
+            list,
+            user,
+            role,
+            server,
+        } => {
+            let (client, _) = connect(&store, &server)?;
+            let role: Role = role.parse()?;
+            print!("{}", runtime()?.block_on(lists::share(&client, &list, &user, role))?);
+        }
+        Command::Unshare { list, user, server } => {
+            let (client, _) = connect(&store, &server)?;
+            print!("{}", runtime()?.block_on(lists::unshare(&client, &list, &user))?);
+        }
+        Command::Members { list, server, json } => {
+            let (client, _) = connect(&store, &server)?;
+            print!("{}", runtime()?.block_on(lists::members(&client, &list, json))?);
+        }
+        Command::Leave { list, server } => {
+            let (client, _) = connect(&store, &server)?;
+            print!("{}", runtime()?.block_on(lists::leave(&client, &list))?);
         }
         Command::Done { id } => {
             let todo = resolve(&store, &id)?;
@@ -261,6 +394,35 @@ fn readable(todos: &[Record]) -> String {
         out.push_str(&format!("[{mark}] {:<width$}  {}\n", title(todo), todo.id));
     }
     out
+}
+
+/// Every todo under the heading of its list ("My todos" first, then the
+/// shared lists by name); without shared lists, just the todos.
+fn by_list(store: &LocalStore, todos: &[Record]) -> Result<String> {
+    let spaces = store.spaces()?;
+    let mut groups: Vec<Option<String>> = vec![None];
+    groups.extend(spaces.iter().map(|space| Some(space.id.clone())));
+    for todo in todos {
+        if !groups.contains(&todo.space_id) {
+            groups.push(todo.space_id.clone());
+        }
+    }
+    if groups.len() == 1 {
+        return Ok(readable(todos));
+    }
+    let mut out = String::new();
+    for group in &groups {
+        let members: Vec<Record> = todos
+            .iter()
+            .filter(|todo| &todo.space_id == group)
+            .cloned()
+            .collect();
+        out.push_str(&format!("== {} ==\n", lists::heading(store, group.as_deref())?));
+        if !members.is_empty() {
+            out.push_str(&readable(&members));
+        }
+    }
+    Ok(out)
 }
 
 /// The todo an id names: the exact id, or the one live todo it is a prefix of.
@@ -371,7 +533,7 @@ fn watch(store: &LocalStore, server: &ServerArgs, json: bool) -> Result<()> {
                             println!("{}", to_json(&list));
                         } else {
                             println!("--- {} todo(s) ---", list.len());
-                            print!("{}", readable(&list));
+                            print!("{}", by_list(store, &list)?);
                         }
                     }
                     Some(Err(error)) => return Err(error.into()),
