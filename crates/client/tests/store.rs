@@ -417,3 +417,63 @@ fn writes_by_another_process_are_noticed() {
     stamps.dedup();
     assert_eq!(stamps.len(), 2);
 }
+
+/// A store written by the version before shared spaces (layout 1) opens
+/// upgraded in place: its records and outbox are kept, in the personal
+/// space, and records can now go into spaces.
+#[test]
+fn a_store_of_layout_1_is_upgraded_in_place_to_shared_spaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            r#"
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+            CREATE TABLE records (collection TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL,
+                deleted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (collection, id)) WITHOUT ROWID;
+            CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, change TEXT NOT NULL, changeset_id TEXT);
+            CREATE TABLE rejected (seq INTEGER PRIMARY KEY, change TEXT NOT NULL, reason TEXT NOT NULL,
+                rejected_at TEXT NOT NULL);
+            CREATE TABLE redownload_seen (collection TEXT NOT NULL, id TEXT NOT NULL,
+                PRIMARY KEY (collection, id)) WITHOUT ROWID;
+            CREATE TABLE cursors (collection TEXT PRIMARY KEY, cursor TEXT NOT NULL) WITHOUT ROWID;
+            INSERT INTO meta VALUES ('client_id', 'old-device'), ('app_id', 'todo');
+            INSERT INTO records VALUES ('tasks', 't1',
+                '{"fields":{"id":{"value":"t1","at":"2026-11-25T10:00:00.000000000Z"},"title":{"value":"Old","at":"2026-11-25T10:00:00.000000000Z"}}}', 0);
+            INSERT INTO outbox (change) VALUES ('{"table":"tasks","id":"t1","op":"insert","data":{"id":"t1","title":"Old"},"schemaVersion":2}');
+            PRAGMA user_version = 1;
+            "#,
+        )
+        .unwrap();
+    }
+    let store = LocalStore::open(&path, StoreOptions::new("todo", &["tasks"])).unwrap();
+    let old = store.get("tasks", "t1").unwrap().expect("the old record is kept");
+    assert_eq!(old.get("title"), Some(&json!("Old")));
+    assert_eq!(old.space_id, None);
+    assert_eq!(store.pending_count().unwrap(), 1);
+    assert_eq!(store.client_id(), "old-device");
+    let shared = store
+        .insert_in(Some("house"), "tasks", json!({ "title": "Shared" }))
+        .unwrap();
+    assert_eq!(
+        store.get("tasks", &shared).unwrap().unwrap().space_id.as_deref(),
+        Some("house")
+    );
+    drop(store);
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+#[test]
+fn a_space_id_field_is_refused_because_the_server_reads_it_as_the_space() {
+    let device = Device::new("todo");
+    let error = device
+        .store
+        .insert("tasks", json!({ "title": "x", "spaceId": "elsewhere" }))
+        .unwrap_err();
+    assert!(error.to_string().contains("spaceId"), "{error}");
+}
