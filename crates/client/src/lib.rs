@@ -47,10 +47,10 @@ pub mod sync;
 mod token;
 
 pub use error::{ClientError, Result};
-pub use query::{Query, Subscription};
-pub use status::SyncStatus;
 pub use mana_sync_protocol::messages::{MemberView, SpaceView};
+pub use query::{Query, Subscription};
 pub use spaces::Role;
+pub use status::SyncStatus;
 pub use store::{
     Account, LocalSpace, LocalStore, Record, RejectedChange, SeedRecord, StoreOptions,
 };

@@ -515,12 +515,7 @@ impl SyncClient {
             let cursor = next.clone();
             self.blocking(move |store| {
                 let cursor = last.then_some((owned.as_str(), cursor.as_str()));
-                store.apply_page(
-                    &page.server_changes,
-                    cursor,
-                    &page.removed_spaces,
-                    with_own,
-                )
+                store.apply_page(&page.server_changes, cursor, &page.removed_spaces, with_own)
             })
             .await?;
             if last {

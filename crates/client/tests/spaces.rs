@@ -162,9 +162,19 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
     // knows his role in it.
     bob_sync.sync().await.unwrap();
     assert_eq!(titles_in(&bob, Some(&list.id)), ["Milk"]);
-    assert!(titles_in(&bob, None).is_empty(), "Ann's own todos stay hers");
-    let known = bob.store.space(&list.id).unwrap().expect("bob's device knows the list");
-    assert_eq!((known.name.as_str(), known.role.as_str()), ("Groceries", "editor"));
+    assert!(
+        titles_in(&bob, None).is_empty(),
+        "Ann's own todos stay hers"
+    );
+    let known = bob
+        .store
+        .space(&list.id)
+        .unwrap()
+        .expect("bob's device knows the list");
+    assert_eq!(
+        (known.name.as_str(), known.role.as_str()),
+        ("Groceries", "editor")
+    );
 
     // Both edit it; each sees the other's edits, field by field.
     bob.store
@@ -193,7 +203,10 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
     // log holds none of them.
     let followed = followed_changes(&server, &server.token("bob"), &app).await;
     assert_eq!(followed.len(), 4, "{followed:?}");
-    assert!(followed.iter().all(|c| c["spaceId"] == json!(list.id)), "{followed:?}");
+    assert!(
+        followed.iter().all(|c| c["spaceId"] == json!(list.id)),
+        "{followed:?}"
+    );
     assert!(
         server_changes(&server, &server.token("bob"), &app, "tasks")
             .await
@@ -342,7 +355,11 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
     let rejected = bob.store.rejected().unwrap();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].space_id.as_deref(), Some(list.id.as_str()));
-    assert!(rejected[0].reason.starts_with("space_forbidden"), "{}", rejected[0].reason);
+    assert!(
+        rejected[0].reason.starts_with("space_forbidden"),
+        "{}",
+        rejected[0].reason
+    );
     match bob.store.status() {
         SyncStatus::Error { reason } => assert!(reason.contains("space_forbidden"), "{reason}"),
         other => panic!("expected an error status, got {other}"),
@@ -354,7 +371,11 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
         .collect();
     assert_eq!(own, ["Bob's own"], "Bob's personal change was stored");
     ann_sync.sync().await.unwrap();
-    assert_eq!(titles_in(&ann, Some(&list.id)), ["Ship it"], "nothing of the refused change");
+    assert_eq!(
+        titles_in(&ann, Some(&list.id)),
+        ["Ship it"],
+        "nothing of the refused change"
+    );
 
     // Now his device knows he is a viewer: further edits are refused
     // locally, with a clear error, and nothing is queued.
@@ -363,13 +384,19 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
         .store
         .update("tasks", &task, fields(json!({ "done": true })))
         .unwrap_err();
-    assert!(matches!(refused, ClientError::ReadOnlySpace { .. }), "{refused}");
+    assert!(
+        matches!(refused, ClientError::ReadOnlySpace { .. }),
+        "{refused}"
+    );
     assert!(refused.to_string().contains("viewer"), "{refused}");
     let refused = bob
         .store
         .insert_in(Some(&list.id), "tasks", json!({ "title": "Sneaky" }))
         .unwrap_err();
-    assert!(matches!(refused, ClientError::ReadOnlySpace { .. }), "{refused}");
+    assert!(
+        matches!(refused, ClientError::ReadOnlySpace { .. }),
+        "{refused}"
+    );
     assert_eq!(bob.store.pending_count().unwrap(), 0);
 
     // Made an editor again, Bob may retry what was set aside.
@@ -429,7 +456,11 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
     bob_sync.sync().await.unwrap();
     assert!(titles_in(&bob, Some(&list.id)).is_empty());
     assert_eq!(titles_in(&bob, None), ["Bob's own"]);
-    assert_eq!(bob.store.pending_count().unwrap(), 0, "the unsent change was dropped");
+    assert_eq!(
+        bob.store.pending_count().unwrap(),
+        0,
+        "the unsent change was dropped"
+    );
     assert!(bob.store.rejected().unwrap().is_empty());
     assert!(bob.store.space(&list.id).unwrap().is_none());
     assert_eq!(bob.store.status(), SyncStatus::Synced);
@@ -456,7 +487,12 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
             .unwrap()
             .into_iter()
             .filter(|r| r.space_id.is_some())
-            .map(|r| (r.id.clone(), device.store.record_state("tasks", &r.id).unwrap()))
+            .map(|r| {
+                (
+                    r.id.clone(),
+                    device.store.record_state("tasks", &r.id).unwrap(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(shared(&bob), shared(&ann));

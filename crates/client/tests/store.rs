@@ -448,7 +448,10 @@ fn a_store_of_layout_1_is_upgraded_in_place_to_shared_spaces() {
         .unwrap();
     }
     let store = LocalStore::open(&path, StoreOptions::new("todo", &["tasks"])).unwrap();
-    let old = store.get("tasks", "t1").unwrap().expect("the old record is kept");
+    let old = store
+        .get("tasks", "t1")
+        .unwrap()
+        .expect("the old record is kept");
     assert_eq!(old.get("title"), Some(&json!("Old")));
     assert_eq!(old.space_id, None);
     assert_eq!(store.pending_count().unwrap(), 1);
@@ -457,7 +460,12 @@ fn a_store_of_layout_1_is_upgraded_in_place_to_shared_spaces() {
         .insert_in(Some("house"), "tasks", json!({ "title": "Shared" }))
         .unwrap();
     assert_eq!(
-        store.get("tasks", &shared).unwrap().unwrap().space_id.as_deref(),
+        store
+            .get("tasks", &shared)
+            .unwrap()
+            .unwrap()
+            .space_id
+            .as_deref(),
         Some("house")
     );
     drop(store);

@@ -61,7 +61,9 @@ async fn shared(client: &SyncClient, name: &str) -> Result<LocalSpace> {
         .context("cannot read your lists from the server")?;
     match resolve(client.store(), name)? {
         Target::Shared(space) => Ok(space),
-        Target::Mine => bail!("`{MY_TODOS}` is yours alone; create a list to share (`mana-todo new-list NAME`)"),
+        Target::Mine => {
+            bail!("`{MY_TODOS}` is yours alone; create a list to share (`mana-todo new-list NAME`)")
+        }
     }
 }
 
@@ -75,13 +77,19 @@ fn standing(space: &LocalSpace) -> String {
 
 /// `mana-todo lists`: every list with its role and number of todos.
 pub fn show(store: &LocalStore, todos: &[Record], json: bool) -> Result<String> {
-    let count = |space: Option<&str>| todos.iter().filter(|t| t.space_id.as_deref() == space).count();
+    let count = |space: Option<&str>| {
+        todos
+            .iter()
+            .filter(|t| t.space_id.as_deref() == space)
+            .count()
+    };
     let spaces = store.spaces()?;
     if json {
-        let mut lists = vec![json!({ "id": null, "name": MY_TODOS, "role": "owner", "todos": count(None) })];
-        lists.extend(spaces.iter().map(|s| {
-            json!({ "id": s.id, "name": s.name, "role": s.role, "todos": count(Some(&s.id)) })
-        }));
+        let mut lists =
+            vec![json!({ "id": null, "name": MY_TODOS, "role": "owner", "todos": count(None) })];
+        lists.extend(spaces.iter().map(
+            |s| json!({ "id": s.id, "name": s.name, "role": s.role, "todos": count(Some(&s.id)) }),
+        ));
         return Ok(format!("{}\n", Value::Array(lists)));
     }
     let width = spaces
@@ -90,7 +98,11 @@ pub fn show(store: &LocalStore, todos: &[Record], json: bool) -> Result<String> 
         .chain([MY_TODOS.len()])
         .max()
         .unwrap_or(0);
-    let mut out = format!("{MY_TODOS:<width$}  {:<17}  {} todo(s)\n", "personal", count(None));
+    let mut out = format!(
+        "{MY_TODOS:<width$}  {:<17}  {} todo(s)\n",
+        "personal",
+        count(None)
+    );
     for space in &spaces {
         out.push_str(&format!(
             "{:<width$}  {:<17}  {} todo(s)  {}\n",
@@ -168,7 +180,10 @@ pub async fn members(client: &SyncClient, list: &str, json: bool) -> Result<Stri
     let mut out = format!("Members of `{}`:\n", view.name);
     for member in &members {
         let you = if &member.user_id == me { "  (you)" } else { "" };
-        out.push_str(&format!("{:<width$}  {}{you}\n", member.user_id, member.role));
+        out.push_str(&format!(
+            "{:<width$}  {}{you}\n",
+            member.user_id, member.role
+        ));
     }
     Ok(out)
 }

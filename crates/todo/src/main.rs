@@ -311,11 +311,17 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("{error}\nShowing the lists as of the last sync.");
                 }
             }
-            print!("{}", lists::show(&store, &store.query(&todos_query())?, json)?);
+            print!(
+                "{}",
+                lists::show(&store, &store.query(&todos_query())?, json)?
+            );
         }
         Command::NewList { name, server } => {
             let (client, _) = connect(&store, &server)?;
-            print!("{}", runtime()?.block_on(lists::create(&client, &name.join(" ")))?);
+            print!(
+                "{}",
+                runtime()?.block_on(lists::create(&client, &name.join(" ")))?
+            );
         }
         Command::Share {
             list,
@@ -325,15 +331,24 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let (client, _) = connect(&store, &server)?;
             let role: Role = role.parse()?;
-            print!("{}", runtime()?.block_on(lists::share(&client, &list, &user, role))?);
+            print!(
+                "{}",
+                runtime()?.block_on(lists::share(&client, &list, &user, role))?
+            );
         }
         Command::Unshare { list, user, server } => {
             let (client, _) = connect(&store, &server)?;
-            print!("{}", runtime()?.block_on(lists::unshare(&client, &list, &user))?);
+            print!(
+                "{}",
+                runtime()?.block_on(lists::unshare(&client, &list, &user))?
+            );
         }
         Command::Members { list, server, json } => {
             let (client, _) = connect(&store, &server)?;
-            print!("{}", runtime()?.block_on(lists::members(&client, &list, json))?);
+            print!(
+                "{}",
+                runtime()?.block_on(lists::members(&client, &list, json))?
+            );
         }
         Command::Leave { list, server } => {
             let (client, _) = connect(&store, &server)?;
@@ -417,7 +432,10 @@ fn by_list(store: &LocalStore, todos: &[Record]) -> Result<String> {
             .filter(|todo| &todo.space_id == group)
             .cloned()
             .collect();
-        out.push_str(&format!("== {} ==\n", lists::heading(store, group.as_deref())?));
+        out.push_str(&format!(
+            "== {} ==\n",
+            lists::heading(store, group.as_deref())?
+        ));
         if !members.is_empty() {
             out.push_str(&readable(&members));
         }

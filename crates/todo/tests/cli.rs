@@ -282,3 +282,143 @@ async fn watch_prints_the_list_again_whenever_it_changes() {
     .expect("the watcher pushed the other process's write");
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_lists_lists_share_members_and_a_viewer_cannot_edit() {
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob, vic) = (
+        dir.path().join("ann"),
+        dir.path().join("bob"),
+        dir.path().join("vic"),
+    );
+    let (ann_token, bob_token, vic_token) = (
+        server.token("ann"),
+        server.token("bob"),
+        server.token("vic"),
+    );
+    let with = |token: &str| -> Vec<String> {
+        vec![
+            "--server".into(),
+            server.url.clone(),
+            "--token".into(),
+            token.to_owned(),
+        ]
+    };
+    let run = async |data: &Path, args: &[&str], token: &str| -> String {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(with(token));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        ok(data, &all).await
+    };
+
+    // Ann creates a list, puts a todo in it and shares it.
+    let list_id = run(&ann, &["--no-seed", "new-list", "Groceries"], &ann_token).await;
+    let list_id = list_id.trim().to_owned();
+    let milk = ok(&ann, &["add", "--list", "Groceries", "Milk"]).await;
+    let milk = milk.trim().to_owned();
+    ok(&ann, &["add", "Ann's own"]).await;
+    let shared = run(&ann, &["share", "Groceries", "--with", "bob"], &ann_token).await;
+    assert_eq!(shared.trim(), "Shared `Groceries` with bob (editor).");
+    run(
+        &ann,
+        &["share", &list_id, "--with", "vic", "--role", "viewer"],
+        &ann_token,
+    )
+    .await;
+    run(&ann, &["sync"], &ann_token).await;
+    let lists = ok(&ann, &["lists"]).await;
+    assert!(lists.contains("My todos"), "{lists}");
+    assert!(
+        lists
+            .lines()
+            .any(|l| l.starts_with("Groceries") && l.contains("owner") && l.contains(&list_id)),
+        "{lists}"
+    );
+
+    // Bob's device gets the list at its next sync and both edit it.
+    run(&bob, &["--no-seed", "sync"], &bob_token).await;
+    let lists: Value = serde_json::from_str(&ok(&bob, &["lists", "--json"]).await).unwrap();
+    assert_eq!(
+        lists,
+        serde_json::json!([
+            {"id": null, "name": "My todos", "role": "owner", "todos": 0},
+            {"id": list_id, "name": "Groceries", "role": "editor", "todos": 1}
+        ])
+    );
+    let grouped = ok(&bob, &["list"]).await;
+    assert!(grouped.contains("== Groceries (editor) =="), "{grouped}");
+    assert!(grouped.contains("[ ] Milk"), "{grouped}");
+    assert!(!grouped.contains("Ann's own"), "{grouped}");
+    ok(&bob, &["add", "--list", "Groceries", "Eggs"]).await;
+    ok(&bob, &["done", &milk]).await;
+    run(&bob, &["sync"], &bob_token).await;
+    run(&ann, &["sync"], &ann_token).await;
+    let on_ann =
+        serde_json::from_str::<Value>(&ok(&ann, &["list", "--list", "Groceries", "--json"]).await)
+            .unwrap();
+    let on_ann = on_ann.as_array().unwrap();
+    assert_eq!(titles(on_ann), ["Milk", "Eggs"]);
+    assert_eq!(on_ann[0]["done"], true);
+    assert!(on_ann.iter().all(|t| t["spaceId"] == list_id.as_str()));
+
+    // Members and roles.
+    let members = run(&bob, &["members", "Groceries"], &bob_token).await;
+    let lines: Vec<&str> = members.lines().collect();
+    assert_eq!(lines[0], "Members of `Groceries`:");
+    let mut rows: Vec<Vec<&str>> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            vec!["ann", "owner"],
+            vec!["bob", "editor", "(you)"],
+            vec!["vic", "viewer"]
+        ]
+    );
+    // Only owners manage members: the server's refusal is shown.
+    let mut args = vec!["share", "Groceries", "--with", "eve"];
+    let bobs = with(&bob_token);
+    args.extend(bobs.iter().map(String::as_str));
+    let output = todo(&bob, &args).await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot share `Groceries` with eve"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A viewer reads the list but cannot edit it: a clear message, and
+    // nothing is queued.
+    run(&vic, &["--no-seed", "sync"], &vic_token).await;
+    assert_eq!(titles(&list(&vic).await), ["Milk", "Eggs"]);
+    for args in [
+        vec!["rename", milk.as_str(), "Oat", "milk"],
+        vec!["add", "--list", "Groceries", "Sneaky"],
+    ] {
+        let output = todo(&vic, &args).await;
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr(&output).contains("`Groceries` is shared with you as a viewer"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(ok(&vic, &["status"]).await.trim(), "synced");
+    assert!(ok(&vic, &["lists"]).await.contains("viewer, read-only"));
+
+    // Ann removes Bob: his device drops the list at its next sync.
+    run(&ann, &["unshare", "Groceries", "--with", "bob"], &ann_token).await;
+    run(&bob, &["sync"], &bob_token).await;
+    assert!(list(&bob).await.is_empty());
+    assert!(!ok(&bob, &["lists"]).await.contains("Groceries"));
+    let output = todo(&bob, &["add", "--list", "Groceries", "Late"]).await;
+    assert!(
+        stderr(&output).contains("no list `Groceries`"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -211,8 +211,8 @@ impl LocalStore {
     /// Changes the server refused, kept aside with its reason.
     pub fn rejected(&self) -> Result<Vec<RejectedChange>> {
         let conn = self.conn()?;
-        let mut statement =
-            conn.prepare("SELECT change, reason, rejected_at, space_id FROM rejected ORDER BY seq")?;
+        let mut statement = conn
+            .prepare("SELECT change, reason, rejected_at, space_id FROM rejected ORDER BY seq")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,

@@ -114,7 +114,11 @@ fn dropped(conn: &Connection) -> Result<Vec<String>> {
 /// The cursor to save from a reply: as it is when the reply included this
 /// device's own changes; otherwise without the parts of dropped spaces (see
 /// the module's documentation).
-pub(super) fn cursor_for_saving(conn: &Connection, cursor: &str, includes_own: bool) -> Result<String> {
+pub(super) fn cursor_for_saving(
+    conn: &Connection,
+    cursor: &str,
+    includes_own: bool,
+) -> Result<String> {
     if includes_own {
         return Ok(cursor.to_owned());
     }
