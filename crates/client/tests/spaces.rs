@@ -221,6 +221,7 @@ on_both_databases!(members_share_a_list_and_both_edit_it);
 async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
     database: Option<String>,
 ) {
+    let label = if database.is_some() { "Postgres" } else { "SQLite" };
     let server = server_on(database).await;
     let Pair {
         ann,
@@ -278,8 +279,10 @@ async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
         "Ann's second edit",
     )
     .await;
+    // From the owner's local write to the member's query result: the push,
+    // the stream, the merge and the re-query.
     eprintln!(
-        "a shared-space push reached the other member's device in {:?} (push and stream, SQLite or Postgres as named by the test)",
+        "{label}: a shared-space push reached the other member's device in {:?}",
         started.elapsed()
     );
     bob.store
