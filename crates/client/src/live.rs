@@ -10,6 +10,12 @@
 //! backoff with jitter, from `min_backoff` to `max_backoff`), pulls again from
 //! the saved cursors, and reopens the stream.
 //!
+//! Shared spaces: the stream follows every space of the user. On
+//! `space-added` the list of spaces is refreshed (the stream itself sends
+//! the space's changes next); a space this device dropped before is pulled
+//! whole at once, its own earlier changes included. On `space-removed` the
+//! space's records, unsent changes and cursor parts are dropped.
+//!
 //! The stream lists the `cursor-expired` feature (query `features`). Its
 //! `cursor-expired` event (the server dropped history after the cursor) starts
 //! a re-download, and the loop catches up again at once: the re-download, then

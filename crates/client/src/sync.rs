@@ -37,6 +37,22 @@
 //! crash or a failure resumes at the next sync (`LocalStore` keeps a marker);
 //! no push is sent while one is unfinished.
 //!
+//! **Shared spaces.** Every request lists the `spaces` feature too: the
+//! server then follows every space of the user, and each collection's
+//! cursor is a composite one (stored and sent back as it came). A changeset
+//! holds the changes of one space only, so when the server refuses a space
+//! (403 `space_forbidden`: the user is a viewer there, or no longer a
+//! member), only that space's queued changes are set aside (`rejected`,
+//! with the reason; the status becomes an error naming it) and the other
+//! spaces' changes still go through. Spaces a reply lists in
+//! `removedSpaces` are dropped from the device: their records, unsent and
+//! refused changes, and cursor parts (see `crate::store` on spaces). A
+//! space dropped before comes back on re-joining through pulls made without
+//! the client id, so this device's own earlier changes in it come back too.
+//! Each sync ends by refreshing the list of the user's spaces (names and
+//! roles; a write into a space where the user is a viewer is refused
+//! locally).
+//!
 //! **Pull.** Each synced collection is pulled from its cursor, page by page
 //! while `hasMore`. Each page is applied in its own transaction; the cursor
 //! is saved only in the transaction of the last page, so an interrupted pull

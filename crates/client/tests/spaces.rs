@@ -221,7 +221,11 @@ on_both_databases!(members_share_a_list_and_both_edit_it);
 async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
     database: Option<String>,
 ) {
-    let label = if database.is_some() { "Postgres" } else { "SQLite" };
+    let label = if database.is_some() {
+        "Postgres"
+    } else {
+        "SQLite"
+    };
     let server = server_on(database).await;
     let Pair {
         ann,

@@ -485,3 +485,62 @@ fn a_space_id_field_is_refused_because_the_server_reads_it_as_the_space() {
         .unwrap_err();
     assert!(error.to_string().contains("spaceId"), "{error}");
 }
+
+/// A record's space is fixed where it was created: local edits keep it, and
+/// a change from another space's log with the same id never touches it.
+#[test]
+fn a_record_never_moves_between_spaces() {
+    let device = Device::new("todo");
+    let store = &device.store;
+    let mine = store.insert("tasks", json!({ "title": "Mine" })).unwrap();
+    let shared = store
+        .insert_in(Some("house"), "tasks", json!({ "title": "Shared" }))
+        .unwrap();
+    store
+        .update(
+            "tasks",
+            &shared,
+            json!({ "title": "Shared, edited" })
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    let in_space = |id: &str, space: Option<&str>, title: &str| -> SyncChange {
+        let mut change = json!({
+            "table": "tasks", "id": id, "op": "update",
+            "fields": { "title": { "value": title, "at": "2030-01-01T00:00:00.000000000Z" } },
+            "eventId": "00000000-0000-0000-0000-000000000000", "schemaVersion": 2
+        });
+        if let Some(space) = space {
+            change["spaceId"] = json!(space);
+        }
+        serde_json::from_value(change).unwrap()
+    };
+    // Other logs' records with the same ids: skipped.
+    assert_eq!(
+        store
+            .apply_remote(&[
+                in_space(&mine, Some("house"), "hijacked"),
+                in_space(&shared, None, "hijacked"),
+                in_space(&shared, Some("elsewhere"), "hijacked"),
+            ])
+            .unwrap(),
+        0
+    );
+    // The record's own space: merged.
+    assert_eq!(
+        store
+            .apply_remote(&[in_space(&shared, Some("house"), "From a member")])
+            .unwrap(),
+        1
+    );
+    let shared = store.get("tasks", &shared).unwrap().unwrap();
+    assert_eq!(shared.space_id.as_deref(), Some("house"));
+    assert_eq!(shared.get("title"), Some(&json!("From a member")));
+    let mine = store.get("tasks", &mine).unwrap().unwrap();
+    assert_eq!(
+        (mine.space_id.as_deref(), mine.get("title")),
+        (None, Some(&json!("Mine")))
+    );
+}
