@@ -66,7 +66,7 @@ describe('the packed package in a project outside the workspace', () => {
     // realpath: /tmp may be a symlink; the paths compared below are real ones.
     scratch = realpathSync(mkdtempSync(join(tmpdir(), 'mana-package-')));
     // `prepack` builds dist/; its output goes to stderr, the JSON to stdout.
-    [packed] = JSON.parse(await sh(PACKAGE, 'npm', ['pack', '--json', '--pack-destination', scratch])) as Packed[];
+    [packed] = JSON.parse(await sh(PACKAGE, 'npm', ['pack', '--json', '--pack-destination', scratch])) as [Packed];
     cpSync(CONSUMER, scratch, { recursive: true });
     const manifest = {
       name: 'mana-sync-package-consumer',
