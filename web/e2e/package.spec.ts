@@ -73,7 +73,7 @@ describe('the packed package in a project outside the workspace', () => {
       private: true,
       type: 'module',
       scripts: {
-        test: 'tsc -p . && svelte-check --tsconfig ./tsconfig.app.json --fail-on-warnings && vite build && node --test out/core.test.js dist/live.test.js',
+        test: 'tsc -p . && svelte-check --tsconfig ./tsconfig.app.json --fail-on-warnings && vite build && node --import fake-indexeddb/auto --test out/core.test.js dist/live.test.js',
       },
       dependencies: { '@mana-sync/local-store': `file:./${packed.filename}`, svelte: locked('svelte') },
       devDependencies: Object.fromEntries(

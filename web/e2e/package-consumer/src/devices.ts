@@ -1,4 +1,9 @@
-/** Two devices of one user: each a store on its own (fake) IndexedDB database, signed in to the server. */
+/**
+ * Two devices of one user: each a store on its own IndexedDB database
+ * (fake-indexeddb, which `node --import fake-indexeddb/auto` installs before
+ * any module loads, as a browser has it before the app's), signed in to the
+ * server.
+ */
 
 import { LocalStore } from '@mana-sync/local-store';
 

@@ -4,8 +4,6 @@
  * delivered by the live stream.
  */
 
-import 'fake-indexeddb/auto';
-
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
