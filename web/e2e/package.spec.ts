@@ -32,11 +32,12 @@ function locked(name: string): string {
 }
 
 /**
- * This environment without what `npm run` put there: the scratch project's
- * npm must not inherit the workspace's configuration.
+ * This environment without what `npm run` put there (`npm_config_local_prefix`
+ * would make the workspace the scratch project's root). The user's own
+ * `NPM_CONFIG_*` settings (a registry mirror, say) stay.
  */
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key) && key !== 'INIT_CWD'));
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('npm_') && key !== 'INIT_CWD'));
   return { ...env, ...extra };
 }
 
