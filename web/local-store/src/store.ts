@@ -24,7 +24,8 @@ import { isObject, type JsonObject, type JsonValue } from './json.ts';
 import { applyChange, emptyState, mergeDelete, mergeField, view, type FieldState, type MergeChange, type RecordState } from './merge.ts';
 import { select, type StoredRecord } from './select.ts';
 import { LOWEST_TIMESTAMP, compareTimestamps } from './timestamp.ts';
-import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, StoreOptions, SyncStatus } from './types.ts';
+import { dropSpacesIn, readSpaceId, spaceField, spaceOfChange, storeSpaces, storedSpaces } from './store-spaces.ts';
+import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, Space, StoreOptions, SyncStatus } from './types.ts';
 import { MAX_ID_LEN, MAX_NAME_LEN, checkField, checkIdentifier, tokenSubject, uuidV4, uuidV7 } from './util.ts';
 
 const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta', 'redownloadSeen'] as const;
@@ -98,7 +99,7 @@ export class LocalStore {
         checkField(name);
         mergeField(state, name, { ...encodeValue(name, value), at: LOWEST_TIMESTAMP, ...(actor && { actor: actor.value, actorRaw: actor.raw }) });
       }
-      await db.records.put(row(record.collection, record.id, state));
+      await db.records.put(row(record.collection, record.id, state, undefined));
       await db.outbox.add({ change: insertChange(record.collection, record.id, state, actor?.raw) });
     }
   }
@@ -132,6 +133,9 @@ export class LocalStore {
   /**
    * Adds a record. Its `id` (a string) is used if present, else a new
    * UUIDv7. Returns the id. Ids of deleted records cannot be reused.
+   * `spaceId` puts it in that shared space (absent or `null`: the
+   * personal space); it is not a field, it is where the record lives, for
+   * good (reads show it as `spaceId`).
    */
   async insert(collection: string, data: Record<string, unknown>): Promise<string> {
     const [id] = await this.insertMany(collection, [data]);
@@ -149,11 +153,13 @@ export class LocalStore {
       const id = data.id === undefined ? uuidV7(this.now()) : data.id;
       if (typeof id !== 'string') throw new StoreError('invalid_input', '`id` must be a string');
       checkIdentifier('id', id, MAX_ID_LEN);
-      const values = Object.entries({ ...data, id }).map(([name, value]) => {
+      const { spaceId, ...fields } = data;
+      const space = readSpaceId(spaceId);
+      const values = Object.entries({ ...fields, id }).map(([name, value]) => {
         checkField(name);
         return [name, encodeValue(name, value)] as const;
       });
-      return { id, values };
+      return { id, values, space };
     });
     await this.write(async (clock) => {
       const existing = await this.db.records.bulkGet(prepared.map(({ id }) => [collection, id]));
@@ -164,12 +170,12 @@ export class LocalStore {
         }
         seen.add(id);
       });
-      for (const { id, values } of prepared) {
+      for (const { id, values, space } of prepared) {
         const at = hlcText(clock.tick());
         const state = emptyState();
         for (const [name, value] of values) mergeField(state, name, { ...value, at, ...this.actorFields() });
-        await this.db.records.put(row(collection, id, state));
-        await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw) });
+        await this.db.records.put(row(collection, id, state, space));
+        await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw, space), ...spaceField(space) });
       }
     });
     return prepared.map(({ id }) => id);
@@ -179,11 +185,15 @@ export class LocalStore {
    * Sets some fields of a record. Each written field is stamped after both
    * the clock and the field's current timestamp, so an edit always wins over
    * what this device showed, even a write from a clock that runs far ahead.
+   * `spaceId`, if given, must be the record's own: records cannot move
+   * between spaces.
    */
   async update(collection: string, id: string, fields: Record<string, unknown>): Promise<void> {
     checkIdentifier('collection', collection, MAX_NAME_LEN);
     checkIdentifier('id', id, MAX_ID_LEN);
-    const values = Object.entries(fields).map(([name, value]) => {
+    const { spaceId, ...written } = fields;
+    const space = 'spaceId' in fields ? { named: readSpaceId(spaceId) } : undefined;
+    const values = Object.entries(written).map(([name, value]) => {
       checkField(name);
       if (name === 'id' && value !== id) throw new StoreError('invalid_input', '`id` cannot be changed');
       return [name, encodeValue(name, value)] as const;
@@ -191,18 +201,21 @@ export class LocalStore {
     await this.write(async (clock) => {
       const existing = await this.db.records.get([collection, id]);
       if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
+      if (space && space.named !== existing.space) {
+        throw new StoreError('invalid_input', `${collection}/${id} cannot move to another space (records stay in the space they were created in)`);
+      }
       if (values.length === 0) return;
       const state = existing.state;
       const now = clock.tick();
-      const written = values.map(([name, value]) => {
+      const changed = values.map(([name, value]) => {
         const current = state.fields.get(name);
         const currentAt = current && hlcOf(current.at);
         const at = hlcText(currentAt && compareHlc(currentAt, now) >= 0 ? next(currentAt) : now);
         mergeField(state, name, { ...value, at, ...this.actorFields() });
         return [name, { raw: value.raw, at }] as const;
       });
-      await this.db.records.put(row(collection, id, state));
-      await this.db.outbox.add({ change: updateChange(collection, id, written, this.actorRaw) });
+      await this.db.records.put(row(collection, id, state, existing.space));
+      await this.db.outbox.add({ change: updateChange(collection, id, changed, this.actorRaw, existing.space), ...spaceField(existing.space) });
     });
   }
 
@@ -215,8 +228,8 @@ export class LocalStore {
       if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
       const at = hlcText(clock.tick());
       mergeDelete(existing.state, { at, ...this.actorFields() });
-      await this.db.records.put(row(collection, id, existing.state));
-      await this.db.outbox.add({ change: deleteChange(collection, id, at, this.actorRaw) });
+      await this.db.records.put(row(collection, id, existing.state, existing.space));
+      await this.db.outbox.add({ change: deleteChange(collection, id, at, this.actorRaw, existing.space), ...spaceField(existing.space) });
     });
   }
 
@@ -342,7 +355,9 @@ export class LocalStore {
   /**
    * The next changeset to push: rows already assigned to a changeset (a push
    * that failed or whose reply was lost) first, with the same id; otherwise
-   * up to `max` new rows, whose new id is committed before this returns.
+   * up to `max` new rows of the oldest row's space (records never change
+   * space, so each record's changes keep their order), whose new id is
+   * committed before this returns.
    */
   async nextChangeset(max: number): Promise<PendingChangeset | undefined> {
     const db = this.db;
@@ -354,8 +369,11 @@ export class LocalStore {
         const rows = await db.outbox.where('changesetId').equals(first.changesetId).sortBy('seq');
         return { id: first.changesetId, changes: rows.map((r) => r.change) };
       }
-      const rows = await db.outbox.orderBy(':id').limit(Math.max(1, max)).toArray();
-      const fresh = rows.filter((r) => r.changesetId === undefined);
+      const fresh = await db.outbox
+        .orderBy(':id')
+        .filter((r) => r.changesetId === undefined && r.space === first.space)
+        .limit(Math.max(1, max))
+        .toArray();
       const id = uuidV7(this.now());
       await db.outbox.bulkPut(fresh.map((r) => ({ ...r, changesetId: id })));
       return { id, changes: fresh.map((r) => r.change) };
@@ -366,13 +384,14 @@ export class LocalStore {
    * The server stored changeset `id` (or had before): drop its rows and apply
    * the reply, in one transaction. When the reply holds every change after
    * the app cursor (`hasMore` false), every collection's cursor moves to its
-   * `syncedUntil` too.
+   * `syncedUntil` too. Spaces the reply says the user left are dropped.
    */
   async finishChangeset(id: string, reply: IncomingPage): Promise<void> {
     const db = this.db;
     await db.transaction('rw', [...ALL_TABLES], async () => {
       await db.outbox.where('changesetId').equals(id).delete();
       await this.applyIn(reply.changes);
+      await dropSpacesIn(db, reply.removedSpaces ?? []);
       // During a re-download only its pulls set cursors (sync pushes after
       // it; this is another tab or an older sync still running).
       if (!reply.hasMore && !(await db.meta.get(REDOWNLOAD))) {
@@ -423,7 +442,7 @@ export class LocalStore {
     const db = this.db;
     return db.transaction('rw', [db.outbox, db.rejected], async () => {
       const rows = await db.rejected.orderBy('seq').toArray();
-      await db.outbox.bulkAdd(rows.map((r) => ({ change: r.change })));
+      await db.outbox.bulkAdd(rows.map((r) => ({ change: r.change, ...spaceField(spaceOfChange(r.change)) })));
       await db.rejected.clear();
       return rows.length;
     });
@@ -555,7 +574,7 @@ export class LocalStore {
    * (and changes nothing) when `source` was adopted before.
    */
   async adopt(source: string, adoption: Adoption): Promise<boolean> {
-    const pending = adoption.pending.map((change) => ({ change: changeText(change) }));
+    const pending = adoption.pending.map((change) => ({ change: changeText(change), ...spaceField(change.spaceId) }));
     const cursors = Object.entries(adoption.cursors);
     const db = this.db;
     return db.transaction('rw', [...ALL_TABLES], async () => {
@@ -582,14 +601,43 @@ export class LocalStore {
     return this.applyPage(changes);
   }
 
-  /** Applies one page of changes and, if given, moves `[collection, cursor]` in the same transaction. */
-  async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string]): Promise<number> {
+  /**
+   * Applies one page of changes and, if given, moves `[collection, cursor]`
+   * and drops the spaces the user left (`removedSpaces`), in the same
+   * transaction.
+   */
+  async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string], removedSpaces: readonly string[] = []): Promise<number> {
     const db = this.db;
     return db.transaction('rw', [db.records, db.cursors, db.meta, db.redownloadSeen], async () => {
       const touched = await this.applyIn(changes);
+      await dropSpacesIn(db, removedSpaces);
       if (cursor) await db.cursors.put({ collection: cursor[0], cursor: cursor[1] });
       return touched;
     });
+  }
+
+  // ---- shared spaces -------------------------------------------------------
+
+  /** The user's shared spaces with their role, as the server last listed them (`[]` before the first sync), by name. */
+  spaces(): Promise<Space[]> {
+    return storedSpaces(this.db);
+  }
+
+  /** Replaces the list of spaces (what the server listed). */
+  async setSpaces(spaces: Space[]): Promise<void> {
+    await storeSpaces(this.db, spaces);
+  }
+
+  /**
+   * Forgets shared spaces the user left or was removed from, in one
+   * transaction: their records (tombstones too), their cursor parts (so a
+   * new membership downloads them again), their list entries. Queued
+   * changes of theirs stay, to be refused and set aside. Returns how many
+   * records were dropped.
+   */
+  dropSpaces(spaces: readonly string[]): Promise<number> {
+    const db = this.db;
+    return db.transaction('rw', [db.records, db.cursors, db.meta], () => dropSpacesIn(db, spaces));
   }
 
   /**
@@ -606,11 +654,13 @@ export class LocalStore {
       await db.redownloadSeen.bulkPut(keyList.map(([collection, id]) => ({ collection, id })));
     }
     const rows = await db.records.bulkGet(keyList);
-    const states = new Map<string, { state: RecordState; dirty: boolean }>();
-    keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false }));
+    const states = new Map<string, { state: RecordState; dirty: boolean; space?: string }>();
+    keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false, ...spaceField(rows[i]?.space) }));
     let newest: string | undefined;
     for (const change of changes) {
       const entry = states.get(JSON.stringify([change.table, change.id]))!;
+      // A record's space is the one it was created in.
+      entry.space ??= change.spaceId;
       try {
         entry.dirty = applyChange(entry.state, change) || entry.dirty;
       } catch (error) {
@@ -623,7 +673,12 @@ export class LocalStore {
       }
     }
     const dirty = keyList.filter((key) => states.get(JSON.stringify(key))!.dirty);
-    await db.records.bulkPut(dirty.map(([collection, id]) => row(collection, id, states.get(JSON.stringify([collection, id]))!.state)));
+    await db.records.bulkPut(
+      dirty.map(([collection, id]) => {
+        const entry = states.get(JSON.stringify([collection, id]))!;
+        return row(collection, id, entry.state, entry.space);
+      }),
+    );
     if (newest !== undefined) {
       const lastText = (await db.meta.get('hlc'))?.value as string | undefined;
       const last = lastText ? hlcOf(lastText) : fromMillis(0);
@@ -640,9 +695,11 @@ export class LocalStore {
   }
 }
 
-function row(collection: string, id: string, state: RecordState): RecordRow {
+/** A record's row; a record in a shared space reads with its `spaceId`. */
+function row(collection: string, id: string, state: RecordState, space: string | undefined): RecordRow {
   const shown = view(state);
-  return { collection, id, deleted: state.deleted ? 1 : 0, state, ...(shown && { view: shown }) };
+  if (shown && space !== undefined) shown.spaceId = space;
+  return { collection, id, deleted: state.deleted ? 1 : 0, state, ...(shown && { view: shown }), ...spaceField(space) };
 }
 
 function toRecord(found: RecordRow): StoredRecord {

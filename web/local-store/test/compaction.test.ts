@@ -123,8 +123,11 @@ describe('an expired cursor', () => {
     await expect.poll(() => server.seen.some((r) => r.path.endsWith('/stream'))).toBe(true);
     stop.abort();
     await running;
-    expect(new Set(server.seen.map((r) => r.path.split('/').at(-1)))).toEqual(new Set(['todo', 'pull', 'stream']));
-    expect(server.seen.every((r) => r.features === 'cursor-expired')).toBe(true);
+    const syncing = server.seen.filter((r) => r.path.startsWith('/sync/'));
+    expect(new Set(syncing.map((r) => r.path.split('/').at(-1)))).toEqual(new Set(['todo', 'pull', 'stream']));
+    // Every sync request lists both features (the list of spaces is the `/spaces` API's).
+    expect(syncing.every((r) => r.features === 'cursor-expired, spaces')).toBe(true);
+    expect(server.seen.filter((r) => !r.path.startsWith('/sync/')).map((r) => r.path)).toContain('/spaces');
   });
 
   it('an offline device keeps its edits: the push is stored, answered 410, the device downloads again and resends', async () => {
