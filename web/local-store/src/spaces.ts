@@ -37,13 +37,16 @@ function readMember(value: unknown): SpaceMember {
   return { userId, role };
 }
 
-function readDetails(value: unknown): SpaceDetails {
-  let space: Space;
+function readSpace(value: unknown): Space {
   try {
-    [space] = readSpaces([value]) as [Space];
+    return readSpaces([value])[0]!;
   } catch {
-    throw new SyncError('protocol', 'a space is not `{id, name, role, members}`');
+    throw new SyncError('protocol', 'a space is not `{id, name, role}`');
   }
+}
+
+function readDetails(value: unknown): SpaceDetails {
+  const space = readSpace(value);
   const members = (value as { members?: unknown }).members;
   if (!Array.isArray(members)) throw new SyncError('protocol', 'a space lacks `members`');
   return { ...space, members: members.map(readMember) };
@@ -101,8 +104,8 @@ export class SpacesApi {
   }
 
   /** Creates a space owned by the user (`POST /spaces`) and adds it to the store's list. */
-  async create(name: string): Promise<SpaceDetails> {
-    const space = readDetails(await this.request('POST', ['spaces'], { name }));
+  async create(name: string): Promise<Space> {
+    const space = readSpace(await this.request('POST', ['spaces'], { name }));
     await this.remember(space);
     return space;
   }
@@ -138,8 +141,9 @@ export class SpacesApi {
   }
 
   /** Puts `space` (name, role) into the store's list. */
-  private async remember(space: SpaceDetails): Promise<void> {
-    const listed = (await this.store.spaces()).filter((known) => known.id !== space.id);
-    await this.store.setSpaces([...listed, { id: space.id, name: space.name, role: space.role }]);
+  private async remember(space: Space): Promise<void> {
+    const listed = await this.store.spaces();
+    if (listed.some((known) => known.id === space.id && known.name === space.name && known.role === space.role)) return;
+    await this.store.setSpaces([...listed.filter((known) => known.id !== space.id), { id: space.id, name: space.name, role: space.role }]);
   }
 }

@@ -78,10 +78,13 @@ export async function storedSpaces(db: StoreDb): Promise<Space[]> {
   return Array.isArray(value) ? (value as Space[]) : [];
 }
 
-/** Replaces the list, ordered by name. */
+/** Replaces the list, ordered by name (unless it is the same: readers are not woken for nothing). */
 export async function storeSpaces(db: StoreDb, spaces: Space[]): Promise<void> {
   const sorted = [...spaces].sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
-  await db.meta.put({ key: SPACES, value: sorted });
+  await db.transaction('rw', db.meta, async () => {
+    if (JSON.stringify(await storedSpaces(db)) === JSON.stringify(sorted)) return;
+    await db.meta.put({ key: SPACES, value: sorted });
+  });
 }
 
 /**

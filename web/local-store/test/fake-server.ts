@@ -340,7 +340,7 @@ export class FakeServer {
     if (parts.length === 0 && method === 'POST') {
       const id = `space-${++this.spaceCount}`;
       this.spaces.set(id, { name: String(body?.name), members: new Map([[user, 'owner']]) });
-      return json(201, view(id));
+      return json(201, { id, name: String(body?.name), role: 'owner' });
     }
     const space = this.spaces.get(parts[0]!);
     const role = space?.members.get(user);
