@@ -16,22 +16,22 @@
 
 import { Dexie, liveQuery, type Observable } from 'dexie';
 
-import { compareHlc, fromMillis, hlcOf, hlcText, next, observe, tick, type HlcTime } from './clock.ts';
-import { type OutboxRow, type RecordRow, StoreDb } from './db.ts';
+import { compareHlc, hlcOf, hlcText, next, tick, type HlcTime } from './clock.ts';
+import { StoreDb } from './db.ts';
 import { StoreError } from './errors.ts';
 import { changeText, deleteChange, encodeValue, insertChange, updateChange } from './encode.ts';
 import { isObject, type JsonObject, type JsonValue } from './json.ts';
-import { applyChange, emptyState, mergeDelete, mergeField, view, type FieldState, type MergeChange, type RecordState } from './merge.ts';
+import { emptyState, mergeDelete, mergeField, type FieldState, type MergeChange, type RecordState } from './merge.ts';
 import { select, type StoredRecord } from './select.ts';
 import { LOWEST_TIMESTAMP, compareTimestamps } from './timestamp.ts';
+import { REDOWNLOAD, finishRedownload, startRedownload } from './store-redownload.ts';
+import { applyIn, row, toRecord } from './store-rows.ts';
 import { dropSpacesIn, readSpaceId, spaceField, spaceOfChange, storeSpaces, storedSpaces } from './store-spaces.ts';
 import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, Space, StoreOptions, SyncStatus } from './types.ts';
 import { MAX_ID_LEN, MAX_NAME_LEN, checkField, checkIdentifier, tokenSubject, uuidV4, uuidV7 } from './util.ts';
 
 const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta', 'redownloadSeen'] as const;
 
-/** The `meta` key of the re-download marker (its value: when it started). */
-const REDOWNLOAD = 'redownload';
 
 function rfc3339Now(): string {
   return new Date().toISOString();
@@ -390,7 +390,7 @@ export class LocalStore {
     const db = this.db;
     await db.transaction('rw', [...ALL_TABLES], async () => {
       await db.outbox.where('changesetId').equals(id).delete();
-      await this.applyIn(reply.changes);
+      await applyIn(db, reply.changes, this.now());
       await dropSpacesIn(db, reply.removedSpaces ?? []);
       // During a re-download only its pulls set cursors (sync pushes after
       // it; this is another tab or an older sync still running).
@@ -493,28 +493,11 @@ export class LocalStore {
     });
   }
 
-  // ---- re-download after `cursor_expired` ------------------------------------
-  //
-  // The server dropped deleted records past its tombstone retention and this
-  // device's cursor is older: it may hold records whose deletion it can no
-  // longer be told about. It forgets every cursor and pulls every synced
-  // collection from the start, its own changes included, noting each record
-  // that comes back (`redownloadSeen`, in the transaction of its page). When
-  // every collection is complete, the records of synced collections that did
-  // not come back and that no queued or refused local change touches are
-  // removed, the app cursor set and the marker cleared, in one transaction.
-  // The marker is set in the transaction that forgets the cursors, so a tab
-  // closed midway resumes the re-download at the next sync.
+  // ---- re-download after `cursor_expired` (store-redownload.ts) -----------------
 
   /** Starts a re-download: forgets every cursor and sets the marker, in one transaction. The outbox is untouched. */
   async startRedownload(): Promise<void> {
-    const db = this.db;
-    await db.transaction('rw', [db.cursors, db.meta, db.redownloadSeen], async () => {
-      await db.cursors.clear();
-      await db.meta.delete('appCursor');
-      await db.redownloadSeen.clear();
-      await db.meta.put({ key: REDOWNLOAD, value: rfc3339Now() });
-    });
+    await startRedownload(this.db);
   }
 
   /** Whether a re-download was started and not finished (perhaps in a tab since closed). */
@@ -529,36 +512,7 @@ export class LocalStore {
    * Returns how many records were removed (0 when none was in progress).
    */
   async finishRedownload(appCursor: string | undefined): Promise<number> {
-    const db = this.db;
-    return db.transaction('rw', [...ALL_TABLES], async () => {
-      if (!(await db.meta.get(REDOWNLOAD))) return 0;
-      const pending = new Set<string>();
-      for (const { change } of [...(await db.outbox.toArray()), ...(await db.rejected.toArray())]) {
-        try {
-          const target = JSON.parse(change) as { table?: unknown; id?: unknown };
-          pending.add(JSON.stringify([target.table, target.id]));
-        } catch {
-          // The change the app wrote: always JSON.
-        }
-      }
-      const seen = new Set((await db.redownloadSeen.toArray()).map((r) => JSON.stringify([r.collection, r.id])));
-      const gone: [string, string][] = [];
-      for (const collection of this.collections) {
-        const keys = await db.records
-          .where('[collection+id]')
-          .between([collection, Dexie.minKey], [collection, Dexie.maxKey], true, true)
-          .primaryKeys();
-        for (const key of keys) {
-          const text = JSON.stringify(key);
-          if (!seen.has(text) && !pending.has(text)) gone.push(key);
-        }
-      }
-      await db.records.bulkDelete(gone);
-      await db.redownloadSeen.clear();
-      await db.meta.delete(REDOWNLOAD);
-      if (appCursor !== undefined) await db.meta.put({ key: 'appCursor', value: appCursor });
-      return gone.length;
-    });
+    return finishRedownload(this.db, this.collections, appCursor);
   }
 
   /**
@@ -580,7 +534,7 @@ export class LocalStore {
     return db.transaction('rw', [...ALL_TABLES], async () => {
       const key = `adopted:${source}`;
       if (await db.meta.get(key)) return false;
-      await this.applyIn([...adoption.records, ...adoption.pending]);
+      await applyIn(db, [...adoption.records, ...adoption.pending], this.now());
       await db.outbox.bulkAdd(pending);
       const fresh = (await db.cursors.count()) === 0 && !(await db.meta.get('account'));
       if (fresh && adoption.server !== undefined && cursors.length > 0) {
@@ -609,7 +563,7 @@ export class LocalStore {
   async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string], removedSpaces: readonly string[] = []): Promise<number> {
     const db = this.db;
     return db.transaction('rw', [db.records, db.cursors, db.meta, db.redownloadSeen], async () => {
-      const touched = await this.applyIn(changes);
+      const touched = await applyIn(db, changes, this.now());
       await dropSpacesIn(db, removedSpaces);
       if (cursor) await db.cursors.put({ collection: cursor[0], cursor: cursor[1] });
       return touched;
@@ -640,54 +594,6 @@ export class LocalStore {
     return db.transaction('rw', [db.records, db.cursors, db.meta], () => dropSpacesIn(db, spaces));
   }
 
-  /**
-   * Merges `changes` inside the current transaction; returns how many
-   * records changed. During a re-download, notes every record that came back.
-   */
-  private async applyIn(changes: MergeChange[]): Promise<number> {
-    if (changes.length === 0) return 0;
-    const db = this.db;
-    const keys = new Map<string, [string, string]>();
-    for (const change of changes) keys.set(JSON.stringify([change.table, change.id]), [change.table, change.id]);
-    const keyList = [...keys.values()];
-    if (await db.meta.get(REDOWNLOAD)) {
-      await db.redownloadSeen.bulkPut(keyList.map(([collection, id]) => ({ collection, id })));
-    }
-    const rows = await db.records.bulkGet(keyList);
-    const states = new Map<string, { state: RecordState; dirty: boolean; space?: string }>();
-    keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false, ...spaceField(rows[i]?.space) }));
-    let newest: string | undefined;
-    for (const change of changes) {
-      const entry = states.get(JSON.stringify([change.table, change.id]))!;
-      // A record's space is the one it was created in.
-      entry.space ??= change.spaceId;
-      try {
-        entry.dirty = applyChange(entry.state, change) || entry.dirty;
-      } catch (error) {
-        // The server validates every change; one that still cannot be merged
-        // is skipped rather than blocking sync.
-        console.warn(`mana-sync: skipping an unmergeable change of ${change.table}/${change.id}:`, error);
-      }
-      for (const at of [...(change.fields?.values() ?? [])].map((f) => f.at).concat(change.deletedAt ?? [])) {
-        if (newest === undefined || compareTimestamps(at, newest) > 0) newest = at;
-      }
-    }
-    const dirty = keyList.filter((key) => states.get(JSON.stringify(key))!.dirty);
-    await db.records.bulkPut(
-      dirty.map(([collection, id]) => {
-        const entry = states.get(JSON.stringify([collection, id]))!;
-        return row(collection, id, entry.state, entry.space);
-      }),
-    );
-    if (newest !== undefined) {
-      const lastText = (await db.meta.get('hlc'))?.value as string | undefined;
-      const last = lastText ? hlcOf(lastText) : fromMillis(0);
-      const advanced = observe(last, hlcOf(newest), this.now());
-      if (compareHlc(advanced, last) !== 0) await db.meta.put({ key: 'hlc', value: hlcText(advanced) });
-    }
-    return dirty.length;
-  }
-
   /** Every record state of every collection (deleted ones included), for comparing devices in tests and tools. */
   async dump(): Promise<Map<string, RecordState>> {
     const rows = await this.db.records.toArray();
@@ -695,16 +601,4 @@ export class LocalStore {
   }
 }
 
-/** A record's row; a record in a shared space reads with its `spaceId`. */
-function row(collection: string, id: string, state: RecordState, space: string | undefined): RecordRow {
-  const shown = view(state);
-  if (shown && space !== undefined) shown.spaceId = space;
-  return { collection, id, deleted: state.deleted ? 1 : 0, state, ...(shown && { view: shown }), ...spaceField(space) };
-}
-
-function toRecord(found: RecordRow): StoredRecord {
-  const record = { ...found.view } as StoredRecord;
-  if (typeof record.id !== 'string') record.id = found.id;
-  return record;
-}
 
