@@ -63,7 +63,7 @@ export class SpacesApi {
     this.fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
   }
 
-  private async request(method: string, segments: string[], body?: unknown): Promise<unknown> {
+  private async request(method: string, segments: string[], body?: unknown, signal?: AbortSignal): Promise<unknown> {
     const account = this.options.account ?? (await this.store.account());
     if (!account) throw new SyncError('unauthorized', 'sign in first: shared spaces live on the server', 401, 'not_signed_in');
     const url = `${account.server.replace(/\/+$/, '')}/${segments.map(encodeURIComponent).join('/')}`;
@@ -74,7 +74,7 @@ export class SpacesApi {
         method,
         headers: { Authorization: `Bearer ${account.token}`, ...(body !== undefined && { 'Content-Type': 'application/json' }) },
         ...(body !== undefined && { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(this.options.requestTimeoutMs ?? 30_000),
+        signal: AbortSignal.any([AbortSignal.timeout(this.options.requestTimeoutMs ?? 30_000), ...(signal ? [signal] : [])]),
         cache: 'no-store',
       });
       text = await response.text();
@@ -90,9 +90,9 @@ export class SpacesApi {
     }
   }
 
-  /** The user's spaces with their role (`GET /spaces`); the store's list is replaced with them. */
-  async list(): Promise<Space[]> {
-    const reply = (await this.request('GET', ['spaces'])) as { spaces?: unknown } | undefined;
+  /** The user's spaces with their role (`GET /spaces`); the store's list is replaced with them. `signal` aborts the request. */
+  async list(signal?: AbortSignal): Promise<Space[]> {
+    const reply = (await this.request('GET', ['spaces'], undefined, signal)) as { spaces?: unknown } | undefined;
     let spaces: Space[];
     try {
       spaces = readSpaces(reply?.spaces);

@@ -39,6 +39,15 @@
  * when the browser comes back online. A 401 stops until a new token. The
  * stream's `cursor-expired` event starts a re-download, then a new stream,
  * at once.
+ *
+ * **Shared spaces.** Requests also list `spaces`: the client follows every
+ * space its user belongs to, its cursors composite (one part per log) and
+ * stored as they come. A changeset holds one space's changes, so a 403
+ * `space_forbidden` sets aside that changeset only (with the server's
+ * reason, like any refused change) and the rest keeps flowing. A reply's
+ * `removedSpaces` and the stream's `space-removed` drop the space's records
+ * (`LocalStore.dropSpaces`); `space-added` (the stream downloads the new
+ * space itself) and every sync list the user's spaces into the store.
  */
 
 import { liveQuery } from 'dexie';
@@ -195,13 +204,13 @@ export class SyncClient {
   private async syncOnce(signal?: AbortSignal): Promise<SyncReport> {
     const report = await this.push(signal);
     report.received += await this.pull(signal);
-    await this.refreshSpaces();
+    await this.refreshSpaces(signal);
     return report;
   }
 
   /** Lists the user's shared spaces into the store (names and roles for the app). */
-  async refreshSpaces(): Promise<void> {
-    await new SpacesApi(this.store, { account: this.account, fetch: this.fetch, requestTimeoutMs: this.options.requestTimeoutMs }).list();
+  async refreshSpaces(signal?: AbortSignal): Promise<void> {
+    await new SpacesApi(this.store, { account: this.account, fetch: this.fetch, requestTimeoutMs: this.options.requestTimeoutMs }).list(signal);
   }
 
   /** The status after an attempt: synced (or error while refused changes wait aside), offline, error. */
@@ -452,9 +461,9 @@ export class SyncClient {
             fail(new SyncError('offline', `the server ended the live stream: ${error.message}`, 503, error.code));
           } else if (event.event === 'space-added') {
             // The stream itself downloads the new space; the list gets its name and role.
-            enqueue(() => this.refreshSpaces());
+            enqueue(() => this.refreshSpaces(controller.signal));
           } else if (event.event === 'space-removed') {
-            enqueue(() => this.spaceRemoved(event.data));
+            enqueue(() => this.spaceRemoved(event.data, controller.signal));
           } else if (event.event === 'cursor-expired') {
             // History after the cursor was dropped; the server ends the
             // stream, and `runLive` downloads everything again.
@@ -528,7 +537,7 @@ export class SyncClient {
   }
 
   /** `event: space-removed`: the user left the space or was removed; its records go. */
-  private async spaceRemoved(data: string): Promise<void> {
+  private async spaceRemoved(data: string, signal: AbortSignal): Promise<void> {
     let spaceId: unknown;
     try {
       spaceId = (JSON.parse(data) as { spaceId?: unknown }).spaceId;
@@ -537,7 +546,7 @@ export class SyncClient {
     }
     if (typeof spaceId !== 'string') throw new SyncError('protocol', 'a space-removed event names no `spaceId`');
     await this.store.dropSpaces([spaceId]);
-    await this.refreshSpaces();
+    await this.refreshSpaces(signal);
   }
 }
 
