@@ -344,16 +344,18 @@ export class FakeServer {
     }
     const space = this.spaces.get(parts[0]!);
     const role = space?.members.get(user);
-    if (!space || !role) return error(403, 'space_forbidden', `no read access to space \`${parts[0]}\``);
+    if (!space || !role) return error(404, 'space_not_found', `no space \`${parts[0]}\` of yours`);
     if (parts.length === 1 && method === 'GET') return json(200, view(parts[0]!));
     const member = parts[2];
     if (parts[1] !== 'members' || !member) return error(404, 'not_found', parts.join('/'));
-    if (role !== 'owner' && member !== user) return error(403, 'not_owner', 'only owners manage members');
+    if (role !== 'owner' && member !== user) return error(403, 'forbidden', 'only owners manage members');
     if (method === 'PUT') {
       this.setMember(parts[0]!, member, String(body?.role));
       return json(200, { userId: member, role: body?.role });
     }
     if (method === 'DELETE') {
+      const owners = [...space.members].filter(([, r]) => r === 'owner').map(([u]) => u);
+      if (owners.length === 1 && owners[0] === member) return error(409, 'last_owner', 'the last owner cannot leave');
       this.setMember(parts[0]!, member, undefined);
       return new Response(null, { status: 204 });
     }

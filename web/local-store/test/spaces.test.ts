@@ -195,7 +195,12 @@ describe('the spaces API', () => {
     // Only owners manage members: the server's refusal comes back typed.
     const refused = await bobApi.setRole(house.id, 'carol', 'editor').catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(SyncError);
-    expect(refused).toMatchObject({ status: 403, code: 'not_owner' });
+    expect(refused).toMatchObject({ status: 403, code: 'forbidden' });
+    // The last owner cannot leave, and keeps the space's records.
+    await alice.insert('tasks', { title: 'bread', spaceId: house.id });
+    await expect(aliceApi.leave(house.id)).rejects.toMatchObject({ status: 409, code: 'last_owner' });
+    expect(await titles(alice)).toEqual(['bread']);
+    expect(await alice.spaces()).toHaveLength(1);
 
     await bob.insert('tasks', { title: 'milk', spaceId: house.id });
     await bob.insert('tasks', { title: 'mine' });
