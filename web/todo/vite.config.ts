@@ -50,7 +50,7 @@ export default defineConfig({
   // `mana-sync serve` (same origin for the app, so dev sign-in works).
   server: {
     proxy: Object.fromEntries(
-      ['/sync', '/dev', '/health'].map((path) => [path, { target: process.env.MANA_SYNC_DEV_SERVER ?? 'http://127.0.0.1:3050' }]),
+      ['/sync', '/spaces', '/dev', '/health'].map((path) => [path, { target: process.env.MANA_SYNC_DEV_SERVER ?? 'http://127.0.0.1:3050' }]),
     ),
   },
 });
