@@ -8,7 +8,9 @@ serve: web
 
 # Every test. Postgres tests use 127.0.0.1:5432 (user postgres); without it
 # they are skipped with a message, unless CI=true, where that is a failure.
-# Then the web package's unit tests and the end-to-end tests in Chromium.
+# Then the web package's unit tests and the end-to-end tests in Chromium,
+# which include the packed package installed and syncing in a project in a
+# temporary directory (web/e2e/package.spec.ts; npm install --prefer-offline).
 test: web
 	cargo test --workspace --locked
 	cd web && npm test && npm run test:e2e

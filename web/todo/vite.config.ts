@@ -1,5 +1,5 @@
 import { svelte } from '@sveltejs/vite-plugin-svelte';
-import { defineConfig, type Plugin } from 'vite';
+import { defaultClientConditions, defineConfig, type Plugin } from 'vite';
 
 /**
  * The sync server the built app talks to. Unset (the default): the server
@@ -35,6 +35,11 @@ function contentSecurityPolicy(): Plugin {
 
 export default defineConfig({
   plugins: [svelte({ configFile: false }), contentSecurityPolicy()],
+  // The workspace's @mana-sync/local-store as TypeScript source (its exports'
+  // `@mana-sync/source` condition), compiled with the app: no build of the
+  // package first, and its edits reload in `npm run dev`. Apps outside the
+  // repository get the package's built `dist/` (the `default` condition).
+  resolve: { conditions: ['@mana-sync/source', ...defaultClientConditions] },
   build: {
     target: 'es2022',
     sourcemap: true,
@@ -45,7 +50,7 @@ export default defineConfig({
   // `mana-sync serve` (same origin for the app, so dev sign-in works).
   server: {
     proxy: Object.fromEntries(
-      ['/sync', '/dev', '/health'].map((path) => [path, { target: process.env.MANA_SYNC_DEV_SERVER ?? 'http://127.0.0.1:3050' }]),
+      ['/sync', '/spaces', '/dev', '/health'].map((path) => [path, { target: process.env.MANA_SYNC_DEV_SERVER ?? 'http://127.0.0.1:3050' }]),
     ),
   },
 });

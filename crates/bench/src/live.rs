@@ -28,37 +28,77 @@ fn ms(d: Duration) -> f64 {
 /// Latency figures.
 pub struct Latency {
     pub label: String,
+    /// Push→stream delivery.
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
+    /// The push's own round trip.
+    pub push_p50: Duration,
+    pub push_p99: Duration,
     pub samples: usize,
 }
 
 impl Latency {
     pub fn print(&self) {
         println!(
-            "| {} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             self.label,
             self.samples,
             ms(self.p50),
             ms(self.p99),
-            ms(self.max)
+            ms(self.max),
+            ms(self.push_p50),
+            ms(self.push_p99)
         );
+    }
+
+    pub fn print_header() {
+        println!(
+            "| scenario | pushes | delivery p50 | delivery p99 | delivery max | push p50 | push p99 |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
     }
 }
 
-/// Pushes one change at a time through `push_to` and times until a stream
-/// on `stream_from` delivers it.
+/// Who pushes and who listens.
+#[derive(Clone, Copy)]
+pub struct Route<'a> {
+    /// The user who pushes.
+    pub pusher: &'a str,
+    /// The user whose stream must deliver the change.
+    pub listener: &'a str,
+    /// The shared space the change goes into (`None`: the pusher's own log).
+    pub space: Option<&'a str>,
+    /// The features both clients list.
+    pub features: &'a str,
+}
+
+impl Route<'_> {
+    /// Another device of the same user, the seed's way.
+    pub const PERSONAL: Route<'static> = Route {
+        pusher: "latency-user",
+        listener: "latency-user",
+        space: None,
+        features: "",
+    };
+}
+
+/// Pushes one change at a time as `route.pusher` and times until a stream
+/// of `route.listener` on `stream_from` delivers it.
 pub async fn latency(
     env: &Env,
     stream_from: &TestServer,
     label: &str,
     samples: usize,
+    route: Route<'_>,
 ) -> anyhow::Result<Latency> {
     let http = &env.http;
     let response = http
-        .get(stream_from.at("/sync/bench/stream?collections=tasks&since=c1.0"))
-        .bearer_auth(stream_from.token("latency-user"))
+        .get(stream_from.at(&format!(
+            "/sync/bench/stream?collections=tasks&since=c1.0&features={}",
+            route.features
+        )))
+        .bearer_auth(stream_from.token(route.listener))
         .header("x-client-id", "listener")
         .send()
         .await?;
@@ -70,20 +110,36 @@ pub async fn latency(
     let mut events = response.bytes_stream().eventsource();
     // The backlog's (empty) page.
     events.next().await;
-    let token = env.server.token("latency-user");
+    let token = env.server.token(route.pusher);
     let mut timings = Vec::with_capacity(samples);
+    let mut push_timings = Vec::with_capacity(samples);
+    let mut since = "c1.0".to_owned();
     for n in 0..samples + 20 {
         let id = format!("n{n}");
-        let body = json!({"clientId": "pusher", "since": "c1.0",
-                          "changes": [{"table": "tasks", "id": id, "op": "insert", "data": {"n": n}}]})
+        let body = json!({"clientId": "pusher", "since": since,
+                          "changes": [{"table": "tasks", "id": id, "op": "insert",
+                                       "spaceId": route.space, "data": {"n": n}}]})
         .to_string();
         let started = Instant::now();
-        let push = http
-            .post(env.server.at("/sync/bench"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send();
+        let push = async {
+            let response = http
+                .post(env.server.at("/sync/bench"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("x-sync-features", route.features)
+                .body(body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "push: {}",
+                response.status()
+            );
+            let reply: Value = response.json().await?;
+            let elapsed = started.elapsed();
+            let next = reply["syncedUntil"].as_str().unwrap_or_default().to_owned();
+            anyhow::Ok((elapsed, next))
+        };
         let deliver = async {
             loop {
                 let event = events
@@ -103,18 +159,24 @@ pub async fn latency(
             }
         };
         let (pushed, delivered) = tokio::join!(push, deliver);
-        anyhow::ensure!(pushed?.status().is_success(), "push failed");
+        let (push_time, next) = pushed?;
+        // Replies stay one change long, as a device's that keeps up.
+        since = next;
         // The first pushes warm connections and caches.
         if n >= 20 {
             timings.push(delivered?);
+            push_timings.push(push_time);
         }
     }
     timings.sort();
+    push_timings.sort();
     Ok(Latency {
         label: label.to_owned(),
         p50: percentile(&timings, 0.5),
         p99: percentile(&timings, 0.99),
         max: timings[timings.len() - 1],
+        push_p50: percentile(&push_timings, 0.5),
+        push_p99: percentile(&push_timings, 0.99),
         samples,
     })
 }
@@ -275,4 +337,30 @@ pub fn list_ms(durations: &[Duration]) -> String {
         .map(|d| format!("{:.0}", ms(*d)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A space `owner` creates on `env`'s server, with `member` as an editor.
+pub async fn shared_space(env: &Env, owner: &str, member: &str) -> anyhow::Result<String> {
+    let created: Value = env
+        .http
+        .post(env.server.at("/spaces"))
+        .bearer_auth(env.server.token(owner))
+        .json(&json!({"name": "bench"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let space = created["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no space id in {created}"))?
+        .to_owned();
+    env.http
+        .put(env.server.at(&format!("/spaces/{space}/members/{member}")))
+        .bearer_auth(env.server.token(owner))
+        .json(&json!({"role": "editor"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(space)
 }

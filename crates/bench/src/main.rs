@@ -42,7 +42,9 @@ struct Cli {
 enum Command {
     /// Push and pull throughput against the raw database (the default).
     Throughput(Args),
-    /// Push→stream latency, on one instance and across two.
+    /// Push→stream latency, on one instance and across two, personal and
+    /// into a shared space (with the push's own latency: the membership
+    /// check's cost).
     Latency(LatencyArgs),
     /// One push fanned out to many idle streams.
     Fanout(FanoutArgs),
@@ -368,39 +370,64 @@ async fn contention(args: &ContentionArgs, binary: &std::path::Path) -> anyhow::
 }
 
 async fn latency(args: &LatencyArgs, binary: &std::path::Path) -> anyhow::Result<()> {
+    // Personal changes the seed's way, then the same user with the features
+    // our clients list (which read every log the user belongs to), then a
+    // change into a shared space delivered to another member.
+    const FEATURES: &str = "cursor-expired,spaces";
     let mut results = Vec::new();
-    let sqlite = server::Env::new(Backend::Sqlite, binary).await?;
-    results.push(
-        live::latency(
-            &sqlite,
-            &sqlite.server,
-            "SQLite, one instance",
-            args.samples,
-        )
-        .await?,
-    );
-    let postgres = server::Env::new(Backend::Postgres, binary).await?;
-    results.push(
-        live::latency(
-            &postgres,
-            &postgres.server,
-            "Postgres, one instance",
-            args.samples,
-        )
-        .await?,
-    );
-    let other = live::second_instance(&postgres, binary).await;
-    results.push(
-        live::latency(
-            &postgres,
-            &other,
-            "Postgres, push on one instance, stream on another",
-            args.samples,
-        )
-        .await?,
-    );
-    println!("| scenario | pushes | p50 | p99 | max |");
-    println!("|---|---:|---:|---:|---:|");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let env = server::Env::new(backend, binary).await?;
+        let space = live::shared_space(&env, "ann", "bob").await?;
+        let personal = live::Route {
+            pusher: "ann",
+            listener: "ann",
+            space: None,
+            features: FEATURES,
+        };
+        let shared = live::Route {
+            listener: "bob",
+            space: Some(&space),
+            ..personal
+        };
+        let name = format!("{backend:?}");
+        let mut scenarios = vec![
+            (
+                format!("{name}, one instance, personal (seed client)"),
+                live::Route::PERSONAL,
+                &env.server,
+            ),
+            (
+                format!("{name}, one instance, personal (spaces client)"),
+                personal,
+                &env.server,
+            ),
+            (
+                format!("{name}, one instance, shared space → another member"),
+                shared,
+                &env.server,
+            ),
+        ];
+        let other = match backend {
+            Backend::Postgres => Some(live::second_instance(&env, binary).await),
+            Backend::Sqlite => None,
+        };
+        if let Some(other) = &other {
+            scenarios.push((
+                format!("{name}, across instances, personal"),
+                personal,
+                other,
+            ));
+            scenarios.push((
+                format!("{name}, across instances, shared space → another member"),
+                shared,
+                other,
+            ));
+        }
+        for (label, route, stream_from) in scenarios {
+            results.push(live::latency(&env, stream_from, &label, args.samples, route).await?);
+        }
+    }
+    live::Latency::print_header();
     for result in &results {
         result.print();
     }

@@ -400,6 +400,11 @@ impl SyncService {
     /// One page of one log a device follows (its own, or `space`'s) after
     /// `cursor`. A user who is not a member of `space` is refused with
     /// [`StoreError::SpaceForbidden`].
+    ///
+    /// A space's log is read with the device's own changes: a device drops a
+    /// space's records when its user leaves, so on joining again it needs its
+    /// own earlier edits back, and its cursor cannot tell which of them it
+    /// still holds. Receiving a change it already has merges to nothing.
     pub async fn read_log(
         &self,
         user: &UserId,
@@ -416,7 +421,10 @@ impl SyncService {
                     app_id: query.app_id,
                     collection: query.collection,
                     since: cursor.since,
-                    exclude_client: query.exclude_client,
+                    exclude_client: match space {
+                        Some(_) => None,
+                        None => query.exclude_client,
+                    },
                     limit: query.limit,
                     expired: cursor.expired(query.dialect),
                 },

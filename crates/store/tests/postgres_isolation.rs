@@ -93,3 +93,192 @@ async fn the_server_role_is_subject_to_row_level_security() {
         .get(0);
     assert_eq!(all, 2, "both users' rows exist; only RLS hid them");
 }
+
+/// Runs `sql` in a transaction declared for `user` on `client`, then rolls
+/// back, returning the first column of the first row (a count) or the error.
+async fn as_user(
+    client: &tokio_postgres::Client,
+    user: &str,
+    sql: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT set_config('mana.user_id', '{user}', true);"
+        ))
+        .await?;
+    let result = client.query_one(sql, &[]).await.map(|row| row.get(0));
+    client.batch_execute("ROLLBACK").await?;
+    result
+}
+
+/// A change row of `log`, written directly, as a device of `user` would.
+fn raw_insert(log: &str) -> String {
+    format!(
+        "WITH written AS (
+             INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id, op,
+                 client_id, schema_version, created_at)
+             VALUES ('{log}', 99, gen_random_uuid(), 'todo', 'items', 'x', 'insert', 'd', 1, now())
+             RETURNING 1)
+         SELECT count(*) FROM written"
+    )
+}
+
+#[tokio::test]
+async fn row_level_security_lets_only_a_spaces_members_read_it_and_its_writers_write_it() {
+    use mana_sync_store::{MemberChange, Role};
+    use mana_sync_testkit::pg::ROWS_ROLE;
+
+    // The server's role owns nothing here (migrations ran as the owner), so
+    // every table's policies apply to it, forced or not.
+    let Some(db) = TestDatabase::create_split().await else {
+        return;
+    };
+    mana_sync_store::migrate(&db.owner_url(), Some(ROWS_ROLE))
+        .await
+        .expect("migrates as the owner");
+    let store = mana_sync_store::open(&db.url(), &StoreOptions::default())
+        .await
+        .expect("opens as the rows role");
+    let user = |name: &str| UserId::new(name).expect("valid");
+    let space = store
+        .create_space(&user("ann"), "Groceries")
+        .await
+        .expect("creates")
+        .space_id;
+    for (who, role) in [("bob", Role::Editor), ("vic", Role::Viewer)] {
+        store
+            .change_membership(
+                &user("ann"),
+                &space,
+                &MemberChange::Set {
+                    user: user(who),
+                    role,
+                },
+            )
+            .await
+            .expect("the owner adds a member");
+    }
+    let change: WireChange = serde_json::from_str(&format!(
+        r#"{{"table":"items","id":"milk","op":"insert","spaceId":"{}","data":{{}}}}"#,
+        space.as_str()
+    ))
+    .expect("parses");
+    store
+        .push(
+            &user("ann"),
+            NewChangeset {
+                app_id: "todo",
+                client_id: "d",
+                changeset_id: Some("cs"),
+                changes: &[change.validate(1).expect("valid")],
+            },
+        )
+        .await
+        .expect("the owner pushes into the space");
+
+    let app = db.app().await;
+    let privileged: bool = app
+        .query_one(
+            "SELECT rolsuper OR rolbypassrls
+                    OR pg_has_role(current_user, (SELECT tableowner FROM pg_tables
+                                                  WHERE tablename = 'mana_space_members'), 'MEMBER')
+               FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("role query")
+        .get(0);
+    assert!(
+        !privileged,
+        "the test role must be subject to every policy, or this test proves nothing"
+    );
+
+    let log = format!("~{}", space.as_str());
+    let space_rows = format!("SELECT count(*) FROM mana_changes WHERE user_id = '{log}'");
+    let members = format!(
+        "SELECT count(*) FROM mana_space_members WHERE space_id = '{}'",
+        space.as_str()
+    );
+    let spaces = format!(
+        "SELECT count(*) FROM mana_spaces WHERE space_id = '{}'",
+        space.as_str()
+    );
+    for member in ["ann", "bob", "vic"] {
+        assert_eq!(
+            as_user(&app, member, &space_rows).await.expect("reads"),
+            1,
+            "{member}"
+        );
+        assert_eq!(
+            as_user(&app, member, &members).await.expect("reads"),
+            3,
+            "{member}"
+        );
+        assert_eq!(
+            as_user(&app, member, &spaces).await.expect("reads"),
+            1,
+            "{member}"
+        );
+    }
+    for query in [&space_rows, &members, &spaces] {
+        assert_eq!(
+            as_user(&app, "eve", query).await.expect("reads"),
+            0,
+            "a stranger sees nothing of the space: {query}"
+        );
+    }
+
+    // Owners and editors write the space's log; a viewer and a stranger
+    // cannot, even with a statement that names the log directly.
+    for writer in ["ann", "bob"] {
+        assert_eq!(
+            as_user(&app, writer, &raw_insert(&log))
+                .await
+                .expect("writes"),
+            1
+        );
+    }
+    for refused in ["vic", "eve"] {
+        let error = as_user(&app, refused, &raw_insert(&log))
+            .await
+            .expect_err("refused by row-level security");
+        let message = error.as_db_error().map(|db| db.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("row-level security")),
+            "{refused}: {error:?}"
+        );
+    }
+
+    // Nobody but an owner changes the members: a stranger cannot add
+    // themselves, a viewer cannot promote themselves.
+    let join = format!(
+        "WITH added AS (INSERT INTO mana_space_members (space_id, user_id, role)
+                        VALUES ('{}', 'eve', 'owner') RETURNING 1) SELECT count(*) FROM added",
+        space.as_str()
+    );
+    assert!(
+        as_user(&app, "eve", &join).await.is_err(),
+        "eve cannot join"
+    );
+    let promote = format!(
+        "WITH changed AS (UPDATE mana_space_members SET role = 'owner'
+                          WHERE space_id = '{}' AND user_id = 'vic' RETURNING 1)
+         SELECT count(*) FROM changed",
+        space.as_str()
+    );
+    assert_eq!(as_user(&app, "vic", &promote).await.expect("runs"), 0);
+
+    // Removal takes effect in the database at once.
+    store
+        .change_membership(
+            &user("ann"),
+            &space,
+            &MemberChange::Remove { user: user("bob") },
+        )
+        .await
+        .expect("the owner removes bob");
+    assert_eq!(as_user(&app, "bob", &space_rows).await.expect("reads"), 0);
+    assert!(as_user(&app, "bob", &raw_insert(&log)).await.is_err());
+}

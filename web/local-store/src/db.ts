@@ -14,6 +14,8 @@ export interface RecordRow {
   state: RecordState;
   /** The record as the app sees it (`undefined` once deleted). */
   view?: JsonObject;
+  /** The shared space the record is in (absent: the personal space); fixed when it is created. */
+  space?: string;
 }
 
 /** A local change not yet acknowledged by the server. */
@@ -23,6 +25,8 @@ export interface OutboxRow {
   change: string;
   /** Set (and committed) before the push is sent, so a retry reuses it. */
   changesetId?: string;
+  /** The change's shared space (absent: personal): a changeset holds the changes of one space. */
+  space?: string;
 }
 
 /** A change the server refused, set aside with its reason. */
@@ -45,7 +49,7 @@ export interface SeenRow {
   id: string;
 }
 
-/** Client id, clock, account, app cursor, status, the re-download marker. */
+/** Client id, clock, account, app cursor, status, the re-download marker, the shared spaces. */
 export interface MetaRow {
   key: string;
   value: unknown;
@@ -71,5 +75,7 @@ export class StoreDb extends Dexie {
     });
     // Records seen by a re-download in progress (see `LocalStore.startRedownload`).
     this.version(2).stores({ redownloadSeen: '[collection+id]' });
+    // Records by shared space, to drop a space's records when the user leaves it.
+    this.version(3).stores({ records: '[collection+id], [collection+deleted], space' });
   }
 }

@@ -27,8 +27,10 @@ function tail(actorRaw: string | undefined): string {
   return `${actorRaw === undefined ? '' : `,"actor":${actorRaw}`},"schemaVersion":${SCHEMA_VERSION}}`;
 }
 
-function head(collection: string, id: string, op: MergeChange['op']): string {
-  return `{"table":${quote(collection)},"id":${quote(id)},"op":"${op}"`;
+/** The change's start; a change of a record in a shared space names it (`spaceId`), every change of it, so the server checks each. */
+function head(collection: string, id: string, op: MergeChange['op'], spaceId: string | undefined): string {
+  const space = spaceId === undefined ? '' : `,"spaceId":${quote(spaceId)}`;
+  return `{"table":${quote(collection)},"id":${quote(id)},"op":"${op}"${space}`;
 }
 
 /** `"name":{"value":…,"at":…}` for each written field. */
@@ -37,11 +39,11 @@ function fieldsText(fields: Iterable<readonly [string, Pick<FieldState, 'raw' | 
 }
 
 /** An insert of `state`: `data` with every field, `fields` with every field's timestamp. */
-export function insertChange(collection: string, id: string, state: RecordState, actorRaw: string | undefined): string {
+export function insertChange(collection: string, id: string, state: RecordState, actorRaw: string | undefined, spaceId?: string): string {
   const names = [...state.fields.keys()].sort(compareText);
   const data = names.map((name) => `${quote(name)}:${state.fields.get(name)!.raw}`).join(',');
   const fields = fieldsText(names.map((name) => [name, state.fields.get(name)!] as const));
-  return `${head(collection, id, 'insert')},"data":{${data}},"fields":{${fields}}${tail(actorRaw)}`;
+  return `${head(collection, id, 'insert', spaceId)},"data":{${data}},"fields":{${fields}}${tail(actorRaw)}`;
 }
 
 /** An update of some fields, each with its own timestamp. */
@@ -50,13 +52,14 @@ export function updateChange(
   id: string,
   fields: Iterable<readonly [string, Pick<FieldState, 'raw' | 'at'>]>,
   actorRaw: string | undefined,
+  spaceId?: string,
 ): string {
-  return `${head(collection, id, 'update')},"fields":{${fieldsText(fields)}}${tail(actorRaw)}`;
+  return `${head(collection, id, 'update', spaceId)},"fields":{${fieldsText(fields)}}${tail(actorRaw)}`;
 }
 
 /** A delete at `at`. */
-export function deleteChange(collection: string, id: string, at: string, actorRaw: string | undefined): string {
-  return `${head(collection, id, 'delete')},"deletedAt":${quote(at)}${tail(actorRaw)}`;
+export function deleteChange(collection: string, id: string, at: string, actorRaw: string | undefined, spaceId?: string): string {
+  return `${head(collection, id, 'delete', spaceId)},"deletedAt":${quote(at)}${tail(actorRaw)}`;
 }
 
 /**
@@ -69,12 +72,12 @@ export function changeText(change: MergeChange): string {
     case 'insert': {
       const state = emptyState();
       applyChange(state, change);
-      return insertChange(change.table, change.id, state, change.actorRaw);
+      return insertChange(change.table, change.id, state, change.actorRaw, change.spaceId);
     }
     case 'update':
-      return updateChange(change.table, change.id, change.fields ?? [], change.actorRaw);
+      return updateChange(change.table, change.id, change.fields ?? [], change.actorRaw, change.spaceId);
     case 'delete':
       if (change.deletedAt === undefined) throw new StoreError('invalid_input', `the delete of ${change.table}/${change.id} has no \`deletedAt\``);
-      return deleteChange(change.table, change.id, change.deletedAt, change.actorRaw);
+      return deleteChange(change.table, change.id, change.deletedAt, change.actorRaw, change.spaceId);
   }
 }

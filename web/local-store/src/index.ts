@@ -20,11 +20,17 @@ export type {
   Query,
   RejectedChange,
   SeedRecord,
+  Space,
+  SpaceDetails,
+  SpaceMember,
+  SpaceRole,
   StoreOptions,
   SyncStatus,
 } from './types.ts';
 export { SyncClient, Backoff, START, errorFrom, readServerChanges } from './sync.ts';
 export type { SyncOptions, SyncReport } from './sync.ts';
+export { SpacesApi } from './spaces.ts';
+export type { SpacesOptions } from './spaces.ts';
 export { startSync } from './tabs.ts';
 export type { SyncHandle } from './tabs.ts';
 export { StoreError, SyncError } from './errors.ts';

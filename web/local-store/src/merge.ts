@@ -60,6 +60,8 @@ export interface MergeChange {
   fields?: Map<string, { value: JsonValue; raw: string; at: string; own?: { actor?: JsonValue; actorRaw?: string } }>;
   /** Delete: when. */
   deletedAt?: string;
+  /** The shared space of the record (absent: the user's personal space). */
+  spaceId?: string;
   actor?: JsonValue;
   actorRaw?: string;
 }
@@ -207,10 +209,16 @@ export function readChange(change: unknown): MergeChange {
   if (typeof table !== 'string' || typeof id !== 'string') throw new ChangeError('a change needs `table` and `id`');
   if (op !== 'insert' && op !== 'update' && op !== 'delete') throw new ChangeError(`unknown op ${JSON.stringify(op)}`);
   const out: MergeChange = { table, id, op, ...readActor(change) };
+  if (change.spaceId !== undefined && change.spaceId !== null) {
+    if (typeof change.spaceId !== 'string') throw new ChangeError('`spaceId` must be a string');
+    out.spaceId = change.spaceId;
+  }
   if (op === 'insert') {
     if (!isObject(change.data)) throw new ChangeError('an insert needs a `data` object');
     const data = change.data;
     out.data = new Map(Object.keys(data).map((name) => [name, { value: data[name]!, raw: rawOf(data, name)! }]));
+    // The seed's later clients name the space in the insert's data only.
+    if (out.spaceId === undefined && typeof data.spaceId === 'string') out.spaceId = data.spaceId;
   }
   if (change.fields !== undefined && change.fields !== null) {
     if (!isObject(change.fields)) throw new ChangeError('`fields` must be an object');

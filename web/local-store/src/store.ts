@@ -16,21 +16,22 @@
 
 import { Dexie, liveQuery, type Observable } from 'dexie';
 
-import { compareHlc, fromMillis, hlcOf, hlcText, next, observe, tick, type HlcTime } from './clock.ts';
-import { type OutboxRow, type RecordRow, StoreDb } from './db.ts';
+import { compareHlc, hlcOf, hlcText, next, tick, type HlcTime } from './clock.ts';
+import { StoreDb } from './db.ts';
 import { StoreError } from './errors.ts';
 import { changeText, deleteChange, encodeValue, insertChange, updateChange } from './encode.ts';
 import { isObject, type JsonObject, type JsonValue } from './json.ts';
-import { applyChange, emptyState, mergeDelete, mergeField, view, type FieldState, type MergeChange, type RecordState } from './merge.ts';
+import { emptyState, mergeDelete, mergeField, type FieldState, type MergeChange, type RecordState } from './merge.ts';
 import { select, type StoredRecord } from './select.ts';
 import { LOWEST_TIMESTAMP, compareTimestamps } from './timestamp.ts';
-import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, StoreOptions, SyncStatus } from './types.ts';
+import { REDOWNLOAD, finishRedownload, startRedownload } from './store-redownload.ts';
+import { applyIn, row, toRecord } from './store-rows.ts';
+import { dropSpacesIn, readSpaceId, spaceField, spaceOfChange, storeSpaces, storedSpaces } from './store-spaces.ts';
+import type { Account, Adoption, IncomingPage, PendingChangeset, Query, RejectedChange, SeedRecord, Space, StoreOptions, SyncStatus } from './types.ts';
 import { MAX_ID_LEN, MAX_NAME_LEN, checkField, checkIdentifier, tokenSubject, uuidV4, uuidV7 } from './util.ts';
 
 const ALL_TABLES = ['records', 'outbox', 'rejected', 'cursors', 'meta', 'redownloadSeen'] as const;
 
-/** The `meta` key of the re-download marker (its value: when it started). */
-const REDOWNLOAD = 'redownload';
 
 function rfc3339Now(): string {
   return new Date().toISOString();
@@ -98,7 +99,7 @@ export class LocalStore {
         checkField(name);
         mergeField(state, name, { ...encodeValue(name, value), at: LOWEST_TIMESTAMP, ...(actor && { actor: actor.value, actorRaw: actor.raw }) });
       }
-      await db.records.put(row(record.collection, record.id, state));
+      await db.records.put(row(record.collection, record.id, state, undefined));
       await db.outbox.add({ change: insertChange(record.collection, record.id, state, actor?.raw) });
     }
   }
@@ -132,6 +133,9 @@ export class LocalStore {
   /**
    * Adds a record. Its `id` (a string) is used if present, else a new
    * UUIDv7. Returns the id. Ids of deleted records cannot be reused.
+   * `spaceId` puts it in that shared space (absent or `null`: the
+   * personal space); it is not a field, it is where the record lives, for
+   * good (reads show it as `spaceId`).
    */
   async insert(collection: string, data: Record<string, unknown>): Promise<string> {
     const [id] = await this.insertMany(collection, [data]);
@@ -149,11 +153,13 @@ export class LocalStore {
       const id = data.id === undefined ? uuidV7(this.now()) : data.id;
       if (typeof id !== 'string') throw new StoreError('invalid_input', '`id` must be a string');
       checkIdentifier('id', id, MAX_ID_LEN);
-      const values = Object.entries({ ...data, id }).map(([name, value]) => {
+      const { spaceId, ...fields } = data;
+      const space = readSpaceId(spaceId);
+      const values = Object.entries({ ...fields, id }).map(([name, value]) => {
         checkField(name);
         return [name, encodeValue(name, value)] as const;
       });
-      return { id, values };
+      return { id, values, space };
     });
     await this.write(async (clock) => {
       const existing = await this.db.records.bulkGet(prepared.map(({ id }) => [collection, id]));
@@ -164,12 +170,12 @@ export class LocalStore {
         }
         seen.add(id);
       });
-      for (const { id, values } of prepared) {
+      for (const { id, values, space } of prepared) {
         const at = hlcText(clock.tick());
         const state = emptyState();
         for (const [name, value] of values) mergeField(state, name, { ...value, at, ...this.actorFields() });
-        await this.db.records.put(row(collection, id, state));
-        await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw) });
+        await this.db.records.put(row(collection, id, state, space));
+        await this.db.outbox.add({ change: insertChange(collection, id, state, this.actorRaw, space), ...spaceField(space) });
       }
     });
     return prepared.map(({ id }) => id);
@@ -179,11 +185,15 @@ export class LocalStore {
    * Sets some fields of a record. Each written field is stamped after both
    * the clock and the field's current timestamp, so an edit always wins over
    * what this device showed, even a write from a clock that runs far ahead.
+   * `spaceId`, if given, must be the record's own: records cannot move
+   * between spaces.
    */
   async update(collection: string, id: string, fields: Record<string, unknown>): Promise<void> {
     checkIdentifier('collection', collection, MAX_NAME_LEN);
     checkIdentifier('id', id, MAX_ID_LEN);
-    const values = Object.entries(fields).map(([name, value]) => {
+    const { spaceId, ...written } = fields;
+    const space = 'spaceId' in fields ? { named: readSpaceId(spaceId) } : undefined;
+    const values = Object.entries(written).map(([name, value]) => {
       checkField(name);
       if (name === 'id' && value !== id) throw new StoreError('invalid_input', '`id` cannot be changed');
       return [name, encodeValue(name, value)] as const;
@@ -191,18 +201,21 @@ export class LocalStore {
     await this.write(async (clock) => {
       const existing = await this.db.records.get([collection, id]);
       if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
+      if (space && space.named !== existing.space) {
+        throw new StoreError('invalid_input', `${collection}/${id} cannot move to another space (records stay in the space they were created in)`);
+      }
       if (values.length === 0) return;
       const state = existing.state;
       const now = clock.tick();
-      const written = values.map(([name, value]) => {
+      const changed = values.map(([name, value]) => {
         const current = state.fields.get(name);
         const currentAt = current && hlcOf(current.at);
         const at = hlcText(currentAt && compareHlc(currentAt, now) >= 0 ? next(currentAt) : now);
         mergeField(state, name, { ...value, at, ...this.actorFields() });
         return [name, { raw: value.raw, at }] as const;
       });
-      await this.db.records.put(row(collection, id, state));
-      await this.db.outbox.add({ change: updateChange(collection, id, written, this.actorRaw) });
+      await this.db.records.put(row(collection, id, state, existing.space));
+      await this.db.outbox.add({ change: updateChange(collection, id, changed, this.actorRaw, existing.space), ...spaceField(existing.space) });
     });
   }
 
@@ -215,8 +228,8 @@ export class LocalStore {
       if (!existing || existing.deleted) throw new StoreError('not_found', `${collection}/${id} does not exist`);
       const at = hlcText(clock.tick());
       mergeDelete(existing.state, { at, ...this.actorFields() });
-      await this.db.records.put(row(collection, id, existing.state));
-      await this.db.outbox.add({ change: deleteChange(collection, id, at, this.actorRaw) });
+      await this.db.records.put(row(collection, id, existing.state, existing.space));
+      await this.db.outbox.add({ change: deleteChange(collection, id, at, this.actorRaw, existing.space), ...spaceField(existing.space) });
     });
   }
 
@@ -342,7 +355,9 @@ export class LocalStore {
   /**
    * The next changeset to push: rows already assigned to a changeset (a push
    * that failed or whose reply was lost) first, with the same id; otherwise
-   * up to `max` new rows, whose new id is committed before this returns.
+   * up to `max` new rows of the oldest row's space (records never change
+   * space, so each record's changes keep their order), whose new id is
+   * committed before this returns.
    */
   async nextChangeset(max: number): Promise<PendingChangeset | undefined> {
     const db = this.db;
@@ -354,8 +369,11 @@ export class LocalStore {
         const rows = await db.outbox.where('changesetId').equals(first.changesetId).sortBy('seq');
         return { id: first.changesetId, changes: rows.map((r) => r.change) };
       }
-      const rows = await db.outbox.orderBy(':id').limit(Math.max(1, max)).toArray();
-      const fresh = rows.filter((r) => r.changesetId === undefined);
+      const fresh = await db.outbox
+        .orderBy(':id')
+        .filter((r) => r.changesetId === undefined && r.space === first.space)
+        .limit(Math.max(1, max))
+        .toArray();
       const id = uuidV7(this.now());
       await db.outbox.bulkPut(fresh.map((r) => ({ ...r, changesetId: id })));
       return { id, changes: fresh.map((r) => r.change) };
@@ -366,13 +384,14 @@ export class LocalStore {
    * The server stored changeset `id` (or had before): drop its rows and apply
    * the reply, in one transaction. When the reply holds every change after
    * the app cursor (`hasMore` false), every collection's cursor moves to its
-   * `syncedUntil` too.
+   * `syncedUntil` too. Spaces the reply says the user left are dropped.
    */
   async finishChangeset(id: string, reply: IncomingPage): Promise<void> {
     const db = this.db;
     await db.transaction('rw', [...ALL_TABLES], async () => {
       await db.outbox.where('changesetId').equals(id).delete();
-      await this.applyIn(reply.changes);
+      await applyIn(db, reply.changes, this.now());
+      await dropSpacesIn(db, reply.removedSpaces ?? []);
       // During a re-download only its pulls set cursors (sync pushes after
       // it; this is another tab or an older sync still running).
       if (!reply.hasMore && !(await db.meta.get(REDOWNLOAD))) {
@@ -423,7 +442,7 @@ export class LocalStore {
     const db = this.db;
     return db.transaction('rw', [db.outbox, db.rejected], async () => {
       const rows = await db.rejected.orderBy('seq').toArray();
-      await db.outbox.bulkAdd(rows.map((r) => ({ change: r.change })));
+      await db.outbox.bulkAdd(rows.map((r) => ({ change: r.change, ...spaceField(spaceOfChange(r.change)) })));
       await db.rejected.clear();
       return rows.length;
     });
@@ -474,28 +493,11 @@ export class LocalStore {
     });
   }
 
-  // ---- re-download after `cursor_expired` ------------------------------------
-  //
-  // The server dropped deleted records past its tombstone retention and this
-  // device's cursor is older: it may hold records whose deletion it can no
-  // longer be told about. It forgets every cursor and pulls every synced
-  // collection from the start, its own changes included, noting each record
-  // that comes back (`redownloadSeen`, in the transaction of its page). When
-  // every collection is complete, the records of synced collections that did
-  // not come back and that no queued or refused local change touches are
-  // removed, the app cursor set and the marker cleared, in one transaction.
-  // The marker is set in the transaction that forgets the cursors, so a tab
-  // closed midway resumes the re-download at the next sync.
+  // ---- re-download after `cursor_expired` (store-redownload.ts) -----------------
 
   /** Starts a re-download: forgets every cursor and sets the marker, in one transaction. The outbox is untouched. */
   async startRedownload(): Promise<void> {
-    const db = this.db;
-    await db.transaction('rw', [db.cursors, db.meta, db.redownloadSeen], async () => {
-      await db.cursors.clear();
-      await db.meta.delete('appCursor');
-      await db.redownloadSeen.clear();
-      await db.meta.put({ key: REDOWNLOAD, value: rfc3339Now() });
-    });
+    await startRedownload(this.db);
   }
 
   /** Whether a re-download was started and not finished (perhaps in a tab since closed). */
@@ -510,36 +512,7 @@ export class LocalStore {
    * Returns how many records were removed (0 when none was in progress).
    */
   async finishRedownload(appCursor: string | undefined): Promise<number> {
-    const db = this.db;
-    return db.transaction('rw', [...ALL_TABLES], async () => {
-      if (!(await db.meta.get(REDOWNLOAD))) return 0;
-      const pending = new Set<string>();
-      for (const { change } of [...(await db.outbox.toArray()), ...(await db.rejected.toArray())]) {
-        try {
-          const target = JSON.parse(change) as { table?: unknown; id?: unknown };
-          pending.add(JSON.stringify([target.table, target.id]));
-        } catch {
-          // The change the app wrote: always JSON.
-        }
-      }
-      const seen = new Set((await db.redownloadSeen.toArray()).map((r) => JSON.stringify([r.collection, r.id])));
-      const gone: [string, string][] = [];
-      for (const collection of this.collections) {
-        const keys = await db.records
-          .where('[collection+id]')
-          .between([collection, Dexie.minKey], [collection, Dexie.maxKey], true, true)
-          .primaryKeys();
-        for (const key of keys) {
-          const text = JSON.stringify(key);
-          if (!seen.has(text) && !pending.has(text)) gone.push(key);
-        }
-      }
-      await db.records.bulkDelete(gone);
-      await db.redownloadSeen.clear();
-      await db.meta.delete(REDOWNLOAD);
-      if (appCursor !== undefined) await db.meta.put({ key: 'appCursor', value: appCursor });
-      return gone.length;
-    });
+    return finishRedownload(this.db, this.collections, appCursor);
   }
 
   /**
@@ -555,13 +528,13 @@ export class LocalStore {
    * (and changes nothing) when `source` was adopted before.
    */
   async adopt(source: string, adoption: Adoption): Promise<boolean> {
-    const pending = adoption.pending.map((change) => ({ change: changeText(change) }));
+    const pending = adoption.pending.map((change) => ({ change: changeText(change), ...spaceField(change.spaceId) }));
     const cursors = Object.entries(adoption.cursors);
     const db = this.db;
     return db.transaction('rw', [...ALL_TABLES], async () => {
       const key = `adopted:${source}`;
       if (await db.meta.get(key)) return false;
-      await this.applyIn([...adoption.records, ...adoption.pending]);
+      await applyIn(db, [...adoption.records, ...adoption.pending], this.now());
       await db.outbox.bulkAdd(pending);
       const fresh = (await db.cursors.count()) === 0 && !(await db.meta.get('account'));
       if (fresh && adoption.server !== undefined && cursors.length > 0) {
@@ -582,55 +555,43 @@ export class LocalStore {
     return this.applyPage(changes);
   }
 
-  /** Applies one page of changes and, if given, moves `[collection, cursor]` in the same transaction. */
-  async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string]): Promise<number> {
+  /**
+   * Applies one page of changes and, if given, moves `[collection, cursor]`
+   * and drops the spaces the user left (`removedSpaces`), in the same
+   * transaction.
+   */
+  async applyPage(changes: MergeChange[], cursor?: [collection: string, cursor: string], removedSpaces: readonly string[] = []): Promise<number> {
     const db = this.db;
     return db.transaction('rw', [db.records, db.cursors, db.meta, db.redownloadSeen], async () => {
-      const touched = await this.applyIn(changes);
+      const touched = await applyIn(db, changes, this.now());
+      await dropSpacesIn(db, removedSpaces);
       if (cursor) await db.cursors.put({ collection: cursor[0], cursor: cursor[1] });
       return touched;
     });
   }
 
+  // ---- shared spaces -------------------------------------------------------
+
+  /** The user's shared spaces with their role, as the server last listed them (`[]` before the first sync), by name. */
+  spaces(): Promise<Space[]> {
+    return storedSpaces(this.db);
+  }
+
+  /** Replaces the list of spaces (what the server listed). */
+  async setSpaces(spaces: Space[]): Promise<void> {
+    await storeSpaces(this.db, spaces);
+  }
+
   /**
-   * Merges `changes` inside the current transaction; returns how many
-   * records changed. During a re-download, notes every record that came back.
+   * Forgets shared spaces the user left or was removed from, in one
+   * transaction: their records (tombstones too), their cursor parts (so a
+   * new membership downloads them again), their list entries. Queued
+   * changes of theirs stay, to be refused and set aside. Returns how many
+   * records were dropped.
    */
-  private async applyIn(changes: MergeChange[]): Promise<number> {
-    if (changes.length === 0) return 0;
+  dropSpaces(spaces: readonly string[]): Promise<number> {
     const db = this.db;
-    const keys = new Map<string, [string, string]>();
-    for (const change of changes) keys.set(JSON.stringify([change.table, change.id]), [change.table, change.id]);
-    const keyList = [...keys.values()];
-    if (await db.meta.get(REDOWNLOAD)) {
-      await db.redownloadSeen.bulkPut(keyList.map(([collection, id]) => ({ collection, id })));
-    }
-    const rows = await db.records.bulkGet(keyList);
-    const states = new Map<string, { state: RecordState; dirty: boolean }>();
-    keyList.forEach((key, i) => states.set(JSON.stringify(key), { state: rows[i]?.state ?? emptyState(), dirty: false }));
-    let newest: string | undefined;
-    for (const change of changes) {
-      const entry = states.get(JSON.stringify([change.table, change.id]))!;
-      try {
-        entry.dirty = applyChange(entry.state, change) || entry.dirty;
-      } catch (error) {
-        // The server validates every change; one that still cannot be merged
-        // is skipped rather than blocking sync.
-        console.warn(`mana-sync: skipping an unmergeable change of ${change.table}/${change.id}:`, error);
-      }
-      for (const at of [...(change.fields?.values() ?? [])].map((f) => f.at).concat(change.deletedAt ?? [])) {
-        if (newest === undefined || compareTimestamps(at, newest) > 0) newest = at;
-      }
-    }
-    const dirty = keyList.filter((key) => states.get(JSON.stringify(key))!.dirty);
-    await db.records.bulkPut(dirty.map(([collection, id]) => row(collection, id, states.get(JSON.stringify([collection, id]))!.state)));
-    if (newest !== undefined) {
-      const lastText = (await db.meta.get('hlc'))?.value as string | undefined;
-      const last = lastText ? hlcOf(lastText) : fromMillis(0);
-      const advanced = observe(last, hlcOf(newest), this.now());
-      if (compareHlc(advanced, last) !== 0) await db.meta.put({ key: 'hlc', value: hlcText(advanced) });
-    }
-    return dirty.length;
+    return db.transaction('rw', [db.records, db.cursors, db.meta], () => dropSpacesIn(db, spaces));
   }
 
   /** Every record state of every collection (deleted ones included), for comparing devices in tests and tools. */
@@ -640,14 +601,4 @@ export class LocalStore {
   }
 }
 
-function row(collection: string, id: string, state: RecordState): RecordRow {
-  const shown = view(state);
-  return { collection, id, deleted: state.deleted ? 1 : 0, state, ...(shown && { view: shown }) };
-}
-
-function toRecord(found: RecordRow): StoredRecord {
-  const record = { ...found.view } as StoredRecord;
-  if (typeof record.id !== 'string') record.id = found.id;
-  return record;
-}
 

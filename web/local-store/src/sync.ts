@@ -39,23 +39,39 @@
  * when the browser comes back online. A 401 stops until a new token. The
  * stream's `cursor-expired` event starts a re-download, then a new stream,
  * at once.
+ *
+ * **Shared spaces.** Requests also list `spaces`: the client follows every
+ * space its user belongs to, its cursors composite (one part per log) and
+ * stored as they come. A changeset holds one space's changes, so a 403
+ * `space_forbidden` sets aside that changeset only (with the server's
+ * reason, like any refused change) and the rest keeps flowing. A reply's
+ * `removedSpaces` and the stream's `space-removed` drop the space's records
+ * (`LocalStore.dropSpaces`); `space-added` (the stream downloads the new
+ * space itself) and every sync list the user's spaces into the store.
  */
 
 import { liveQuery } from 'dexie';
 import { createParser } from 'eventsource-parser';
 
 import { SyncError } from './errors.ts';
-import { isObject, parseJson, quote, type JsonObject } from './json.ts';
-import { readChange, ChangeError } from './merge.ts';
+import { parseJson, quote, type JsonObject } from './json.ts';
 import { SCHEMA_VERSION } from './encode.ts';
+import { SpacesApi } from './spaces.ts';
 import type { LocalStore } from './store.ts';
 import type { Account, IncomingPage, PendingChangeset, SyncStatus } from './types.ts';
+import { Backoff, browserWindow, errorFrom, readPage, refusesTheChanges, sleep } from './wire.ts';
+
+export { Backoff, errorFrom } from './wire.ts';
 
 /** `since` meaning "from the start". */
 export const START = '1970-01-01T00:00:00.000Z';
 
-/** What this client lists in `X-Sync-Features`: told `cursor_expired` rather than served from the start. */
-const FEATURES = 'cursor-expired';
+/**
+ * What this client lists in `X-Sync-Features`: told `cursor_expired` rather
+ * than served from the start, and following the user's shared spaces
+ * (cursors become composite, one part per log: kept opaque).
+ */
+const FEATURES = 'cursor-expired, spaces';
 
 /** Re-downloads one pull may start before giving up (each starts over only when the server dropped history again meanwhile). */
 const MAX_REDOWNLOADS = 3;
@@ -100,93 +116,6 @@ const DEFAULTS: Required<Omit<SyncOptions, 'fetch'>> = {
   minBackoffMs: 500,
   maxBackoffMs: 30_000,
 };
-
-/** Exponential backoff with ±25 % jitter, so devices that lost the server together do not return together. */
-export class Backoff {
-  private current: number;
-
-  constructor(
-    private readonly min: number,
-    private readonly max: number,
-  ) {
-    this.current = min;
-  }
-
-  reset(): void {
-    this.current = this.min;
-  }
-
-  nextDelay(): number {
-    const base = this.current;
-    this.current = Math.min(this.current * 2, this.max);
-    return base * (0.75 + Math.random() * 0.5);
-  }
-}
-
-/** Whether a refusal is about the changes themselves (so splitting and setting aside can help). */
-function refusesTheChanges(error: SyncError): boolean {
-  return error.status === 413 || (error.status === 400 && (error.code === 'invalid_change' || error.code === 'invalid_json'));
-}
-
-/** The error of a non-2xx reply. */
-export function errorFrom(status: number, body: string): SyncError {
-  let code = 'http_error';
-  let message = body.slice(0, 300);
-  try {
-    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
-    if (typeof parsed.error?.code === 'string') code = parsed.error.code;
-    if (typeof parsed.error?.message === 'string') message = parsed.error.message;
-  } catch {
-    // not JSON: keep the text
-  }
-  if (status === 401) return new SyncError('unauthorized', `the server refused the token: ${message}`, status, code);
-  const transient = status === 408 || status === 429 || status >= 500;
-  return new SyncError(transient ? 'offline' : 'server', `${code}: ${message}`, status, code);
-}
-
-function readPage(json: unknown, what: string): IncomingPage & { table?: string } {
-  if (!isObject(json)) throw new SyncError('protocol', `${what} is not a JSON object`);
-  const changes = json.serverChanges ?? json.changes;
-  if (!Array.isArray(changes) || typeof json.syncedUntil !== 'string') {
-    throw new SyncError('protocol', `${what} lacks \`serverChanges\`/\`changes\` or \`syncedUntil\``);
-  }
-  try {
-    return {
-      changes: changes.map(readChange),
-      syncedUntil: json.syncedUntil,
-      hasMore: json.hasMore === true,
-      ...(typeof json.table === 'string' && { table: json.table }),
-    };
-  } catch (error) {
-    if (error instanceof ChangeError) throw new SyncError('protocol', `${what}: ${error.message}`);
-    throw error;
-  }
-}
-
-function sleep(ms: number, signal: AbortSignal, wake?: (wake: () => void) => () => void): Promise<void> {
-  return new Promise((resolve) => {
-    // An aborted signal fires no more `abort` events.
-    if (signal.aborted) {
-      resolve();
-      return;
-    }
-    let unwatch = () => {};
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      unwatch();
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-    if (wake) unwatch = wake(done);
-  });
-}
-
-/** `window`, when there is one (not in workers or Node). */
-function browserWindow(): Window | undefined {
-  return typeof window === 'undefined' ? undefined : window;
-}
 
 /** A store connected to a server with an account's token. */
 export class SyncClient {
@@ -275,7 +204,13 @@ export class SyncClient {
   private async syncOnce(signal?: AbortSignal): Promise<SyncReport> {
     const report = await this.push(signal);
     report.received += await this.pull(signal);
+    await this.refreshSpaces(signal);
     return report;
+  }
+
+  /** Lists the user's shared spaces into the store (names and roles for the app). */
+  async refreshSpaces(signal?: AbortSignal): Promise<void> {
+    await new SpacesApi(this.store, { account: this.account, fetch: this.fetch, requestTimeoutMs: this.options.requestTimeoutMs }).list(signal);
   }
 
   /** The status after an attempt: synced (or error while refused changes wait aside), offline, error. */
@@ -325,6 +260,12 @@ export class SyncClient {
         } else if (error.code === 'invalid_cursor' && !cursorReset) {
           cursorReset = true;
           await this.store.forgetCursors();
+        } else if (error.code === 'space_forbidden') {
+          // A changeset holds one space's changes (`nextChangeset`), so the
+          // space refused is this changeset's: set it aside whole, with the
+          // server's reason, and push the other spaces' changes.
+          console.warn(`mana-sync: the server refused changes to a shared space; set aside (${error.message})`);
+          report.rejected += await this.store.rejectChangeset(changeset.id, error.message);
         } else if (refusesTheChanges(error)) {
           if (!(await this.store.splitChangeset(changeset.id))) {
             const reason = `${error.code}: ${error.message.replace(`${error.code}: `, '')}`;
@@ -414,7 +355,7 @@ export class SyncClient {
       }
       received.count += page.changes.length;
       const last = !page.hasMore;
-      await this.store.applyPage(page.changes, last ? [collection, page.syncedUntil] : undefined);
+      await this.store.applyPage(page.changes, last ? [collection, page.syncedUntil] : undefined, page.removedSpaces);
       if (last) return page.syncedUntil;
       since = page.syncedUntil;
     }
@@ -518,6 +459,11 @@ export class SyncClient {
             // The server ends the stream on its own failure: reconnect from the saved cursors.
             const error = errorFrom(503, event.data);
             fail(new SyncError('offline', `the server ended the live stream: ${error.message}`, 503, error.code));
+          } else if (event.event === 'space-added') {
+            // The stream itself downloads the new space; the list gets its name and role.
+            enqueue(() => this.refreshSpaces(controller.signal));
+          } else if (event.event === 'space-removed') {
+            enqueue(() => this.spaceRemoved(event.data, controller.signal));
           } else if (event.event === 'cursor-expired') {
             // History after the cursor was dropped; the server ends the
             // stream, and `runLive` downloads everything again.
@@ -587,7 +533,20 @@ export class SyncClient {
       throw error instanceof SyncError ? error : new SyncError('protocol', `a stream event is not JSON: ${(error as Error).message}`);
     }
     if (event.table === undefined) throw new SyncError('protocol', 'a stream event names no table');
-    await this.store.applyPage(event.changes, [event.table, event.syncedUntil]);
+    await this.store.applyPage(event.changes, [event.table, event.syncedUntil], event.removedSpaces);
+  }
+
+  /** `event: space-removed`: the user left the space or was removed; its records go. */
+  private async spaceRemoved(data: string, signal: AbortSignal): Promise<void> {
+    let spaceId: unknown;
+    try {
+      spaceId = (JSON.parse(data) as { spaceId?: unknown }).spaceId;
+    } catch {
+      // handled below
+    }
+    if (typeof spaceId !== 'string') throw new SyncError('protocol', 'a space-removed event names no `spaceId`');
+    await this.store.dropSpaces([spaceId]);
+    await this.refreshSpaces(signal);
   }
 }
 

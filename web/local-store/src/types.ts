@@ -93,6 +93,30 @@ export interface Adoption {
 /** A page of changes from the server (a push reply, a pull page, a stream event). */
 export interface IncomingPage {
   changes: MergeChange[];
+  /** The cursor after these changes: opaque (with spaces, one part per log), stored and sent back as it is. */
   syncedUntil: string;
   hasMore: boolean;
+  /** Shared spaces the user no longer belongs to: their local records are dropped. */
+  removedSpaces?: string[];
+}
+
+/** A member's role in a shared space: owners manage members, editors write, viewers only read. */
+export type SpaceRole = 'owner' | 'editor' | 'viewer';
+
+/** A shared space the user belongs to, with the user's role in it. */
+export interface Space {
+  id: string;
+  name: string;
+  role: SpaceRole;
+}
+
+/** A member of a shared space (`userId`: the token's `sub`; in dev mode, the name signed in with). */
+export interface SpaceMember {
+  userId: string;
+  role: SpaceRole;
+}
+
+/** A shared space with its members. */
+export interface SpaceDetails extends Space {
+  members: SpaceMember[];
 }

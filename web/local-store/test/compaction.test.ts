@@ -123,8 +123,11 @@ describe('an expired cursor', () => {
     await expect.poll(() => server.seen.some((r) => r.path.endsWith('/stream'))).toBe(true);
     stop.abort();
     await running;
-    expect(new Set(server.seen.map((r) => r.path.split('/').at(-1)))).toEqual(new Set(['todo', 'pull', 'stream']));
-    expect(server.seen.every((r) => r.features === 'cursor-expired')).toBe(true);
+    const syncing = server.seen.filter((r) => r.path.startsWith('/sync/'));
+    expect(new Set(syncing.map((r) => r.path.split('/').at(-1)))).toEqual(new Set(['todo', 'pull', 'stream']));
+    // Every sync request lists both features (the list of spaces is the `/spaces` API's).
+    expect(syncing.every((r) => r.features === 'cursor-expired, spaces')).toBe(true);
+    expect(server.seen.filter((r) => !r.path.startsWith('/sync/')).map((r) => r.path)).toContain('/spaces');
   });
 
   it('an offline device keeps its edits: the push is stored, answered 410, the device downloads again and resends', async () => {
@@ -213,7 +216,8 @@ describe('an expired cursor', () => {
     await expect.poll(() => server.openStreams).toBe(1);
     await phone[0].update('tasks', records.kept, { title: 'Kept, renamed' });
     await expect.poll(() => phone[0].pendingCount()).toBe(0);
-    expect(await phone[0].status()).toMatchObject({ kind: 'synced' });
+    // The outbox empties in the reply's transaction; the status follows it.
+    await expect.poll(() => phone[0].status()).toMatchObject({ kind: 'synced' });
     stop.abort();
     await running;
     await laptop[1].sync();

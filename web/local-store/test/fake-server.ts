@@ -7,8 +7,14 @@
  * user's log (`compact`): each record's history becomes one folded change at
  * the position of its latest, and deleted records may be dropped, after which
  * older cursors are answered `cursor_expired` (to clients that list the
- * feature) or served from the start. The real server is exercised by the
- * end-to-end tests; this one makes failures easy to stage.
+ * feature) or served from the start. Shared spaces: the `/spaces` API, the
+ * write check of pushes (403 `space_forbidden`, nothing stored), and
+ * membership changes told as the real server tells them (`space-added` and
+ * `space-removed` on the stream, `removedSpaces` in the next reply); each
+ * user still reads their own log only, so sharing itself (another member's
+ * changes) is left to the end-to-end tests on the real server. The real
+ * server is exercised by the end-to-end tests; this one makes failures
+ * easy to stage.
  */
 
 import { parseJson } from '../src/json.ts';
@@ -129,6 +135,11 @@ export class FakeServer {
   readonly seen: SeenRequest[] = [];
   /** Per user: cursors before this position are expired (compaction dropped history up to it). */
   private readonly expiredThrough = new Map<string, bigint>();
+  /** Shared spaces: name and members with their role. */
+  readonly spaces = new Map<string, { name: string; members: Map<string, string> }>();
+  /** Spaces each user was removed from, told in their next reply. */
+  private readonly removed = new Map<string, string[]>();
+  private spaceCount = 0;
 
   /**
    * Compacts `user`'s log: every record's changes become one folded change at
@@ -187,6 +198,7 @@ export class FakeServer {
       .split(',')
       .some((feature) => feature.trim() === 'cursor-expired');
     const parts = url.pathname.split('/').filter(Boolean);
+    if (parts[0] === 'spaces') return this.spacesApi(user, method, parts.slice(1).map(decodeURIComponent), body);
     if (parts[0] !== 'sync' || !parts[1]) return error(404, 'not_found', url.pathname);
     const app = decodeURIComponent(parts[1]);
     let response: Response;
@@ -202,6 +214,11 @@ export class FakeServer {
     let since = parseSince(typeof body.since === 'string' ? body.since : null);
     if (since === undefined) return error(400, 'invalid_cursor', 'bad since');
     const changes = body.changes as Json[];
+    for (const change of changes) {
+      const space = typeof change.spaceId === 'string' ? change.spaceId : undefined;
+      const role = space === undefined ? 'owner' : this.spaces.get(space)?.members.get(user);
+      if (role !== 'owner' && role !== 'editor') return error(403, 'space_forbidden', `no write access to space \`${space}\``);
+    }
     const changesetId = typeof body.changesetId === 'string' ? `${user}/${body.changesetId}` : undefined;
     if (!changesetId || !this.changesets.has(changesetId)) {
       if (changesetId) this.changesets.add(changesetId);
@@ -235,11 +252,14 @@ export class FakeServer {
     const page = after.slice(0, limit);
     const hasMore = after.length > limit;
     const until = hasMore ? page.at(-1)!.seq : newest;
+    const removed = key === 'serverChanges' ? (this.removed.get(user) ?? []) : [];
+    this.removed.delete(user);
     return {
       [key]: page.filter((e) => e.clientId !== clientId).map((e) => e.change),
       ...(key === 'serverChanges' && { conflicts: [] }),
       syncedUntil: formatCursor(until),
       hasMore,
+      ...(removed.length > 0 && { removedSpaces: removed }),
     };
   }
 
@@ -304,6 +324,60 @@ export class FakeServer {
         const fresh = this.log.some((e) => e.user === user && e.seq > before && e.change.table === collection && e.clientId !== stream.clientId);
         if (fresh) this.send(stream, collection);
       }
+    }
+  }
+
+  private spacesApi(user: string, method: string, parts: string[], body: Json | undefined): Response {
+    const view = (id: string) => {
+      const space = this.spaces.get(id)!;
+      const members = [...space.members].map(([userId, role]) => ({ userId, role }));
+      return { id, name: space.name, role: space.members.get(user), members };
+    };
+    if (parts.length === 0 && method === 'GET') {
+      const mine = [...this.spaces].filter(([, space]) => space.members.has(user));
+      return json(200, { spaces: mine.map(([id, space]) => ({ id, name: space.name, role: space.members.get(user) })) });
+    }
+    if (parts.length === 0 && method === 'POST') {
+      const id = `space-${++this.spaceCount}`;
+      this.spaces.set(id, { name: String(body?.name), members: new Map([[user, 'owner']]) });
+      return json(201, { id, name: String(body?.name), role: 'owner' });
+    }
+    const space = this.spaces.get(parts[0]!);
+    const role = space?.members.get(user);
+    if (!space || !role) return error(404, 'space_not_found', `no space \`${parts[0]}\` of yours`);
+    if (parts.length === 1 && method === 'GET') return json(200, view(parts[0]!));
+    const member = parts[2];
+    if (parts[1] !== 'members' || !member) return error(404, 'not_found', parts.join('/'));
+    if (role !== 'owner' && member !== user) return error(403, 'forbidden', 'only owners manage members');
+    if (method === 'PUT') {
+      this.setMember(parts[0]!, member, String(body?.role));
+      return json(200, { userId: member, role: body?.role });
+    }
+    if (method === 'DELETE') {
+      const owners = [...space.members].filter(([, r]) => r === 'owner').map(([u]) => u);
+      if (owners.length === 1 && owners[0] === member) return error(409, 'last_owner', 'the last owner cannot leave');
+      this.setMember(parts[0]!, member, undefined);
+      return new Response(null, { status: 204 });
+    }
+    return error(405, 'method_not_allowed', method);
+  }
+
+  /**
+   * Adds `user` to `space` with `role`, or removes them (`undefined`), and
+   * tells their streams (and, for a removal, their next reply) as the real
+   * server does.
+   */
+  setMember(space: string, user: string, role: string | undefined): void {
+    const members = this.spaces.get(space)!.members;
+    if (role === undefined) {
+      members.delete(user);
+      this.removed.set(user, [...(this.removed.get(user) ?? []), space]);
+    } else {
+      members.set(user, role);
+    }
+    const [event, data] = role === undefined ? ['space-removed', { spaceId: space }] : ['space-added', { spaceId: space, role }];
+    for (const stream of this.streams) {
+      if (stream.user === user) stream.controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
     }
   }
 

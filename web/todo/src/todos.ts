@@ -1,10 +1,12 @@
 /**
  * The Todo app's data: app `todo`, collection `tasks`, a todo
  * `{id, title, done, createdAt}`: the same as `mana-todo`, so the terminal
- * pilot and the web app share one list.
+ * pilot and the web app share one list. "My todos" are the user's personal
+ * todos; a shared list is a shared space, and its todos are the records
+ * in that space (`spaceId`).
  */
 
-import type { LocalStore, SeedRecord, StoredRecord } from '@mana-sync/local-store';
+import type { LocalStore, Query, SeedRecord, StoredRecord } from '@mana-sync/local-store';
 
 export const APP_ID = 'todo';
 export const TASKS = 'tasks';
@@ -36,8 +38,10 @@ export function onboarding(): SeedRecord[] {
   }));
 }
 
-/** Every todo, oldest first. */
-export const allTodos = { collection: TASKS, orderBy: ['createdAt'] };
+/** Every todo of a list (`undefined`: My todos), oldest first. */
+export function todosOf(spaceId: string | undefined): Query {
+  return { collection: TASKS, orderBy: ['createdAt'], where: (record) => record.spaceId === spaceId };
+}
 
 export function asTodo(record: StoredRecord): Todo {
   return {
@@ -48,6 +52,7 @@ export function asTodo(record: StoredRecord): Todo {
   };
 }
 
-export function addTodo(store: LocalStore, title: string): Promise<string> {
-  return store.insert(TASKS, { title, done: false, createdAt: new Date().toISOString() });
+/** Adds a todo to a list (`undefined`: My todos). */
+export function addTodo(store: LocalStore, title: string, spaceId?: string): Promise<string> {
+  return store.insert(TASKS, { title, done: false, createdAt: new Date().toISOString(), ...(spaceId !== undefined && { spaceId }) });
 }
