@@ -12,9 +12,8 @@
 //!
 //! Shared spaces: the stream follows every space of the user. On
 //! `space-added` the list of spaces is refreshed (the stream itself sends
-//! the space's changes next); a space this device dropped before is pulled
-//! whole at once, its own earlier changes included. On `space-removed` the
-//! space's records, unsent changes and cursor parts are dropped.
+//! the space's changes next). On `space-removed` the space's records,
+//! unsent changes and cursor parts are dropped.
 //!
 //! The stream lists the `cursor-expired` feature (query `features`). Its
 //! `cursor-expired` event (the server dropped history after the cursor) starts
@@ -284,30 +283,20 @@ impl SyncClient {
     async fn apply_event(&self, data: &str) -> Result<()> {
         let event: StreamChanges = serde_json::from_str(data)
             .map_err(|error| ClientError::Protocol(format!("stream event: {error}")))?;
-        let cursor = event.synced_until.clone();
-        let rejoined = self
-            .blocking(move |store| store.names_dropped_space(&cursor))
-            .await?;
         self.blocking(move |store| {
             store.apply_page(
                 &event.changes,
                 Some((event.table.as_str(), event.synced_until.as_str())),
                 &[],
-                false,
             )
         })
         .await?;
-        if rejoined {
-            // The stream downloads a re-joined space without this device's
-            // own earlier changes; a pull without the client id brings them.
-            self.pull().await?;
-        }
         Ok(())
     }
 
     /// `space-added`: the user joined a space (the stream sends its changes
-    /// next); the list of spaces is refreshed, and a space this device
-    /// dropped before is pulled whole. `space-removed`: its records go.
+    /// next); the list of spaces is refreshed. `space-removed`: its records
+    /// go.
     async fn space_event(&self, kind: &str, data: &str) -> Result<()> {
         let event: SpaceEvent = serde_json::from_str(data)
             .map_err(|error| ClientError::Protocol(format!("stream event {kind}: {error}")))?;
@@ -317,9 +306,6 @@ impl SyncClient {
             return Ok(());
         }
         self.refresh_spaces().await?;
-        if self.blocking(|store| store.has_dropped_spaces()).await? {
-            self.pull().await?;
-        }
         Ok(())
     }
 }

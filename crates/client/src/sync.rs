@@ -46,10 +46,10 @@
 //! with the reason; the status becomes an error naming it) and the other
 //! spaces' changes still go through. Spaces a reply lists in
 //! `removedSpaces` are dropped from the device: their records, unsent and
-//! refused changes, and cursor parts (see `crate::store` on spaces). A
-//! space dropped before comes back on re-joining through pulls made without
-//! the client id, so this device's own earlier changes in it come back too.
-//! Each sync ends by refreshing the list of the user's spaces (names and
+//! refused changes, and cursor parts (see `crate::store` on spaces), so a
+//! space joined again is downloaded whole, this device's own earlier
+//! changes in it included (the server sends a space's log with them). Each
+//! sync ends by refreshing the list of the user's spaces (names and
 //! roles; a write into a space where the user is a viewer is refused
 //! locally).
 //!
@@ -471,14 +471,10 @@ impl SyncClient {
     /// the app cursor, or finishes the re-download in progress.
     async fn pull_round(&self, received: &mut usize) -> Result<()> {
         let redownload = self.blocking(|store| store.redownload_pending()).await?;
-        // A space dropped after leaving it comes back, on re-joining, with
-        // this device's own changes only from a pull without the client id
-        // (see `crate::store` on spaces).
-        let with_own = redownload || self.blocking(|store| store.has_dropped_spaces()).await?;
         let mut first_cursor = None;
         for collection in self.inner.store.collections().to_vec() {
             let cursor = self
-                .pull_collection(&collection, with_own, received)
+                .pull_collection(&collection, redownload, received)
                 .await?;
             // Pulls end at the server's newest position at the time, so the
             // first collection's final cursor is at or before every other's:
@@ -489,20 +485,19 @@ impl SyncClient {
             self.blocking(move |store| store.finish_redownload(first_cursor.as_deref()))
                 .await?;
         } else if let Some(cursor) = first_cursor {
-            self.blocking(move |store| store.set_app_cursor(&cursor, with_own))
+            self.blocking(move |store| store.set_app_cursor(&cursor))
                 .await?;
         }
         Ok(())
     }
 
     /// Pulls one collection from its cursor to the end, counting the changes
-    /// in `received`; returns the final cursor. `with_own` (a re-download,
-    /// or a dropped space to download again) pulls without the client id,
-    /// so that this device's own changes come back too.
+    /// in `received`; returns the final cursor. A re-download pulls without
+    /// the client id, so that this device's own changes come back too.
     async fn pull_collection(
         &self,
         collection: &str,
-        with_own: bool,
+        redownload: bool,
         received: &mut usize,
     ) -> Result<String> {
         let stored = {
@@ -513,7 +508,7 @@ impl SyncClient {
         let mut since = stored.unwrap_or_else(|| START.to_owned());
         let mut restarted = false;
         loop {
-            let page = match self.pull_page(collection, &since, !with_own).await {
+            let page = match self.pull_page(collection, &since, !redownload).await {
                 Ok(page) => page,
                 Err(ClientError::Server { code, .. }) if code == "invalid_cursor" && !restarted => {
                     // Not this server's cursor (its database was replaced):
@@ -531,7 +526,7 @@ impl SyncClient {
             let cursor = next.clone();
             self.blocking(move |store| {
                 let cursor = last.then_some((owned.as_str(), cursor.as_str()));
-                store.apply_page(&page.server_changes, cursor, &page.removed_spaces, with_own)
+                store.apply_page(&page.server_changes, cursor, &page.removed_spaces)
             })
             .await?;
             if last {

@@ -1,11 +1,10 @@
 //! Cursors: how far each collection was pulled, and the app cursor.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::LocalStore;
 use super::meta::{delete_meta, get_meta, set_meta};
 use super::redownload;
-use super::spaces;
 use crate::error::Result;
 
 impl LocalStore {
@@ -50,18 +49,10 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Records the app cursor after a full pull round. `includes_own`: the
-    /// round pulled this device's own changes too, so dropped spaces that
-    /// every collection downloaded are complete again (see `spaces`).
-    pub(crate) fn set_app_cursor(&self, cursor: &str, includes_own: bool) -> Result<()> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let cursor = spaces::cursor_for_saving(&tx, cursor, includes_own)?;
-        set_meta(&tx, "app_cursor", &cursor)?;
-        if includes_own {
-            spaces::clear_downloaded(&tx, &self.shared.collections)?;
-        }
-        tx.commit()?;
+    /// Records the app cursor after a full pull round.
+    pub(crate) fn set_app_cursor(&self, cursor: &str) -> Result<()> {
+        let conn = self.conn()?;
+        set_meta(&conn, "app_cursor", cursor)?;
         Ok(())
     }
 }

@@ -21,29 +21,24 @@ impl LocalStore {
     /// each is merged into its record, in one transaction. Returns how many
     /// records changed.
     pub fn apply_remote(&self, changes: &[SyncChange]) -> Result<usize> {
-        self.apply_page(changes, None, &[], true)
+        self.apply_page(changes, None, &[])
     }
 
     /// Applies one page of changes and, if given, moves `(collection, cursor)`
     /// in the same transaction (the last page of a pull, a stream event);
     /// drops the spaces the page says the user left (`removedSpaces`).
-    /// `includes_own`: the page holds this device's own changes too (a pull
-    /// without the client id), which decides how the cursor of a dropped
-    /// space is saved (see `spaces`).
     pub(crate) fn apply_page(
         &self,
         changes: &[SyncChange],
         cursor: Option<(&str, &str)>,
         removed_spaces: &[String],
-        includes_own: bool,
     ) -> Result<usize> {
         let touched = {
             let mut conn = self.conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut touched = self.apply_in(&tx, changes)?;
             if let Some((collection, cursor)) = cursor {
-                let cursor = spaces::cursor_for_saving(&tx, cursor, includes_own)?;
-                set_cursor(&tx, collection, &cursor)?;
+                set_cursor(&tx, collection, cursor)?;
             }
             for space in removed_spaces {
                 touched.extend(spaces::drop_space(&tx, space)?);

@@ -155,7 +155,6 @@ impl LocalStore {
                 delete_meta(&tx, "app_cursor")?;
                 // Another server's spaces are not this one's.
                 tx.execute("DELETE FROM spaces", [])?;
-                tx.execute("DELETE FROM dropped_spaces", [])?;
                 // Another server's log says nothing about this one's records.
                 redownload::abandon(&tx)?;
                 set_meta(&tx, "account_server", &server)?;

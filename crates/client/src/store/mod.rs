@@ -22,8 +22,7 @@
 //! - `cursors (collection, cursor)`: how far each collection was pulled (a
 //!   composite cursor naming each downloaded space);
 //! - `spaces (space_id, name, role)`: the shared spaces the user belongs to,
-//!   as of the last refresh; `dropped_spaces (space_id)`: spaces whose
-//!   records were dropped after the user left them (see `spaces`);
+//!   as of the last refresh;
 //! - `redownload_seen (collection, id)`: records that came back during a
 //!   re-download after `cursor_expired` (see `redownload`);
 //! - `meta (key, value)`: client id, clock, account, app cursor, last error,
@@ -69,8 +68,8 @@ pub use spaces::LocalSpace;
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// The current layout of the local database (`PRAGMA user_version`).
-/// Version 2 added shared spaces (`space_id` columns, `spaces`,
-/// `dropped_spaces`); [`UPGRADE_TO_2`] brings a version 1 file up to it.
+/// Version 2 added shared spaces (`space_id` columns, `spaces`);
+/// [`UPGRADE_TO_2`] brings a version 1 file up to it.
 const DB_VERSION: i64 = 2;
 
 /// Layout 1 to 2: records, outbox rows and refused changes know their space
@@ -122,9 +121,6 @@ CREATE TABLE IF NOT EXISTS spaces (
     space_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     role TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dropped_spaces (
-    space_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 ";
 

@@ -128,12 +128,10 @@ impl LocalStore {
             // During a re-download only its pulls set cursors (sync pushes
             // after it; this is another process on the same store).
             if !reply.has_more && !redownload::in_progress(&tx)? {
-                // A push reply leaves out this device's own changes.
-                let cursor = spaces::cursor_for_saving(&tx, &reply.synced_until, false)?;
                 for collection in &self.shared.collections {
-                    set_cursor(&tx, collection, &cursor)?;
+                    set_cursor(&tx, collection, &reply.synced_until)?;
                 }
-                set_meta(&tx, "app_cursor", &cursor)?;
+                set_meta(&tx, "app_cursor", &reply.synced_until)?;
             }
             for space in &reply.removed_spaces {
                 touched.extend(spaces::drop_space(&tx, space)?);

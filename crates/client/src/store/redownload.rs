@@ -124,8 +124,6 @@ impl LocalStore {
             if let Some(cursor) = app_cursor {
                 set_meta(&tx, "app_cursor", cursor)?;
             }
-            // Its pulls brought this device's own changes too.
-            super::spaces::clear_downloaded(&tx, &self.shared.collections)?;
             tx.commit()?;
             gone
         };

@@ -7,20 +7,12 @@
 //! or leaving it through the API), one transaction removes every local
 //! record of the space, its unsent and refused changes (the server would
 //! refuse them: the user may no longer write there), its part of every
-//! cursor, and its entry in the list, and notes the space in
-//! `dropped_spaces`.
+//! cursor, and its entry in the list.
 //!
-//! **Re-joining.** The server leaves a device's own changes out of what it
-//! sends that device, also when it downloads a space the device joins. A
-//! device that dropped a space and joins it again needs its own earlier
-//! changes back, so while a space is in `dropped_spaces`:
-//! - cursors from replies that leave out the device's own changes (push
-//!   replies, the stream, pulls with the client id) are saved without that
-//!   space's part, so it is never marked downloaded by them;
-//! - pulls are made without the client id (`SyncClient::pull`); a complete
-//!   round of them downloads the space from its start, own changes
-//!   included, and only then is the space taken off `dropped_spaces`
-//!   ([`clear_downloaded`]).
+//! **Re-joining.** Without its part in a cursor, the server reads a space
+//! from its start: a device that joins a space again downloads it whole.
+//! The server sends a space's changes with the device's own among them, so
+//! the device's own earlier changes in it come back too.
 //!
 //! Cursors are composite (`OWN~SPACE=CURSOR~…`, see
 //! `mana_sync_protocol::space_cursor`): the client only ever removes a
@@ -82,14 +74,6 @@ fn known_space(conn: &Connection, space: &str) -> Result<Option<LocalSpace>> {
         .optional()?)
 }
 
-/// The spaces a composite cursor has a part for.
-fn cursor_spaces(cursor: &str) -> impl Iterator<Item = &str> {
-    cursor
-        .split('~')
-        .skip(1)
-        .filter_map(|part| part.split_once('=').map(|(space, _)| space))
-}
-
 /// `cursor` without the parts of the spaces `drop` selects.
 fn without_spaces(cursor: &str, drop: impl Fn(&str) -> bool) -> String {
     let mut parts = cursor.split('~');
@@ -102,54 +86,6 @@ fn without_spaces(cursor: &str, drop: impl Fn(&str) -> bool) -> String {
         }
     }
     out
-}
-
-fn dropped(conn: &Connection) -> Result<Vec<String>> {
-    Ok(conn
-        .prepare_cached("SELECT space_id FROM dropped_spaces")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?)
-}
-
-/// The cursor to save from a reply: as it is when the reply included this
-/// device's own changes; otherwise without the parts of dropped spaces (see
-/// the module's documentation).
-pub(super) fn cursor_for_saving(
-    conn: &Connection,
-    cursor: &str,
-    includes_own: bool,
-) -> Result<String> {
-    if includes_own {
-        return Ok(cursor.to_owned());
-    }
-    let dropped = dropped(conn)?;
-    if dropped.is_empty() {
-        return Ok(cursor.to_owned());
-    }
-    Ok(without_spaces(cursor, |space| {
-        dropped.iter().any(|d| d == space)
-    }))
-}
-
-/// After a complete round of pulls that included this device's own
-/// changes: every dropped space that every collection's cursor now names
-/// was downloaded whole, and is no longer dropped.
-pub(super) fn clear_downloaded(conn: &Connection, collections: &[String]) -> Result<()> {
-    for space in dropped(conn)? {
-        let mut everywhere = true;
-        for collection in collections {
-            let cursor: Option<String> = conn
-                .prepare_cached("SELECT cursor FROM cursors WHERE collection = ?1")?
-                .query_row([collection], |row| row.get(0))
-                .optional()?;
-            everywhere &= cursor.is_some_and(|c| cursor_spaces(&c).any(|s| s == space));
-        }
-        if everywhere {
-            conn.prepare_cached("DELETE FROM dropped_spaces WHERE space_id = ?1")?
-                .execute([&space])?;
-        }
-    }
-    Ok(())
 }
 
 /// Drops `space` (see the module's documentation), inside a transaction;
@@ -173,8 +109,6 @@ pub(super) fn drop_space(conn: &Connection, space: &str) -> Result<Vec<(String, 
     if let Some(cursor) = get_meta(conn, "app_cursor")? {
         set_meta(conn, "app_cursor", &without_spaces(&cursor, |s| s == space))?;
     }
-    conn.prepare_cached("INSERT OR IGNORE INTO dropped_spaces (space_id) VALUES (?1)")?
-        .execute([space])?;
     if !removed.is_empty() {
         tracing::info!(
             %space,
@@ -245,21 +179,6 @@ impl LocalStore {
         self.notify(&[], true);
         Ok(removed.len())
     }
-
-    /// Whether some dropped space waits to be downloaded again with this
-    /// device's own changes (pulls then leave out the client id).
-    pub(crate) fn has_dropped_spaces(&self) -> Result<bool> {
-        let conn = self.conn()?;
-        Ok(!dropped(&conn)?.is_empty())
-    }
-
-    /// Whether `cursor` names a dropped space: the server began sending it
-    /// again (the user re-joined), without this device's own changes.
-    pub(crate) fn names_dropped_space(&self, cursor: &str) -> Result<bool> {
-        let conn = self.conn()?;
-        let dropped = dropped(&conn)?;
-        Ok(cursor_spaces(cursor).any(|space| dropped.iter().any(|d| d == space)))
-    }
 }
 
 fn upsert(conn: &Connection, space: &LocalSpace) -> Result<()> {
@@ -278,7 +197,6 @@ mod tests {
     #[test]
     fn a_space_part_is_removed_and_the_rest_kept() {
         let cursor = "2026-11-29T19:20:00.123456789Z!5~a=2026-11-29T19:21:00.000000001Z~b=2026-11-29T19:22:00.000000001Z!7";
-        assert_eq!(cursor_spaces(cursor).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(
             without_spaces(cursor, |s| s == "a"),
             "2026-11-29T19:20:00.123456789Z!5~b=2026-11-29T19:22:00.000000001Z!7"
@@ -289,6 +207,5 @@ mod tests {
         );
         let plain = "2026-11-29T19:20:00.123456789Z";
         assert_eq!(without_spaces(plain, |_| true), plain);
-        assert_eq!(cursor_spaces(plain).count(), 0);
     }
 }
