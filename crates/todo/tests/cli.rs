@@ -415,6 +415,27 @@ async fn shared_lists_lists_share_members_and_a_viewer_cannot_edit() {
     run(&bob, &["sync"], &bob_token).await;
     assert!(list(&bob).await.is_empty());
     assert!(!ok(&bob, &["lists"]).await.contains("Groceries"));
+    // Vic leaves: the list leaves his device at once. The last owner
+    // cannot leave.
+    let left = run(&vic, &["leave", "Groceries"], &vic_token).await;
+    assert!(left.starts_with("Left `Groceries`"), "{left}");
+    assert!(list(&vic).await.is_empty());
+    let mut args = vec!["leave", "Groceries"];
+    let anns = with(&ann_token);
+    args.extend(anns.iter().map(String::as_str));
+    let output = todo(&ann, &args).await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot leave `Groceries`"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        titles(&list(&ann).await),
+        ["Milk", "Ann's own", "Eggs"],
+        "by creation time"
+    );
+
     let output = todo(&bob, &["add", "--list", "Groceries", "Late"]).await;
     assert!(
         stderr(&output).contains("no list `Groceries`"),
