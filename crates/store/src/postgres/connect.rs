@@ -104,10 +104,8 @@ impl std::fmt::Debug for PgConnector {
 
 /// The connection half of [`PgConnector::connect`]: poll it (spawn it) for
 /// the client to work.
-pub type PgConnection = tokio_postgres::Connection<
-    Socket,
-    <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream,
->;
+pub type PgConnection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
 impl PgConnector {
     /// Reads `url` (`postgres://…` or `postgresql://…`, libpq's query
@@ -115,11 +113,11 @@ impl PgConnector {
     /// certificates are read now, so a missing or unreadable file is a
     /// configuration error before anything connects.
     pub fn from_url(url: &str) -> StoreResult<Self> {
-        let invalid = |problem: String| StoreError::Config(format!("{}: {problem}", redact_url(url)));
+        let invalid =
+            |problem: String| StoreError::Config(format!("{}: {problem}", redact_url(url)));
         let (rest, mode, rootcert) = split_tls_parameters(url).map_err(invalid)?;
-        let mut config: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e| invalid(format!("{e}")))?;
+        let mut config: tokio_postgres::Config =
+            rest.parse().map_err(|e| invalid(format!("{e}")))?;
         let settings = settings(mode, rootcert, default_root_file().as_deref()).map_err(invalid)?;
         config.ssl_mode(match settings.mode {
             SslMode::Disable => DriverSslMode::Disable,
@@ -271,11 +269,17 @@ mod tests {
             "postgres://u:p@h:5/db?application_name=x&sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=3",
         )
         .expect("parses");
-        assert_eq!(rest, "postgres://u:p@h:5/db?application_name=x&connect_timeout=3");
+        assert_eq!(
+            rest,
+            "postgres://u:p@h:5/db?application_name=x&connect_timeout=3"
+        );
         assert_eq!(mode, Some(SslMode::VerifyFull));
         assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
         let (rest, mode, root) = split_tls_parameters("postgresql://h/db").expect("parses");
-        assert_eq!((rest.as_str(), mode, root), ("postgresql://h/db", None, None));
+        assert_eq!(
+            (rest.as_str(), mode, root),
+            ("postgresql://h/db", None, None)
+        );
     }
 
     #[test]
@@ -297,7 +301,10 @@ mod tests {
         let require = decide(Some(SslMode::Require), file());
         assert_eq!((require.mode, require.roots), (SslMode::VerifyCa, root()));
         assert_eq!(decide(Some(SslMode::VerifyFull), file()).roots, root());
-        assert_eq!(decide(None, Some("system".into())).mode, SslMode::VerifyFull);
+        assert_eq!(
+            decide(None, Some("system".into())).mode,
+            SslMode::VerifyFull
+        );
         assert!(settings(Some(SslMode::VerifyCa), None, None).is_err());
         assert!(settings(Some(SslMode::Require), Some("system".into()), None).is_err());
         // libpq's default file counts when it exists.
