@@ -1,24 +1,50 @@
 //! `mana-sync`: the sync server's command line. It reads configuration from
 //! flags and environment and hands over to the `mana-sync-server` library.
+//!
+//! Every setting is a flag with an environment variable and a stated
+//! default (`mana-sync serve --help` lists them). Whatever goes wrong before
+//! or while serving ends the process with one line on stderr and a non-zero
+//! exit code: an operator's mistake gets a sentence, never a panic, a
+//! backtrace or a page of usage.
+
+mod commands;
 
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use std::process::ExitCode;
+
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
+use commands::{CompactArgs, ExportArgs, ImportArgs, ImportSeedArgs};
 use mana_sync_auth::{AuthConfig, DEFAULT_JWKS_MIN_REFRESH};
-use mana_sync_protocol::{LogId, SpaceId, UserId};
+use mana_sync_protocol::UserId;
 use mana_sync_server::compactor::CompactionConfig;
 use mana_sync_server::connections::ConnectionLimits;
 use mana_sync_server::{App, ServerConfig};
-use mana_sync_store::{CompactOptions, CompactOutcome, StoreOptions};
+use mana_sync_store::{CompactOptions, StoreOptions};
 
 #[derive(Parser)]
 #[command(name = "mana-sync", version, about = "Local-first sync server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    logging: LoggingArgs,
+}
+
+/// Logs go to stderr, for every command.
+#[derive(Args)]
+struct LoggingArgs {
+    /// Log filter: a level (error, warn, info, debug, trace) or
+    /// per-module directives (`info,mana_sync_store=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
+    filter: String,
+    /// `text` (coloured on a terminal) or `json` (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true,
+          value_parser = ["text", "json"], ignore_case = true)]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -58,54 +84,7 @@ struct MigrateArgs {
 }
 
 #[derive(Args)]
-struct ExportArgs {
-    /// The user whose history to export.
-    #[arg(long)]
-    user: String,
-    /// Write to this file instead of standard output.
-    #[arg(long)]
-    out: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
-#[derive(Args)]
-struct ImportArgs {
-    /// The user whose history to restore into.
-    #[arg(long)]
-    user: String,
-    /// The NDJSON backup, as written by `mana-sync export` or `GET /backup/export`.
-    file: std::path::PathBuf,
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
-#[derive(Args)]
-struct ImportSeedArgs {
-    /// The seed's database (postgres://USER@HOST/DB), holding `sync_changes`.
-    #[arg(long, env = "SEED_DATABASE_URL", hide_env_values = true)]
-    from: String,
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
-#[derive(Args)]
-struct CompactArgs {
-    /// Only this user's own log (default: every log with changes to fold,
-    /// users' and shared spaces').
-    #[arg(long, conflicts_with = "space")]
-    user: Option<String>,
-    /// Only this shared space's log.
-    #[arg(long)]
-    space: Option<String>,
-    #[command(flatten)]
-    retention: RetentionArgs,
-    #[command(flatten)]
-    database: DatabaseArgs,
-}
-
-#[derive(Args)]
-struct RetentionArgs {
+pub(crate) struct RetentionArgs {
     /// Days a deleted record is kept as a tombstone before compaction may
     /// drop it; devices whose cursor is older are told to download again.
     #[arg(long, env = "TOMBSTONE_RETENTION_DAYS", default_value_t = 90)]
@@ -113,7 +92,7 @@ struct RetentionArgs {
 }
 
 impl RetentionArgs {
-    fn options(&self) -> CompactOptions {
+    pub(crate) fn options(&self) -> CompactOptions {
         CompactOptions {
             tombstone_retention: Duration::from_secs(
                 self.tombstone_retention_days.saturating_mul(24 * 3600),
@@ -124,13 +103,20 @@ impl RetentionArgs {
 }
 
 #[derive(Args)]
-struct DatabaseArgs {
-    /// sqlite://PATH (embedded, the default) or postgres://USER@HOST/DB.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://mana-sync.db")]
-    database_url: String,
-    /// Database connections (Postgres) or reader connections (SQLite).
+pub(crate) struct DatabaseArgs {
+    /// sqlite://PATH (embedded) or postgres://USER[:PASSWORD]@HOST[:PORT]/DB,
+    /// with libpq's `?sslmode=disable|prefer|require|verify-ca|verify-full`
+    /// (default prefer) and `&sslrootcert=PATH|system`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://mana-sync.db",
+        hide_env_values = true
+    )]
+    pub(crate) database_url: String,
+    /// Database connections (Postgres) or reader connections (SQLite, at most 8).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
-    pool_size: usize,
+    pub(crate) pool_size: usize,
 }
 
 #[derive(Args)]
@@ -144,25 +130,29 @@ struct ServeArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     /// Run migrations at start-up as this role (the tables' owner), and serve
-    /// as DATABASE_URL's role, which only gets to read and write rows.
+    /// as DATABASE_URL's role, which only gets to read and write rows
+    /// [default: unset: migrate as DATABASE_URL's role].
     #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
     migration_database_url: Option<String>,
-    /// HS256 secret shared with the auth service.
+    /// HS256 secret shared with the auth service, at least 32 bytes
+    /// [default: unset: with JWKS_URL unset too, dev mode].
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
-    /// URL of the auth service's JSON Web Key Set (EdDSA, RS256, ES256).
+    /// URL of the auth service's JSON Web Key Set (EdDSA, RS256, ES256)
+    /// [default: unset].
     #[arg(long, env = "JWKS_URL")]
     jwks_url: Option<String>,
-    /// Required `aud` claim, if any.
+    /// Required `aud` claim [default: unset: any].
     #[arg(long, env = "JWT_AUDIENCE")]
     jwt_audience: Option<String>,
-    /// Required `iss` claim, if any.
+    /// Required `iss` claim [default: unset: any].
     #[arg(long, env = "JWT_ISSUER")]
     jwt_issuer: Option<String>,
     /// Seconds of clock skew tolerated on a token's `exp` and `nbf`.
     #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
     jwt_leeway_secs: u64,
-    /// Origins allowed to call the API from a browser, comma-separated (`*` for any).
+    /// Origins allowed to call the API from a browser, comma-separated (`*`
+    /// for any) [default: unset: same origin only].
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
     /// Seconds between SSE heartbeats.
@@ -207,8 +197,9 @@ struct ServeArgs {
     #[arg(long, env = "CATCHUP_INTERVAL_MS", default_value_t = 500)]
     catchup_interval_ms: u64,
     /// Relay live notices between instances through this NATS server
-    /// (nats://HOST:PORT) instead of Postgres LISTEN/NOTIFY.
-    #[arg(long, env = "NATS_URL")]
+    /// (nats://HOST:PORT) instead of Postgres LISTEN/NOTIFY [default: unset:
+    /// LISTEN/NOTIFY].
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
 }
 
@@ -272,58 +263,128 @@ fn checked_secret(secret: Option<String>) -> anyhow::Result<Option<String>> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    init_logging();
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    let result = match init_logging(&cli.logging) {
+        Ok(()) => run(cli.command).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&format!("{error:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => serve(*args).await,
         Command::Token(args) => token(args).await,
-        Command::Export(args) => export(args).await,
-        Command::Import(args) => import(args).await,
-        Command::Compact(args) => compact(args).await,
-        Command::ImportSeed(args) => import_seed(args).await,
+        Command::Export(args) => commands::export(args).await,
+        Command::Import(args) => commands::import(args).await,
+        Command::Compact(args) => commands::compact(args).await,
+        Command::ImportSeed(args) => commands::import_seed(args).await,
         Command::Migrate(args) => migrate(args).await,
     }
 }
 
+/// `text` on one line: a database's or a library's message may hold line
+/// breaks, and the one line must stay one.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Help and version as clap prints them; a bad flag or value as one line
+/// (clap's message without the usage that follows it), exit code 2.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = error.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .collect();
+    let mut line = one_line(&message.join(" "));
+    if let Some(variable) = env_of(error) {
+        line.push_str(&format!(" (set by {variable} or the flag)"));
+    }
+    eprintln!("{line}");
+    ExitCode::from(2)
+}
+
+/// The environment variable of the flag a usage error is about: operators
+/// set variables, and clap's message names only the flag.
+fn env_of(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory as _;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(flag)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split(' ').next()?;
+    let command = Cli::command();
+    let found = command
+        .get_arguments()
+        .chain(
+            command
+                .get_subcommands()
+                .flat_map(|sub| sub.get_arguments()),
+        )
+        .find(|arg| arg.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    Some(found)
+}
+
 /// Logs go to stderr: human-readable (coloured on a terminal only), or one
 /// JSON object per line with `LOG_FORMAT=json` for log pipelines.
-fn init_logging() {
+fn init_logging(logging: &LoggingArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(&logging.filter)
+        .with_context(|| format!("RUST_LOG `{}` is not a log filter", logging.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json")) {
+    if logging.log_format.eq_ignore_ascii_case("json") {
         builder.json().init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // What can be checked without the database is checked first, and the
+    // port is taken before the database is opened: a mistake is one line
+    // on stderr, before any log.
+    let jwt_secret = checked_secret(args.jwt_secret)?;
+    let listener = tokio::net::TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{} (HOST, PORT)", args.host, args.port))?;
     let open_files = raise_open_file_limit();
     let fits = open_files.map(|limit| connection_budget(limit, args.database.pool_size));
     let max_connections = match (args.max_connections, fits) {
-        (Some(chosen), Some(fits)) if chosen > fits => {
-            tracing::warn!(
-                max_connections = chosen,
-                fits,
-                "MAX_CONNECTIONS is more than the open file limit leaves room for"
-            );
-            chosen
-        }
         (Some(chosen), _) => chosen,
         (None, Some(fits)) => fits,
         (None, None) => 1024,
     };
-    tracing::info!(
-        open_files,
-        max_connections,
-        "open file limit {}: serving up to {max_connections} connections",
-        open_files.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string()),
-    );
-    let jwt_secret = checked_secret(args.jwt_secret)?;
     let config = ServerConfig {
         database_url: args.database.database_url.clone(),
         pool_size: args.database.pool_size,
@@ -367,6 +428,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })?;
     }
     let app = App::build(config).await.context("starting mana-sync")?;
+    if let (Some(chosen), Some(fits)) = (args.max_connections, fits)
+        && chosen > fits
+    {
+        tracing::warn!(
+            max_connections = chosen,
+            fits,
+            "MAX_CONNECTIONS is more than the open file limit leaves room for"
+        );
+    }
+    tracing::info!(
+        open_files,
+        max_connections,
+        "open file limit {}: serving up to {max_connections} connections",
+        open_files.map_or_else(|| "unknown".to_owned(), |limit| limit.to_string()),
+    );
     if let Some(secret) = app.dev_secret() {
         eprintln!(
             "\n  mana-sync is running in DEV MODE: neither JWT_SECRET nor JWKS_URL is set.\n  \
@@ -375,9 +451,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              Mint a token:  mana-sync token --user alice\n"
         );
     }
-    let listener = tokio::net::TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let address = listener.local_addr()?;
     tracing::info!(
         %address,
@@ -460,175 +533,5 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let token =
         mana_sync_auth::mint_token(&secret, &user, Duration::from_secs(args.ttl_hours * 3600))?;
     println!("{token}");
-    Ok(())
-}
-
-async fn open_store(
-    database: &DatabaseArgs,
-) -> anyhow::Result<std::sync::Arc<dyn mana_sync_store::Store>> {
-    mana_sync_store::open(
-        &database.database_url,
-        &StoreOptions {
-            pool_size: database.pool_size.min(4),
-            ..StoreOptions::default()
-        },
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "opening {}",
-            mana_sync_store::redact_url(&database.database_url)
-        )
-    })
-}
-
-/// A progress bar on a terminal, nothing otherwise (scripts get clean output).
-fn progress(total: Option<u64>, template: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal as _;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = match total {
-        Some(total) => indicatif::ProgressBar::new(total),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
-}
-
-async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    use tokio::io::AsyncWriteExt as _;
-    let user = UserId::new(args.user).context("invalid --user")?;
-    let store = open_store(&args.database).await?;
-    let mut chunks = std::pin::pin!(mana_sync_server::backup::export(&*store, &user).await?);
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.out {
-        Some(path) => Box::new(
-            tokio::fs::File::create(path)
-                .await
-                .with_context(|| format!("creating {}", path.display()))?,
-        ),
-        None => Box::new(tokio::io::stdout()),
-    };
-    let mut out = tokio::io::BufWriter::new(&mut out);
-    let bar = progress(None, "{spinner} {pos} changes exported ({per_sec})");
-    let mut changes = 0_u64;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.context("reading the history")?;
-        let lines = chunk.iter().filter(|b| **b == b'\n').count() as u64;
-        out.write_all(&chunk).await.context("writing the backup")?;
-        changes += lines;
-        bar.inc(lines);
-    }
-    out.flush().await.context("writing the backup")?;
-    bar.finish_and_clear();
-    eprintln!("exported {changes} changes of {user}");
-    Ok(())
-}
-
-async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let user = UserId::new(args.user).context("invalid --user")?;
-    let file = tokio::fs::File::open(&args.file)
-        .await
-        .with_context(|| format!("opening {}", args.file.display()))?;
-    let size = file.metadata().await.map(|m| m.len()).ok();
-    let store = open_store(&args.database).await?;
-    let bar = progress(
-        size,
-        "{bar:40} {bytes}/{total_bytes} checked ({bytes_per_sec})",
-    );
-    let counted = bar.clone();
-    let reader =
-        tokio_util::io::InspectReader::new(file, move |bytes| counted.inc(bytes.len() as u64));
-    let report = mana_sync_server::backup::import(&*store, &user, reader).await;
-    bar.finish_and_clear();
-    // Instances serving this database hear of the restored changes.
-    store.close().await;
-    let report = report.with_context(|| format!("importing {}", args.file.display()))?;
-    println!("imported {}, skipped {}", report.imported, report.skipped);
-    Ok(())
-}
-
-async fn compact(args: CompactArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.database).await?;
-    let logs = match (args.user, args.space) {
-        (Some(user), _) => vec![LogId::of_user(
-            &UserId::new(user).context("invalid --user")?,
-        )],
-        (None, Some(space)) => vec![LogId::of_space(
-            &SpaceId::new(space).context("invalid --space")?,
-        )],
-        // Every log that may hold something to fold.
-        (None, None) => store
-            .compaction_candidates(0, usize::MAX)
-            .await
-            .context("listing logs")?
-            .into_iter()
-            .map(|(log, _)| log)
-            .collect(),
-    };
-    let options = args.retention.options();
-    let bar = progress(Some(logs.len() as u64), "{bar:40} {pos}/{len} logs, {msg}");
-    let mut total = CompactOutcome::default();
-    let mut busy = 0;
-    for log in &logs {
-        let before = total;
-        let shown = bar.clone();
-        let outcome = mana_sync_server::compactor::compact_log(
-            &*store,
-            None,
-            log,
-            &options,
-            &move |so_far: &CompactOutcome| {
-                shown.set_message(format!(
-                    "{} folded, {} dropped",
-                    before.changes_folded + so_far.changes_folded,
-                    before.changes_dropped + so_far.changes_dropped
-                ));
-            },
-        )
-        .await
-        .with_context(|| format!("compacting {}", log.as_str()))?;
-        if outcome.busy {
-            busy += 1;
-        }
-        total.add(&outcome);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    println!(
-        "logs {}, changes folded {} (records {}), changes dropped {} (records {}), busy {busy}",
-        logs.len(),
-        total.changes_folded,
-        total.records_folded,
-        total.changes_dropped,
-        total.records_dropped
-    );
-    Ok(())
-}
-
-async fn import_seed(args: ImportSeedArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.database).await?;
-    let bar = progress(Some(0), "{bar:40} {pos}/{len} rows ({per_sec}), {msg}");
-    let shown = bar.clone();
-    let mut on_progress = move |at: &mana_sync_seed::Progress| {
-        shown.set_length(at.rows_total);
-        shown.set_position(at.so_far.rows_read);
-        shown.set_message(format!(
-            "{} users, {} imported, {} skipped",
-            at.so_far.users, at.so_far.imported, at.so_far.skipped
-        ));
-    };
-    let report = mana_sync_seed::import_seed(&args.from, &*store, &mut on_progress).await;
-    store.close().await;
-    bar.finish_and_clear();
-    // One line, whatever went wrong: its message already names the cause.
-    let report = report.map_err(|error| anyhow::Error::msg(error.to_string()))?;
-    println!(
-        "users {}, rows read {}, imported {}, skipped {}",
-        report.users, report.rows_read, report.imported, report.skipped
-    );
     Ok(())
 }

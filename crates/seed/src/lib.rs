@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
-use tokio_postgres::{IsolationLevel, NoTls, Portal, Row, Transaction};
+use tokio_postgres::{IsolationLevel, Portal, Row, Transaction};
 
 /// Rows fetched from the seed per round trip.
 const FETCH_ROWS: i32 = 500;
@@ -74,6 +74,9 @@ pub struct Progress {
 /// (a re-run skips them); the user it stopped at has nothing stored.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
+    /// The seed's URL cannot be used (its TLS settings included).
+    #[error("seed database: {0}")]
+    Config(String),
     /// The seed database cannot be reached.
     #[error("connecting to the seed database {url}: {}", with_causes(.source))]
     Connect {
@@ -282,9 +285,10 @@ pub async fn import_seed(
         url: mana_sync_store::redact_url(seed_url),
         source,
     };
-    let (mut client, connection) = tokio_postgres::connect(seed_url, NoTls)
-        .await
-        .map_err(connect_error)?;
+    // The seed's URL takes the same TLS settings as DATABASE_URL.
+    let connector = mana_sync_store::postgres::PgConnector::from_url(seed_url)
+        .map_err(|error| SeedError::Config(error.to_string()))?;
+    let (mut client, connection) = connector.connect().await.map_err(connect_error)?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             let error = with_causes(&error);

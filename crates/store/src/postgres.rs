@@ -15,7 +15,7 @@ use deadpool_postgres::{
 };
 use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
 use tokio::sync::broadcast;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::IsolationLevel;
 
 use crate::compaction::{CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
@@ -40,10 +40,14 @@ macro_rules! select_columns {
 
 mod backup;
 mod compact;
+pub mod connect;
 mod read;
 pub(crate) use read::{select_changes_sql, stored_change};
 pub(crate) mod space_push;
 mod spaces;
+mod tls;
+
+pub use connect::PgConnector;
 
 /// The change log in Postgres.
 pub struct PostgresStore {
@@ -129,9 +133,8 @@ impl PostgresStore {
         options: &StoreOptions,
         migrations: &[Migration],
     ) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+        let mut connector = PgConnector::from_url(url)?;
+        let config = connector.config_mut();
         // Plan every statement with its actual parameters. A generic plan,
         // made while the log was small, reads a user's whole log to answer
         // "changes after cursor C" (a scan and a sort instead of a short
@@ -141,10 +144,9 @@ impl PostgresStore {
             None => "-c plan_cache_mode=force_custom_plan".to_owned(),
         };
         config.options(&session_options);
-        let listener_config = config.clone();
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            connector.config().clone(),
+            connector.tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -161,42 +163,45 @@ impl PostgresStore {
         let (announcer, outbox) = relay::announcer(events.clone());
         let instance = relay::instance_id();
         let interval = options.catchup_interval.max(Duration::from_millis(10));
-        let relay = match &options.nats_url {
+        let mut store = Self {
+            pool,
+            events: events.clone(),
+            announcer,
+            relay: Vec::new(),
+        };
+        // The database answers, and is up to date, before the relay starts:
+        // a server that cannot connect fails with that one error, not with
+        // the relay's retries besides.
+        store.migrate(migrations).await?;
+        store.warn_if_rls_is_bypassed().await?;
+        store.relay = match &options.nats_url {
             None => vec![
                 tokio::spawn(relay::pg::listen(
-                    listener_config.clone(),
+                    connector.clone(),
                     events.clone(),
                     instance.clone(),
                     interval,
                 )),
                 tokio::spawn(relay::publish(
-                    relay::pg::PgTransport::new(listener_config),
+                    relay::pg::PgTransport::new(connector),
                     outbox,
-                    announcer.shed(),
+                    store.announcer.shed(),
                     instance,
                     interval,
                 )),
             ],
             Some(url) => relay::nats::start(
                 url,
-                relay::nats::subject(&listener_config),
+                relay::nats::subject(connector.config()),
                 events.clone(),
                 outbox,
-                announcer.shed(),
+                store.announcer.shed(),
                 instance,
                 interval,
             )
             .await
             .map_err(StoreError::Config)?,
         };
-        let store = Self {
-            pool,
-            events,
-            announcer,
-            relay,
-        };
-        store.migrate(migrations).await?;
-        store.warn_if_rls_is_bypassed().await?;
         Ok(store)
     }
 
@@ -418,11 +423,8 @@ fn grant_rows_sql(schema: &str, role: &str) -> String {
 /// that role read and write rows (see [`grant_rows_sql`]). Returns the
 /// versions applied.
 pub async fn migrate_as_owner(url: &str, grant_to: Option<&str>) -> StoreResult<Vec<u32>> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Config(format!("{}: {e}", crate::redact_url(url))))?;
-    let (mut client, connection) = config
-        .connect(NoTls)
+    let (mut client, connection) = PgConnector::from_url(url)?
+        .connect()
         .await
         .map_err(|e| StoreError::Unavailable(describe(&e)))?;
     let driver = tokio::spawn(async move {

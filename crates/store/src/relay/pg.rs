@@ -5,23 +5,26 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::{Peers, Transport, deliver};
 use crate::notice::{NOTIFY_CHANNEL, StoreEvent};
+use crate::postgres::PgConnector;
 
 /// Sends messages with `pg_notify` on a connection of its own, reconnecting
 /// when it was lost.
 pub(crate) struct PgTransport {
-    config: tokio_postgres::Config,
+    connector: PgConnector,
     client: Option<(tokio_postgres::Client, tokio_postgres::Statement)>,
 }
 
 impl PgTransport {
-    pub(crate) fn new(mut config: tokio_postgres::Config) -> Self {
-        config.application_name("mana-sync-notifier");
+    pub(crate) fn new(mut connector: PgConnector) -> Self {
+        connector
+            .config_mut()
+            .application_name("mana-sync-notifier");
         Self {
-            config,
+            connector,
             client: None,
         }
     }
@@ -29,7 +32,7 @@ impl PgTransport {
     async fn connect(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.connector.connect().await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -70,19 +73,20 @@ impl Transport for PgTransport {
 /// announcing [`StoreEvent::Resync`] once listening again so subscribers
 /// re-read whatever they may have missed meanwhile.
 pub(crate) async fn listen(
-    mut config: tokio_postgres::Config,
+    mut connector: PgConnector,
     events: broadcast::Sender<StoreEvent>,
     instance: String,
     interval: Duration,
 ) {
-    config
+    connector
+        .config_mut()
         .application_name("mana-sync-listener")
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30));
     let mut peers = Peers::new(instance, interval);
     let mut backoff = LISTEN_BACKOFF_MIN;
     loop {
-        match listen_until_disconnected(&config, &events, &mut peers, interval).await {
+        match listen_until_disconnected(&connector, &events, &mut peers, interval).await {
             Ok(()) => {
                 tracing::warn!("lost the connection listening for changes; reconnecting");
                 backoff = LISTEN_BACKOFF_MIN;
@@ -101,12 +105,12 @@ const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 async fn listen_until_disconnected(
-    config: &tokio_postgres::Config,
+    connector: &PgConnector,
     events: &broadcast::Sender<StoreEvent>,
     peers: &mut Peers,
     interval: Duration,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = connector.connect().await?;
     let (payloads, mut received) = mpsc::unbounded_channel::<String>();
     // The connection must be polled for the client to work; notifications
     // arrive as messages on it.
