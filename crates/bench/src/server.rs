@@ -41,7 +41,12 @@ impl Env {
         let server = TestServer::start(
             binary,
             ServerOptions {
-                database_url: database.as_ref().map(TestDatabase::url),
+                // The raw baselines connect without TLS (local socket
+                // over TCP): so does the server, to compare like with like
+                // (a URL without `sslmode` means `prefer`, as in libpq).
+                database_url: database
+                    .as_ref()
+                    .map(|db| format!("{}?sslmode=disable", db.url())),
                 env: [
                     ("RUST_LOG".to_owned(), "warn".to_owned()),
                     // The fan-out scenario opens 10,000 streams of one user.
