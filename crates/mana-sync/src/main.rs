@@ -174,9 +174,10 @@ struct ServeArgs {
     /// Largest backup `POST /backup/import` accepts, in bytes.
     #[arg(long, env = "BACKUP_MAX_BYTES", default_value_t = 1 << 30)]
     backup_max_bytes: u64,
-    /// Directory of the built web app served at `/` (`make web` builds it).
-    #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
-    web_dir: std::path::PathBuf,
+    /// Serve the web app at `/` from this directory (e.g. `web/todo/dist`,
+    /// which `make web` builds) instead of the copy built into the binary.
+    #[arg(long, env = "WEB_DIR")]
+    web_dir: Option<std::path::PathBuf>,
     /// Compact a user's log in the background once it has this many
     /// changes that may supersede earlier ones (updates, deletes) since
     /// its last compaction; 0 turns background compaction off.
@@ -339,7 +340,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
-        web_dir: args.web_dir,
+        web_dir: args.web_dir.filter(|dir| !dir.as_os_str().is_empty()),
         compaction: CompactionConfig {
             threshold: args.compaction_threshold,
             interval: Duration::from_secs(args.compaction_interval_secs.max(1)),

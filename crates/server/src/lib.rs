@@ -58,8 +58,9 @@ pub struct ServerConfig {
     pub socket_auth_timeout: Duration,
     /// Largest backup `POST /backup/import` accepts.
     pub backup_max_bytes: u64,
-    /// The built web app served at `/` (`WEB_DIR`).
-    pub web_dir: std::path::PathBuf,
+    /// A directory to serve the web app at `/` from (`WEB_DIR`), instead
+    /// of the app built into the binary.
+    pub web_dir: Option<std::path::PathBuf>,
     /// Background compaction of the change log.
     pub compaction: compactor::CompactionConfig,
     /// Connections served at once, and how long clients may be silent.

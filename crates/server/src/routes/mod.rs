@@ -110,7 +110,7 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         // Every other path is the web app's (or a JSON 404), see `app`.
         .fallback_service(
             axum::routing::get(app::serve)
-                .with_state(app::WebApp::new(&config.web_dir))
+                .with_state(app::WebApp::new(config.web_dir.as_deref()))
                 .fallback(not_found),
         )
         .method_not_allowed_fallback(method_not_allowed)
