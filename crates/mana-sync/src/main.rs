@@ -41,6 +41,9 @@ enum Command {
     /// Bring the database schema up to date as the role that owns the tables,
     /// and let the server's role read and write rows (nothing more).
     Migrate(MigrateArgs),
+    /// Print the OpenAPI description of the HTTP API (what `GET /openapi.json`
+    /// serves; docs/openapi.json is a copy).
+    Openapi,
 }
 
 #[derive(Args)]
@@ -283,6 +286,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Compact(args) => compact(args).await,
         Command::ImportSeed(args) => import_seed(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Openapi => {
+            print!("{}", mana_sync_server::openapi::json());
+            Ok(())
+        }
     }
 }
 

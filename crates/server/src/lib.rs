@@ -1,7 +1,8 @@
 //! The mana-sync server as a library: a typed sync core ([`service`]), the
 //! HTTP layer that translates requests into calls of it ([`routes`]), bearer
 //! authentication as middleware ([`auth`]), the one mapping from errors to HTTP
-//! statuses ([`error`]), and Prometheus metrics ([`metrics`]).
+//! statuses ([`error`]), Prometheus metrics ([`metrics`]), and the OpenAPI
+//! description generated from the handlers ([`openapi`]).
 //!
 //! The `mana-sync` binary only parses configuration and calls [`App::build`]
 //! and [`App::serve`].
@@ -16,6 +17,7 @@ pub mod follow;
 pub mod hub;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod service;
 pub mod spaces;
