@@ -95,3 +95,125 @@ async fn the_served_description_is_the_committed_one_and_names_only_real_routes(
     }
     assert!(checked >= 17, "only {checked} operations");
 }
+
+/// A validator for the component `name` of `document` (its `$ref`s resolve
+/// within the document).
+fn schema(document: &Value, name: &str) -> jsonschema::Validator {
+    let root = serde_json::json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": document["components"],
+    });
+    jsonschema::draft202012::new(&root).expect("a valid schema")
+}
+
+#[track_caller]
+fn assert_valid(document: &Value, name: &str, instance: &Value) {
+    let validator = schema(document, name);
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{instance} is not a {name}: {errors:?}");
+}
+
+#[tokio::test]
+async fn real_replies_are_what_the_description_says() {
+    let document: Value = serde_json::from_str(&committed()).expect("JSON");
+    let h = Harness::start(Db::Sqlite)
+        .await
+        .expect("SQLite always starts");
+    let phone = h.device("alice", "phone");
+    let laptop = h.device("alice", "laptop");
+
+    // Push, with an insert, an update and a delete.
+    let (status, pushed) = phone
+        .push(
+            "todo",
+            common::START,
+            serde_json::json!([
+                common::insert("tasks", "t1"),
+                {"table": "tasks", "id": "t1", "op": "update", "actor": {"kind": "user"},
+                 "fields": {"done": {"value": true, "updatedAt": "2026-11-30T00:00:00.000Z"}}},
+                {"table": "tasks", "id": "t2", "op": "delete", "deletedAt": "2026-11-30T00:00:01.000Z"},
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pushed}");
+    assert_valid(&document, "PushResponse", &pushed);
+
+    // The other device pulls them: every op's shape.
+    let (status, pulled) = laptop
+        .pull(
+            "todo",
+            &format!("collection=tasks&since={}", common::encode(common::START)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pulled}");
+    assert_eq!(
+        pulled["serverChanges"].as_array().expect("changes").len(),
+        3
+    );
+    assert_valid(&document, "PushResponse", &pulled);
+
+    // The stream's `changes` event.
+    let mut stream = laptop.stream("todo", "tasks", common::START).await;
+    let page = stream.next_changes().await;
+    assert_valid(&document, "StreamChanges", &page);
+
+    // Errors.
+    let (status, refused) = phone.push("todo", "yesterday", serde_json::json!([])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_valid(&document, "ErrorBody", &refused);
+    let http = mana_sync_testkit::http_client();
+    let (status, unauthorized) =
+        read(http.get(h.server.at("/spaces")).send().await.expect("sent")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_valid(&document, "ErrorBody", &unauthorized);
+
+    // Spaces, backups, health.
+    let (status, space) = read(
+        http.post(h.server.at("/spaces"))
+            .bearer_auth(&phone.token)
+            .json(&serde_json::json!({"name": "Home"}))
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{space}");
+    assert_valid(&document, "SpaceView", &space);
+    let (_, spaces) = read(
+        http.get(h.server.at("/spaces"))
+            .bearer_auth(&phone.token)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_valid(&document, "SpaceList", &spaces);
+    let backup = common::export(&h.server, "alice").await;
+    for line in backup.lines() {
+        assert_valid(
+            &document,
+            "BackupLine",
+            &serde_json::from_str(line).expect("a line"),
+        );
+    }
+    let (status, report) = read(
+        http.post(h.server.at("/backup/import"))
+            .bearer_auth(&phone.token)
+            .body(backup)
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_valid(&document, "ImportReport", &report);
+    let (_, health) = read(http.get(h.server.at("/health")).send().await.expect("sent")).await;
+    assert_valid(&document, "Health", &health);
+
+    // What is not valid is refused: the schemas are not empty.
+    assert!(!schema(&document, "PushResponse").is_valid(&serde_json::json!({"serverChanges": 1})));
+    assert!(!schema(&document, "ErrorBody").is_valid(&serde_json::json!({"error": "x"})));
+}
