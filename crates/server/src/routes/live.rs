@@ -127,9 +127,9 @@ Events (`event:` name, then `data:` as JSON):\n\n\
 another role); its changes follow. Only with the `spaces` feature.\n\
 - `space-removed`: `SpaceEvent` (`{spaceId}`): the user left or was removed; drop its \
 records. Nothing more of it follows. Only with the `spaces` feature.\n\
-- `cursor-expired`: `ErrorBody` with code `cursor_expired`: the cursor is older than \
-compaction kept; download the current state again. Only with the `cursor-expired` \
-feature.\n\
+- `cursor-expired`: `ErrorBody` with code `cursor_expired`, then the stream ends: the \
+cursor is older than compaction kept; download the current state again. Only with the \
+`cursor-expired` feature.\n\
 - `error`: `ErrorBody`, then the stream ends: a failure on the server's side (code \
 `unavailable`, reconnect with backoff) or the token expired (code `token_expired`, \
 reconnect with a fresh token). On shutdown the stream ends without one.";
