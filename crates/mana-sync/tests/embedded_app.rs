@@ -165,6 +165,11 @@ async fn the_binary_alone_serves_the_app_it_was_built_with() {
         .await
         .expect("sent");
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        header(&again, CACHE_CONTROL),
+        IMMUTABLE,
+        "a 304 keeps the policy"
+    );
 
     // HEAD: the length, no body.
     let head = mana_sync_testkit::http_client()

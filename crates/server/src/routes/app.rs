@@ -224,7 +224,9 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
 fn with_app_headers(mut response: Response, path: &str) -> Response {
     // Vite names the files under /assets/ by their content's hash: they never
     // change. Everything else (index.html above all) is revalidated.
-    let cache = if path.starts_with("/assets/") && response.status().is_success() {
+    // A 304 refreshes the browser's copy's headers, so it keeps the policy.
+    let served = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+    let cache = if path.starts_with("/assets/") && served {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"
