@@ -21,7 +21,8 @@ lint: web/node_modules/.package-lock.json
 	cd web && npm run check
 
 # The web client (web/local-store) and the Todo app, built into web/todo/dist,
-# which `mana-sync serve` serves (WEB_DIR): the app at /, its compat mode (the
+# which the server embeds when it is next compiled (or serves from the
+# directory with WEB_DIR=web/todo/dist): the app at /, its compat mode (the
 # seed package's API, @mana-sync/local-store/compat) at /compat/.
 web: web/node_modules/.package-lock.json
 	cd web && npm run build

@@ -67,6 +67,9 @@ enum Command {
     /// Bring the database schema up to date as the role that owns the tables,
     /// and let the server's role read and write rows (nothing more).
     Migrate(MigrateArgs),
+    /// Print the OpenAPI description of the HTTP API (what `GET /openapi.json`
+    /// serves; docs/openapi.json is a copy).
+    Openapi,
 }
 
 #[derive(Args)]
@@ -164,9 +167,10 @@ struct ServeArgs {
     /// Largest backup `POST /backup/import` accepts, in bytes.
     #[arg(long, env = "BACKUP_MAX_BYTES", default_value_t = 1 << 30)]
     backup_max_bytes: u64,
-    /// Directory of the built web app served at `/` (`make web` builds it).
-    #[arg(long, env = "WEB_DIR", default_value = "web/todo/dist")]
-    web_dir: std::path::PathBuf,
+    /// Serve the web app at `/` from this directory (e.g. `web/todo/dist`,
+    /// which `make web` builds) instead of the copy built into the binary.
+    #[arg(long, env = "WEB_DIR")]
+    web_dir: Option<std::path::PathBuf>,
     /// Compact a user's log in the background once it has this many
     /// changes that may supersede earlier ones (updates, deletes) since
     /// its last compaction; 0 turns background compaction off.
@@ -290,6 +294,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Compact(args) => commands::compact(args).await,
         Command::ImportSeed(args) => commands::import_seed(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Openapi => {
+            print!("{}", mana_sync_server::openapi::json());
+            Ok(())
+        }
     }
 }
 
@@ -400,7 +408,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sse_heartbeat: Duration::from_secs(args.sse_heartbeat_secs.max(1)),
         socket_auth_timeout: Duration::from_secs(args.ws_auth_timeout_secs.max(1)),
         backup_max_bytes: args.backup_max_bytes,
-        web_dir: args.web_dir,
+        web_dir: args.web_dir.filter(|dir| !dir.as_os_str().is_empty()),
         compaction: CompactionConfig {
             threshold: args.compaction_threshold,
             interval: Duration::from_secs(args.compaction_interval_secs.max(1)),

@@ -308,18 +308,6 @@ async fn an_unbuilt_app_is_a_404_that_says_how_to_build_it() {
     // What is not a page is simply not found.
     let reply = read(get(&h, "/nope", "*/*").await).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "not_found", "/nope");
-    // The default directory (web/todo/dist under the working directory) is
-    // missing in the test server's temporary directory, too.
-    let h = start(Db::Sqlite, None, None)
-        .await
-        .expect("SQLite always starts");
-    let reply = read(get(&h, "/", PAGE).await).await;
-    assert_error(
-        &reply,
-        StatusCode::NOT_FOUND,
-        "web_app_not_built",
-        "web/todo/dist",
-    );
     let (status, _) = read(get(&h, "/health", "*/*").await).await;
     assert_eq!(status, StatusCode::OK);
 }

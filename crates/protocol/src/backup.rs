@@ -30,6 +30,7 @@ use crate::timestamp::Timestamp;
 
 /// A change written as a backup line.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupLine<'a> {
     /// The change's id, kept across restores (duplicates are skipped by it).
@@ -46,15 +47,18 @@ pub struct BackupLine<'a> {
     pub op: Op,
     /// The record (inserts).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Option<&'a RawValue>,
     /// Field values with timestamps (updates).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::field_changes))]
     pub fields: Option<&'a FieldChanges>,
     /// Deletion time (deletes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<&'a Timestamp>,
     /// Opaque actor, only if the change had one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub actor: Option<&'a RawValue>,
     /// The device that pushed it.
     pub client_id: &'a str,

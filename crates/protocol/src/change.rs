@@ -15,6 +15,7 @@ use crate::timestamp::Timestamp;
 
 /// What a change does to its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Creates the record; the change carries the whole record in `data`.
@@ -163,6 +164,7 @@ pub fn fields_from_json(json: &str) -> Result<FieldChanges, serde_json::Error> {
 
 /// A change exactly as a device pushes it, before validation.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireChange {
     /// The collection the record belongs to.
@@ -173,15 +175,18 @@ pub struct WireChange {
     pub op: Op,
     /// Insert: the whole record.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Option<Box<RawValue>>,
     /// Update: the changed fields with their timestamps.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::field_changes))]
     pub fields: Option<FieldChanges>,
     /// Delete: when the record was deleted.
     #[serde(default)]
     pub deleted_at: Option<Timestamp>,
     /// Who made the change (user, assistant, system…), opaque to the server.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub actor: Option<Box<RawValue>>,
     /// The change's schema version; absent means the changeset's, or 1.
     #[serde(default)]
@@ -382,6 +387,7 @@ impl WireChange {
 
 /// A change as the server sends it to a device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SyncChange {
     /// The collection.
@@ -392,15 +398,18 @@ pub struct SyncChange {
     pub op: Op,
     /// The record, for inserts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Option<Box<RawValue>>,
     /// Field values with timestamps, for updates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::field_changes))]
     pub fields: Option<FieldChanges>,
     /// Deletion time, for deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
     /// Opaque actor; absent when the device sent none (consumers read "user").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub actor: Option<Box<RawValue>>,
     /// The server-assigned id of this change, stable across backups.
     pub event_id: Uuid,

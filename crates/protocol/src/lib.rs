@@ -14,6 +14,8 @@ pub mod ident;
 pub mod json;
 pub mod merge;
 pub mod messages;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod schema;
 pub mod space_cursor;
 pub mod timestamp;

@@ -6,6 +6,7 @@ use crate::change::{SyncChange, WireChange};
 
 /// `POST /sync/{appId}`: a device's changes, and where it wants to resume from.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PushRequest {
     /// The pushing device (the `X-Client-Id` header takes precedence).
@@ -26,12 +27,14 @@ pub struct PushRequest {
 
 /// The reply to a push, and to a pull.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PushResponse {
     /// Other devices' changes after `since`, in commit order.
     pub server_changes: Vec<SyncChange>,
     /// Always empty: concurrent edits are merged per field on the devices.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub conflicts: Vec<serde_json::Value>,
     /// The cursor to send as `since` next time.
     pub synced_until: String,
@@ -49,6 +52,7 @@ pub type PullResponse = PushResponse;
 
 /// The data of one `event: changes` on the stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StreamChanges {
     /// The collection these changes belong to.
@@ -64,6 +68,7 @@ pub struct StreamChanges {
 /// The data of `event: space-added` and `event: space-removed` on the
 /// stream of a client that follows spaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SpaceEvent {
     /// The space.
@@ -75,6 +80,7 @@ pub struct SpaceEvent {
 
 /// The body of every error reply: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -82,6 +88,7 @@ pub struct ErrorBody {
 
 /// What went wrong, for programs (`code`) and for people (`message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// A stable, machine-readable code such as `invalid_change`.
     pub code: String,
@@ -91,6 +98,7 @@ pub struct ErrorDetail {
 
 /// What a device sends on a WebSocket (`/ws`, `/ws/{appId}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SocketRequest {
     /// The first message: the bearer token, and optionally the device id (so
@@ -108,6 +116,7 @@ pub enum SocketRequest {
 
 /// What the server sends on a WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SocketMessage {
     /// The token was accepted.
@@ -150,6 +159,7 @@ pub enum SocketMessage {
 
 /// `POST /spaces`: a new shared space.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateSpace {
     /// Its name, as its members see it.
@@ -158,6 +168,7 @@ pub struct CreateSpace {
 
 /// `PUT /spaces/{spaceId}/members/{userId}`: add a member, or change a role.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetMember {
     /// `owner`, `editor` or `viewer`.
@@ -166,6 +177,7 @@ pub struct SetMember {
 
 /// A shared space as one of its members sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SpaceView {
     /// The space (send it as `spaceId` on changes).
@@ -181,6 +193,7 @@ pub struct SpaceView {
 
 /// One member of a space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MemberView {
     /// The member's user id (a token's `sub`).
@@ -191,6 +204,7 @@ pub struct MemberView {
 
 /// `GET /spaces`: the caller's shared spaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpaceList {
     /// By name.
     pub spaces: Vec<SpaceView>,

@@ -20,6 +20,7 @@ pub struct TimestampError {
 /// last-writer-wins compares these strings, so the server must not change a
 /// single digit of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Timestamp(String);
 

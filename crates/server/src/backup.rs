@@ -32,7 +32,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 pub const MAX_LINE_BYTES: usize = crate::MAX_BODY_BYTES;
 
 /// What an import did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Changes stored.
     pub imported: u64,

@@ -60,14 +60,9 @@ pub enum ApiError {
     /// A space operation was refused, or failed.
     #[error(transparent)]
     Spaces(#[from] SpacesError),
-    /// The web app's directory has no `index.html` (it was not built).
-    #[error(
-        "the web app is not built: there is no index.html in `{dir}`; build it with `make web`, or point WEB_DIR at a built app"
-    )]
-    WebAppNotBuilt {
-        /// The directory the app is served from.
-        dir: String,
-    },
+    /// The web app has no `index.html` (it was not built); says how to build it.
+    #[error("the web app is not built: {0}")]
+    WebAppNotBuilt(String),
     /// The request is understood but not answered to this caller.
     #[error("{0}")]
     Forbidden(String),
@@ -153,7 +148,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::WebAppNotBuilt { .. } => (StatusCode::NOT_FOUND, "web_app_not_built"),
+            ApiError::WebAppNotBuilt(_) => (StatusCode::NOT_FOUND, "web_app_not_built"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Panic(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

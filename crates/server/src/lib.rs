@@ -1,7 +1,8 @@
 //! The mana-sync server as a library: a typed sync core ([`service`]), the
 //! HTTP layer that translates requests into calls of it ([`routes`]), bearer
 //! authentication as middleware ([`auth`]), the one mapping from errors to HTTP
-//! statuses ([`error`]), and Prometheus metrics ([`metrics`]).
+//! statuses ([`error`]), Prometheus metrics ([`metrics`]), and the OpenAPI
+//! description generated from the handlers ([`openapi`]).
 //!
 //! The `mana-sync` binary only parses configuration and calls [`App::build`]
 //! and [`App::serve`].
@@ -16,6 +17,7 @@ pub mod follow;
 pub mod hub;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod service;
 pub mod spaces;
@@ -58,8 +60,9 @@ pub struct ServerConfig {
     pub socket_auth_timeout: Duration,
     /// Largest backup `POST /backup/import` accepts.
     pub backup_max_bytes: u64,
-    /// The built web app served at `/` (`WEB_DIR`).
-    pub web_dir: std::path::PathBuf,
+    /// A directory to serve the web app at `/` from (`WEB_DIR`), instead
+    /// of the app built into the binary.
+    pub web_dir: Option<std::path::PathBuf>,
     /// Background compaction of the change log.
     pub compaction: compactor::CompactionConfig,
     /// Connections served at once, and how long clients may be silent.

@@ -1,10 +1,15 @@
-//! The web app (the Todo pilot, `web/todo`) at `/`: the built files of a
-//! directory (`WEB_DIR`), with a fallback to its `index.html` for the app's
-//! own routes, and a Content-Security-Policy that lets the app talk to this
-//! server only.
+//! The web app (the Todo pilot, `web/todo`) at `/`: its built files, with a
+//! fallback to its `index.html` for the app's own routes, and a
+//! Content-Security-Policy that lets the app talk to this server only.
+//!
+//! The files are those built into the binary at compile time (from
+//! `web/todo/dist`, see [`embedded`]), so the binary alone is the whole
+//! deployment; or, with `WEB_DIR` set, those of that directory, read at each
+//! request (for development: rebuild the app, reload the page).
 //!
 //! Every path that is not the API's is the app's. The API's paths (`/sync`,
-//! `/ws`, `/backup`, `/health`, `/metrics`, `/dev`) keep their JSON 404s, and so does a
+//! `/ws`, `/backup`, `/spaces`, `/health`, `/metrics`, `/dev`,
+//! `/openapi.json`) keep their JSON 404s, and so does a
 //! missing file that a browser did not ask for as a page (a script, an
 //! image): only a `GET` or `HEAD` of `/` or that accepts HTML falls back to
 //! `index.html`. Without `index.html` (the app was not built) such a request
@@ -12,9 +17,11 @@
 //!
 //! Only regular files inside the directory are served: a path is decoded and
 //! resolved here, before the file system is asked anything (see
-//! [`WebApp::resolve`]). Dotfiles, `.`/`..` segments, NUL and other control
+//! [`resolve`]). Dotfiles, `.`/`..` segments, NUL and other control
 //! characters, and anything a symlink leads to outside the directory are
-//! treated as missing.
+//! treated as missing; the embedded files are looked up by the same rules.
+
+mod embedded;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -35,24 +42,88 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// Path prefixes that belong to the API, never to the app.
-const API_PREFIXES: [&str; 7] = [
-    "/sync", "/ws", "/backup", "/spaces", "/health", "/metrics", "/dev",
+const API_PREFIXES: [&str; 8] = [
+    "/sync",
+    "/ws",
+    "/backup",
+    "/spaces",
+    "/health",
+    "/metrics",
+    "/dev",
+    "/openapi.json",
 ];
 
-/// The directory the app is served from.
+/// Where the app's files come from.
 #[derive(Debug, Clone)]
-pub(crate) struct WebApp {
-    dir: PathBuf,
-    index: PathBuf,
+pub(crate) enum WebApp {
+    /// The files of a directory (`WEB_DIR`), read at each request.
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Its `index.html`.
+        index: PathBuf,
+    },
+    /// The files built into this binary.
+    Embedded,
 }
 
 impl WebApp {
-    /// Serves the files under `dir`.
-    pub(crate) fn new(dir: &Path) -> Arc<Self> {
-        Arc::new(Self {
-            dir: dir.to_path_buf(),
-            index: dir.join("index.html"),
+    /// Serves the files under `dir`, or without one those built into the binary.
+    pub(crate) fn new(dir: Option<&Path>) -> Arc<Self> {
+        Arc::new(match dir {
+            Some(dir) => Self::Dir {
+                dir: dir.to_path_buf(),
+                index: dir.join("index.html"),
+            },
+            None => Self::Embedded,
         })
+    }
+
+    /// The file `path` names (the whole response to `request`: ETags,
+    /// ranges and `HEAD` included), or `None` when there is none.
+    async fn file(&self, path: &str, request: Request) -> Option<Response> {
+        match self {
+            Self::Dir { dir, .. } => {
+                let file = resolve(dir, path).await?;
+                let response = match ServeFile::new(file).oneshot(request).await {
+                    Ok(response) => response.map(Body::new),
+                    Err(never) => match never {},
+                };
+                (response.status() != StatusCode::NOT_FOUND).then_some(response)
+            }
+            Self::Embedded => embedded::file(path, &request),
+        }
+    }
+
+    /// The app's `index.html`, or why there is none.
+    async fn index(&self) -> Result<Response, ApiError> {
+        match self {
+            Self::Dir { dir, index } => {
+                if !tokio::fs::metadata(index)
+                    .await
+                    .is_ok_and(|meta| meta.is_file())
+                {
+                    return Err(ApiError::WebAppNotBuilt(format!(
+                        "there is no index.html in `{}`; build it with `make web`, or point WEB_DIR at a built app",
+                        dir.display()
+                    )));
+                }
+                match ServeFile::new(index)
+                    .oneshot(Request::new(Body::empty()))
+                    .await
+                {
+                    Ok(response) => Ok(response.map(Body::new)),
+                    Err(never) => match never {},
+                }
+            }
+            Self::Embedded => embedded::index().ok_or_else(|| {
+                ApiError::WebAppNotBuilt(
+                    "this binary was compiled without it (web/todo/dist had no index.html); \
+                     build it with `make web` and then the server, or point WEB_DIR at a built app"
+                        .to_owned(),
+                )
+            }),
+        }
     }
 }
 
@@ -64,50 +135,52 @@ fn allowed_segment(segment: &str) -> bool {
             .any(|c| c.is_control() || matches!(c, '\\' | '/' | ':'))
 }
 
-impl WebApp {
-    /// The regular file inside the directory that `path` (as sent, percent
-    /// encoded) names, with `index.html` for a directory; `None` for
-    /// anything else.
-    async fn resolve(&self, path: &str) -> Option<PathBuf> {
-        let decoded = percent_encoding::percent_decode_str(path)
-            .decode_utf8()
-            .ok()?;
-        let mut candidate = self.dir.clone();
-        for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-            if !allowed_segment(segment) {
-                return None;
-            }
-            candidate.push(segment);
-        }
-        let root = tokio::fs::canonicalize(&self.dir).await.ok()?;
-        let file = self.inside(&root, &candidate).await?;
-        let meta = tokio::fs::metadata(&file).await.ok()?;
-        if meta.is_file() {
-            Some(file)
-        } else if meta.is_dir() {
-            let index = self.inside(&root, &file.join("index.html")).await?;
-            tokio::fs::metadata(&index)
-                .await
-                .is_ok_and(|meta| meta.is_file())
-                .then_some(index)
-        } else {
-            None
-        }
-    }
+/// The decoded segments of `path` (as sent, percent encoded), or `None` if
+/// one of them may not name a file of the app.
+fn segments(path: &str) -> Option<Vec<String>> {
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    decoded
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|segment| allowed_segment(segment).then(|| segment.to_owned()))
+        .collect()
+}
 
-    /// `candidate` with every symlink followed, if that is still inside
-    /// `root` and no part of it (below `root`) is a dotfile.
-    async fn inside(&self, root: &Path, candidate: &Path) -> Option<PathBuf> {
-        let real = tokio::fs::canonicalize(candidate).await.ok()?;
-        let below = real.strip_prefix(root).ok()?;
-        below
-            .components()
-            .all(|part| match part {
-                Component::Normal(name) => name.to_str().is_some_and(allowed_segment),
-                _ => false,
-            })
-            .then_some(real)
+/// The regular file inside `dir` that `path` (as sent, percent encoded)
+/// names, with `index.html` for a directory; `None` for anything else.
+async fn resolve(dir: &Path, path: &str) -> Option<PathBuf> {
+    let mut candidate = dir.to_path_buf();
+    candidate.extend(segments(path)?);
+    let root = tokio::fs::canonicalize(dir).await.ok()?;
+    let file = inside(&root, &candidate).await?;
+    let meta = tokio::fs::metadata(&file).await.ok()?;
+    if meta.is_file() {
+        Some(file)
+    } else if meta.is_dir() {
+        let index = inside(&root, &file.join("index.html")).await?;
+        tokio::fs::metadata(&index)
+            .await
+            .is_ok_and(|meta| meta.is_file())
+            .then_some(index)
+    } else {
+        None
     }
+}
+
+/// `candidate` with every symlink followed, if that is still inside
+/// `root` and no part of it (below `root`) is a dotfile.
+async fn inside(root: &Path, candidate: &Path) -> Option<PathBuf> {
+    let real = tokio::fs::canonicalize(candidate).await.ok()?;
+    let below = real.strip_prefix(root).ok()?;
+    below
+        .components()
+        .all(|part| match part {
+            Component::Normal(name) => name.to_str().is_some_and(allowed_segment),
+            _ => false,
+        })
+        .then_some(real)
 }
 
 /// Whether `path` is one of the API's (`/sync`, `/sync/…`, but not `/syncing`).
@@ -135,35 +208,14 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
         return ApiError::NotFound(path).into_response();
     }
     let page = accepts_html(request.headers()) || path == "/";
-    let file = app.resolve(&path).await;
-    let served = match file {
-        Some(file) => match ServeFile::new(file).oneshot(request).await {
-            Ok(response) => Some(response.map(Body::new)),
-            Err(never) => match never {},
-        },
-        None => None,
-    };
-    let response = if let Some(response) = served.filter(|r| r.status() != StatusCode::NOT_FOUND) {
-        response
-    } else if !page {
-        return ApiError::NotFound(path).into_response();
-    } else if !tokio::fs::metadata(&app.index)
-        .await
-        .is_ok_and(|meta| meta.is_file())
-    {
-        return ApiError::WebAppNotBuilt {
-            dir: app.dir.display().to_string(),
-        }
-        .into_response();
-    } else {
+    let response = match app.file(&path, request).await {
+        Some(response) => response,
+        None if !page => return ApiError::NotFound(path).into_response(),
         // One of the app's own routes (`/some/view`): the app decides.
-        match ServeFile::new(&app.index)
-            .oneshot(Request::new(Body::empty()))
-            .await
-        {
-            Ok(response) => response.map(Body::new),
-            Err(never) => match never {},
-        }
+        None => match app.index().await {
+            Ok(response) => response,
+            Err(error) => return error.into_response(),
+        },
     };
     with_app_headers(response, &path)
 }
@@ -172,7 +224,9 @@ pub(crate) async fn serve(State(app): State<Arc<WebApp>>, request: Request) -> R
 fn with_app_headers(mut response: Response, path: &str) -> Response {
     // Vite names the files under /assets/ by their content's hash: they never
     // change. Everything else (index.html above all) is revalidated.
-    let cache = if path.starts_with("/assets/") && response.status().is_success() {
+    // A 304 refreshes the browser's copy's headers, so it keeps the policy.
+    let served = response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+    let cache = if path.starts_with("/assets/") && served {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"

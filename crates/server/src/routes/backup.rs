@@ -9,14 +9,30 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use http_body_util::{BodyDataStream, Limited};
 use mana_sync_protocol::UserId;
+use mana_sync_protocol::messages::ErrorBody;
 use tokio_util::io::StreamReader;
 
 use crate::AppState;
 use crate::backup::{self, BodyTimedOut, BodyTooLarge, ImportReport};
 use crate::error::{ApiError, is_body_timeout};
+use crate::openapi::{E400_IMPORT, E401, E403_IMPORT, E408, E413_IMPORT, E503};
 use crate::service::ServiceError;
 
 /// The caller's whole history as NDJSON, streamed.
+///
+/// One change per line (`BackupLine`), oldest first, every app and every
+/// shared space the caller belongs to, from one snapshot of the database.
+#[utoipa::path(
+    get,
+    path = "/backup/export",
+    tag = "backup",
+    responses(
+        (status = 200, description = "NDJSON: one `BackupLine` per line. A failure mid-way aborts the response, so a truncated download shows as one.", content_type = "application/x-ndjson", body = String),
+        (status = 401, description = E401, body = ErrorBody),
+        (status = 503, description = E503, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn export(
     State(state): State<AppState>,
     Extension(user): Extension<UserId>,
@@ -42,8 +58,27 @@ pub async fn export(
         .into_response())
 }
 
-/// Restores an NDJSON backup: all of it or nothing. (A declared length
-/// over `BACKUP_MAX_BYTES` was refused before the body, in `routes`.)
+/// Restores an NDJSON backup: all of it or nothing.
+///
+/// Every line is checked first; changes whose `eventId` the caller already
+/// has are skipped, so importing a file twice adds nothing. (A declared
+/// length over `BACKUP_MAX_BYTES` was refused before the body, in `routes`.)
+#[utoipa::path(
+    post,
+    path = "/backup/import",
+    tag = "backup",
+    request_body(content = String, description = "NDJSON, one `BackupLine` per line (lines of the seed's export are accepted too).", content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, description = "Imported.", body = ImportReport),
+        (status = 400, description = E400_IMPORT, body = ErrorBody),
+        (status = 401, description = E401, body = ErrorBody),
+        (status = 403, description = E403_IMPORT, body = ErrorBody),
+        (status = 408, description = E408, body = ErrorBody),
+        (status = 413, description = E413_IMPORT, body = ErrorBody),
+        (status = 503, description = E503, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn import(
     State(state): State<AppState>,
     Extension(user): Extension<UserId>,

@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use mana_sync_protocol::UserId;
-use serde::Deserialize;
-use serde_json::json;
+use mana_sync_protocol::messages::ErrorBody;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -37,7 +37,7 @@ pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Mints dev-mode tokens.
 #[derive(Debug)]
-struct DevSignIn {
+pub(crate) struct DevSignIn {
     secret: String,
 }
 
@@ -65,19 +65,61 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(dev_secret: Option<&str>)
         }))
 }
 
-/// `{"devMode": true}`: the app may offer sign-in by user name.
-async fn config() -> Json<serde_json::Value> {
-    Json(json!({ "devMode": true }))
+/// The reply of `GET /dev/config`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DevConfig {
+    /// Always `true`: the route exists only in dev mode.
+    dev_mode: bool,
 }
 
-#[derive(Deserialize)]
+/// `{"devMode": true}`: the app may offer sign-in by user name.
+#[utoipa::path(
+    get,
+    path = "/dev/config",
+    tag = "dev",
+    responses((status = 200, description = "Dev mode is on.", body = DevConfig)),
+)]
+pub(crate) async fn config() -> Json<DevConfig> {
+    Json(DevConfig { dev_mode: true })
+}
+
+/// The body of `POST /dev/token`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenRequest {
+pub(crate) struct TokenRequest {
+    /// The user to sign in as (a token's `sub`).
     user: String,
 }
 
+/// The reply of `POST /dev/token`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DevToken {
+    /// A bearer token for `user`, signed with the dev-mode secret.
+    token: String,
+    /// The user.
+    user: String,
+    /// Seconds until it expires.
+    expires_in: u64,
+}
+
 /// `POST /dev/token {"user": NAME}` → `{"token", "user", "expiresIn"}`.
-async fn token(State(dev): State<Arc<DevSignIn>>, request: Request) -> Response {
+///
+/// Answered only to this machine: a loopback peer, no forwarding header, a
+/// loopback `Host`, and an `Origin` (if any) of this host.
+#[utoipa::path(
+    post,
+    path = "/dev/token",
+    tag = "dev",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "A token for the user.", body = DevToken),
+        (status = 400, description = "`invalid_json`: not `{\"user\": NAME}`; `invalid_request`: not a valid user id.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not from this machine, forwarded by a proxy, another `Host`, or a page of another site.", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn token(State(dev): State<Arc<DevSignIn>>, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -93,11 +135,11 @@ async fn token(State(dev): State<Arc<DevSignIn>>, request: Request) -> Response 
         Err(error) => return error.into_response(),
     };
     match dev.mint(&body.user) {
-        Ok(token) => Json(json!({
-            "token": token,
-            "user": body.user,
-            "expiresIn": DEV_TOKEN_TTL.as_secs(),
-        }))
+        Ok(token) => Json(DevToken {
+            token,
+            user: body.user,
+            expires_in: DEV_TOKEN_TTL.as_secs(),
+        })
         .into_response(),
         Err(error) => error.into_response(),
     }

@@ -6,12 +6,41 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::AppState;
 
+/// The reply of `GET /health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok`, or `unavailable` when the database did not answer within 2 s.
+    status: &'static str,
+    /// The database: `sqlite` or `postgres`.
+    store: &'static str,
+    /// Open live connections of this instance.
+    connections: Connections,
+}
+
+/// Open streams and sockets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Connections {
+    /// Server-Sent Event streams.
+    streams: i64,
+    /// WebSockets.
+    sockets: i64,
+}
+
 /// 200 when the store answers within two seconds, 503 otherwise; with the
 /// number of open streams and sockets.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers.", body = Health),
+        (status = 503, description = "The database did not answer within 2 s (`status`: `unavailable`).", body = Health),
+    ),
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let store = state.service.store();
     let healthy = matches!(
@@ -23,18 +52,26 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "store": store.kind().name(),
-        "connections": {
-            "streams": state.metrics.open_streams.get(),
-            "sockets": state.metrics.open_sockets.get(),
+    let body = Health {
+        status: if healthy { "ok" } else { "unavailable" },
+        store: store.kind().name(),
+        connections: Connections {
+            streams: state.metrics.open_streams.get(),
+            sockets: state.metrics.open_sockets.get(),
         },
-    });
+    };
     (status, Json(body)).into_response()
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text: request counts by method, route and status; changes stored and sent; duplicate changesets; push and pull latency; open streams and sockets; live overflows.", content_type = "text/plain; version=0.0.4", body = String),
+    ),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

@@ -3,12 +3,12 @@
 //! tracing and panic capture on everything).
 
 mod app;
-mod backup;
-mod dev;
-mod health;
-mod live;
-mod spaces;
-mod sync;
+pub(crate) mod backup;
+pub(crate) mod dev;
+pub(crate) mod health;
+pub(crate) mod live;
+pub(crate) mod spaces;
+pub(crate) mod sync;
 
 pub use app::CONTENT_SECURITY_POLICY;
 pub use dev::DEV_TOKEN_TTL;
@@ -102,7 +102,8 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         .route("/ws/{app_id}", get(live::socket_one_app));
     let open = Router::new()
         .route("/health", get(health::health))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(crate::openapi::serve));
     sync.merge(streams)
         .merge(sockets)
         .merge(open)
@@ -110,7 +111,7 @@ fn router(state: AppState, config: &ServerConfig, dev_secret: Option<&str>) -> R
         // Every other path is the web app's (or a JSON 404), see `app`.
         .fallback_service(
             axum::routing::get(app::serve)
-                .with_state(app::WebApp::new(&config.web_dir))
+                .with_state(app::WebApp::new(config.web_dir.as_deref()))
                 .fallback(not_found),
         )
         .method_not_allowed_fallback(method_not_allowed)
