@@ -168,7 +168,8 @@ struct ServeArgs {
     #[arg(long, env = "BACKUP_MAX_BYTES", default_value_t = 1 << 30)]
     backup_max_bytes: u64,
     /// Serve the web app at `/` from this directory (e.g. `web/todo/dist`,
-    /// which `make web` builds) instead of the copy built into the binary.
+    /// which `make web` builds) instead of the copy built into the binary
+    /// [default: unset: the built-in copy].
     #[arg(long, env = "WEB_DIR")]
     web_dir: Option<std::path::PathBuf>,
     /// Compact a user's log in the background once it has this many
