@@ -86,6 +86,11 @@ SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
     set_config('plan_cache_mode', 'force_custom_plan', true),
     (SELECT expired_through FROM reserved)";
 
+/// Declares the pushing user for row-level security, and plans the
+/// transaction's statements generically (see [`WRITE`]).
+pub(crate) const DECLARE_USER: &str = "SELECT set_config('mana.user_id', $1, true),
+        set_config('plan_cache_mode', 'force_generic_plan', true)";
+
 /// An owned copy of the push, for the task that runs it.
 struct Job {
     user: UserId,
@@ -160,11 +165,7 @@ async fn run(
     // The write's plan does not depend on its parameters, and planning it
     // again for every push (the sessions' `force_custom_plan`, which reads
     // need) cost Postgres almost half its time under load.
-    let set_user = prepare(
-        "SELECT set_config('mana.user_id', $1, true),
-                set_config('plan_cache_mode', 'force_generic_plan', true)",
-    )
-    .await?;
+    let set_user = prepare(DECLARE_USER).await?;
     let write = prepare(WRITE).await?;
     let read = match &job.reply {
         Some(reply) => Some(

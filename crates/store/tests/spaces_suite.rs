@@ -420,7 +420,52 @@ async fn an_import_into_a_space_the_importer_may_not_write_stores_nothing(f: Fix
     );
 }
 
+async fn a_repeated_changeset_into_a_space_is_acknowledged_and_stores_nothing(f: Fixture) {
+    let space = shared_space(&f).await;
+    let bob = user("bob");
+    // Each changeset twice, more often than the pool has connections: a
+    // repeated one must leave nothing behind, not even an open transaction
+    // that the next push on its connection would commit.
+    let mut expected = Vec::new();
+    for n in 0..40 {
+        let record = format!("item-{n}");
+        let id = format!("cs-{n}");
+        let changes = [
+            insert("tasks", &format!("own-{record}")),
+            into_space(&space, &record),
+        ];
+        for attempt in 0..2 {
+            let outcome = f
+                .store
+                .push(
+                    &bob,
+                    NewChangeset {
+                        app_id: "todo",
+                        client_id: "bobs-phone",
+                        changeset_id: Some(&id),
+                        changes: &changes,
+                    },
+                )
+                .await
+                .expect("pushes");
+            match (attempt, outcome) {
+                (0, PushOutcome::Stored { count: 2, .. }) | (1, PushOutcome::Duplicate) => {}
+                (_, other) => panic!("attempt {attempt} of {id}: {other:?}"),
+            }
+        }
+        expected.push(record);
+    }
+    assert_eq!(
+        space_ids(&f, &user("ann"), &space).await.expect("reads"),
+        expected,
+        "each change once in the space's log"
+    );
+    let (own, _) = common::read_all(&*f.store, &bob, query("todo", None, Since::START)).await;
+    assert_eq!(own.len(), 40, "and once in bob's own log");
+}
+
 store_suite!(
+    a_repeated_changeset_into_a_space_is_acknowledged_and_stores_nothing,
     an_import_into_a_space_the_importer_may_not_write_stores_nothing,
     members_of_a_space_see_it_and_others_do_not,
     only_owners_manage_members_and_a_space_keeps_an_owner,

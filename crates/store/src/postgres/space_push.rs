@@ -2,24 +2,30 @@
 //!
 //! Such a push is one transaction acting for the pusher: the changeset id is
 //! recorded once, then each log the changes go to (the pusher's own, then
-//! each space's by id) is checked and written with the same statement as a
-//! personal push ([`WRITE`](crate::pg_push::WRITE)). Writing a space needs
-//! the `editor` or `owner` role: checked here, to refuse with the space's
-//! name, and again by row-level security on the insert (the
-//! `mana_log_isolation` policy), so a bug here cannot let a viewer or a
-//! stranger write. Any refusal rolls back the whole changeset. These pushes
-//! are not pipelined like personal ones: they are rarer, and each log
-//! needs its check first.
+//! each space's by id) is written with the same statement as a personal push
+//! ([`WRITE`]). Writing a space needs the `editor` or `owner` role: read in
+//! the same transaction, to refuse with the space's name, and enforced again
+//! by row-level security on the insert (the `mana_log_isolation` policy), so
+//! a bug here cannot let a viewer or a stranger write. Any refusal rolls back
+//! the whole changeset.
+//!
+//! The statements are pipelined like a personal push's: `BEGIN`, the user's
+//! declaration, the changeset id, every role check and every log's write go
+//! in one round trip; `COMMIT` (or `ROLLBACK`, for a repeated changeset or a
+//! refusal) in a second, since it depends on the answers.
 
 use deadpool_postgres::Pool;
+use futures::future::join_all;
 use mana_sync_protocol::{Change, Cursor, UserId};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{ChangeColumns, PostgresStore, database_error, pool_error, seq_param, seq_value};
+use super::spaces::ROLE_IN;
+use super::{ChangeColumns, database_error, pool_error, seq_param, seq_value};
 use crate::notice::ChangeNotice;
+use crate::pg_push::{DECLARE_USER, WRITE};
 use crate::relay::Announcer;
-use crate::spaces::{Role, split_by_log};
+use crate::spaces::{LogChanges, Role, split_by_log};
 use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
 
 /// An owned copy of the push, for the task that runs it.
@@ -54,81 +60,107 @@ pub(crate) async fn push(
 }
 
 async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutcome> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_acting(&mut client, job.user.as_str(), false).await?;
-    if let Some(changeset_id) = &job.changeset_id {
-        let record = tx
-            .prepare_cached(
-                "INSERT INTO mana_changesets (user_id, changeset_id) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-            )
-            .await
-            .map_err(database_error)?;
-        let inserted = tx
-            .execute(&record, &[&job.user.as_str(), changeset_id])
-            .await
-            .map_err(database_error)?;
-        if inserted == 0 {
-            return Ok(PushOutcome::Duplicate);
-        }
-    }
-    let write = tx
-        .prepare_cached(crate::pg_push::WRITE)
-        .await
-        .map_err(database_error)?;
+    let client = pool.get().await.map_err(pool_error)?;
+    let prepare = |sql: &'static str| {
+        let client = &client;
+        async move { client.prepare_cached(sql).await.map_err(database_error) }
+    };
+    let begin = prepare("BEGIN").await?;
+    let declare = prepare(DECLARE_USER).await?;
+    let record = prepare(RECORD_CHANGESET).await?;
+    let role_in = prepare(ROLE_IN).await?;
+    let write = prepare(WRITE).await?;
+    let commit = prepare("COMMIT").await?;
+    let rollback = prepare("ROLLBACK").await?;
+
+    let user_id = job.user.as_str();
+    let groups = split_by_log(&job.user, &job.changes, |c| c.space_id.as_ref());
+    let declare_params: [&(dyn ToSql + Sync); 1] = [&user_id];
+    let spaces: Vec<&str> = groups
+        .iter()
+        .filter_map(|group| group.space.as_ref().map(|space| space.as_str()))
+        .collect();
+    let role_params: Vec<[&(dyn ToSql + Sync); 2]> = spaces
+        .iter()
+        .map(|space| -> [&(dyn ToSql + Sync); 2] { [space, &user_id] })
+        .collect();
+    let writes: Vec<LogWrite<'_>> = groups
+        .iter()
+        .map(|group| LogWrite {
+            log: group.log.as_str(),
+            author: group.space.as_ref().map(|_| user_id),
+            count: i64::try_from(group.changes.len()).unwrap_or(i64::MAX),
+            superseding: crate::compaction::superseding(&group.changes),
+            columns: ChangeColumns::new(group.changes.iter()),
+            event_ids: group.changes.iter().map(|_| Uuid::now_v7()).collect(),
+        })
+        .collect();
     let first_possible = seq_param(Cursor::START.position() + 1);
     let no_changeset: Option<&str> = None;
-    let mut notices = Vec::new();
-    let mut last_stored = 0;
-    for group in split_by_log(&job.user, &job.changes, |c| c.space_id.as_ref()) {
-        if let Some(space) = &group.space {
-            let role = super::spaces::role_in(&tx, space, job.user.as_str()).await?;
-            if !role.is_some_and(Role::can_write) {
-                return Err(StoreError::SpaceForbidden {
-                    space: space.clone(),
-                    write: true,
-                });
+    let params: Vec<[&(dyn ToSql + Sync); 17]> = writes
+        .iter()
+        .map(|w| -> [&(dyn ToSql + Sync); 17] {
+            [
+                &w.log,
+                &job.app_id,
+                &job.client_id,
+                &no_changeset,
+                &w.count,
+                &first_possible,
+                &w.event_ids,
+                &w.columns.tables,
+                &w.columns.record_ids,
+                &w.columns.ops,
+                &w.columns.data,
+                &w.columns.fields,
+                &w.columns.deleted_at,
+                &w.columns.actors,
+                &w.columns.schema_versions,
+                &w.superseding,
+                &w.author,
+            ]
+        })
+        .collect();
+
+    // Sent in this order in one go (`join!` and `join_all` poll in order,
+    // and each statement is sent on its first poll): the changeset id, the
+    // pusher's role in each space, then each log's write. Whether to commit
+    // depends on the answers, so that is a second round trip.
+    let (begun, declared, recorded, roles, written) = futures::join!(
+        client.execute(&begin, &[]),
+        client.query_one(&declare, &declare_params),
+        async {
+            match &job.changeset_id {
+                Some(id) => client.execute(&record, &[&user_id, id]).await.map(Some),
+                None => Ok(None),
             }
+        },
+        join_all(
+            role_params
+                .iter()
+                .map(|params| client.query_opt(&role_in, params))
+        ),
+        join_all(params.iter().map(|params| client.query_one(&write, params))),
+    );
+    let checked = check(begun, declared, recorded, &groups, roles, written);
+    let reservations = match checked {
+        Ok(Some(reservations)) => reservations,
+        other => {
+            // A repeated changeset or a refusal: nothing of it may stay.
+            if let Err(error) = client.execute(&rollback, &[]).await {
+                // A connection that could not roll back serves nobody else.
+                drop(deadpool_postgres::Object::take(client));
+                other?;
+                return Err(database_error(error));
+            }
+            return other.map(|_| PushOutcome::Duplicate);
         }
-        let log = group.log.as_str();
-        let author = group.space.as_ref().map(|_| job.user.as_str());
-        let count = i64::try_from(group.changes.len()).unwrap_or(i64::MAX);
-        let superseding = crate::compaction::superseding(&group.changes);
-        let columns = ChangeColumns::new(group.changes.iter());
-        let event_ids: Vec<Uuid> = group.changes.iter().map(|_| Uuid::now_v7()).collect();
-        let params: [&(dyn ToSql + Sync); 17] = [
-            &log,
-            &job.app_id,
-            &job.client_id,
-            &no_changeset,
-            &count,
-            &first_possible,
-            &event_ids,
-            &columns.tables,
-            &columns.record_ids,
-            &columns.ops,
-            &columns.data,
-            &columns.fields,
-            &columns.deleted_at,
-            &columns.actors,
-            &columns.schema_versions,
-            &superseding,
-            &author,
-        ];
-        let written = tx
-            .query_one(&write, &params)
-            .await
-            .map_err(database_error)?;
-        let (Some(prev), Some(last)) = (
-            written.get::<_, Option<i64>>(0),
-            written.get::<_, Option<i64>>(1),
-        ) else {
-            return Err(StoreError::Unavailable(format!(
-                "no positions were reserved in log `{log}`"
-            )));
-        };
-        last_stored = seq_value(last);
-        notices.push(ChangeNotice::for_changeset(
+    };
+    let committed = client.execute(&commit, &[]).await;
+    // Whether a failed commit committed is unknown; a notice for nothing is
+    // harmless.
+    for (group, (prev, last)) in groups.iter().zip(&reservations) {
+        announcer.announce(ChangeNotice::for_changeset(
             &group.log,
             &NewChangeset {
                 app_id: &job.app_id,
@@ -136,19 +168,78 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
                 changeset_id: None,
                 changes: &group.changes,
             },
-            seq_value(prev),
-            last_stored,
+            *prev,
+            *last,
         ));
-    }
-    let committed = tx.commit().await;
-    // Whether a failed commit committed is unknown; a notice for nothing is
-    // harmless.
-    for notice in notices {
-        announcer.announce(notice);
     }
     committed.map_err(database_error)?;
     Ok(PushOutcome::Stored {
         count: job.changes.len(),
-        last: Cursor::at(last_stored),
+        // The last log's, as before pipelining (logs are written in order).
+        last: Cursor::at(reservations.last().map_or(0, |(_, last)| *last)),
     })
+}
+
+/// One log's part of the push, as the write statement's parameters.
+struct LogWrite<'a> {
+    log: &'a str,
+    author: Option<&'a str>,
+    count: i64,
+    superseding: i64,
+    columns: ChangeColumns<'a>,
+    event_ids: Vec<Uuid>,
+}
+
+/// Records the changeset id; nothing when it is known (a repeated push).
+const RECORD_CHANGESET: &str = "INSERT INTO mana_changesets (user_id, changeset_id) VALUES ($1, $2)
+     ON CONFLICT DO NOTHING";
+
+type Answer<T> = Result<T, tokio_postgres::Error>;
+
+/// The pipeline's answers in the order they were sent: the first failure is
+/// the cause (Postgres refused the statements after it). `Ok(None)`: a
+/// repeated changeset. Otherwise each log's reserved positions (previous,
+/// last), in the order of `groups`. A space the pusher may not write is
+/// refused by its role, before its write's answer is looked at (on Postgres
+/// row-level security refused that write too, unless the server's role
+/// bypasses it).
+fn check(
+    begun: Answer<u64>,
+    declared: Answer<tokio_postgres::Row>,
+    recorded: Answer<Option<u64>>,
+    groups: &[LogChanges<Change>],
+    roles: Vec<Answer<Option<tokio_postgres::Row>>>,
+    written: Vec<Answer<tokio_postgres::Row>>,
+) -> StoreResult<Option<Vec<(u64, u64)>>> {
+    begun.map_err(database_error)?;
+    declared.map_err(database_error)?;
+    if recorded.map_err(database_error)? == Some(0) {
+        return Ok(None);
+    }
+    let spaces = groups.iter().filter_map(|group| group.space.as_ref());
+    for (space, role) in spaces.zip(roles) {
+        let role = role
+            .map_err(database_error)?
+            .map(|row| super::spaces::role(row.get(0)))
+            .transpose()?;
+        if !role.is_some_and(Role::can_write) {
+            return Err(StoreError::SpaceForbidden {
+                space: space.clone(),
+                write: true,
+            });
+        }
+    }
+    let mut reservations = Vec::with_capacity(written.len());
+    for (group, row) in groups.iter().zip(written) {
+        let row = row.map_err(database_error)?;
+        let (Some(prev), Some(last)) = (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+        else {
+            return Err(StoreError::Unavailable(format!(
+                "no positions were reserved in log `{}`",
+                group.log.as_str()
+            )));
+        };
+        reservations.push((seq_value(prev), seq_value(last)));
+    }
+    Ok(Some(reservations))
 }

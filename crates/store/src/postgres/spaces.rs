@@ -10,7 +10,8 @@ use crate::notice::ChangeNotice;
 use crate::spaces::{self, Member, MemberChange, Membership, Role, SpaceError};
 use crate::{StoreError, StoreResult};
 
-fn role(name: &str) -> StoreResult<Role> {
+/// A stored role's name as a [`Role`].
+pub(crate) fn role(name: &str) -> StoreResult<Role> {
     Role::from_name(name).ok_or_else(|| StoreError::Corrupt(format!("role `{name}`")))
 }
 
@@ -170,16 +171,17 @@ pub(super) async fn change_membership(
     Ok(())
 }
 
+/// A user's role in a space (`$1` space, `$2` user), if a member.
+pub(crate) const ROLE_IN: &str =
+    "SELECT role FROM mana_space_members WHERE space_id = $1 AND user_id = $2";
+
 /// `user`'s role in `space` (`None`: not a member), in `tx`.
 pub(crate) async fn role_in(
     tx: &impl deadpool_postgres::GenericClient,
     space: &SpaceId,
     user: &str,
 ) -> StoreResult<Option<Role>> {
-    let statement = tx
-        .prepare_cached("SELECT role FROM mana_space_members WHERE space_id = $1 AND user_id = $2")
-        .await
-        .map_err(database_error)?;
+    let statement = tx.prepare_cached(ROLE_IN).await.map_err(database_error)?;
     let row = tx
         .query_opt(&statement, &[&space.as_str(), &user])
         .await
