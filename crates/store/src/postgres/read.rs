@@ -4,6 +4,7 @@
 use deadpool_postgres::{GenericClient, Transaction};
 use mana_sync_protocol::{Cursor, LogId, Since};
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::{PostgresStore, database_error, pool_error, seq_param, seq_value, spaces};
 use crate::compaction;
@@ -13,6 +14,15 @@ use crate::{ChangePage, ChangeQuery, MAX_PAGE, StoreError, StoreResult, StoredCh
 impl PostgresStore {
     /// Reads `log` acting for `actor` (row-level security decides what it
     /// may see): the changes after `query.since`, in commit order.
+    ///
+    /// One repeatable-read transaction, so the newest position and the rows
+    /// come from one snapshot and every position up to `newest` is visible.
+    /// Its statements are pipelined (one round trip): `BEGIN`, the
+    /// declaration, the reader's role in a space, the log's state, the rows
+    /// and `COMMIT`. The answers are checked in that order; a reader that is
+    /// not a member (row-level security showed them nothing) is refused with
+    /// the space's name, and an expired cursor is refused whatever rows came
+    /// back.
     pub(super) async fn read(
         &self,
         actor: &str,
@@ -20,49 +30,93 @@ impl PostgresStore {
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage> {
         let limit = query.limit.clamp(1, MAX_PAGE);
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        // Repeatable read: the newest position and the rows are read from
-        // one snapshot, so every position up to `newest` is visible here.
-        let tx = Self::begin_acting(&mut client, actor, true).await?;
+        let log_id = log.as_str();
+        let after = match query.since {
+            Since::Cursor(cursor) => cursor.position(),
+            // A `c1.<n>` cursor's position was fixed when the log was
+            // renumbered, so it may be looked up before the snapshot.
+            Since::Legacy(_) => {
+                let mut client = self.pool.get().await.map_err(pool_error)?;
+                let tx = Self::begin_acting(&mut client, actor, true).await?;
+                let after = resume_after(&tx, log_id, query.since).await?;
+                tx.commit().await.map_err(database_error)?;
+                after
+            }
+        };
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let prepare = |sql: String| {
+            let client = &client;
+            async move { client.prepare_cached(&sql).await.map_err(database_error) }
+        };
+        let begin = prepare("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into()).await?;
+        let declare = prepare("SELECT set_config('mana.user_id', $1, true)".into()).await?;
+        let role_in = prepare(spaces::ROLE_IN.into()).await?;
+        let state = prepare(LOG_STATE.into()).await?;
+        let select = prepare(select_changes_sql(
+            query.collection.is_some(),
+            query.exclude_client.is_some(),
+        ))
+        .await?;
+        let commit = prepare("COMMIT".into()).await?;
+
         // A user reading a space's log must belong to it (row-level
         // security would show such a reader nothing; say why instead).
         let space = log.space();
-        if let Some(space) = space.as_ref().filter(|_| actor != log.as_str())
-            && spaces::role_in(&tx, space, actor).await?.is_none()
-        {
-            return Err(StoreError::SpaceForbidden {
-                space: space.clone(),
-                write: false,
-            });
-        }
-        let log_id = log.as_str();
-        let LogState {
-            newest,
-            expired_through,
-        } = log_state(&tx, log_id).await?;
-        let after = resume_after(&tx, log_id, query.since).await?;
-        if compaction::is_expired(after, expired_through, query.expired) {
-            return Err(StoreError::CursorExpired {
-                expired_through: Cursor::at(expired_through),
-            });
-        }
-        let sql = select_changes_sql(query.collection.is_some(), query.exclude_client.is_some());
-        let statement = tx.prepare_cached(&sql).await.map_err(database_error)?;
-        let after = seq_param(after);
+        let checked_space = space.as_ref().filter(|_| actor != log_id);
+        let space_id = checked_space.map(|space| space.as_str());
+        let after_param = seq_param(after);
         let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&log_id, &query.app_id, &after, &fetch];
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&log_id, &query.app_id, &after_param, &fetch];
         if let Some(collection) = &query.collection {
             params.push(collection);
         }
         if let Some(client_id) = &query.exclude_client {
             params.push(client_id);
         }
-        let rows = tx
-            .query(&statement, &params)
-            .await
-            .map_err(database_error)?;
-        tx.commit().await.map_err(database_error)?;
+        let declare_params: [&(dyn ToSql + Sync); 1] = [&actor];
+        let role_params: [&(dyn ToSql + Sync); 2] = [&space_id, &actor];
+        let state_params: [&(dyn ToSql + Sync); 1] = [&log_id];
+        // Sent in this order in one go: `join!` polls each future in turn,
+        // and each sends its statement on its first poll.
+        let (begun, declared, role, state, rows, committed) = futures::join!(
+            client.execute(&begin, &[]),
+            client.query_one(&declare, &declare_params),
+            async {
+                match space_id {
+                    Some(_) => client.query_opt(&role_in, &role_params).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            client.query_opt(&state, &state_params),
+            client.query(&select, &params),
+            client.execute(&commit, &[]),
+        );
+        // The first failure is the cause; the statements after it were refused.
+        begun.map_err(database_error)?;
+        declared.map_err(database_error)?;
+        if let (Some(space), Some(None)) = (checked_space, role.map_err(database_error)?) {
+            return Err(StoreError::SpaceForbidden {
+                space: space.clone(),
+                write: false,
+            });
+        }
+        let LogState {
+            newest,
+            expired_through,
+        } = state
+            .map_err(database_error)?
+            .map_or(LogState::default(), |row| LogState {
+                newest: seq_value(row.get(0)),
+                expired_through: seq_value(row.get(1)),
+            });
+        if compaction::is_expired(after, expired_through, query.expired) {
+            return Err(StoreError::CursorExpired {
+                expired_through: Cursor::at(expired_through),
+            });
+        }
+        let rows = rows.map_err(database_error)?;
+        committed.map_err(database_error)?;
         let mut changes = rows
             .iter()
             .map(stored_change)
@@ -84,6 +138,9 @@ impl PostgresStore {
     }
 }
 
+/// A log's newest position and the last position compaction dropped.
+const LOG_STATE: &str = "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1";
+
 /// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
 /// previous format at the position its sequence number was migrated to.
 async fn resume_after(tx: &Transaction<'_>, log: &str, since: Since) -> StoreResult<u64> {
@@ -103,23 +160,6 @@ async fn resume_after(tx: &Transaction<'_>, log: &str, since: Since) -> StoreRes
         .await
         .map_err(database_error)?;
     Ok(row.map_or(Cursor::START.position(), |row| seq_value(row.get(0))))
-}
-
-/// The user's newest position and the last position dropped by compaction,
-/// as of the transaction's snapshot.
-async fn log_state(tx: &Transaction<'_>, log: &str) -> StoreResult<LogState> {
-    let statement = tx
-        .prepare_cached("SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1")
-        .await
-        .map_err(database_error)?;
-    let row = tx
-        .query_opt(&statement, &[&log])
-        .await
-        .map_err(database_error)?;
-    Ok(row.map_or(LogState::default(), |row| LogState {
-        newest: seq_value(row.get(0)),
-        expired_through: seq_value(row.get(1)),
-    }))
 }
 
 pub(crate) fn select_changes_sql(collection: bool, exclude: bool) -> String {
