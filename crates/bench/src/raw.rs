@@ -50,7 +50,7 @@ const SQLITE_RAW_TABLE: &str = "
         user_id TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, app_id TEXT NOT NULL,
         table_name TEXT NOT NULL, record_id TEXT NOT NULL, op TEXT NOT NULL, data TEXT, fields TEXT,
         deleted_at TEXT, actor TEXT, client_id TEXT NOT NULL, schema_version INTEGER NOT NULL,
-        created_at INTEGER NOT NULL);
+        created_at INTEGER NOT NULL, author_id TEXT);
     CREATE UNIQUE INDEX IF NOT EXISTS raw_user_seq ON raw_changes (user_id, seq);
     CREATE UNIQUE INDEX IF NOT EXISTS raw_event_id ON raw_changes (user_id, event_id);
     CREATE INDEX IF NOT EXISTS raw_collection ON raw_changes (user_id, app_id, table_name, seq);
