@@ -27,6 +27,9 @@ use crate::{
     StoreResult,
 };
 
+/// Declares the user a read acts for, for row-level security.
+pub(crate) const DECLARE_READER: &str = "SELECT set_config('mana.user_id', $1, true)";
+
 /// Key of the advisory lock that serialises migrations across instances.
 const MIGRATION_LOCK: i64 = 0x6d61_6e61_7379_6e63; // "manasync"
 
@@ -253,6 +256,44 @@ impl PostgresStore {
         Self::begin_acting(client, user.as_str(), snapshot).await
     }
 
+    /// Runs one read-only query acting for `actor`, pipelined with its
+    /// transaction: `BEGIN`, the declaration, the query and `COMMIT` go in
+    /// one round trip.
+    pub(crate) async fn query_as(
+        &self,
+        actor: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let begin = client
+            .prepare_cached("BEGIN READ ONLY")
+            .await
+            .map_err(database_error)?;
+        let declare = client
+            .prepare_cached(DECLARE_READER)
+            .await
+            .map_err(database_error)?;
+        let query = client.prepare_cached(sql).await.map_err(database_error)?;
+        let commit = client
+            .prepare_cached("COMMIT")
+            .await
+            .map_err(database_error)?;
+        let declare_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&actor];
+        // Sent in this order in one go (see `read`).
+        let (begun, declared, rows, committed) = futures::join!(
+            client.execute(&begin, &[]),
+            client.query_one(&declare, &declare_params),
+            client.query(&query, params),
+            client.execute(&commit, &[]),
+        );
+        begun.map_err(database_error)?;
+        declared.map_err(database_error)?;
+        let rows = rows.map_err(database_error)?;
+        committed.map_err(database_error)?;
+        Ok(rows)
+    }
+
     /// Starts a transaction acting for `actor`, a user or a log itself
     /// (server work on a space's log, such as compaction and shared reads):
     /// row-level security lets it see and write that user's rows and the
@@ -272,7 +313,7 @@ impl PostgresStore {
         };
         let tx = builder.start().await.map_err(database_error)?;
         let set_user = tx
-            .prepare_cached("SELECT set_config('mana.user_id', $1, true)")
+            .prepare_cached(DECLARE_READER)
             .await
             .map_err(database_error)?;
         tx.query_one(&set_user, &[&actor])

@@ -49,7 +49,7 @@ impl PostgresStore {
             async move { client.prepare_cached(&sql).await.map_err(database_error) }
         };
         let begin = prepare("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into()).await?;
-        let declare = prepare("SELECT set_config('mana.user_id', $1, true)".into()).await?;
+        let declare = prepare(super::DECLARE_READER.into()).await?;
         let role_in = prepare(spaces::ROLE_IN.into()).await?;
         let state = prepare(LOG_STATE.into()).await?;
         let select = prepare(select_changes_sql(

@@ -58,21 +58,15 @@ pub(super) async fn spaces_of(
     store: &PostgresStore,
     user: &UserId,
 ) -> StoreResult<Vec<Membership>> {
-    let mut client = store.pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_as(&mut client, user, true).await?;
-    let statement = tx
-        .prepare_cached(
+    let rows = store
+        .query_as(
+            user.as_str(),
             "SELECT s.space_id, s.name, m.role FROM mana_space_members m
              JOIN mana_spaces s USING (space_id)
              WHERE m.user_id = $1 ORDER BY s.name, s.space_id",
+            &[&user.as_str()],
         )
-        .await
-        .map_err(database_error)?;
-    let rows = tx
-        .query(&statement, &[&user.as_str()])
-        .await
-        .map_err(database_error)?;
-    tx.commit().await.map_err(database_error)?;
+        .await?;
     rows.iter()
         .map(|row| {
             Ok(Membership {
@@ -195,17 +189,13 @@ pub(super) async fn readers(
     log: &LogId,
     space: &SpaceId,
 ) -> StoreResult<Vec<UserId>> {
-    let mut client = store.pool.get().await.map_err(pool_error)?;
-    let tx = PostgresStore::begin_acting(&mut client, log.as_str(), false).await?;
-    let statement = tx
-        .prepare_cached("SELECT user_id FROM mana_space_members WHERE space_id = $1")
-        .await
-        .map_err(database_error)?;
-    let rows = tx
-        .query(&statement, &[&space.as_str()])
-        .await
-        .map_err(database_error)?;
-    tx.commit().await.map_err(database_error)?;
+    let rows = store
+        .query_as(
+            log.as_str(),
+            "SELECT user_id FROM mana_space_members WHERE space_id = $1",
+            &[&space.as_str()],
+        )
+        .await?;
     rows.iter()
         .map(|row| {
             UserId::new(row.get::<_, String>(0))
