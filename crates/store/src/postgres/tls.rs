@@ -2,11 +2,11 @@
 //! `sslmode`, on the `ring` provider (no OpenSSL).
 //!
 //! - `prefer`, `require` (without roots): encrypted, certificate not
-//!   checked ([`Unverified`]): libpq's meaning, protection from passive
-//!   eavesdropping only. The handshake's signatures are still verified, so
-//!   the session is bound to the key the server presented.
+//!   checked ([`NameUnchecked`] without roots): libpq's meaning, protection
+//!   from passive eavesdropping only. The handshake's signatures are still
+//!   verified, so the session is bound to the key the server presented.
 //! - `verify-ca`: the chain must lead to a trusted root; the host name is
-//!   not checked ([`ChainOnly`]).
+//!   not checked ([`NameUnchecked`] with roots).
 //! - `verify-full`: rustls's standard verifier, chain and host name (an IP
 //!   address is matched against the certificate's IP addresses).
 
@@ -32,10 +32,13 @@ pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Stri
     let algorithms = provider.signature_verification_algorithms;
     let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, &settings.roots) {
         (SslMode::Disable | SslMode::Prefer | SslMode::Require, _) | (_, None) => {
-            Arc::new(Unverified { algorithms })
+            Arc::new(NameUnchecked {
+                roots: None,
+                algorithms,
+            })
         }
-        (SslMode::VerifyCa, Some(roots)) => Arc::new(ChainOnly {
-            roots: Arc::new(load_roots(roots)?),
+        (SslMode::VerifyCa, Some(roots)) => Arc::new(NameUnchecked {
+            roots: Some(load_roots(roots)?),
             algorithms,
         }),
         (SslMode::VerifyFull, Some(roots)) => {
@@ -88,74 +91,15 @@ fn pem_problem(error: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// Handshake signatures are checked the same way by every verifier here.
-fn verify_tls12(
-    algorithms: &WebPkiSupportedAlgorithms,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-}
-
-fn verify_tls13(
-    algorithms: &WebPkiSupportedAlgorithms,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-}
-
-/// `prefer` and `require`: any certificate.
+/// `prefer` and `require` (no roots: any certificate) and `verify-ca` (the
+/// chain must lead to one of `roots`); never the host name.
 #[derive(Debug)]
-struct Unverified {
+struct NameUnchecked {
+    roots: Option<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(&self.algorithms, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(&self.algorithms, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain, not the name.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -164,14 +108,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let certificate = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &certificate,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let certificate = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &certificate,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -181,7 +127,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12(&self.algorithms, message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -190,7 +136,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(&self.algorithms, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
