@@ -86,6 +86,70 @@ SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
     set_config('plan_cache_mode', 'force_custom_plan', true),
     (SELECT expired_through FROM reserved)";
 
+/// The parameters of one [`WRITE`]: one log's part of a push, in the
+/// statement's order.
+pub(crate) struct LogWrite<'a> {
+    log: &'a str,
+    app_id: &'a str,
+    client_id: &'a str,
+    changeset_id: Option<&'a str>,
+    count: i64,
+    first_possible: i64,
+    event_ids: Vec<Uuid>,
+    columns: ChangeColumns<'a>,
+    superseding: i64,
+    author: Option<&'a str>,
+}
+
+impl<'a> LogWrite<'a> {
+    /// `changes` into `log` (`author`: the pusher, in a space's log), new
+    /// event ids for each.
+    pub(crate) fn new(
+        log: &'a str,
+        app_id: &'a str,
+        client_id: &'a str,
+        changeset_id: Option<&'a str>,
+        changes: &'a [Change],
+        author: Option<&'a str>,
+    ) -> Self {
+        Self {
+            log,
+            app_id,
+            client_id,
+            changeset_id,
+            count: i64::try_from(changes.len()).unwrap_or(i64::MAX),
+            first_possible: seq_param(Cursor::START.position() + 1),
+            event_ids: changes.iter().map(|_| Uuid::now_v7()).collect(),
+            columns: ChangeColumns::new(changes.iter()),
+            superseding: crate::compaction::superseding(changes),
+            author,
+        }
+    }
+
+    /// `$1` to `$17` of [`WRITE`].
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 17] {
+        [
+            &self.log,
+            &self.app_id,
+            &self.client_id,
+            &self.changeset_id,
+            &self.count,
+            &self.first_possible,
+            &self.event_ids,
+            &self.columns.tables,
+            &self.columns.record_ids,
+            &self.columns.ops,
+            &self.columns.data,
+            &self.columns.fields,
+            &self.columns.deleted_at,
+            &self.columns.actors,
+            &self.columns.schema_versions,
+            &self.superseding,
+            &self.author,
+        ]
+    }
+}
+
 /// Declares the pushing user for row-level security, and plans the
 /// transaction's statements generically (see [`WRITE`]).
 pub(crate) const DECLARE_USER: &str = "SELECT set_config('mana.user_id', $1, true),
@@ -166,7 +230,7 @@ async fn run(
     // again for every push (the sessions' `force_custom_plan`, which reads
     // need) cost Postgres almost half its time under load.
     let set_user = prepare(DECLARE_USER).await?;
-    let write = prepare(WRITE).await?;
+    let write_statement = prepare(WRITE).await?;
     let read = match &job.reply {
         Some(reply) => Some(
             prepare(&select_changes_sql(
@@ -180,31 +244,15 @@ async fn run(
     let commit = prepare("COMMIT").await?;
 
     let user_id = job.user.as_str();
-    let count = i64::try_from(job.changes.len()).unwrap_or(i64::MAX);
-    let superseding = crate::compaction::superseding(&job.changes);
-    let first_possible = seq_param(Cursor::START.position() + 1);
-    let columns = ChangeColumns::new(job.changes.iter());
-    let event_ids: Vec<Uuid> = job.changes.iter().map(|_| Uuid::now_v7()).collect();
-    let no_author: Option<&str> = None;
-    let write_params: [&(dyn ToSql + Sync); 17] = [
-        &user_id,
+    let write = LogWrite::new(
+        user_id,
         &job.app_id,
         &job.client_id,
-        &job.changeset_id,
-        &count,
-        &first_possible,
-        &event_ids,
-        &columns.tables,
-        &columns.record_ids,
-        &columns.ops,
-        &columns.data,
-        &columns.fields,
-        &columns.deleted_at,
-        &columns.actors,
-        &columns.schema_versions,
-        &superseding,
-        &no_author,
-    ];
+        job.changeset_id.as_deref(),
+        &job.changes,
+        None,
+    );
+    let write_params = write.params();
     let (after, fetch) = match &job.reply {
         Some(reply) => (
             seq_param(reply.after),
@@ -234,7 +282,7 @@ async fn run(
     let (begun, declared, written, rows, committed) = futures::join!(
         client.execute(&begin, &[]),
         client.query_one(&set_user, &declare_params),
-        client.query_one(&write, &write_params),
+        client.query_one(&write_statement, &write_params),
         async {
             match &read {
                 Some(read) => client.query(read, &read_params).await.map(Some),

@@ -18,12 +18,11 @@ use deadpool_postgres::Pool;
 use futures::future::join_all;
 use mana_sync_protocol::{Change, Cursor, UserId};
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
 use super::spaces::ROLE_IN;
-use super::{ChangeColumns, database_error, pool_error, seq_param, seq_value};
+use super::{database_error, pool_error, seq_value};
 use crate::notice::ChangeNotice;
-use crate::pg_push::{DECLARE_USER, WRITE};
+use crate::pg_push::{DECLARE_USER, LogWrite, WRITE};
 use crate::relay::Announcer;
 use crate::spaces::{LogChanges, Role, split_by_log};
 use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
@@ -86,41 +85,19 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
         .collect();
     let writes: Vec<LogWrite<'_>> = groups
         .iter()
-        .map(|group| LogWrite {
-            log: group.log.as_str(),
-            author: group.space.as_ref().map(|_| user_id),
-            count: i64::try_from(group.changes.len()).unwrap_or(i64::MAX),
-            superseding: crate::compaction::superseding(&group.changes),
-            columns: ChangeColumns::new(group.changes.iter()),
-            event_ids: group.changes.iter().map(|_| Uuid::now_v7()).collect(),
-        })
-        .collect();
-    let first_possible = seq_param(Cursor::START.position() + 1);
-    let no_changeset: Option<&str> = None;
-    let params: Vec<[&(dyn ToSql + Sync); 17]> = writes
-        .iter()
-        .map(|w| -> [&(dyn ToSql + Sync); 17] {
-            [
-                &w.log,
+        .map(|group| {
+            let author = group.space.as_ref().map(|_| user_id);
+            LogWrite::new(
+                group.log.as_str(),
                 &job.app_id,
                 &job.client_id,
-                &no_changeset,
-                &w.count,
-                &first_possible,
-                &w.event_ids,
-                &w.columns.tables,
-                &w.columns.record_ids,
-                &w.columns.ops,
-                &w.columns.data,
-                &w.columns.fields,
-                &w.columns.deleted_at,
-                &w.columns.actors,
-                &w.columns.schema_versions,
-                &w.superseding,
-                &w.author,
-            ]
+                None,
+                &group.changes,
+                author,
+            )
         })
         .collect();
+    let params: Vec<[&(dyn ToSql + Sync); 17]> = writes.iter().map(LogWrite::params).collect();
 
     // Sent in this order in one go (`join!` and `join_all` poll in order,
     // and each statement is sent on its first poll): the changeset id, the
@@ -178,16 +155,6 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
         // The last log's, as before pipelining (logs are written in order).
         last: Cursor::at(reservations.last().map_or(0, |(_, last)| *last)),
     })
-}
-
-/// One log's part of the push, as the write statement's parameters.
-struct LogWrite<'a> {
-    log: &'a str,
-    author: Option<&'a str>,
-    count: i64,
-    superseding: i64,
-    columns: ChangeColumns<'a>,
-    event_ids: Vec<Uuid>,
 }
 
 /// Records the changeset id; nothing when it is known (a repeated push).
