@@ -242,7 +242,13 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
     }
 
     // The pushes: `concurrency` workers over every device in turn; each
-    // device resumes from its previous reply's cursor, like a real one.
+    // device resumes from its previous reply's cursor, like a real one. The
+    // turn goes through every user's first device, then every user's second
+    // one: the pushes in flight at once come from different users, as a
+    // person's devices rarely push in the same millisecond. (Taking a user's
+    // devices one after the other made every push wait for its sibling's
+    // commit on the user's position lock: 1.08 ms per write statement on
+    // Postgres instead of 0.15 ms.)
     let cursors: Arc<Vec<Mutex<(usize, String)>>> = Arc::new(
         (0..shape.users * shape.devices)
             .map(|_| Mutex::new((0, "1970-01-01T00:00:00.000Z".to_owned())))
@@ -270,7 +276,7 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
             let mut failed = 0_usize;
             while Instant::now() < deadline {
                 let slot = next_device.fetch_add(1, Ordering::Relaxed) % (users * devices);
-                let (u, d) = (slot / devices, slot % devices);
+                let (u, d) = (slot % users, slot / users);
                 let (n, since) = {
                     let mut cursor = cursors[slot].lock().expect("lock");
                     cursor.0 += 1;

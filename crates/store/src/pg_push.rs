@@ -46,8 +46,7 @@ use crate::{
 /// (null when nothing was reserved), whether the changeset was new, the
 /// user's newest position as this statement's snapshot saw it, and the
 /// last position compaction dropped (for the reply's expiry check). It is
-/// planned once per connection (generic plan); the statements after it are
-/// planned with their parameters again (`plan_cache_mode`).
+/// planned once per connection (generic plan, see [`DECLARE_USER`]).
 pub(crate) const WRITE: &str = "
 WITH fresh AS (
     INSERT INTO mana_changesets (user_id, changeset_id)
@@ -83,7 +82,6 @@ WITH fresh AS (
 SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
     $4::text IS NULL OR EXISTS (SELECT 1 FROM fresh),
     COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0),
-    set_config('plan_cache_mode', 'force_custom_plan', true),
     (SELECT expired_through FROM reserved)";
 
 /// The parameters of one [`WRITE`]: one log's part of a push, in the
@@ -151,9 +149,10 @@ impl<'a> LogWrite<'a> {
 }
 
 /// Declares the pushing user for row-level security, and plans the
-/// transaction's statements generically (see [`WRITE`]).
-pub(crate) const DECLARE_USER: &str = "SELECT set_config('mana.user_id', $1, true),
-        set_config('plan_cache_mode', 'force_generic_plan', true)";
+/// transaction's statements once per connection, as
+/// [`DECLARE_LOG_READER`](crate::postgres::DECLARE_LOG_READER) does for reads
+/// (the reply is such a read).
+pub(crate) const DECLARE_USER: &str = crate::postgres::DECLARE_LOG_READER;
 
 /// An owned copy of the push, for the task that runs it.
 struct Job {
@@ -343,7 +342,7 @@ async fn run(
     // The read inside the transaction ends at the push's own last position.
     // Without a reservation it proves nothing about `newest`; the caller
     // reads again (repeated changesets and empty pushes are rare).
-    let expired_through = written.get::<_, Option<i64>>(5).map_or(0, seq_value);
+    let expired_through = written.get::<_, Option<i64>>(4).map_or(0, seq_value);
     let page = match (rows, &job.reply, newest) {
         (Some(rows), Some(reply), Some(newest)) => {
             // The push is stored either way; a device whose cursor expired

@@ -49,7 +49,7 @@ impl PostgresStore {
             async move { client.prepare_cached(&sql).await.map_err(database_error) }
         };
         let begin = prepare("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into()).await?;
-        let declare = prepare(super::DECLARE_READER.into()).await?;
+        let declare = prepare(super::DECLARE_LOG_READER.into()).await?;
         let role_in = prepare(spaces::ROLE_IN.into()).await?;
         let state = prepare(LOG_STATE.into()).await?;
         let select = prepare(select_changes_sql(
@@ -139,7 +139,7 @@ impl PostgresStore {
 }
 
 /// A log's newest position and the last position compaction dropped.
-const LOG_STATE: &str = "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1";
+pub(super) const LOG_STATE: &str = "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1";
 
 /// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
 /// previous format at the position its sequence number was migrated to.
