@@ -351,6 +351,70 @@ async fn sockets_answer_pings_and_hear_other_devices_pushes(h: Harness) {
     assert_eq!(next_message(&mut todo).await, json!({"type": "pong"}));
 }
 
+/// `mana_sync_live_reads_total` from `/metrics`.
+async fn live_reads(h: &Harness) -> u64 {
+    let metrics = mana_sync_testkit::http_client()
+        .get(h.server.at("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("mana_sync_live_reads_total "))
+        .expect("the counter is exported")
+        .parse()
+        .expect("a number")
+}
+
+/// Pushes fan out to this instance's streams from what the push wrote, with
+/// no read of the database, and what they deliver is what a pull returns,
+/// field for field.
+async fn fan_out_on_one_instance_reads_nothing_and_sends_what_a_pull_returns(h: Harness) {
+    let phone = h.device("alice", "phone");
+    let laptop = h.device("alice", "laptop");
+    let tablet = h.device("alice", "tablet");
+    let mut streams = [
+        laptop.stream("todo", "tasks", START).await,
+        tablet.stream("todo", "tasks", START).await,
+    ];
+    for stream in &mut streams {
+        stream.backlog(1).await;
+    }
+    let before = live_reads(&h).await;
+    let pushes = [
+        json!([insert("tasks", "t1"), insert("tasks", "t2")]),
+        json!([{ "table": "tasks", "id": "t1", "op": "update", "actor": {"name": "Ann"},
+                 "fields": { "title": { "value": "Oat milk", "updatedAt": "2026-11-30T03:00:00.000Z" },
+                             "done": { "value": true, "updatedAt": "2026-11-30T03:00:01.000Z" } } }]),
+        json!([{ "table": "tasks", "id": "t2", "op": "delete", "deletedAt": "2026-11-30T03:00:02.000Z" }]),
+    ];
+    for changes in pushes {
+        let (status, _) = phone.push("todo", START, changes).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (pulled, _) = h
+        .device("alice", "desktop")
+        .pull_all("todo", "tasks", START)
+        .await;
+    assert_eq!(pulled.len(), 4);
+    for stream in &mut streams {
+        let mut streamed: Vec<Value> = Vec::new();
+        while streamed.len() < pulled.len() {
+            let page = stream.next_changes().await;
+            streamed.extend(page["changes"].as_array().expect("changes").iter().cloned());
+        }
+        assert_eq!(streamed, pulled);
+    }
+    assert_eq!(
+        live_reads(&h).await,
+        before,
+        "the streams were served from the pushes, not from the database"
+    );
+}
+
 on_both_databases!(
     a_stream_sends_its_backlog_then_live_changes_but_never_the_devices_own,
     a_stream_opened_at_a_cursor_gets_exactly_what_came_after_it,
@@ -359,6 +423,7 @@ on_both_databases!(
     streams_and_sockets_are_freed_when_devices_disconnect,
     a_slow_consumer_delays_nobody_and_misses_nothing,
     sockets_answer_pings_and_hear_other_devices_pushes,
+    fan_out_on_one_instance_reads_nothing_and_sends_what_a_pull_returns,
 );
 
 #[tokio::test]

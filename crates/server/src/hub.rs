@@ -12,9 +12,12 @@
 //! are replaced by one "re-read everything from your cursor" mark, so a slow or
 //! stuck consumer costs bounded memory, delays nobody, and loses nothing.
 //!
-//! Fan-out reads the database once per notice, not once per subscriber: each
-//! [`Published`] notice carries a lazily filled batch of the app's new changes,
-//! fetched by whichever subscriber needs it first and shared with the others.
+//! Fan-out reads the database at most once per notice, not once per
+//! subscriber: each [`Published`] notice carries a lazily filled batch of the
+//! app's new changes, fetched by whichever subscriber needs it first and
+//! shared with the others. A notice of a user's own log from this instance
+//! arrives with what the push wrote ([`ChangeNotice::written`]); its batch is
+//! that, and nobody reads.
 //! Only the hub holds batches strongly, and only for the [`RECENT_BATCHES`]
 //! latest notices; subscribers hold weak references, so a stuck subscriber
 //! pins no change data, and one that comes back late reads from its cursor.
@@ -42,6 +45,8 @@ pub const RECENT_BATCHES: usize = 64;
 pub struct Published {
     notice: Arc<ChangeNotice>,
     batch: OnceCell<Arc<Batch>>,
+    /// Counts the reads of a batch.
+    reads: IntCounter,
 }
 
 /// The changes a notice announced, read once for every subscriber.
@@ -87,6 +92,7 @@ impl Published {
     pub async fn batch(&self, store: &dyn Store) -> Result<Arc<Batch>, StoreError> {
         self.batch
             .get_or_try_init(|| async {
+                self.reads.inc();
                 let log = &self.notice.log;
                 let page = store
                     .log_changes_after(
@@ -115,6 +121,25 @@ impl Published {
             .await
             .cloned()
     }
+}
+
+/// The batch of a notice that carries what its push wrote into a user's own
+/// log: exactly the push's changes, ending at its last position. A shared
+/// space's batch is always read, with the space's members after it.
+fn written_batch(notice: &ChangeNotice) -> Option<Arc<Batch>> {
+    let written = notice.written.as_ref()?;
+    if notice.log.space().is_some() {
+        return None;
+    }
+    Some(Arc::new(Batch {
+        page: ChangePage {
+            changes: written.changes.to_vec(),
+            next: Cursor::at(notice.last),
+            has_more: false,
+            expired_through: written.expired_through,
+        },
+        readers: None,
+    }))
 }
 
 /// What woke a subscriber.
@@ -286,6 +311,7 @@ pub struct Hub {
     overflows: IntCounter,
     notices: IntCounter,
     resyncs: IntCounter,
+    live_reads: IntCounter,
 }
 
 impl Hub {
@@ -303,18 +329,20 @@ impl Hub {
             overflows,
             IntCounter::new("notices", "notices").unwrap_or_else(|_| unreachable!()),
             IntCounter::new("resyncs", "resyncs").unwrap_or_else(|_| unreachable!()),
+            IntCounter::new("live_reads", "live reads").unwrap_or_else(|_| unreachable!()),
             limits,
         )
     }
 
-    /// A hub that also counts the notices it hears and the resyncs it
-    /// orders.
+    /// A hub that also counts the notices it hears, the resyncs it orders
+    /// and the batches it reads.
     pub fn with_counters(
         streams: IntGauge,
         sockets: IntGauge,
         overflows: IntCounter,
         notices: IntCounter,
         resyncs: IntCounter,
+        live_reads: IntCounter,
         limits: LiveLimits,
     ) -> Self {
         Self {
@@ -329,6 +357,7 @@ impl Hub {
             overflows,
             notices,
             resyncs,
+            live_reads,
         }
     }
 
@@ -401,8 +430,9 @@ impl Hub {
             return;
         }
         let published = Arc::new(Published {
+            batch: OnceCell::new_with(written_batch(&notice)),
             notice: notice.clone(),
-            batch: OnceCell::new(),
+            reads: self.live_reads.clone(),
         });
         let pending = PendingNotice {
             notice,
@@ -596,6 +626,7 @@ mod tests {
             last,
             client_id: "d".into(),
             member: None,
+            written: None,
         })
     }
 
@@ -671,6 +702,7 @@ mod tests {
                     user: bob.clone(),
                     role,
                 }),
+                written: None,
             })
         };
         hub.publish(notice("~house", "todo", 1));

@@ -154,6 +154,7 @@ impl App {
             metrics.live_overflows.clone(),
             metrics.notices.clone(),
             metrics.resyncs.clone(),
+            metrics.live_reads.clone(),
             LiveLimits::for_connections(
                 config.connections.max_connections,
                 config.max_live_per_user,

@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Times every live subscriber was told to re-read from its cursor
     /// (bus (re)joined, a notice lost, an instance fell silent).
     pub resyncs: IntCounter,
+    /// Reads of a log for live delivery: one per notice that some
+    /// subscriber needed and that did not carry its changes (notices from
+    /// other instances, shared spaces' logs, restores).
+    pub live_reads: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -113,6 +117,10 @@ impl Metrics {
                 "mana_sync_resyncs_total",
                 "Times every live subscriber re-read from its cursor (bus rejoined, notices lost, an instance fell silent)",
             )?,
+            live_reads: counter(
+                "mana_sync_live_reads_total",
+                "Reads of the database for live delivery: one per notice needed that did not carry its changes (from other instances, shared spaces, restores)",
+            )?,
             registry: registry.clone(),
         })
     }
@@ -152,6 +160,7 @@ mod tests {
             "mana_sync_live_overflows_total",
             "mana_sync_notices_total",
             "mana_sync_resyncs_total",
+            "mana_sync_live_reads_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

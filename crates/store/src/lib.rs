@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use mana_sync_protocol::{Cursor, LogId, SpaceId, UserId};
 
 pub use compaction::{CompactOptions, CompactOutcome};
-pub use notice::{ChangeNotice, MemberNotice, NOTIFY_CHANNEL, StoreEvent};
+pub use notice::{ChangeNotice, MemberNotice, NOTIFY_CHANNEL, StoreEvent, Written};
 pub use relay::DEFAULT_CATCHUP_INTERVAL;
 pub use spaces::{Member, MemberChange, Membership, MembershipError, Role, SpaceError};
 pub use types::{

@@ -10,14 +10,19 @@
 //! shared space's), the app, the collections, and the positions the push
 //! took. A push that reaches several logs (the pusher's own and spaces) is
 //! announced once per log.
+//!
+//! In the process that stored the push, the notice of a user's own log also
+//! carries what was written ([`Written`]), exactly as a read of the log would
+//! return it: live delivery on that instance then needs no read at all. It
+//! never travels between instances; they read.
 
 use std::sync::Arc;
 
 use mana_sync_protocol::{LogId, SpaceId, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::NewChangeset;
 use crate::spaces::{MemberChange, Role};
+use crate::{NewChangeset, StoredChange};
 
 /// Postgres channel that carries notices between instances.
 pub const NOTIFY_CHANNEL: &str = "mana_sync_changes";
@@ -51,7 +56,38 @@ pub struct ChangeNotice {
     /// was written to it): live connections of that user start or stop
     /// following the space at once.
     pub member: Option<MemberNotice>,
+    /// What the push wrote at `after + 1..=last` (a user's own log, in the
+    /// process that stored it); `None`: read the log.
+    pub written: Option<Written>,
 }
+
+/// The changes a push wrote into a user's log, as a read of the log returns
+/// them, and the log's last dropped position at that moment.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Every change of the push, in position order.
+    pub changes: Arc<[StoredChange]>,
+    /// The last position compaction had dropped (what a read reports).
+    pub expired_through: u64,
+}
+
+/// Two writes are the same when they hold the same changes (event ids are
+/// unique).
+impl PartialEq for Written {
+    fn eq(&self, other: &Self) -> bool {
+        self.expired_through == other.expired_through
+            && self
+                .changes
+                .iter()
+                .map(|change| (change.seq, change.event_id))
+                .eq(other
+                    .changes
+                    .iter()
+                    .map(|change| (change.seq, change.event_id)))
+    }
+}
+
+impl Eq for Written {}
 
 /// A member of a space was added, given another role, or removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +146,7 @@ impl ChangeNotice {
             last,
             client_id: changeset.client_id.to_owned(),
             member: None,
+            written: None,
         }
     }
 
@@ -130,6 +167,7 @@ impl ChangeNotice {
                 user: change.user().clone(),
                 role,
             }),
+            written: None,
         }
     }
 
@@ -178,6 +216,7 @@ impl ChangeNotice {
             last: payload.l,
             client_id: payload.c,
             member,
+            written: None,
         })
     }
 
@@ -211,6 +250,7 @@ mod tests {
             last: 9,
             client_id: "phone".into(),
             member: None,
+            written: None,
         }
     }
 

@@ -28,7 +28,7 @@ use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::notice::ChangeNotice;
+use crate::notice::{ChangeNotice, Written};
 use crate::postgres::{
     ChangeColumns, database_error, pool_error, select_changes_sql, seq_param, seq_value,
     stored_change,
@@ -36,7 +36,7 @@ use crate::postgres::{
 use crate::relay::Announcer;
 use crate::{
     ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError,
-    StoreResult, page_end,
+    StoreResult, StoredChange, page_end,
 };
 
 /// Records the changeset id (if any), reserves `count` positions of log `$1`
@@ -44,8 +44,9 @@ use crate::{
 /// ones for compaction), and inserts the changes after them (`$17`: their
 /// author, in a space's log). Returns the reservation
 /// (null when nothing was reserved), whether the changeset was new, the
-/// user's newest position as this statement's snapshot saw it, and the
-/// last position compaction dropped (for the reply's expiry check). It is
+/// user's newest position as this statement's snapshot saw it, the last
+/// position compaction dropped (for the reply's expiry check), and the
+/// changes' `created_at` (the transaction's time). It is
 /// planned once per connection (generic plan, see [`DECLARE_USER`]).
 pub(crate) const WRITE: &str = "
 WITH fresh AS (
@@ -82,7 +83,8 @@ WITH fresh AS (
 SELECT (SELECT prev_seq FROM reserved), (SELECT last_seq FROM reserved),
     $4::text IS NULL OR EXISTS (SELECT 1 FROM fresh),
     COALESCE((SELECT last_seq FROM mana_user_seq WHERE user_id = $1), 0),
-    (SELECT expired_through FROM reserved)";
+    (SELECT expired_through FROM reserved),
+    now()";
 
 /// The parameters of one [`WRITE`]: one log's part of a push, in the
 /// statement's order.
@@ -93,7 +95,8 @@ pub(crate) struct LogWrite<'a> {
     changeset_id: Option<&'a str>,
     count: i64,
     first_possible: i64,
-    event_ids: Vec<Uuid>,
+    /// The changes' event ids, in order.
+    pub(crate) event_ids: Vec<Uuid>,
     columns: ChangeColumns<'a>,
     superseding: i64,
     author: Option<&'a str>,
@@ -298,23 +301,37 @@ async fn run(
     let prev: Option<i64> = written.get(0);
     let last: Option<i64> = written.get(1);
     let fresh: bool = written.get(2);
+    let expired_through = written.get::<_, Option<i64>>(4).map_or(0, seq_value);
     let notice = match (prev, last) {
-        (Some(prev), Some(last)) => Some(ChangeNotice::for_changeset(
-            &LogId::of_user(&job.user),
-            &NewChangeset {
-                app_id: &job.app_id,
-                client_id: &job.client_id,
-                changeset_id: None,
-                changes: &job.changes,
-            },
-            seq_value(prev),
-            seq_value(last),
-        )),
+        (Some(prev), Some(last)) => {
+            let (prev, last) = (seq_value(prev), seq_value(last));
+            let mut notice = ChangeNotice::for_changeset(
+                &LogId::of_user(&job.user),
+                &NewChangeset {
+                    app_id: &job.app_id,
+                    client_id: &job.client_id,
+                    changeset_id: None,
+                    changes: &job.changes,
+                },
+                prev,
+                last,
+            );
+            notice.written = written_changes(
+                &job,
+                &write.event_ids,
+                last,
+                written.get(5),
+                expired_through,
+            );
+            Some(notice)
+        }
         _ => None,
     };
     if let Err(error) = committed {
-        // Whether it committed is unknown; a notice for nothing is harmless.
-        if let Some(notice) = notice {
+        // Whether it committed is unknown; a notice for nothing is harmless,
+        // as long as subscribers read the log rather than trust the write.
+        if let Some(mut notice) = notice {
+            notice.written = None;
             announcer.announce(notice);
         }
         return Err(database_error(error));
@@ -342,7 +359,6 @@ async fn run(
     // The read inside the transaction ends at the push's own last position.
     // Without a reservation it proves nothing about `newest`; the caller
     // reads again (repeated changesets and empty pushes are rare).
-    let expired_through = written.get::<_, Option<i64>>(4).map_or(0, seq_value);
     let page = match (rows, &job.reply, newest) {
         (Some(rows), Some(reply), Some(newest)) => {
             // The push is stored either way; a device whose cursor expired
@@ -357,6 +373,40 @@ async fn run(
         _ => None,
     };
     Ok((outcome, page))
+}
+
+/// What `job` wrote, ending at `last`, as a read returns it; `None` (the
+/// hub then reads) if a change cannot be rebuilt.
+fn written_changes(
+    job: &Job,
+    event_ids: &[Uuid],
+    last: u64,
+    created_at: time::OffsetDateTime,
+    expired_through: u64,
+) -> Option<Written> {
+    let count = u64::try_from(job.changes.len()).ok()?;
+    let first = (last + 1).checked_sub(count)?;
+    let changes = job
+        .changes
+        .iter()
+        .zip(event_ids)
+        .zip(first..)
+        .map(|((change, event_id), seq)| {
+            StoredChange::as_written(
+                change,
+                seq,
+                *event_id,
+                &job.app_id,
+                &job.client_id,
+                created_at,
+            )
+        })
+        .collect::<StoreResult<Vec<_>>>()
+        .ok()?;
+    Some(Written {
+        changes: changes.into(),
+        expired_through,
+    })
 }
 
 fn page(

@@ -534,7 +534,7 @@ async fn reserve_positions(
                      $3
                  ) + $2 - 1,
                  superseded = mana_user_seq.superseded + $4
-             RETURNING prev_seq, last_seq",
+             RETURNING prev_seq, last_seq, expired_through",
         )
         .await
         .map_err(database_error)?;
@@ -546,6 +546,7 @@ async fn reserve_positions(
     Ok(Reserved {
         after: row.get(0),
         last: row.get(1),
+        expired_through: row.get(2),
     })
 }
 

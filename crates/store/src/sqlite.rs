@@ -84,12 +84,13 @@ pub(crate) fn reserve_positions(
              prev_seq = last_seq,
              last_seq = max(?2, last_seq + 1) + ?3 - 1,
              superseded = superseded + ?4
-         RETURNING prev_seq, last_seq",
+         RETURNING prev_seq, last_seq, expired_through",
         params![user, now, count, superseding],
         |row| {
             Ok(Reserved {
                 after: row.get(0)?,
                 last: row.get(1)?,
+                expired_through: row.get(2)?,
             })
         },
     )
@@ -147,7 +148,7 @@ pub(crate) fn micros(instant: OffsetDateTime) -> i64 {
     i64::try_from(instant.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
-fn from_micros(value: i64) -> OffsetDateTime {
+pub(crate) fn from_micros(value: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(value) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

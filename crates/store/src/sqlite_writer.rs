@@ -25,12 +25,12 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use crate::notice::{ChangeNotice, StoreEvent};
+use crate::notice::{ChangeNotice, StoreEvent, Written};
 use crate::spaces::{LogChanges, Role, split_by_log};
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
-use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
+use crate::{NewChangeset, PushOutcome, StoreError, StoreResult, StoredChange};
 
 /// Most pushes committed together.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -304,16 +304,23 @@ fn store_log(
     let log = group.log.as_str();
     // Who wrote a change into a space's log; a user's own log needs no name.
     let author = group.space.as_ref().map(|_| push.user.as_str());
-    let Reserved { after, last } = reserve_positions(conn, log, count, superseding)?;
+    let Reserved {
+        after,
+        last,
+        expired_through,
+    } = reserve_positions(conn, log, count, superseding)?;
     let mut insert = conn.prepare_cached(INSERT_CHANGE).map_err(database_error)?;
     let first = last - count + 1;
+    let mut event_ids = Vec::with_capacity(group.changes.len());
     for (offset, change) in (0_i64..).zip(group.changes.iter()) {
         let encoded = encode(change);
+        let event_id = Uuid::now_v7();
+        event_ids.push(event_id);
         insert
             .execute(params![
                 log,
                 first + offset,
-                Uuid::now_v7().to_string(),
+                event_id.to_string(),
                 push.app_id,
                 change.table,
                 change.id,
@@ -333,7 +340,7 @@ fn store_log(
         u64::try_from(after).unwrap_or(0),
         u64::try_from(last).unwrap_or(0),
     );
-    let notice = ChangeNotice::for_changeset(
+    let mut notice = ChangeNotice::for_changeset(
         &group.log,
         &NewChangeset {
             app_id: &push.app_id,
@@ -344,5 +351,50 @@ fn store_log(
         after,
         last,
     );
+    // A space's batch is read with its members (see the hub), so only a
+    // user's own log carries what was written.
+    if group.space.is_none() {
+        notice.written = written(
+            push,
+            &group.changes,
+            &event_ids,
+            u64::try_from(first).unwrap_or(0),
+            now,
+            expired_through,
+        );
+    }
     Ok((notice, last))
+}
+
+/// What a push wrote at positions from `first`, as a read returns it; `None`
+/// (the hub then reads) if a change cannot be rebuilt.
+fn written(
+    push: &Push,
+    changes: &[Change],
+    event_ids: &[Uuid],
+    first: u64,
+    now: i64,
+    expired_through: i64,
+) -> Option<Written> {
+    let created_at = crate::sqlite::from_micros(now);
+    let changes = changes
+        .iter()
+        .zip(event_ids)
+        .zip(first..)
+        .map(|((change, event_id), seq)| {
+            StoredChange::as_written(
+                change,
+                seq,
+                *event_id,
+                &push.app_id,
+                &push.client_id,
+                created_at,
+            )
+        })
+        .collect::<StoreResult<Vec<_>>>()
+        .ok()?;
+    Some(Written {
+        changes: changes.into(),
+        expired_through: u64::try_from(expired_through).unwrap_or(0),
+    })
 }

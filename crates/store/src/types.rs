@@ -143,6 +143,8 @@ pub(crate) struct Reserved {
     pub after: i64,
     /// The last position reserved.
     pub last: i64,
+    /// The last position compaction dropped (0: none).
+    pub expired_through: i64,
 }
 
 /// Where a user's log stands, read in one snapshot with the changes.
@@ -203,6 +205,7 @@ impl ImportNotices {
                 // No device is the author of a restore: every device hears it.
                 client_id: String::new(),
                 member: None,
+                written: None,
             })
             .collect()
     }
@@ -270,6 +273,44 @@ pub struct StoredChange {
 }
 
 impl StoredChange {
+    /// `change` as a read of its log will return it once stored at `seq`:
+    /// its columns are encoded as they are stored and decoded as they are
+    /// read, so the two can never differ.
+    pub(crate) fn as_written(
+        change: &Change,
+        seq: u64,
+        event_id: Uuid,
+        app_id: &str,
+        client_id: &str,
+        created_at: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
+        let encoded = encode(change);
+        let columns = RawColumns {
+            op: change.op.as_str().to_owned(),
+            data: encoded.data.map(str::to_owned),
+            fields: encoded.fields,
+            deleted_at: encoded.deleted_at.map(str::to_owned),
+            actor: encoded.actor.map(str::to_owned),
+        }
+        .decode()?;
+        Ok(Self {
+            seq,
+            event_id,
+            app_id: app_id.to_owned(),
+            table: change.table.clone(),
+            record_id: change.id.clone(),
+            op: columns.op,
+            data: columns.data,
+            fields: columns.fields,
+            deleted_at: columns.deleted_at,
+            actor: columns.actor,
+            client_id: client_id.to_owned(),
+            schema_version: change.schema_version,
+            created_at,
+            space_id: None,
+        })
+    }
+
     /// The change as devices receive it.
     pub fn into_sync_change(self) -> SyncChange {
         SyncChange {

@@ -194,7 +194,8 @@ async fn insert_batch(
         .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
         .count();
     let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
-    let Reserved { after, last } = reserve_positions(tx, log.as_str(), count, superseding).await?;
+    let Reserved { after, last, .. } =
+        reserve_positions(tx, log.as_str(), count, superseding).await?;
     let notices = logs.of(log);
     notices.reserved(seq_value(after));
     let before_first = last - count;

@@ -139,7 +139,8 @@ impl PostgresStore {
 }
 
 /// A log's newest position and the last position compaction dropped.
-pub(super) const LOG_STATE: &str = "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1";
+pub(super) const LOG_STATE: &str =
+    "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = $1";
 
 /// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
 /// previous format at the position its sequence number was migrated to.

@@ -352,6 +352,7 @@ mod tests {
             last,
             client_id: "phone".into(),
             member: None,
+            written: None,
         })
     }
 

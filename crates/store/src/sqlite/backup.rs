@@ -182,7 +182,7 @@ fn insert_batch(
         .filter(|i| i.change.op != mana_sync_protocol::Op::Insert)
         .count();
     let superseding = i64::try_from(superseding).unwrap_or(i64::MAX);
-    let Reserved { after, last } = reserve_positions(tx, log.as_str(), count, superseding)?;
+    let Reserved { after, last, .. } = reserve_positions(tx, log.as_str(), count, superseding)?;
     let notices = logs.of(log);
     notices.reserved(u64::try_from(after).unwrap_or(0));
     let mut insert = tx
