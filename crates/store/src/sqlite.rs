@@ -77,7 +77,7 @@ pub(crate) fn reserve_positions(
 ) -> StoreResult<Reserved> {
     let now = seq_param(Cursor::from_instant(OffsetDateTime::now_utc()).position())
         .max(seq_param(Cursor::START.position() + 1));
-    tx.query_row(
+    tx.prepare_cached(
         "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq, superseded)
          VALUES (?1, 0, ?2 + ?3 - 1, ?4)
          ON CONFLICT (user_id) DO UPDATE SET
@@ -85,15 +85,16 @@ pub(crate) fn reserve_positions(
              last_seq = max(?2, last_seq + 1) + ?3 - 1,
              superseded = superseded + ?4
          RETURNING prev_seq, last_seq, expired_through",
-        params![user, now, count, superseding],
-        |row| {
+    )
+    .and_then(|mut statement| {
+        statement.query_row(params![user, now, count, superseding], |row| {
             Ok(Reserved {
                 after: row.get(0)?,
                 last: row.get(1)?,
                 expired_through: row.get(2)?,
             })
-        },
-    )
+        })
+    })
     .map_err(database_error)
 }
 
@@ -351,12 +352,11 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreR
 
 /// The user's newest position and the last position dropped by compaction.
 pub(crate) fn log_state(conn: &Connection, user: &str) -> rusqlite::Result<LogState> {
+    // Cached: every read and every push asks (parsing it each time showed
+    // under load).
     let state: Option<(i64, i64)> = conn
-        .query_row(
-            "SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = ?1",
-            [user],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT last_seq, expired_through FROM mana_user_seq WHERE user_id = ?1")?
+        .query_row([user], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     Ok(
         state.map_or(LogState::default(), |(newest, expired_through)| LogState {

@@ -224,11 +224,15 @@ fn fail_rest(results: &mut Vec<StoreResult<Stored>>, total: usize, error: &Store
 
 /// One push under a savepoint: stored, or rolled back to where it began.
 fn store_in_savepoint(conn: &Connection, push: &Push, now: i64) -> StoreResult<Stored> {
-    conn.execute_batch("SAVEPOINT push")
-        .map_err(database_error)?;
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map_err(database_error)
+    };
+    run("SAVEPOINT push")?;
     match store(conn, push, now) {
         Ok(stored) => {
-            conn.execute_batch("RELEASE push").map_err(database_error)?;
+            run("RELEASE push")?;
             Ok(stored)
         }
         Err(error) => {
