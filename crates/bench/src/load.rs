@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::Backend;
+use crate::cpu::Cpu;
 use crate::server::Env;
 
 /// The load's shape.
@@ -43,6 +44,8 @@ pub struct Measured {
     pub p99: Duration,
     /// Push sent → change received by another device's stream.
     pub delivery: Option<(Duration, Duration)>,
+    /// The CPU the run used (server, database, generator).
+    pub cpu: Cpu,
 }
 
 impl Measured {
@@ -259,6 +262,7 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
     let url = env.server.at("/sync/bench");
     let deadline = Instant::now() + shape.duration;
     let started = Instant::now();
+    let cpu_before = Cpu::now(env.server.pid());
     let mut workers = Vec::new();
     for _ in 0..shape.concurrency {
         let (http, url, book, cursors, next_device, tokens) = (
@@ -334,6 +338,7 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
         failed += f;
     }
     let elapsed = started.elapsed();
+    let cpu = Cpu::now(env.server.pid()).since(&cpu_before);
     latencies.sort();
 
     // Every push reaches the other devices of its user.
@@ -419,6 +424,7 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
                 percentile(&delivery_latencies, 0.5),
                 percentile(&delivery_latencies, 0.99),
             )),
+            cpu,
         },
         failed,
         expected_deliveries,
@@ -484,6 +490,7 @@ pub async fn raw_postgres(env: &Env, shape: &Shape, notify: RawNotify) -> anyhow
     }
     let deadline = Instant::now() + shape.duration;
     let started = Instant::now();
+    let cpu_before = Cpu::now(None);
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -539,15 +546,22 @@ pub async fn raw_postgres(env: &Env, shape: &Shape, notify: RawNotify) -> anyhow
                     }
                     latencies.push(begun.elapsed());
                 }
-                anyhow::Ok(latencies)
+                // Kept open until the CPU is read: a closed connection's
+                // backend process, and its CPU time, are gone.
+                anyhow::Ok((latencies, client))
             })
         })
         .collect();
     let mut latencies = Vec::new();
+    let mut clients = Vec::new();
     for task in tasks {
-        latencies.extend(task.await??);
+        let (done, client) = task.await??;
+        latencies.extend(done);
+        clients.push(client);
     }
     let elapsed = started.elapsed();
+    let cpu = Cpu::now(None).since(&cpu_before);
+    drop(clients);
     drop(listener);
     drain.abort();
     latencies.sort();
@@ -566,6 +580,7 @@ pub async fn raw_postgres(env: &Env, shape: &Shape, notify: RawNotify) -> anyhow
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
         delivery: None,
+        cpu,
     })
 }
 
@@ -576,6 +591,7 @@ pub async fn raw_sqlite(env: &Env, shape: &Shape) -> anyhow::Result<Measured> {
     let conn = Arc::new(Mutex::new(crate::raw::sqlite_connection(env)?));
     let deadline = Instant::now() + shape.duration;
     let started = Instant::now();
+    let cpu_before = Cpu::now(None);
     let tasks: Vec<_> = (0..shape.concurrency)
         .map(|worker| {
             let conn = conn.clone();
@@ -619,6 +635,7 @@ pub async fn raw_sqlite(env: &Env, shape: &Shape) -> anyhow::Result<Measured> {
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed();
+    let cpu = Cpu::now(None).since(&cpu_before);
     latencies.sort();
     Ok(Measured {
         label: "raw SQLite: one durable transaction per insert".into(),
@@ -627,6 +644,7 @@ pub async fn raw_sqlite(env: &Env, shape: &Shape) -> anyhow::Result<Measured> {
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
         delivery: None,
+        cpu,
     })
 }
 
@@ -663,6 +681,10 @@ pub async fn run(
     for line in &server.metrics {
         eprintln!("  /metrics: {line}");
     }
+    eprintln!(
+        "{backend:?} mana-sync CPU per push: {}",
+        server.measured.cpu.per(server.measured.pushes)
+    );
     let mut raws = Vec::new();
     match backend {
         Backend::Postgres => {
@@ -673,11 +695,12 @@ pub async fn run(
             ] {
                 let raw = raw_postgres(&env, shape, notify).await?;
                 eprintln!(
-                    "{backend:?} {}: {:.0}/s, p50 {}, p99 {}",
+                    "{backend:?} {}: {:.0}/s, p50 {}, p99 {}; CPU per insert: {}",
                     raw.label,
                     raw.rate(),
                     ms(raw.p50),
-                    ms(raw.p99)
+                    ms(raw.p99),
+                    raw.cpu.per(raw.pushes)
                 );
                 raws.push(raw);
             }
@@ -685,11 +708,12 @@ pub async fn run(
         Backend::Sqlite => {
             let raw = raw_sqlite(&env, shape).await?;
             eprintln!(
-                "{backend:?} {}: {:.0}/s, p50 {}, p99 {}",
+                "{backend:?} {}: {:.0}/s, p50 {}, p99 {}; CPU per insert: {}",
                 raw.label,
                 raw.rate(),
                 ms(raw.p50),
-                ms(raw.p99)
+                ms(raw.p99),
+                raw.cpu.per(raw.pushes)
             );
             raws.push(raw);
         }
@@ -699,7 +723,7 @@ pub async fn run(
     let s = &server.measured;
     let (d50, d99) = s.delivery.unwrap_or_default();
     rows.push(format!(
-        "| {backend:?} | mana-sync, small pushes | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} | {} of {} delivered, {} missing, {} twice; {} failed |",
+        "| {backend:?} | mana-sync, small pushes | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} of {} delivered, {} missing, {} twice; {} failed |",
         s.rate(),
         ms(s.p50),
         ms(s.p99),
@@ -707,6 +731,7 @@ pub async fn run(
         ms(d99),
         s.rate() / base.rate(),
         s.p99.as_secs_f64() / base.p99.as_secs_f64(),
+        s.cpu.micros_per(s.pushes),
         server.delivered,
         server.expected_deliveries,
         server.missing,
@@ -715,13 +740,14 @@ pub async fn run(
     ));
     for raw in &raws {
         rows.push(format!(
-            "| {backend:?} | {} | {:.0} | {} | {} | – | – | {:.2} | {:.2} | |",
+            "| {backend:?} | {} | {:.0} | {} | {} | – | – | {:.2} | {:.2} | {} | |",
             raw.label,
             raw.rate(),
             ms(raw.p50),
             ms(raw.p99),
             raw.rate() / base.rate(),
             raw.p99.as_secs_f64() / base.p99.as_secs_f64(),
+            raw.cpu.micros_per(raw.pushes),
         ));
     }
     anyhow::ensure!(
@@ -733,4 +759,4 @@ pub async fn run(
 }
 
 /// The table's header.
-pub const HEADER: &str = "| database | workload | pushes/s | p50 | p99 | push→stream p50 | push→stream p99 | rate ÷ raw | p99 ÷ raw | exactly once |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|";
+pub const HEADER: &str = "| database | workload | pushes/s | p50 | p99 | push→stream p50 | push→stream p99 | rate ÷ raw | p99 ÷ raw | CPU µs each: server / database / generator | exactly once |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|";

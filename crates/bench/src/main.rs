@@ -13,6 +13,7 @@
 
 mod backup;
 mod compaction;
+mod cpu;
 mod live;
 mod load;
 mod raw;
