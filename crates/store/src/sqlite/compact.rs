@@ -239,6 +239,9 @@ async fn compact_window(
                 return Ok((CompactOutcome::default(), None));
             };
             let mut plans = Vec::with_capacity(records.len());
+            // Records folded here that a later window folds again: counted
+            // there, so that each record is counted once.
+            let mut unfinished = 0;
             {
                 let mut history_of = tx
                     .prepare_cached(concat!(
@@ -269,11 +272,15 @@ async fn compact_window(
                         .map_err(database_error)?;
                     let drop_before = if continues { 0 } else { drop_before };
                     let plan = compaction::plan(&history, u64::try_from(drop_before).unwrap_or(0));
+                    if continues && matches!(plan, Plan::Fold { .. }) {
+                        unfinished += 1;
+                    }
                     apply(&tx, &user, std::slice::from_ref(&plan))?;
                     plans.push(plan);
                 }
             }
-            let (outcome, dropped_through) = compaction::tally(&plans);
+            let (mut outcome, dropped_through) = compaction::tally(&plans);
+            outcome.records_folded -= unfinished;
             if dropped_through > 0 {
                 tx.execute(
                     "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
