@@ -19,9 +19,10 @@
 //! [`StoreError::CursorExpired`](crate::StoreError::CursorExpired) (or, for
 //! clients that cannot understand that, served from the start).
 //!
-//! Work is done in bounded transactions of a few thousand changes, each
-//! re-reading its records under a row lock, so pushes, pulls and streams go
-//! on meanwhile, and two compactors on one record cannot both fold it.
+//! Work is done in bounded transactions (Postgres: a few thousand changes;
+//! SQLite, whose one writer every push waits for: about 2 ms each), each
+//! re-reading its records under a lock, so pushes, pulls and streams go on
+//! meanwhile, and two compactors on one record cannot both fold it.
 
 use mana_sync_protocol::merge::Fold;
 use mana_sync_protocol::{Change, Cursor};
@@ -34,7 +35,8 @@ use crate::{ExpiredCursor, StoredChange};
 pub struct CompactOptions {
     /// Deleted records whose latest change is older than this are dropped.
     pub tombstone_retention: std::time::Duration,
-    /// About how many changes one transaction reads and rewrites.
+    /// About how many changes one transaction reads and rewrites (Postgres;
+    /// SQLite sizes its transactions by time, see `sqlite/compact.rs`).
     pub batch_changes: usize,
     /// After each transaction, pause this many times as long as it took:
     /// compaction is background work, and pushes, pulls and streams share

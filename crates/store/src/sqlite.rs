@@ -2,8 +2,9 @@
 //!
 //! Writes go through a single connection owned by one thread
 //! (`sqlite_writer.rs`), so SQLite's one-writer rule never makes a push wait
-//! on a busy lock and commit order is simply write order; the pushes waiting
-//! for it are committed together (group commit).
+//! on a busy lock held in this process (another process's is waited for in
+//! short steps: `sqlite/busy.rs`) and commit order is simply write order;
+//! the pushes waiting for it are committed together (group commit).
 //! Reads use a small pool of read-only connections that see consistent WAL
 //! snapshots while writes continue. rusqlite is synchronous, so every call runs
 //! on Tokio's blocking pool.
@@ -118,6 +119,8 @@ fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64>
 }
 
 mod backup;
+mod busy;
+pub(crate) mod checkpoint;
 mod compact;
 pub(crate) mod spaces;
 
@@ -139,6 +142,21 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Database(error.to_string()),
     }
+}
+
+/// What every connection to the file needs, the writer and the readers.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    busy::wait_when_busy(conn)?;
+    // Plans are made once per statement (`prepare_cached`), never again for
+    // the values bound to it: once the file has been analysed (`ANALYZE`, by
+    // an operator or a tool), SQLite would otherwise re-parse and re-plan a
+    // statement with a range on a bound position (`seq > ?`) every time it
+    // runs with new values, which took most of compaction's time.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
 }
 
 pub(crate) fn pool_error(error: r2d2::Error) -> StoreError {
@@ -179,16 +197,17 @@ impl SqliteStore {
             let conn = Connection::open(path)?;
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA synchronous = FULL;",
             )?;
+            configure(&conn)?;
             Ok(conn)
         };
         let mut conn = open()
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
         migrate(&mut conn, migrations)?;
         let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
-            conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            configure(conn)?;
+            conn.execute_batch("PRAGMA query_only = ON;")
         });
         let readers = Pool::builder()
             .max_size(u32::try_from(readers).unwrap_or(4))
@@ -196,7 +215,11 @@ impl SqliteStore {
             .build(reader_manager)
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let writer = Writer::start(conn, events.clone())?;
+        checkpoint::leave_to_checkpointer(&conn)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        let checkpoints = checkpoint::start(open())
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        let writer = Writer::start(conn, events.clone(), checkpoints)?;
         Ok(Self {
             writer,
             readers,

@@ -14,6 +14,8 @@
 //! savepoint: a space the pusher may not write refuses the whole push.
 //!
 //! Other writes (imports, settings) run on the same thread, between groups.
+//! None of them copies the log into the database file (a checkpoint): the
+//! checkpointer thread does (`sqlite/checkpoint.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,7 @@ use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, StoreEvent, Written};
 use crate::spaces::{LogChanges, Role, split_by_log};
+use crate::sqlite::checkpoint::Checkpoints;
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
@@ -67,13 +70,14 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         events: broadcast::Sender<StoreEvent>,
+        checkpoints: Checkpoints,
     ) -> StoreResult<Self> {
         let (jobs, queue) = mpsc::channel();
         let groups = Arc::new(AtomicU64::new(0));
         let counted = groups.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, &queue, &events, &counted))
+            .spawn(move || run(conn, &queue, &events, &counted, &checkpoints))
             .map_err(|e| StoreError::Unavailable(format!("starting the SQLite writer: {e}")))?;
         Ok(Self { jobs, groups })
     }
@@ -123,6 +127,7 @@ fn run(
     queue: &mpsc::Receiver<Job>,
     events: &broadcast::Sender<StoreEvent>,
     groups: &AtomicU64,
+    checkpoints: &Checkpoints,
 ) {
     let mut held: Option<Job> = None;
     loop {
@@ -151,6 +156,7 @@ fn run(
                 groups.fetch_add(1, Ordering::Relaxed);
             }
         }
+        checkpoints.wrote();
     }
 }
 

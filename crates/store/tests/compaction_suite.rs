@@ -563,7 +563,45 @@ async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
     }
 }
 
+/// On SQLite a push waits for any compaction transaction to commit (one
+/// writer), so even one record's long history is folded over many short
+/// transactions, each reported as progress.
+async fn a_long_history_is_folded_in_short_transactions(f: Fixture) {
+    let alice = user("alice");
+    let mut changes = Vec::new();
+    for i in 0..600 {
+        changes.push(update("a", "n", &i.to_string(), T[i % T.len()]));
+    }
+    for chunk in changes.chunks(100) {
+        push(&*f.store, &alice, "todo", "phone", chunk).await;
+    }
+    let reports = Mutex::new(Vec::new());
+    let options = CompactOptions {
+        pause_ratio: 0,
+        ..CompactOptions::default()
+    };
+    let outcome = f
+        .store
+        .compact(
+            &LogId::of_user(&alice),
+            &options,
+            &|so_far: &CompactOutcome| {
+                reports.lock().unwrap().push(so_far.changes_folded);
+            },
+        )
+        .await
+        .expect("compacts");
+    assert_eq!((outcome.changes_folded, outcome.records_folded), (599, 1));
+    assert_eq!(rows(&*f.store, &alice).await.len(), 1);
+    let reports = reports.into_inner().unwrap();
+    if let Backend::Sqlite { .. } = f.backend {
+        // The first window is 64 changes, and a window at most doubles.
+        assert!(reports.len() >= 4, "transactions: {reports:?}");
+    }
+}
+
 store_suite!(
+    a_long_history_is_folded_in_short_transactions,
     each_records_history_is_folded_at_its_latest_position,
     every_cursor_handed_out_stays_safe,
     tombstones_past_their_retention_are_dropped_and_older_cursors_expire,

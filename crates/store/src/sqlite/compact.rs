@@ -1,28 +1,46 @@
 //! Compaction on SQLite (the algorithm is in [`crate::compaction`]).
 //!
-//! One compactor per user in this process (a set of users being compacted);
-//! each batch is one `BEGIN IMMEDIATE` transaction on the writer thread
-//! (between two groups of pushes) that
-//! re-reads its records, so another process compacting the same file (an
-//! operator's `mana-sync compact`) cannot fold a record twice either.
+//! One compactor per user in this process (a set of users being compacted).
+//! SQLite has one writer, so every push waits for a compaction transaction
+//! to commit (on the store's writer thread, or for the file lock when an
+//! operator's `mana-sync compact` runs in another process): transactions
+//! must be short, and write few pages, since their commit (and the
+//! checkpoint that copies their pages into the database) is I/O that a
+//! push's `fsync` queues behind.
+//!
+//! So the log is swept in position order, in windows of consecutive
+//! changes: each window is one `BEGIN IMMEDIATE` transaction that re-reads,
+//! for every record with a change in the window, its history up to the
+//! window's end (usually the one change an earlier window folded it into,
+//! plus the window's), folds it at its latest position and deletes the
+//! rest. Folding a record's changes up to any position at the latest of them
+//! is safe (see `compaction.rs`); a record is dropped (a tombstone past its
+//! retention) only in the window that holds its last change up to the
+//! horizon. The changes a window deletes lie side by side (in the window, and
+//! in the one before it), so a transaction dirties a few pages per hundred
+//! changes, where folding one record at a time dirtied a page of the table
+//! and of each index for every change. The window grows or shrinks so that
+//! a transaction works about [`BATCH_BUDGET`]. Another process compacting
+//! the same file re-reads under the same lock, so no record is folded twice.
 
 use mana_sync_protocol::LogId;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{SqliteStore, assemble, database_error, read_row, seq_param};
-use crate::compaction::{self, CompactOptions, CompactOutcome, Plan, RecordKey};
+use crate::compaction::{self, CompactOptions, CompactOutcome, Plan};
 use crate::types::encode;
 use crate::{StoreResult, StoredChange};
 
-/// Candidate records read per query.
-const KEYS_PER_PAGE: i64 = 1000;
-
-/// How long one transaction may hold the writer: SQLite has one, so every
-/// push waits for a batch to commit (`make bench-compaction` measures push
-/// latency during compaction). A batch stops taking records once it has
-/// worked this long.
+/// About how long one transaction works. A push waits for at most one
+/// transaction, and its commit (`make bench-compaction` measures push latency
+/// during compaction).
 const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Changes in the first window, and the bounds of any window.
+const FIRST_WINDOW: usize = 64;
+const MIN_WINDOW: usize = 8;
+const MAX_WINDOW: usize = 8192;
 
 pub(super) async fn candidates(
     store: &SqliteStore,
@@ -111,23 +129,18 @@ pub(super) async fn compact(
     };
     let drop_before = seq_param(options.drop_before(OffsetDateTime::now_utc()));
     let mut total = CompactOutcome::default();
-    let mut after = (String::new(), String::new(), String::new());
+    let mut window = Window {
+        after: 0,
+        size: FIRST_WINDOW,
+    };
     loop {
-        let keys = candidate_keys(store, log, horizon, drop_before, after.clone()).await?;
-        let Some(last) = keys.last() else { break };
-        after = (
-            last.app_id.clone(),
-            last.table.clone(),
-            last.record_id.clone(),
-        );
-        let mut keys = std::collections::VecDeque::from(keys);
-        while !keys.is_empty() {
-            let started = std::time::Instant::now();
-            let outcome = compact_batch(store, log, &mut keys, horizon, drop_before).await?;
-            total.add(&outcome);
-            progress(&total);
-            options.pause_after(started.elapsed()).await;
-        }
+        let started = std::time::Instant::now();
+        let (outcome, swept) = compact_window(store, log, window, horizon, drop_before).await?;
+        total.add(&outcome);
+        progress(&total);
+        let Some(swept) = swept else { break };
+        window = window.next(swept);
+        options.pause_after(started.elapsed()).await;
     }
     // What was pushed while we worked stays counted for the next time.
     let name = log.as_str().to_owned();
@@ -144,122 +157,143 @@ pub(super) async fn compact(
     Ok(total)
 }
 
-/// The next page of records, after `after` in key order, that have changes to
-/// fold or a tombstone to drop, up to `horizon`.
-async fn candidate_keys(
-    store: &SqliteStore,
-    log: &LogId,
-    horizon: i64,
-    drop_before: i64,
-    after: (String, String, String),
-) -> StoreResult<Vec<RecordKey>> {
-    let user = log.as_str().to_owned();
-    SqliteStore::with_connection(&store.readers, move |conn| {
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT app_id, table_name, record_id, count(*)
-                 FROM mana_changes
-                 WHERE user_id = ?1 AND seq <= ?2 AND (app_id, table_name, record_id) > (?3, ?4, ?5)
-                 GROUP BY app_id, table_name, record_id
-                 HAVING count(*) > 1 OR (max(op = 'delete') AND max(seq) < ?6)
-                 ORDER BY app_id, table_name, record_id
-                 LIMIT ?7",
-            )
-            .map_err(database_error)?;
-        let rows = statement
-            .query_map(
-                params![
-                    user,
-                    horizon,
-                    after.0,
-                    after.1,
-                    after.2,
-                    drop_before,
-                    KEYS_PER_PAGE
-                ],
-                |row| {
-                    Ok(RecordKey {
-                        app_id: row.get(0)?,
-                        table: row.get(1)?,
-                        record_id: row.get(2)?,
-                        changes: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-                    })
-                },
-            )
-            .map_err(database_error)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(database_error)
-    })
-    .await
+/// The next changes to sweep: `size` of them after position `after`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    after: i64,
+    size: usize,
 }
 
-/// Folds or drops records from the front of `keys` in one transaction, for
-/// at most [`BATCH_BUDGET`] (at least one record); the rest stay in `keys`.
-async fn compact_batch(
+/// What one window's transaction swept.
+#[derive(Debug, Clone, Copy)]
+struct Swept {
+    /// The window's last position.
+    through: i64,
+    /// How long the transaction held the lock, its commit included (the
+    /// commit writes the pages it changed: the longer part, for a window
+    /// that folded much).
+    worked: std::time::Duration,
+}
+
+impl Window {
+    /// The window after `swept`, sized to work about [`BATCH_BUDGET`] at the
+    /// rate this one did.
+    fn next(self, swept: Swept) -> Self {
+        let worked = swept.worked.as_secs_f64().max(1e-6);
+        let scaled = self.size as f64 * BATCH_BUDGET.as_secs_f64() / worked;
+        // At most doubling: one fast window (pages in cache) says little.
+        let size = (scaled as usize).clamp(MIN_WINDOW, (self.size * 2).min(MAX_WINDOW));
+        Self {
+            after: swept.through,
+            size,
+        }
+    }
+}
+
+/// Folds or drops, in one transaction, the records that have a change in
+/// `window`; `None` once there is nothing left up to `horizon`.
+async fn compact_window(
     store: &SqliteStore,
     log: &LogId,
-    keys: &mut std::collections::VecDeque<RecordKey>,
+    window: Window,
     horizon: i64,
     drop_before: i64,
-) -> StoreResult<CompactOutcome> {
+) -> StoreResult<(CompactOutcome, Option<Swept>)> {
     let user = log.as_str().to_owned();
-    let mut pending = std::mem::take(keys);
-    let (outcome, rest) = store
+    store
         .writer
         .run(move |conn| {
             let started = std::time::Instant::now();
-            let mut work = || -> StoreResult<CompactOutcome> {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(database_error)?;
-                let mut plans = Vec::new();
-                {
-                    let mut select = tx
-                        .prepare_cached(concat!(
-                            select_columns!(),
-                            " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
-                          AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
-                        ))
-                        .map_err(database_error)?;
-                    while let Some(key) = pending.pop_front() {
-                        let rows = select
-                            .query_map(
-                                params![user, key.app_id, key.table, key.record_id, horizon],
-                                read_row,
-                            )
-                            .map_err(database_error)?;
-                        let mut history: Vec<StoredChange> = Vec::new();
-                        for row in rows {
-                            let (head, raw) = row.map_err(database_error)?;
-                            history.push(assemble(head, raw)?);
-                        }
-                        let plan =
-                            compaction::plan(&history, u64::try_from(drop_before).unwrap_or(0));
-                        apply(&tx, &user, std::slice::from_ref(&plan))?;
-                        plans.push(plan);
-                        if started.elapsed() >= BATCH_BUDGET {
-                            break;
-                        }
-                    }
-                }
-                let (outcome, dropped_through) = compaction::tally(&plans);
-                if dropped_through > 0 {
-                    tx.execute(
-                        "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
-                         WHERE user_id = ?1",
-                        params![user, seq_param(dropped_through)],
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database_error)?;
+            // The records with a change in the window, each once, in the
+            // order of their first change there; and the window's end.
+            let mut records: Vec<(String, String, String)> = Vec::new();
+            let mut through = None;
+            {
+                let mut changes = tx
+                    .prepare_cached(
+                        "SELECT seq, app_id, table_name, record_id FROM mana_changes
+                         WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
                     )
                     .map_err(database_error)?;
+                let limit = i64::try_from(window.size).unwrap_or(i64::MAX);
+                let mut rows = changes
+                    .query(params![user, window.after, horizon, limit])
+                    .map_err(database_error)?;
+                let mut seen = std::collections::HashSet::new();
+                while let Some(row) = rows.next().map_err(database_error)? {
+                    through = Some(row.get::<_, i64>(0).map_err(database_error)?);
+                    let key: (String, String, String) = (
+                        row.get(1).map_err(database_error)?,
+                        row.get(2).map_err(database_error)?,
+                        row.get(3).map_err(database_error)?,
+                    );
+                    if seen.insert(key.clone()) {
+                        records.push(key);
+                    }
                 }
-                tx.commit().map_err(database_error)?;
-                Ok(outcome)
+            }
+            let Some(through) = through else {
+                return Ok((CompactOutcome::default(), None));
             };
-            let outcome = work();
-            (outcome, pending)
+            let mut plans = Vec::with_capacity(records.len());
+            // Records folded here that a later window folds again: counted
+            // there, so that each record is counted once.
+            let mut unfinished = 0;
+            {
+                let mut history_of = tx
+                    .prepare_cached(concat!(
+                        select_columns!(),
+                        " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
+                          AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
+                    ))
+                    .map_err(database_error)?;
+                let mut later = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM mana_changes WHERE user_id = ?1 AND app_id = ?2
+                         AND table_name = ?3 AND record_id = ?4 AND seq > ?5 AND seq <= ?6 LIMIT 1",
+                    )
+                    .map_err(database_error)?;
+                for (app, table, record) in &records {
+                    let rows = history_of
+                        .query_map(params![user, app, table, record, through], read_row)
+                        .map_err(database_error)?;
+                    let mut history: Vec<StoredChange> = Vec::new();
+                    for row in rows {
+                        let (head, raw) = row.map_err(database_error)?;
+                        history.push(assemble(head, raw)?);
+                    }
+                    // A record with changes after this window is folded, never
+                    // dropped: its last change decides that.
+                    let continues = later
+                        .exists(params![user, app, table, record, through, horizon])
+                        .map_err(database_error)?;
+                    let drop_before = if continues { 0 } else { drop_before };
+                    let plan = compaction::plan(&history, u64::try_from(drop_before).unwrap_or(0));
+                    if continues && matches!(plan, Plan::Fold { .. }) {
+                        unfinished += 1;
+                    }
+                    apply(&tx, &user, std::slice::from_ref(&plan))?;
+                    plans.push(plan);
+                }
+            }
+            let (mut outcome, dropped_through) = compaction::tally(&plans);
+            outcome.records_folded -= unfinished;
+            if dropped_through > 0 {
+                tx.execute(
+                    "UPDATE mana_user_seq SET expired_through = max(expired_through, ?2)
+                     WHERE user_id = ?1",
+                    params![user, seq_param(dropped_through)],
+                )
+                .map_err(database_error)?;
+            }
+            tx.commit().map_err(database_error)?;
+            let worked = started.elapsed();
+            Ok((outcome, Some(Swept { through, worked })))
         })
-        .await?;
-    *keys = rest;
-    outcome
+        .await?
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, user: &str, plans: &[Plan]) -> StoreResult<()> {
