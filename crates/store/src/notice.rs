@@ -18,8 +18,10 @@
 
 use std::sync::Arc;
 
-use mana_sync_protocol::{LogId, SpaceId, UserId};
+use mana_sync_protocol::{Change, LogId, SpaceId, UserId};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::spaces::{MemberChange, Role};
 use crate::{NewChangeset, StoredChange};
@@ -69,6 +71,36 @@ pub struct Written {
     pub changes: Arc<[StoredChange]>,
     /// The last position compaction had dropped (what a read reports).
     pub expired_through: u64,
+}
+
+impl Written {
+    /// What a push of `app_id` from `client_id` wrote: `changes` with
+    /// `event_ids`, at positions from `first` on, stored at `created_at`,
+    /// rebuilt as a read returns them; `None` (subscribers then read) if a
+    /// change cannot be.
+    pub(crate) fn of(
+        changes: &[Change],
+        event_ids: &[Uuid],
+        first: u64,
+        app_id: &str,
+        client_id: &str,
+        created_at: OffsetDateTime,
+        expired_through: u64,
+    ) -> Option<Self> {
+        let changes = changes
+            .iter()
+            .zip(event_ids)
+            .zip(first..)
+            .map(|((change, event_id), seq)| {
+                StoredChange::as_written(change, seq, *event_id, app_id, client_id, created_at)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(Self {
+            changes: changes.into(),
+            expired_through,
+        })
+    }
 }
 
 /// Two writes are the same when they hold the same changes (event ids are

@@ -30,13 +30,12 @@ use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, Written};
 use crate::postgres::{
-    ChangeColumns, database_error, pool_error, select_changes_sql, seq_param, seq_value,
-    stored_change,
+    ChangeColumns, database_error, page_of, pool_error, select_changes_sql, seq_param, seq_value,
 };
 use crate::relay::Announcer;
 use crate::{
     ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError,
-    StoreResult, StoredChange, page_end,
+    StoreResult,
 };
 
 /// Records the changeset id (if any), reserves `count` positions of log `$1`
@@ -316,10 +315,13 @@ async fn run(
                 prev,
                 last,
             );
-            notice.written = written_changes(
-                &job,
+            let count = u64::try_from(job.changes.len()).unwrap_or(u64::MAX);
+            notice.written = Written::of(
+                &job.changes,
                 &write.event_ids,
-                last,
+                (last + 1).saturating_sub(count),
+                &job.app_id,
+                &job.client_id,
                 written.get(5),
                 expired_through,
             );
@@ -368,64 +370,9 @@ async fn run(
                     expired_through: Cursor::at(expired_through),
                 });
             }
-            Some(page(&rows, reply.limit, newest, expired_through)?)
+            Some(page_of(&rows, reply.limit, newest, expired_through)?)
         }
         _ => None,
     };
     Ok((outcome, page))
-}
-
-/// What `job` wrote, ending at `last`, as a read returns it; `None` (the
-/// hub then reads) if a change cannot be rebuilt.
-fn written_changes(
-    job: &Job,
-    event_ids: &[Uuid],
-    last: u64,
-    created_at: time::OffsetDateTime,
-    expired_through: u64,
-) -> Option<Written> {
-    let count = u64::try_from(job.changes.len()).ok()?;
-    let first = (last + 1).checked_sub(count)?;
-    let changes = job
-        .changes
-        .iter()
-        .zip(event_ids)
-        .zip(first..)
-        .map(|((change, event_id), seq)| {
-            StoredChange::as_written(
-                change,
-                seq,
-                *event_id,
-                &job.app_id,
-                &job.client_id,
-                created_at,
-            )
-        })
-        .collect::<StoreResult<Vec<_>>>()
-        .ok()?;
-    Some(Written {
-        changes: changes.into(),
-        expired_through,
-    })
-}
-
-fn page(
-    rows: &[tokio_postgres::Row],
-    limit: usize,
-    newest: u64,
-    expired_through: u64,
-) -> StoreResult<ChangePage> {
-    let mut changes = rows
-        .iter()
-        .map(stored_change)
-        .collect::<StoreResult<Vec<_>>>()?;
-    let has_more = changes.len() > limit;
-    changes.truncate(limit);
-    let next = page_end(&changes, has_more, newest);
-    Ok(ChangePage {
-        changes,
-        next,
-        has_more,
-        expired_through,
-    })
 }

@@ -66,7 +66,7 @@ pub mod connect;
 #[cfg(test)]
 mod plan_tests;
 mod read;
-pub(crate) use read::{select_changes_sql, stored_change};
+pub(crate) use read::{page_of, select_changes_sql, stored_change};
 pub(crate) mod space_push;
 mod spaces;
 mod tls;

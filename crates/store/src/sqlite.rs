@@ -202,8 +202,10 @@ impl SqliteStore {
             configure(&conn)?;
             Ok(conn)
         };
-        let mut conn = open()
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        let cannot_open = |e: &dyn std::fmt::Display| {
+            StoreError::Config(format!("cannot open {}: {e}", path.display()))
+        };
+        let mut conn = open().map_err(|e| cannot_open(&e))?;
         migrate(&mut conn, migrations)?;
         let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
             configure(conn)?;
@@ -213,12 +215,12 @@ impl SqliteStore {
             .max_size(u32::try_from(readers).unwrap_or(4))
             .connection_timeout(Duration::from_secs(30))
             .build(reader_manager)
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| cannot_open(&e))?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        checkpoint::leave_to_checkpointer(&conn)
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
-        let checkpoints = checkpoint::start(open())
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        checkpoint::leave_to_checkpointer(&conn).map_err(|e| cannot_open(&e))?;
+        let checkpointer = open().map_err(|e| cannot_open(&e))?;
+        let checkpoints = checkpoint::start(checkpointer)
+            .map_err(|e| cannot_open(&format!("starting the checkpointer: {e}")))?;
         let writer = Writer::start(conn, events.clone(), checkpoints)?;
         Ok(Self {
             writer,

@@ -33,7 +33,7 @@ use crate::sqlite::checkpoint::Checkpoints;
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
-use crate::{NewChangeset, PushOutcome, StoreError, StoreResult, StoredChange};
+use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
 
 /// Most pushes committed together.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -364,47 +364,15 @@ fn store_log(
     // A space's batch is read with its members (see the hub), so only a
     // user's own log carries what was written.
     if group.space.is_none() {
-        notice.written = written(
-            push,
+        notice.written = Written::of(
             &group.changes,
             &event_ids,
             u64::try_from(first).unwrap_or(0),
-            now,
-            expired_through,
+            &push.app_id,
+            &push.client_id,
+            crate::sqlite::from_micros(now),
+            u64::try_from(expired_through).unwrap_or(0),
         );
     }
     Ok((notice, last))
-}
-
-/// What a push wrote at positions from `first`, as a read returns it; `None`
-/// (the hub then reads) if a change cannot be rebuilt.
-fn written(
-    push: &Push,
-    changes: &[Change],
-    event_ids: &[Uuid],
-    first: u64,
-    now: i64,
-    expired_through: i64,
-) -> Option<Written> {
-    let created_at = crate::sqlite::from_micros(now);
-    let changes = changes
-        .iter()
-        .zip(event_ids)
-        .zip(first..)
-        .map(|((change, event_id), seq)| {
-            StoredChange::as_written(
-                change,
-                seq,
-                *event_id,
-                &push.app_id,
-                &push.client_id,
-                created_at,
-            )
-        })
-        .collect::<StoreResult<Vec<_>>>()
-        .ok()?;
-    Some(Written {
-        changes: changes.into(),
-        expired_through: u64::try_from(expired_through).unwrap_or(0),
-    })
 }

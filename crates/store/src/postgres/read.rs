@@ -117,25 +117,37 @@ impl PostgresStore {
         }
         let rows = rows.map_err(database_error)?;
         committed.map_err(database_error)?;
-        let mut changes = rows
-            .iter()
-            .map(stored_change)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let has_more = changes.len() > limit;
-        changes.truncate(limit);
+        let mut page = page_of(&rows, limit, newest, expired_through)?;
         if let Some(space) = space {
-            for change in &mut changes {
+            for change in &mut page.changes {
                 change.space_id = Some(space.clone());
             }
         }
-        let next = page_end(&changes, has_more, newest);
-        Ok(ChangePage {
-            changes,
-            next,
-            has_more,
-            expired_through,
-        })
+        Ok(page)
     }
+}
+
+/// The page `rows` make: at most `limit` changes (one more was fetched to
+/// tell whether more follow), ending at `newest` when none do.
+pub(crate) fn page_of(
+    rows: &[Row],
+    limit: usize,
+    newest: u64,
+    expired_through: u64,
+) -> StoreResult<ChangePage> {
+    let mut changes = rows
+        .iter()
+        .map(stored_change)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let has_more = changes.len() > limit;
+    changes.truncate(limit);
+    let next = page_end(&changes, has_more, newest);
+    Ok(ChangePage {
+        changes,
+        next,
+        has_more,
+        expired_through,
+    })
 }
 
 /// A log's newest position and the last position compaction dropped.

@@ -36,18 +36,11 @@ impl Checkpoints {
 
 /// Starts the checkpointer on `conn`; it ends when the writer drops its
 /// [`Checkpoints`].
-pub(crate) fn start(conn: rusqlite::Result<Connection>) -> rusqlite::Result<Checkpoints> {
-    let conn = conn?;
+pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpoints> {
     let (wrote, due) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || run(&conn, &due))
-        .map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("starting the checkpointer: {e}")),
-            )
-        })?;
+        .spawn(move || run(&conn, &due))?;
     Ok(Checkpoints { wrote })
 }
 
