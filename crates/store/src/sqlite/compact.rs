@@ -216,13 +216,14 @@ async fn compact_window(
 /// Runs `work` with commits that do not wait for the disk (`synchronous =
 /// NORMAL`), then makes the connection's commits durable again.
 ///
-/// A compaction transaction that a crash loses is done again by the next
-/// run, and the log it leaves is the same (folding is idempotent). In WAL
-/// mode a commit's `fsync` covers every frame before it, so the next push's
-/// durable commit also makes the compaction before it durable; what a crash
-/// can lose is only the last compaction windows, never a push that was
-/// acknowledged. Without this, each window's `fsync` was most of the time a
-/// push waited for it (`make bench-compaction`).
+/// A window's `fsync` waits for every page it wrote to reach the disk, and
+/// a push waited that long for the lock. A compaction transaction that a
+/// crash loses is done again by the next run, and the log it leaves is the
+/// same (folding is idempotent). In WAL mode a commit's `fsync` covers every
+/// frame before it, so the next push's durable commit (or the next
+/// checkpoint) also makes the compaction before it durable; what a crash can
+/// lose is only the last compaction windows, never a push that was
+/// acknowledged.
 fn without_fsync<R>(
     conn: &mut rusqlite::Connection,
     work: impl FnOnce(&mut rusqlite::Connection) -> StoreResult<R>,
