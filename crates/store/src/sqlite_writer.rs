@@ -157,6 +157,7 @@ fn run(
             }
         }
         checkpoints.wrote();
+        checkpoints.restart_if_due(&conn);
     }
 }
 

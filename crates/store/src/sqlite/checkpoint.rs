@@ -6,15 +6,34 @@
 //! cross that line waited for several megabytes of random writes: the
 //! slowest pushes of all, and during compaction (which writes many pages)
 //! a push in every few hundred. The writer connection therefore never
-//! checkpoints (`wal_autocheckpoint = 0`); after its work it tells this
-//! thread, which checkpoints on a connection of its own (passive: it never
-//! waits for the writer, and never holds it up), at most every
-//! [`INTERVAL`] (a second).
+//! checkpoints by itself (`wal_autocheckpoint = 0`); after its work it tells
+//! this thread, which checkpoints on a connection of its own (passive: it
+//! never waits for the writer, and never holds it up), at most every
+//! [`INTERVAL`] (a second) while the log is short.
+//!
+//! The log starts again from its beginning only when a write begins with
+//! every page of it copied, which a writer that never stops (many small
+//! pushes) never does: the log grew by gigabytes in a minute, every append
+//! extending the file. So once the log is [`RESTART_FRAMES`] long, this
+//! thread checkpoints without pausing until little is left to copy, and
+//! then asks the writer to restart the log between two of its jobs
+//! ([`Checkpoints::restart_if_due`]): it copies the rest, waits briefly for
+//! readers still on the log, and its next write starts the log over.
 
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+
+thread_local! {
+    /// Pages in the log after the last commit on this thread: SQLite tells
+    /// it to the writer connection's hook ([`leave_to_checkpointer`]), which
+    /// runs on the writer's thread.
+    static LOG_PAGES: Cell<i64> = const { Cell::new(0) };
+}
 
 /// Shortest time between two checkpoints: a busy writer's log grows by what
 /// it writes in this time, and a checkpoint syncs the database file once.
@@ -24,17 +43,59 @@ use rusqlite::Connection;
 /// with one every second, against 1.3 ms idle.
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// The writer's side: tells the checkpointer that the log grew.
+/// A log this long (SQLite's own automatic checkpoint line, about 4 MB) is
+/// checkpointed without pause and then started over.
+const RESTART_FRAMES: i64 = 1000;
+
+/// At most this many pages left to copy when the writer restarts the log:
+/// it copies them, and syncs the database file, between two jobs.
+const CATCH_UP_FRAMES: i64 = 256;
+
+/// How long the writer waits for readers still on the log when restarting
+/// it; if they take longer, the next round tries again.
+const RESTART_WAIT: Duration = Duration::from_millis(5);
+
+/// The writer's side: tells the checkpointer that the log grew (to how many
+/// pages), and hears when to restart it.
 pub(crate) struct Checkpoints {
-    wrote: mpsc::SyncSender<()>,
+    wrote: mpsc::SyncSender<i64>,
+    restart_due: Arc<AtomicBool>,
 }
 
 impl Checkpoints {
-    /// The writer committed (or may have): a checkpoint is due.
+    /// The writer committed (or may have): a checkpoint is due. Called on
+    /// the writer's thread.
     pub(crate) fn wrote(&self) {
         // Full: one is already due, which will copy this too; gone: the
         // store is closing.
-        let _ = self.wrote.try_send(());
+        let _ = self.wrote.try_send(LOG_PAGES.get());
+    }
+
+    /// Between two of the writer's jobs, on its connection: when the
+    /// checkpointer found the log long and nearly all copied, copies the
+    /// rest and waits (briefly) until no reader uses the log, so that the
+    /// next write starts the log from its beginning.
+    pub(crate) fn restart_if_due(&self, conn: &Connection) {
+        if !self.restart_due.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let restarted = conn
+            .busy_timeout(RESTART_WAIT)
+            .and_then(|()| {
+                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+            })
+            .and_then(|busy| super::busy::wait_when_busy(conn).map(|()| busy));
+        match restarted {
+            // 1: a reader was still on the log; the checkpointer asks again.
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "restarting the SQLite log failed; it grows until it can");
+                // Never leave the writer with the short wait.
+                let _ = super::busy::wait_when_busy(conn);
+            }
+        }
     }
 }
 
@@ -42,31 +103,62 @@ impl Checkpoints {
 /// [`Checkpoints`].
 pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpoints> {
     let (wrote, due) = mpsc::sync_channel(1);
+    let restart_due = Arc::new(AtomicBool::new(false));
+    let asks = restart_due.clone();
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || run(&conn, &due))?;
-    Ok(Checkpoints { wrote })
+        .spawn(move || run(&conn, &due, &asks))?;
+    Ok(Checkpoints { wrote, restart_due })
 }
 
-fn run(conn: &Connection, due: &mpsc::Receiver<()>) {
+fn run(conn: &Connection, due: &mpsc::Receiver<i64>, restart_due: &AtomicBool) {
     while due.recv().is_ok() {
         let started = Instant::now();
         // Passive: copies what no reader still needs; what is left is copied
-        // by a later one. The result row says how far it got.
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        if let Err(error) = done {
-            tracing::warn!(%error, "SQLite checkpoint failed; the log grows until one succeeds");
+        // by a later one. The result row says how long the log is and how
+        // much of it is copied.
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match done {
+            Ok((log, copied)) if log >= RESTART_FRAMES => {
+                if log - copied <= CATCH_UP_FRAMES {
+                    restart_due.store(true, Ordering::Relaxed);
+                }
+                // A long log: no pause until it is started over.
+                continue;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "SQLite checkpoint failed; the log grows until one succeeds");
+            }
         }
+        // Rate limit: what is written meanwhile waits for the next one,
+        // unless the log grows long first.
         let next = started + INTERVAL;
-        let now = Instant::now();
-        if next > now {
-            // Rate limit: what is written meanwhile waits for the next one.
-            std::thread::sleep(next - now);
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            match due.recv_timeout(next - now) {
+                Ok(pages) if pages >= RESTART_FRAMES => break,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 }
 
-/// The writer's connection: it leaves checkpoints to the checkpointer.
+/// The writer's connection: it leaves checkpoints to the checkpointer, and
+/// notes how long the log is after each commit (SQLite's WAL hook, which
+/// also replaces its automatic checkpoints).
 pub(crate) fn leave_to_checkpointer(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+    conn.wal_hook(Some(|_, pages| {
+        LOG_PAGES.set(i64::from(pages));
+        Ok(())
+    }));
+    Ok(())
 }
