@@ -46,8 +46,14 @@ async fn the_log_starts_over_while_pushes_never_stop() {
                 let owner = user(&format!("user-{}", device % 8));
                 for n in 0..PUSHES {
                     let id = format!("{device}-{n}");
-                    push(&*store, &owner, "todo", &format!("d{device}"), &[insert("tasks", &id)])
-                        .await;
+                    push(
+                        &*store,
+                        &owner,
+                        "todo",
+                        &format!("d{device}"),
+                        &[insert("tasks", &id)],
+                    )
+                    .await;
                 }
             })
         })

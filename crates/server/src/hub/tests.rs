@@ -1,0 +1,207 @@
+use super::*;
+
+fn hub() -> Arc<Hub> {
+    limited(LiveLimits {
+        per_user: 100,
+        total: 1000,
+    })
+}
+
+fn limited(limits: LiveLimits) -> Arc<Hub> {
+    Arc::new(Hub::new(
+        IntGauge::new("s", "s").expect("gauge"),
+        IntGauge::new("w", "w").expect("gauge"),
+        IntCounter::new("o", "o").expect("counter"),
+        limits,
+    ))
+}
+
+#[test]
+fn subscriptions_are_capped_per_user_and_in_total() {
+    let hub = limited(LiveLimits {
+        per_user: 2,
+        total: 3,
+    });
+    let user = |name: &str| UserId::new(name).expect("valid");
+    let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream, None);
+    let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket, None);
+    assert_eq!(
+        hub.subscribe(&user("a"), None, SubscriberKind::Stream, None)
+            .err(),
+        Some(LiveRefusal::PerUser { max: 2 })
+    );
+    let b1 = hub.subscribe(&user("b"), None, SubscriberKind::Stream, None);
+    assert_eq!(
+        hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
+            .err(),
+        Some(LiveRefusal::Full { max: 3 })
+    );
+    drop(a1);
+    assert!(
+        hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
+            .is_ok()
+    );
+    assert_eq!(hub.open.load(Ordering::Relaxed), 2, "dropped again");
+    drop((a2, b1));
+    assert_eq!(hub.open.load(Ordering::Relaxed), 0);
+    assert_eq!(LiveLimits::for_connections(20, 5).total, 18);
+}
+
+fn notice(log: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
+    Arc::new(ChangeNotice {
+        log: LogId::parse(log).expect("valid"),
+        app_id: app.into(),
+        tables: Some(vec!["tasks".into()]),
+        after: last - 1,
+        last,
+        client_id: "d".into(),
+        member: None,
+        written: None,
+    })
+}
+
+#[tokio::test]
+async fn notices_reach_only_their_user_and_app() {
+    let hub = hub();
+    let alice = UserId::new("alice").expect("valid");
+    let todo = hub
+        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits");
+    let every_app = hub
+        .subscribe(&alice, None, SubscriberKind::Socket, None)
+        .expect("below the limits");
+    let bob = hub
+        .subscribe(
+            &UserId::new("bob").expect("valid"),
+            None,
+            SubscriberKind::Socket,
+            None,
+        )
+        .expect("below the limits");
+    hub.publish(notice("alice", "notes", 1));
+    hub.publish(notice("alice", "todo", 2));
+    let pending = todo.changed().await;
+    assert_eq!(
+        pending
+            .notices
+            .iter()
+            .map(|p| p.notice.last)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    let pending = every_app.changed().await;
+    assert_eq!(
+        pending
+            .notices
+            .iter()
+            .map(|p| p.notice.last)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(lock(&bob.subscriber.pending).notices.is_empty());
+    assert_eq!(hub.streams.get(), 1);
+    assert_eq!(hub.sockets.get(), 2);
+    drop((todo, every_app, bob));
+    assert_eq!((hub.streams.get(), hub.sockets.get()), (0, 0));
+    assert!(
+        lock(&hub.subscribers).by_user.is_empty() && lock(&hub.subscribers).by_log.is_empty(),
+        "unsubscribing frees the entries"
+    );
+}
+
+#[tokio::test]
+async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
+    let hub = hub();
+    let bob = UserId::new("bob").expect("valid");
+    let house = SpaceId::new("house").expect("valid");
+    let follows = hub
+        .subscribe(&bob, Some("todo"), SubscriberKind::Stream, Some(&[]))
+        .expect("below the limits");
+    let own_only = hub
+        .subscribe(&bob, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits");
+    let member = |role| {
+        Arc::new(ChangeNotice {
+            log: LogId::of_space(&house),
+            app_id: String::new(),
+            tables: None,
+            after: 0,
+            last: 0,
+            client_id: String::new(),
+            member: Some(MemberNotice {
+                user: bob.clone(),
+                role,
+            }),
+            written: None,
+        })
+    };
+    hub.publish(notice("~house", "todo", 1));
+    hub.publish(member(Some(Role::Editor)));
+    hub.publish(notice("~house", "todo", 2));
+    let pending = follows.changed().await;
+    assert_eq!(pending.memberships, [(house.clone(), Some(Role::Editor))]);
+    assert_eq!(
+        pending
+            .notices
+            .iter()
+            .map(|p| p.notice.last)
+            .collect::<Vec<_>>(),
+        [2],
+        "notices of the space from the moment bob joined"
+    );
+    hub.publish(member(None));
+    hub.publish(notice("~house", "todo", 3));
+    let pending = follows.changed().await;
+    assert_eq!(pending.memberships, [(house.clone(), None)]);
+    assert!(pending.notices.is_empty(), "nothing after bob left");
+    assert!(
+        lock(&own_only.subscriber.pending).is_empty(),
+        "a client that does not follow spaces hears none of it"
+    );
+    drop((follows, own_only));
+    assert!(
+        lock(&hub.subscribers).by_log.is_empty(),
+        "every log entry is freed"
+    );
+}
+
+#[tokio::test]
+async fn only_recent_batches_are_kept_alive() {
+    let hub = hub();
+    let alice = UserId::new("alice").expect("valid");
+    let slow = hub
+        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits");
+    for seq in 1..=(RECENT_BATCHES as u64 + 10) {
+        hub.publish(notice("alice", "todo", seq));
+    }
+    let pending = slow.changed().await;
+    assert!(pending.resync, "more than MAX_PENDING notices collapse");
+    let fresh = hub
+        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits");
+    hub.publish(notice("alice", "todo", 1000));
+    let pending = fresh.changed().await;
+    assert!(
+        pending.notices[0].shared.upgrade().is_some(),
+        "the newest batch is kept"
+    );
+    assert_eq!(lock(&hub.recent).len(), RECENT_BATCHES);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memory() {
+    let hub = hub();
+    let alice = UserId::new("alice").expect("valid");
+    let slow = hub
+        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits");
+    for seq in 1..=(MAX_PENDING as u64 * 10) {
+        hub.publish(notice("alice", "todo", seq));
+        assert!(lock(&slow.subscriber.pending).notices.len() <= MAX_PENDING);
+    }
+    let pending = slow.changed().await;
+    assert!(pending.resync);
+    assert!(pending.notices.is_empty());
+    assert_eq!(hub.overflows.get(), 1, "counted once per fall-behind");
+}
