@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, Written};
 use crate::postgres::{
-    ChangeColumns, database_error, page_of, pool_error, select_changes_sql, seq_param, seq_value,
+    ChangeColumns, PageQuery, database_error, page_of, pool_error, seq_param, seq_value,
 };
 use crate::relay::Announcer;
 use crate::{
@@ -232,19 +232,23 @@ async fn run(
     // need) cost Postgres almost half its time under load.
     let set_user = prepare(DECLARE_USER).await?;
     let write_statement = prepare(WRITE).await?;
-    let read = match &job.reply {
-        Some(reply) => Some(
-            prepare(&select_changes_sql(
-                reply.collection.is_some(),
-                reply.exclude_client.is_some(),
-            ))
-            .await?,
-        ),
+    let user_id = job.user.as_str();
+    let page = job.reply.as_ref().map(|reply| {
+        PageQuery::new(
+            user_id,
+            &reply.app_id,
+            reply.after,
+            reply.limit,
+            reply.collection.as_deref(),
+            reply.exclude_client.as_deref(),
+        )
+    });
+    let read = match &page {
+        Some(page) => Some(prepare(&page.sql()).await?),
         None => None,
     };
     let commit = prepare("COMMIT").await?;
 
-    let user_id = job.user.as_str();
     let write = LogWrite::new(
         user_id,
         &job.app_id,
@@ -254,28 +258,7 @@ async fn run(
         None,
     );
     let write_params = write.params();
-    let (after, fetch) = match &job.reply {
-        Some(reply) => (
-            seq_param(reply.after),
-            i64::try_from(reply.limit + 1).unwrap_or(i64::MAX),
-        ),
-        None => (0, 0),
-    };
-    let mut read_params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-    if let Some(reply) = &job.reply {
-        read_params.extend([
-            &user_id as &(dyn ToSql + Sync),
-            &reply.app_id,
-            &after,
-            &fetch,
-        ]);
-        if let Some(collection) = &reply.collection {
-            read_params.push(collection);
-        }
-        if let Some(client_id) = &reply.exclude_client {
-            read_params.push(client_id);
-        }
-    }
+    let read_params = page.as_ref().map(PageQuery::params).unwrap_or_default();
 
     // Sent in this order in one go: `join!` polls each future in turn, and
     // each sends its statement on its first poll.

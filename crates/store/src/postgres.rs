@@ -65,7 +65,7 @@ pub use migrate::{migrate_as_owner, role_of};
 #[cfg(test)]
 mod plan_tests;
 mod read;
-pub(crate) use read::{page_of, select_changes_sql, stored_change};
+pub(crate) use read::{PageQuery, page_of, stored_change};
 pub(crate) mod space_push;
 mod spaces;
 mod tls;

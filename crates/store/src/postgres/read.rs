@@ -52,11 +52,15 @@ impl PostgresStore {
         let declare = prepare(super::DECLARE_LOG_READER.into()).await?;
         let role_in = prepare(spaces::ROLE_IN.into()).await?;
         let state = prepare(LOG_STATE.into()).await?;
-        let select = prepare(select_changes_sql(
-            query.collection.is_some(),
-            query.exclude_client.is_some(),
-        ))
-        .await?;
+        let page = PageQuery::new(
+            log_id,
+            query.app_id,
+            after,
+            limit,
+            query.collection,
+            query.exclude_client,
+        );
+        let select = prepare(page.sql()).await?;
         let commit = prepare("COMMIT".into()).await?;
 
         // A user reading a space's log must belong to it (row-level
@@ -64,16 +68,7 @@ impl PostgresStore {
         let space = log.space();
         let checked_space = space.as_ref().filter(|_| actor != log_id);
         let space_id = checked_space.map(|space| space.as_str());
-        let after_param = seq_param(after);
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&log_id, &query.app_id, &after_param, &fetch];
-        if let Some(collection) = &query.collection {
-            params.push(collection);
-        }
-        if let Some(client_id) = &query.exclude_client {
-            params.push(client_id);
-        }
+        let params = page.params();
         let declare_params: [&(dyn ToSql + Sync); 1] = [&actor];
         let role_params: [&(dyn ToSql + Sync); 2] = [&space_id, &actor];
         let state_params: [&(dyn ToSql + Sync); 1] = [&log_id];
@@ -173,6 +168,55 @@ async fn resume_after(tx: &Transaction<'_>, log: &str, since: Since) -> StoreRes
         .await
         .map_err(database_error)?;
     Ok(row.map_or(Cursor::START.position(), |row| seq_value(row.get(0))))
+}
+
+/// One page of a log, as [`select_changes_sql`] reads it: the statement and
+/// its parameters, in order (a read, and a push's reply).
+pub(crate) struct PageQuery<'a> {
+    log: &'a str,
+    app_id: &'a str,
+    after: i64,
+    /// One row more than the page, to tell whether more wait.
+    fetch: i64,
+    collection: Option<&'a str>,
+    exclude_client: Option<&'a str>,
+}
+
+impl<'a> PageQuery<'a> {
+    /// At most `limit` changes of `app_id` in `log` after position `after`.
+    pub(crate) fn new(
+        log: &'a str,
+        app_id: &'a str,
+        after: u64,
+        limit: usize,
+        collection: Option<&'a str>,
+        exclude_client: Option<&'a str>,
+    ) -> Self {
+        Self {
+            log,
+            app_id,
+            after: seq_param(after),
+            fetch: i64::try_from(limit + 1).unwrap_or(i64::MAX),
+            collection,
+            exclude_client,
+        }
+    }
+
+    pub(crate) fn sql(&self) -> String {
+        select_changes_sql(self.collection.is_some(), self.exclude_client.is_some())
+    }
+
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&self.log, &self.app_id, &self.after, &self.fetch];
+        if let Some(collection) = &self.collection {
+            params.push(collection);
+        }
+        if let Some(client_id) = &self.exclude_client {
+            params.push(client_id);
+        }
+        params
+    }
 }
 
 pub(crate) fn select_changes_sql(collection: bool, exclude: bool) -> String {
