@@ -1,0 +1,281 @@
+//! Store behaviours under concurrent pushes and reads, run against SQLite
+//! and against Postgres.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::{Backend, Fixture, insert, push, query, read_all, user};
+use mana_sync_protocol::{Change, Cursor, Since};
+use mana_sync_store::{NewChangeset, PushOutcome, Store, StoreOptions};
+
+async fn concurrent_duplicates_are_stored_once(f: Fixture) {
+    let alice = user("alice");
+    let changes: Vec<Change> = (0..200).map(|i| insert("tasks", &i.to_string())).collect();
+    let changes = Arc::new(changes);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = f.store.clone();
+            let changes = changes.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                store
+                    .push(
+                        &alice,
+                        NewChangeset {
+                            app_id: "todo",
+                            client_id: "d1",
+                            changeset_id: Some("same"),
+                            changes: &changes,
+                        },
+                    )
+                    .await
+                    .expect("push")
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        if let PushOutcome::Stored { .. } = task.await.expect("joins") {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    assert_eq!(ids.len(), 200);
+}
+
+/// Six devices of one user push concurrently while a seventh follows the
+/// cursor: it must see every change exactly once. A timestamp cursor fails
+/// this when a transaction commits after a later-started one.
+async fn a_reader_following_the_cursor_sees_every_concurrent_change_once(f: Fixture) {
+    const WRITERS: usize = 6;
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 25;
+    let alice = user("alice");
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = f.store.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                for b in 0..BATCHES {
+                    let changes: Vec<Change> = (0..PER_BATCH)
+                        .map(|i| insert("tasks", &format!("w{w}-b{b}-i{i}")))
+                        .collect();
+                    push(&*store, &alice, "todo", &format!("writer-{w}"), &changes).await;
+                }
+            })
+        })
+        .collect();
+    let writers_done = tokio::spawn(async move {
+        for writer in writers {
+            writer.await.expect("writer finished");
+        }
+    });
+    let total = WRITERS * BATCHES * PER_BATCH;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut since = Since::Cursor(Cursor::START);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader saw {} of {total}",
+            seen.len()
+        );
+        // Decide before reading: if the writers were done before this read
+        // and it finds nothing, the reader has caught up for good.
+        let finished = writers_done.is_finished();
+        let mut q = query("todo", Some("tasks"), since);
+        q.exclude_client = Some("reader");
+        let page = f.store.changes_after(&alice, &q).await.expect("read");
+        for change in &page.changes {
+            *seen.entry(change.record_id.clone()).or_default() += 1;
+        }
+        since = Since::Cursor(page.next);
+        if page.changes.is_empty() {
+            if finished {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "changes seen twice: {repeated:?}");
+    assert_eq!(seen.len(), total, "changes the reader never saw");
+}
+
+/// Many pushes at once (on SQLite they are committed in groups): a push the
+/// database refuses fails alone, its neighbours are stored, and a changeset
+/// sent twice at once is stored once.
+async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
+    f.admin_sql(
+        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id LIKE 'poison%'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
+           WHEN (NEW.record_id LIKE 'poison%') EXECUTE FUNCTION poison();",
+    )
+    .await;
+    let alice = user("alice");
+    let changes: Vec<Vec<Change>> = (0..60)
+        .map(|n| {
+            // Every tenth push is refused by the database half-way; every
+            // changeset id is sent twice.
+            if n % 10 == 4 {
+                vec![
+                    insert("tasks", &format!("ok-{n}")),
+                    insert("tasks", &format!("poison-{n}")),
+                ]
+            } else {
+                vec![insert("tasks", &format!("ok-{n}"))]
+            }
+        })
+        .collect();
+    let ids: Vec<String> = (0..60).map(|n| format!("cs-{}", n / 2)).collect();
+    let pushes = futures::future::join_all((0..60).map(|n| {
+        let (store, alice, changes, changeset_id) = (&f.store, &alice, &changes[n], &ids[n]);
+        async move {
+            let result = store
+                .push(
+                    alice,
+                    NewChangeset {
+                        app_id: "todo",
+                        client_id: "d1",
+                        changeset_id: Some(changeset_id),
+                        changes,
+                    },
+                )
+                .await;
+            (n, result)
+        }
+    }));
+    // On SQLite, another connection holds the write lock until every push
+    // has been handed to the writer (join_all polls each once first): they
+    // all wait for it together and are committed as one group or two.
+    let blocker = match &f.backend {
+        Backend::Sqlite { path, .. } => {
+            let conn = rusqlite::Connection::open(path).expect("opens");
+            conn.execute_batch("BEGIN IMMEDIATE").expect("locks");
+            Some(conn)
+        }
+        Backend::Postgres(_) => None,
+    };
+    let (results, ()) = futures::join!(pushes, async move {
+        if let Some(conn) = blocker {
+            conn.execute_batch("COMMIT").expect("unlocks");
+        }
+    });
+    let mut stored = Vec::new();
+    let mut by_changeset: HashMap<usize, Vec<bool>> = HashMap::new();
+    for (n, result) in results {
+        match result {
+            Ok(PushOutcome::Stored { .. }) => {
+                stored.push(n);
+                by_changeset.entry(n / 2).or_default().push(true);
+            }
+            Ok(PushOutcome::Duplicate) => by_changeset.entry(n / 2).or_default().push(false),
+            Err(error) => {
+                assert_eq!(n % 10, 4, "push {n} failed: {error}");
+                assert!(error.to_string().contains("poison"), "{error}");
+            }
+        }
+    }
+    for (changeset, outcomes) in &by_changeset {
+        assert_eq!(
+            outcomes.iter().filter(|stored| **stored).count(),
+            1,
+            "changeset {changeset}: {outcomes:?}"
+        );
+    }
+    let (ids, _) = read_all(
+        &*f.store,
+        &alice,
+        query("todo", None, Since::Cursor(Cursor::START)),
+    )
+    .await;
+    let mut expected: Vec<String> = stored.iter().map(|n| format!("ok-{n}")).collect();
+    let mut got = ids.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "exactly the accepted pushes are stored");
+    assert!(ids.iter().all(|id| !id.starts_with("poison")));
+    // Each changeset id was stored by exactly one of its two pushes: a
+    // refused one leaves the id free for the other.
+    assert_eq!(by_changeset.len(), 30);
+    assert_eq!(stored.len(), 30);
+    assert!(stored.iter().all(|n| n % 10 != 4), "{stored:?}");
+}
+
+/// SQLite commits the pushes waiting for its writer together: many
+/// concurrent pushes take fewer transactions than pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_commits_waiting_pushes_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(
+        mana_sync_store::sqlite::SqliteStore::open(
+            &dir.path().join("sync.db").display().to_string(),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("opens"),
+    );
+    let before = store.push_commits();
+    let pushes: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let changes = [insert("tasks", &format!("t{n}"))];
+                let user = user(&format!("user-{}", n % 7));
+                store
+                    .push(
+                        &user,
+                        NewChangeset {
+                            app_id: "todo",
+                            client_id: "d1",
+                            changeset_id: Some(&format!("cs-{n}")),
+                            changes: &changes,
+                        },
+                    )
+                    .await
+                    .expect("stored")
+            })
+        })
+        .collect();
+    for push in pushes {
+        assert!(matches!(
+            push.await.expect("joins"),
+            PushOutcome::Stored { count: 1, .. }
+        ));
+    }
+    let commits = store.push_commits() - before;
+    assert!(
+        commits < 200,
+        "200 concurrent pushes took {commits} transactions"
+    );
+    let mut total = 0;
+    for u in 0..7 {
+        let (ids, _) = read_all(
+            &*store,
+            &user(&format!("user-{u}")),
+            query("todo", None, Since::Cursor(Cursor::START)),
+        )
+        .await;
+        total += ids.len();
+    }
+    assert_eq!(total, 200);
+}
+
+store_suite!(
+    concurrent_duplicates_are_stored_once,
+    a_reader_following_the_cursor_sees_every_concurrent_change_once,
+    concurrent_pushes_fail_alone_and_repeat_once,
+);
