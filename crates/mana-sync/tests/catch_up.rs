@@ -3,7 +3,7 @@
 //! NATS server that restarted. In each case the streams of the other
 //! instances catch up from their cursors within two seconds, with the
 //! default catch-up interval (`CATCHUP_INTERVAL_MS`, 500 ms). (A listener
-//! that reconnects is covered in `live.rs`.)
+//! that reconnects is covered in `live_instances.rs`.)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
 
@@ -13,33 +13,12 @@ use std::time::{Duration, Instant};
 
 use common::{Device, EventStream, Harness, START, ids, insert};
 use mana_sync_testkit::nats::NatsServer;
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 
 /// The bound the design promises after a missed notice.
 const CATCH_UP: Duration = Duration::from_secs(2);
-
-async fn instance(h: &Harness, env: Vec<(String, String)>) -> TestServer {
-    TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(h.server.database_url.clone()),
-            env,
-            ..ServerOptions::default()
-        },
-    )
-    .await
-}
-
-fn device_on(server: &TestServer, user: &str, client_id: &str) -> Device {
-    Device {
-        http: mana_sync_testkit::http_client(),
-        base: server.url.clone(),
-        token: server.token(user),
-        client_id: client_id.into(),
-    }
-}
 
 /// The ids of the next `changes` event, which must come before `deadline`.
 async fn next_ids_by(stream: &mut EventStream, deadline: Instant, what: &str) -> Vec<String> {
@@ -76,9 +55,9 @@ async fn a_notice_lost_on_its_way_is_made_up_for_within_two_seconds() {
     let Some(h) = Harness::start(common::Db::Postgres).await else {
         return;
     };
-    let other = instance(&h, Vec::new()).await;
+    let other = h.instance(Vec::new()).await;
     let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &device_on(&other, "alice", "laptop")).await;
+    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     let db = h.db.as_ref().expect("postgres");
     db.refuse_connections().await;
     db.end_sessions(Some("mana-sync-notifier")).await;
@@ -107,10 +86,10 @@ async fn a_push_of_an_instance_that_crashed_before_announcing_it_arrives_within_
     let Some(h) = Harness::start(common::Db::Postgres).await else {
         return;
     };
-    let reader = instance(&h, Vec::new()).await;
-    let mut doomed = instance(&h, Vec::new()).await;
-    let phone = device_on(&doomed, "alice", "phone");
-    let mut stream = connected(&phone, &device_on(&reader, "alice", "laptop")).await;
+    let reader = h.instance(Vec::new()).await;
+    let mut doomed = h.instance(Vec::new()).await;
+    let phone = Device::on(&doomed, "alice", "phone");
+    let mut stream = connected(&phone, &Device::on(&reader, "alice", "laptop")).await;
     let db = h.db.as_ref().expect("postgres");
     db.refuse_connections().await;
     db.end_sessions(Some("mana-sync-notifier")).await;
@@ -146,9 +125,9 @@ async fn streams_catch_up_within_two_seconds_after_the_nats_server_restarts() {
     else {
         return;
     };
-    let other = instance(&h, env).await;
+    let other = h.instance(env).await;
     let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &device_on(&other, "alice", "laptop")).await;
+    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     // No notice goes through Postgres.
     assert!(
         !other
@@ -199,9 +178,9 @@ async fn pushes_reach_other_instances_through_the_shared_nats_server() {
     else {
         return;
     };
-    let other = instance(&h, env).await;
+    let other = h.instance(env).await;
     let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &device_on(&other, "alice", "laptop")).await;
+    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     for n in 0..5 {
         let id = format!("n{n}");
         phone

@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Device, EventStream, Harness, PROMPTLY, START, encode, ids, insert, wait_for_connections,
+    Device, EventStream, Harness, PROMPTLY, START, Socket, encode, ids, insert, next_message,
+    wait_for_connections,
 };
 use futures::{SinkExt, StreamExt};
 use mana_sync_testkit::server::ServerOptions;
@@ -258,12 +259,7 @@ async fn a_slow_consumer_delays_nobody_and_misses_nothing(h: Harness) {
     assert_eq!(received, expected);
 }
 
-async fn open_socket(
-    h: &Harness,
-    path: &str,
-    token: &str,
-    client_id: Option<&str>,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn open_socket(h: &Harness, path: &str, token: &str, client_id: Option<&str>) -> Socket {
     let url = format!("{}{path}", h.server.url.replace("http://", "ws://"));
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -278,25 +274,6 @@ async fn open_socket(
         .expect("sends");
     assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
     socket
-}
-
-async fn next_message(
-    socket: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    loop {
-        let message = tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("valid frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
-            Message::Close(frame) => return json!({"closed": frame.map(|f| u16::from(f.code))}),
-            _ => continue,
-        }
-    }
 }
 
 async fn sockets_answer_pings_and_hear_other_devices_pushes(h: Harness) {
@@ -663,158 +640,6 @@ async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
     let (changes, _) = reader.pull_all("todo", "tasks", START).await;
     assert_eq!(ids(&changes), ["in-flight"]);
     drop((db, server));
-}
-
-/// A second instance on the same Postgres database.
-async fn second_instance(h: &Harness) -> mana_sync_testkit::server::TestServer {
-    mana_sync_testkit::server::TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(h.server.database_url.clone()),
-            ..ServerOptions::default()
-        },
-    )
-    .await
-}
-
-fn device_on(
-    server: &mana_sync_testkit::server::TestServer,
-    user: &str,
-    client_id: &str,
-) -> Device {
-    Device {
-        http: mana_sync_testkit::http_client(),
-        base: server.url.clone(),
-        token: server.token(user),
-        client_id: client_id.into(),
-    }
-}
-
-#[tokio::test]
-async fn a_push_on_one_instance_reaches_streams_and_sockets_on_another() {
-    let Some(h) = Harness::start(common::Db::Postgres).await else {
-        return;
-    };
-    let other = second_instance(&h).await;
-    let phone = h.device("alice", "phone");
-    let laptop = device_on(&other, "alice", "laptop");
-    let mut stream = laptop.stream("todo", "tasks", START).await;
-    stream.backlog(1).await;
-    let socket_url = format!("{}/ws/todo", other.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(socket_url)
-        .await
-        .expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": other.token("alice")}).to_string(),
-        ))
-        .await
-        .expect("sends");
-    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
-    for n in 0..5 {
-        phone
-            .push(
-                "todo",
-                START,
-                json!([insert("tasks", &format!("from-1-{n}"))]),
-            )
-            .await;
-        assert_eq!(
-            changes_of(&stream.next_changes().await),
-            [format!("from-1-{n}")]
-        );
-        assert_eq!(
-            next_message(&mut socket).await,
-            json!({"type": "sync-available", "appId": "todo", "tables": ["tasks"]})
-        );
-    }
-    // And the other way round.
-    let mut back = h
-        .device("alice", "tablet")
-        .stream("todo", "tasks", START)
-        .await;
-    back.backlog(1).await;
-    laptop
-        .push("todo", START, json!([insert("tasks", "from-2")]))
-        .await;
-    assert_eq!(changes_of(&back.next_changes().await), ["from-2"]);
-}
-
-/// Two instances on one Postgres database, a stream of the laptop on the
-/// second, and the phone that pushes through the first.
-async fn two_instances_with_a_stream() -> Option<(
-    Harness,
-    mana_sync_testkit::server::TestServer,
-    Device,
-    EventStream,
-)> {
-    let h = Harness::start(common::Db::Postgres).await?;
-    let other = second_instance(&h).await;
-    let phone = h.device("alice", "phone");
-    let mut stream = device_on(&other, "alice", "laptop")
-        .stream("todo", "tasks", START)
-        .await;
-    stream.backlog(1).await;
-    Some((h, other, phone, stream))
-}
-
-/// The listener of an instance loses Postgres (as in a restart) and cannot
-/// reconnect for a while; a push committed meanwhile is announced to nobody.
-/// Once the listener is back, the stream catches up from its cursor.
-#[tokio::test]
-async fn streams_catch_up_with_what_was_committed_while_postgres_was_away() {
-    let Some((h, other, phone, mut stream)) = two_instances_with_a_stream().await else {
-        return;
-    };
-    phone
-        .push("todo", START, json!([insert("tasks", "before")]))
-        .await;
-    assert_eq!(changes_of(&stream.next_changes().await), ["before"]);
-    // Nothing may connect, and every listener is cut off. The pushing
-    // instance keeps the pool connection it already has.
-    let db = h.db.as_ref().expect("postgres");
-    db.refuse_connections().await;
-    db.end_sessions(Some("mana-sync-listener")).await;
-    other
-        .wait_for_log("lost the connection listening", PROMPTLY)
-        .await;
-    let (status, body) = phone
-        .push("todo", START, json!([insert("tasks", "while-away")]))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    db.accept_connections().await;
-    assert_eq!(changes_of(&stream.next_changes().await), ["while-away"]);
-    phone
-        .push("todo", START, json!([insert("tasks", "after")]))
-        .await;
-    assert_eq!(changes_of(&stream.next_changes().await), ["after"]);
-}
-
-/// Every connection of both instances is dropped at once, as when Postgres
-/// restarts: pushes, streams and notices all recover.
-#[tokio::test]
-async fn everything_recovers_when_every_connection_is_dropped() {
-    let Some((h, _other, phone, mut stream)) = two_instances_with_a_stream().await else {
-        return;
-    };
-    h.db.as_ref().expect("postgres").end_sessions(None).await;
-    // A push may meet a dead pooled connection once (503, safe to retry with
-    // the same changesetId); it must succeed within the deadline.
-    let body = json!({"clientId": "phone", "since": START, "changesetId": "after-restart",
-                      "changes": [insert("tasks", "after-restart")]});
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let (status, reply) = phone.post("todo", &body).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pushes never recovered"
-        );
-    }
-    assert_eq!(changes_of(&stream.next_changes().await), ["after-restart"]);
 }
 
 /// A stream and a socket opened with a token that then expires are told so

@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{Device, EventStream, Harness, PROMPTLY, START, assert_error, encode, ids, read};
-use futures::{SinkExt as _, StreamExt as _};
+use common::{Device, EventStream, Harness, START, assert_error, encode, ids, next_message, read};
+use futures::SinkExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -468,23 +468,6 @@ async fn next_event(stream: &mut EventStream) -> (String, Value) {
         let (kind, data) = stream.next().await;
         if kind != "heartbeat" {
             return (kind, data);
-        }
-    }
-}
-
-async fn next_message(
-    socket: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Value {
-    loop {
-        let message = tokio::time::timeout(PROMPTLY, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON");
         }
     }
 }

@@ -59,12 +59,20 @@ impl Harness {
     }
 
     pub fn device(&self, user: &str, client_id: &str) -> Device {
-        Device {
-            http: mana_sync_testkit::http_client(),
-            base: self.server.url.clone(),
-            token: self.server.token(user),
-            client_id: client_id.to_owned(),
-        }
+        Device::on(&self.server, user, client_id)
+    }
+
+    /// Another instance on the same database (Postgres), with `env` settings.
+    pub async fn instance(&self, env: Vec<(String, String)>) -> TestServer {
+        TestServer::start(
+            std::path::Path::new(BINARY),
+            ServerOptions {
+                database_url: Some(self.server.database_url.clone()),
+                env,
+                ..ServerOptions::default()
+            },
+        )
+        .await
     }
 }
 
@@ -79,6 +87,16 @@ pub struct Device {
 pub const START: &str = "1970-01-01T00:00:00.000Z";
 
 impl Device {
+    /// A device of `user` talking to `server`.
+    pub fn on(server: &TestServer, user: &str, client_id: &str) -> Self {
+        Self {
+            http: mana_sync_testkit::http_client(),
+            base: server.url.clone(),
+            token: server.token(user),
+            client_id: client_id.to_owned(),
+        }
+    }
+
     /// `POST /sync/{app}` with `body` as given (plus the device's headers).
     pub async fn post(&self, app: &str, body: &Value) -> (StatusCode, Value) {
         let response = self
@@ -404,5 +422,28 @@ pub async fn wait_for_connections(server: &TestServer, streams: i64, sockets: i6
             "connections stayed at {health}"
         );
         tokio::task::yield_now().await;
+    }
+}
+
+/// A WebSocket to the server (`/sync/{app}/socket`).
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message of `socket` as JSON, or `{"closed": code}` when the
+/// server closes it; it must come within [`PROMPTLY`].
+pub async fn next_message(socket: &mut Socket) -> Value {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Close(frame) => return json!({"closed": frame.map(|f| u16::from(f.code))}),
+            _ => continue,
+        }
     }
 }
