@@ -15,10 +15,8 @@ import {
   converged,
   expectIndicator,
   launchChromium,
-  newDevice,
-  openApp,
   screenshot,
-  signIn,
+  signedInDevices,
   todo,
   todoList,
 } from './harness.ts';
@@ -44,12 +42,7 @@ beforeAll(async () => {
   // Compaction runs only when the test says so.
   server = await Server.start({ COMPACTION_THRESHOLD: '0' });
   browser = await launchChromium();
-  phone = await newDevice(browser);
-  laptop = await newDevice(browser);
-  a = await openApp(phone, server);
-  b = await openApp(laptop, server);
-  await signIn(a, 'alice');
-  await signIn(b, 'alice');
+  ({ contexts: [phone, laptop], pages: [a, b] } = await signedInDevices(browser, server, ['alice', 'alice']));
   await converged(a, b);
 });
 

@@ -258,6 +258,19 @@ export async function signIn(page: Page, user: string): Promise<void> {
   await expectIndicator(page, 'synced');
 }
 
+/** Two devices (browser profiles) with the app open, signed in as `users` (the same name twice: two devices of one person). */
+export async function signedInDevices(
+  browser: Browser,
+  server: Server,
+  users: [string, string],
+): Promise<{ contexts: [BrowserContext, BrowserContext]; pages: [Page, Page] }> {
+  const contexts: [BrowserContext, BrowserContext] = [await newDevice(browser), await newDevice(browser)];
+  const pages: [Page, Page] = [await openApp(contexts[0], server), await openApp(contexts[1], server)];
+  await signIn(pages[0], users[0]);
+  await signIn(pages[1], users[1]);
+  return { contexts, pages };
+}
+
 /** Adds a todo through the input (Enter adds). */
 export async function addTodo(page: Page, title: string): Promise<void> {
   await page.getByTestId('new-todo').fill(title);

@@ -19,6 +19,7 @@ import {
   newDevice,
   openApp,
   screenshot,
+  signedInDevices,
   signIn,
   todo,
   todoList,
@@ -35,12 +36,7 @@ beforeAll(async () => {
   checkPrerequisites();
   server = await Server.start();
   browser = await launchChromium();
-  aliceDevice = await newDevice(browser);
-  bobDevice = await newDevice(browser);
-  alice = await openApp(aliceDevice, server);
-  bob = await openApp(bobDevice, server);
-  await signIn(alice, 'alice');
-  await signIn(bob, 'bob');
+  ({ contexts: [aliceDevice, bobDevice], pages: [alice, bob] } = await signedInDevices(browser, server, ['alice', 'bob']));
 });
 
 afterAll(async () => {

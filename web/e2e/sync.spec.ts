@@ -14,10 +14,9 @@ import {
   cspViolations,
   expectIndicator,
   launchChromium,
-  newDevice,
   openApp,
   screenshot,
-  signIn,
+  signedInDevices,
   todo,
   todoList,
 } from './harness.ts';
@@ -33,12 +32,7 @@ beforeAll(async () => {
   checkPrerequisites();
   server = await Server.start();
   browser = await launchChromium();
-  phone = await newDevice(browser);
-  laptop = await newDevice(browser);
-  a = await openApp(phone, server);
-  b = await openApp(laptop, server);
-  await signIn(a, 'alice');
-  await signIn(b, 'alice');
+  ({ contexts: [phone, laptop], pages: [a, b] } = await signedInDevices(browser, server, ['alice', 'alice']));
   await converged(a, b);
 });
 
