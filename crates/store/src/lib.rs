@@ -327,17 +327,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The cursor a read ends at: the last change returned when more follow,
-/// otherwise the user's newest sequence number in the same snapshot (so the
-/// cursor moves past changes the query filtered out, and past a cursor from a
-/// database that was since restored to an earlier state).
-fn page_end(changes: &[StoredChange], has_more: bool, newest: u64) -> Cursor {
-    match changes.last() {
-        Some(last) if has_more => Cursor::at(last.seq),
-        _ => Cursor::at(newest),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

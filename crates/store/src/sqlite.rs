@@ -32,7 +32,7 @@ use crate::types::{
 };
 use crate::{
     ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
-    StoreOptions, StoreResult, StoredChange, page_end,
+    StoreOptions, StoreResult, StoredChange,
 };
 
 /// The path in `sqlite://PATH` (or `sqlite:PATH`), if `url` is a SQLite URL.
@@ -293,25 +293,12 @@ impl SqliteStore {
             let rows = statement
                 .query_map(named.as_slice(), read_row)
                 .map_err(database_error)?;
-            let mut changes = Vec::with_capacity(limit.min(64));
+            let mut fetched = Vec::with_capacity(limit.min(64));
             for row in rows {
                 let (head, raw) = row.map_err(database_error)?;
-                changes.push(assemble(head, raw)?);
+                fetched.push(assemble(head, raw)?);
             }
-            let has_more = changes.len() > limit;
-            changes.truncate(limit);
-            if let Some(space) = &space {
-                for change in &mut changes {
-                    change.space_id = Some(space.clone());
-                }
-            }
-            let next = page_end(&changes, has_more, newest);
-            Ok(ChangePage {
-                changes,
-                next,
-                has_more,
-                expired_through,
-            })
+            Ok(ChangePage::of(fetched, limit, newest, expired_through).in_space(space.as_ref()))
         })
         .await
     }

@@ -105,6 +105,44 @@ pub struct ChangePage {
     pub expired_through: u64,
 }
 
+impl ChangePage {
+    /// The page `fetched` makes: at most `limit` changes (one more was
+    /// fetched to tell whether more follow). It ends at the last change
+    /// returned when more follow, otherwise at the log's newest position in
+    /// the same snapshot (so the cursor moves past changes the query filtered
+    /// out, and past a cursor from a database that was since restored to an
+    /// earlier state).
+    pub(crate) fn of(
+        mut fetched: Vec<StoredChange>,
+        limit: usize,
+        newest: u64,
+        expired_through: u64,
+    ) -> Self {
+        let has_more = fetched.len() > limit;
+        fetched.truncate(limit);
+        let next = match fetched.last() {
+            Some(last) if has_more => Cursor::at(last.seq),
+            _ => Cursor::at(newest),
+        };
+        Self {
+            changes: fetched,
+            next,
+            has_more,
+            expired_through,
+        }
+    }
+
+    /// The page, its changes marked as read from `space`'s log (if any).
+    pub(crate) fn in_space(mut self, space: Option<&SpaceId>) -> Self {
+        if let Some(space) = space {
+            for change in &mut self.changes {
+                change.space_id = Some(space.clone());
+            }
+        }
+        self
+    }
+}
+
 /// Batches of changes streamed out of the store (see [`Store::export`](crate::Store::export)).
 pub type ChangeBatches = Pin<Box<dyn Stream<Item = Result<Vec<StoredChange>, StoreError>> + Send>>;
 

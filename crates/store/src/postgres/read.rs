@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 use super::{PostgresStore, database_error, pool_error, seq_param, seq_value, spaces};
 use crate::compaction;
 use crate::types::{LogState, RawColumns};
-use crate::{ChangePage, ChangeQuery, MAX_PAGE, StoreError, StoreResult, StoredChange, page_end};
+use crate::{ChangePage, ChangeQuery, MAX_PAGE, StoreError, StoreResult, StoredChange};
 
 impl PostgresStore {
     /// Reads `log` acting for `actor` (row-level security decides what it
@@ -112,13 +112,7 @@ impl PostgresStore {
         }
         let rows = rows.map_err(database_error)?;
         committed.map_err(database_error)?;
-        let mut page = page_of(&rows, limit, newest, expired_through)?;
-        if let Some(space) = space {
-            for change in &mut page.changes {
-                change.space_id = Some(space.clone());
-            }
-        }
-        Ok(page)
+        Ok(page_of(&rows, limit, newest, expired_through)?.in_space(space.as_ref()))
     }
 }
 
@@ -130,19 +124,11 @@ pub(crate) fn page_of(
     newest: u64,
     expired_through: u64,
 ) -> StoreResult<ChangePage> {
-    let mut changes = rows
+    let fetched = rows
         .iter()
         .map(stored_change)
         .collect::<StoreResult<Vec<_>>>()?;
-    let has_more = changes.len() > limit;
-    changes.truncate(limit);
-    let next = page_end(&changes, has_more, newest);
-    Ok(ChangePage {
-        changes,
-        next,
-        has_more,
-        expired_through,
-    })
+    Ok(ChangePage::of(fetched, limit, newest, expired_through))
 }
 
 /// A log's newest position and the last position compaction dropped.
