@@ -116,15 +116,7 @@ async fn a_reader_following_the_cursor_sees_every_concurrent_change_once(f: Fixt
 /// database refuses fails alone, its neighbours are stored, and a changeset
 /// sent twice at once is stored once.
 async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
-    f.admin_sql(
-        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id LIKE 'poison%'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
-           WHEN (NEW.record_id LIKE 'poison%') EXECUTE FUNCTION poison();",
-    )
-    .await;
+    f.refuse_records_like("poison%").await;
     let alice = user("alice");
     let changes: Vec<Vec<Change>> = (0..60)
         .map(|n| {

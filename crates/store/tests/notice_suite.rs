@@ -56,15 +56,7 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
     assert_eq!(notice.client_id, "phone");
     // A refused changeset and a duplicate announce nothing; the next real
     // push is the next notice.
-    f.admin_sql(
-        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
-           WHEN (NEW.record_id = 'poison') EXECUTE FUNCTION poison();",
-    )
-    .await;
+    f.refuse_records_like("poison").await;
     let poisoned = [insert("tasks", "poison")];
     let set = NewChangeset {
         app_id: "todo",

@@ -366,15 +366,7 @@ async fn a_failing_changeset_stores_nothing(f: Fixture) {
     let alice = user("alice");
     // Make the database itself refuse one row, after others of the same
     // changeset were written: the transaction must take them all back.
-    f.admin_sql(
-        "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id = 'poison'
-         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
-         CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
-           WHEN (NEW.record_id = 'poison') EXECUTE FUNCTION poison();",
-    )
-    .await;
+    f.refuse_records_like("poison").await;
     let changes = [
         insert("tasks", "1"),
         insert("tasks", "2"),

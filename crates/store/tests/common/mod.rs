@@ -72,6 +72,25 @@ impl Fixture {
                 .expect("admin SQL"),
         }
     }
+
+    /// Makes the database itself refuse every change whose record id is
+    /// `LIKE pattern` (a trigger), after the rows before it in the same
+    /// transaction were written.
+    pub async fn refuse_records_like(&self, pattern: &str) {
+        self.admin_sql(
+            &format!(
+                "CREATE TRIGGER poison BEFORE INSERT ON mana_changes WHEN NEW.record_id LIKE '{pattern}'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;"
+            ),
+            &format!(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$;
+                 CREATE TRIGGER poison BEFORE INSERT ON mana_changes FOR EACH ROW
+                   WHEN (NEW.record_id LIKE '{pattern}') EXECUTE FUNCTION poison();"
+            ),
+        )
+        .await;
+    }
 }
 
 pub fn user(name: &str) -> UserId {
