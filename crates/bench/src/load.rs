@@ -53,6 +53,21 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// A run of `latencies.len()` operations without deliveries (a raw
+    /// database's side).
+    pub fn of(label: String, mut latencies: Vec<Duration>, elapsed: Duration, cpu: Cpu) -> Self {
+        latencies.sort();
+        Self {
+            label,
+            pushes: latencies.len(),
+            elapsed,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            delivery: None,
+            cpu,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.pushes as f64 / self.elapsed.as_secs_f64()
     }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Measured, Shape, percentile};
+use super::{Measured, Shape};
 use crate::cpu::Cpu;
 use crate::server::Env;
 
@@ -120,24 +120,12 @@ pub async fn raw_postgres(env: &Env, shape: &Shape, notify: RawNotify) -> anyhow
     drop(clients);
     drop(listener);
     drain.abort();
-    latencies.sort();
-    Ok(Measured {
-        label: match notify {
-            RawNotify::None => "raw Postgres: one INSERT per transaction".into(),
-            RawNotify::InTransaction => {
-                "raw Postgres: INSERT + pg_notify in one transaction".into()
-            }
-            RawNotify::AfterCommit => {
-                "raw Postgres: INSERT, then pg_notify after the commit".into()
-            }
-        },
-        pushes: latencies.len(),
-        elapsed,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        delivery: None,
-        cpu,
-    })
+    let label = match notify {
+        RawNotify::None => "raw Postgres: one INSERT per transaction",
+        RawNotify::InTransaction => "raw Postgres: INSERT + pg_notify in one transaction",
+        RawNotify::AfterCommit => "raw Postgres: INSERT, then pg_notify after the commit",
+    };
+    Ok(Measured::of(label.into(), latencies, elapsed, cpu))
 }
 
 /// `concurrency` tasks sharing one rusqlite connection (SQLite has one
@@ -192,14 +180,10 @@ pub async fn raw_sqlite(env: &Env, shape: &Shape) -> anyhow::Result<Measured> {
     }
     let elapsed = started.elapsed();
     let cpu = Cpu::now(None).since(&cpu_before);
-    latencies.sort();
-    Ok(Measured {
-        label: "raw SQLite: one durable transaction per insert".into(),
-        pushes: latencies.len(),
+    Ok(Measured::of(
+        "raw SQLite: one durable transaction per insert".into(),
+        latencies,
         elapsed,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-        delivery: None,
         cpu,
-    })
+    ))
 }
