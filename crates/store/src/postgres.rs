@@ -198,21 +198,27 @@ impl PostgresStore {
         store.migrate(migrations).await?;
         store.warn_if_rls_is_bypassed().await?;
         store.relay = match &options.nats_url {
-            None => vec![
-                tokio::spawn(relay::pg::listen(
-                    connector.clone(),
-                    events.clone(),
-                    instance.clone(),
-                    interval,
-                )),
-                tokio::spawn(relay::publish(
-                    relay::pg::PgTransport::new(connector),
-                    outbox,
-                    store.announcer.shed(),
-                    instance,
-                    interval,
-                )),
-            ],
+            None => {
+                let (listening, heard) = tokio::sync::oneshot::channel();
+                let tasks = vec![
+                    tokio::spawn(relay::pg::listen(
+                        connector.clone(),
+                        events.clone(),
+                        instance.clone(),
+                        interval,
+                        listening,
+                    )),
+                    tokio::spawn(relay::publish(
+                        relay::pg::PgTransport::new(connector),
+                        outbox,
+                        store.announcer.shed(),
+                        instance,
+                        interval,
+                    )),
+                ];
+                relay::until_listening(heard).await;
+                tasks
+            }
             Some(url) => relay::nats::start(
                 url,
                 relay::nats::subject(connector.config()),

@@ -7,11 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use common::{Fixture, end_of, insert, push, user};
-use mana_sync_protocol::{Cursor, LogId};
+use mana_sync_protocol::LogId;
 use mana_sync_store::{ChangeNotice, NewChangeset, PushOutcome, StoreEvent, StoreOptions};
 
-/// The next `Changed` event (skipping the `Resync` a Postgres listener
-/// announces when it starts listening).
+/// The next `Changed` event (skipping any `Resync`, which a relay announces
+/// whenever it may have missed something).
 async fn next_notice(
     events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
 ) -> Arc<ChangeNotice> {
@@ -91,48 +91,57 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
 }
 
 /// On Postgres, notices cross instances: a push through one store is
-/// announced by every other store on the same database.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_notices_reach_every_instance() {
-    let Some(first) = Fixture::postgres().await else {
+/// announced by every other store on the same database, from the moment
+/// `open` returns (a server serves only once it hears the other
+/// instances, so its first streams are not told to resync for nothing and
+/// miss nothing).
+async fn notices_reach_every_instance_from_the_start(options: StoreOptions) {
+    let Some(database) = Fixture::postgres().await else {
         return;
     };
-    let second = mana_sync_store::open(&first.url(), &StoreOptions::default())
+    let first = mana_sync_store::open(&database.url(), &options)
+        .await
+        .expect("opens");
+    let second = mana_sync_store::open(&database.url(), &options)
         .await
         .expect("opens");
     let mut events = second.events();
-    // The second store may not be listening yet when the first push commits
-    // (its listener connects in the background); push until one is announced.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut pushed = 0;
-    let notice = loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no notice crossed instances"
-        );
-        push(
-            &*first.store,
-            &user("alice"),
-            "todo",
-            "phone",
-            &[insert("tasks", "1")],
-        )
-        .await;
-        pushed += 1;
-        let wait = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            next_notice(&mut events),
-        )
-        .await;
-        if let Ok(notice) = wait {
-            break notice;
-        }
+    let pushed = push(
+        &*first,
+        &user("alice"),
+        "todo",
+        "phone",
+        &[insert("tasks", "1")],
+    )
+    .await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("channel open");
+    let StoreEvent::Changed(notice) = event else {
+        panic!("the second store was already listening: its first event is the push, not a resync");
     };
     assert_eq!(
-        (notice.log.as_str(), notice.app_id.as_str()),
-        ("alice", "todo")
+        (notice.log.as_str(), notice.app_id.as_str(), notice.last),
+        ("alice", "todo", end_of(pushed).position())
     );
-    assert!(pushed >= 1 && notice.last > Cursor::START.position());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_every_instance_from_the_start_through_postgres() {
+    notices_reach_every_instance_from_the_start(StoreOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_every_instance_from_the_start_through_nats() {
+    let Some(nats_url) = mana_sync_testkit::nats::shared().await else {
+        return;
+    };
+    notices_reach_every_instance_from_the_start(StoreOptions {
+        nats_url: Some(nats_url),
+        ..StoreOptions::default()
+    })
+    .await;
 }
 
 store_suite!(committed_pushes_are_announced_and_nothing_else,);

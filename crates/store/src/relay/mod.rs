@@ -50,6 +50,26 @@ const SILENT_INTERVALS: u32 = 3;
 /// A peer that stayed silent this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
+/// How long opening a store waits for its relay to hear the other
+/// instances before serving anyway (the relay announces a resync once it
+/// does).
+const LISTEN_AT_START: Duration = Duration::from_secs(10);
+
+/// Waits until the relay hears the other instances, so that a server serves
+/// its first streams only once it can tell them of every commit; bounded, so
+/// a bus that is down delays the start but does not stop it.
+pub(crate) async fn until_listening(listening: oneshot::Receiver<()>) {
+    if tokio::time::timeout(LISTEN_AT_START, listening)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            wait = ?LISTEN_AT_START,
+            "not yet hearing the other instances; serving anyway, streams re-read from their cursors once it does"
+        );
+    }
+}
+
 /// The default catch-up interval (heartbeats, silence checks).
 pub const DEFAULT_CATCHUP_INTERVAL: Duration = Duration::from_millis(500);
 

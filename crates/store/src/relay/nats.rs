@@ -13,10 +13,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::Outgoing;
-use super::{Peers, Transport, deliver, publish};
+use super::{Peers, Transport, deliver, publish, until_listening};
 use crate::notice::StoreEvent;
 
 /// The subject every instance of one database publishes and hears notices
@@ -81,6 +81,7 @@ pub(crate) async fn start(
     interval: Duration,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let (connection_events, mut connection_changes) = mpsc::unbounded_channel();
+    let (listening, heard) = oneshot::channel();
     let client = async_nats::ConnectOptions::new()
         .name("mana-sync")
         .retry_on_initial_connect()
@@ -115,6 +116,7 @@ pub(crate) async fn start(
     let receiver = tokio::spawn(async move {
         let _client = client;
         let mut peers = Peers::new(instance, interval);
+        let mut listening = Some(listening);
         // Checked twice per interval: an instance that fell silent is noticed
         // within 3.5 intervals of its last message.
         let mut ticks = tokio::time::interval(interval / 2);
@@ -135,6 +137,9 @@ pub(crate) async fn start(
                         tracing::info!("listening for changes from every instance (NATS)");
                         peers.forget();
                         let _ = events.send(StoreEvent::Resync);
+                        if let Some(listening) = listening.take() {
+                            let _ = listening.send(());
+                        }
                     }
                     Some(async_nats::Event::SlowConsumer(_)) => {
                         tracing::warn!("NATS dropped change notices; streams re-read from their cursors");
@@ -154,5 +159,6 @@ pub(crate) async fn start(
             }
         }
     });
+    until_listening(heard).await;
     Ok(vec![publisher, receiver])
 }

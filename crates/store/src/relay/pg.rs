@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
 use super::{Peers, Transport, deliver};
@@ -71,12 +71,14 @@ impl Transport for PgTransport {
 /// Listens for every instance's messages and announces them; reconnects
 /// with backoff when the connection is lost (Postgres restart, network),
 /// announcing [`StoreEvent::Resync`] once listening again so subscribers
-/// re-read whatever they may have missed meanwhile.
+/// re-read whatever they may have missed meanwhile. `listening` hears when
+/// the first `LISTEN` took effect.
 pub(crate) async fn listen(
     mut connector: PgConnector,
     events: broadcast::Sender<StoreEvent>,
     instance: String,
     interval: Duration,
+    listening: oneshot::Sender<()>,
 ) {
     connector
         .config_mut()
@@ -85,8 +87,11 @@ pub(crate) async fn listen(
         .keepalives_idle(Duration::from_secs(30));
     let mut peers = Peers::new(instance, interval);
     let mut backoff = LISTEN_BACKOFF_MIN;
+    let mut listening = Some(listening);
     loop {
-        match listen_until_disconnected(&connector, &events, &mut peers, interval).await {
+        match listen_until_disconnected(&connector, &events, &mut peers, interval, &mut listening)
+            .await
+        {
             Ok(()) => {
                 tracing::warn!("lost the connection listening for changes; reconnecting");
                 backoff = LISTEN_BACKOFF_MIN;
@@ -109,6 +114,7 @@ async fn listen_until_disconnected(
     events: &broadcast::Sender<StoreEvent>,
     peers: &mut Peers,
     interval: Duration,
+    listening: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = connector.connect().await?;
     let (payloads, mut received) = mpsc::unbounded_channel::<String>();
@@ -139,6 +145,9 @@ async fn listen_until_disconnected(
     // re-reading from the cursors.
     peers.forget();
     let _ = events.send(StoreEvent::Resync);
+    if let Some(listening) = listening.take() {
+        let _ = listening.send(());
+    }
     // Checked twice per interval: an instance that fell silent is noticed
     // within 3.5 intervals of its last message.
     let mut ticks = tokio::time::interval(interval / 2);
