@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::spaces::{Member, MemberChange, Membership, SpaceError};
 use async_trait::async_trait;
-use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
+use mana_sync_protocol::{Cursor, LogId, SpaceId, UserId};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use tokio::sync::broadcast;
 
-use crate::compaction::{self, CompactOptions, CompactOutcome};
+use crate::compaction::{CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, SQLITE};
 use crate::notice::{EVENT_CAPACITY, StoreEvent};
 use crate::sqlite_writer::Writer;
@@ -31,9 +31,10 @@ use crate::types::{
     ChangeBatches, ImportError, ImportOutcome, ImportSource, LogState, RawColumns, Reserved,
 };
 use crate::{
-    ChangePage, ChangeQuery, MAX_PAGE, NewChangeset, PushOutcome, Store, StoreError, StoreKind,
-    StoreOptions, StoreResult, StoredChange,
+    ChangePage, ChangeQuery, NewChangeset, PushOutcome, Store, StoreError, StoreKind, StoreOptions,
+    StoreResult, StoredChange,
 };
+use read::LogRead;
 
 /// The path in `sqlite://PATH` (or `sqlite:PATH`), if `url` is a SQLite URL.
 pub fn path_from_url(url: &str) -> Option<&str> {
@@ -99,29 +100,11 @@ pub(crate) fn reserve_positions(
     .map_err(database_error)
 }
 
-/// Where a `since` resumes: a position as it is, a `c1.<n>` cursor of the
-/// previous format at the position its sequence number was migrated to.
-fn resume_after(conn: &Connection, user: &str, since: Since) -> StoreResult<u64> {
-    let legacy = match since {
-        Since::Cursor(cursor) => return Ok(cursor.position()),
-        Since::Legacy(legacy) => legacy,
-    };
-    let position: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM mana_legacy_cursors WHERE user_id = ?1 AND legacy_seq <= ?2
-             ORDER BY legacy_seq DESC LIMIT 1",
-            params![user, seq_param(legacy)],
-            |row| row.get(0),
-        )
-        .optional()
-        .map_err(database_error)?;
-    Ok(position.map_or(Cursor::START.position(), |p| u64::try_from(p).unwrap_or(0)))
-}
-
 mod backup;
 mod busy;
 pub(crate) mod checkpoint;
 mod compact;
+pub(crate) mod read;
 pub(crate) mod spaces;
 
 /// The change log in a SQLite file.
@@ -244,63 +227,8 @@ impl SqliteStore {
         log: LogId,
         query: &ChangeQuery<'_>,
     ) -> StoreResult<ChangePage> {
-        let app_id = query.app_id.to_owned();
-        let collection = query.collection.map(str::to_owned);
-        let exclude = query.exclude_client.map(str::to_owned);
-        let since = query.since;
-        let expired = query.expired;
-        let limit = query.limit.clamp(1, MAX_PAGE);
-        let space = log.space();
-        Self::with_connection(&self.readers, move |conn| {
-            // One read transaction: the membership, the newest position and
-            // the rows come from the same snapshot.
-            let tx = conn.transaction().map_err(database_error)?;
-            if let Some((space, user)) = &member
-                && spaces::role_of(&tx, space, user)?.is_none()
-            {
-                return Err(StoreError::SpaceForbidden {
-                    space: space.clone(),
-                    write: false,
-                });
-            }
-            let log = log.as_str();
-            let LogState {
-                newest,
-                expired_through,
-            } = log_state(&tx, log).map_err(database_error)?;
-            let after = resume_after(&tx, log, since)?;
-            if compaction::is_expired(after, expired_through, expired) {
-                return Err(StoreError::CursorExpired {
-                    expired_through: Cursor::at(expired_through),
-                });
-            }
-            let sql = select_changes_sql(collection.is_some(), exclude.is_some());
-            let mut statement = tx.prepare_cached(&sql).map_err(database_error)?;
-            let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
-            let after = seq_param(after);
-            let mut named: Vec<(&str, &dyn rusqlite::ToSql)> = vec![
-                (":user", &log),
-                (":app", &app_id),
-                (":after", &after),
-                (":limit", &fetch),
-            ];
-            if let Some(collection) = &collection {
-                named.push((":collection", collection));
-            }
-            if let Some(exclude) = &exclude {
-                named.push((":exclude", exclude));
-            }
-            let rows = statement
-                .query_map(named.as_slice(), read_row)
-                .map_err(database_error)?;
-            let mut fetched = Vec::with_capacity(limit.min(64));
-            for row in rows {
-                let (head, raw) = row.map_err(database_error)?;
-                fetched.push(assemble(head, raw)?);
-            }
-            Ok(ChangePage::of(fetched, limit, newest, expired_through).in_space(space.as_ref()))
-        })
-        .await
+        let read = LogRead::new(member, log, query);
+        Self::with_connection(&self.readers, move |conn| read.page(conn)).await
     }
 
     async fn with_connection<R: Send + 'static>(
@@ -376,21 +304,6 @@ pub(crate) fn log_state(conn: &Connection, user: &str) -> rusqlite::Result<LogSt
             expired_through: u64::try_from(expired_through).unwrap_or(0),
         }),
     )
-}
-
-fn select_changes_sql(collection: bool, exclude: bool) -> String {
-    let mut sql = String::from(concat!(
-        select_columns!(),
-        " FROM mana_changes WHERE user_id = :user AND app_id = :app AND seq > :after"
-    ));
-    if collection {
-        sql.push_str(" AND table_name = :collection");
-    }
-    if exclude {
-        sql.push_str(" AND client_id <> :exclude");
-    }
-    sql.push_str(" ORDER BY seq LIMIT :limit");
-    sql
 }
 
 pub(crate) fn read_row(
@@ -470,6 +383,24 @@ impl Store for SqliteStore {
 
     async fn push(&self, user: &UserId, changeset: NewChangeset<'_>) -> StoreResult<PushOutcome> {
         self.writer.push(user, changeset).await
+    }
+
+    async fn push_and_read(
+        &self,
+        user: &UserId,
+        changeset: NewChangeset<'_>,
+        reply: &ChangeQuery<'_>,
+    ) -> StoreResult<(PushOutcome, ChangePage)> {
+        // A space's log is read with its membership check, by `changes_after`.
+        let inline = reply
+            .space
+            .is_none()
+            .then(|| Box::new(LogRead::new(None, LogId::of_user(user), reply)));
+        let (outcome, page) = self.writer.push_and_read(user, changeset, inline).await?;
+        match page {
+            Some(page) => Ok((outcome, page)),
+            None => Ok((outcome, self.changes_after(user, reply).await?)),
+        }
     }
 
     async fn changes_after(

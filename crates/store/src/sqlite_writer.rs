@@ -13,6 +13,13 @@
 //! A push into shared spaces is checked and stored log by log inside its
 //! savepoint: a space the pusher may not write refuses the whole push.
 //!
+//! A push that wants a reply (the changes of its user's log after its
+//! cursor) has it read on the write connection right after the commit,
+//! when it is small ([`INLINE_REPLY_MAX`]): the device is answered without
+//! another hop to a reader thread, and the read sees every commit, since
+//! there is no other writer. A larger reply is left to a reader connection,
+//! so one device far behind never holds up the next group.
+//!
 //! Other writes (imports, settings) run on the same thread, between groups.
 //! None of them copies the log into the database file (a checkpoint): the
 //! checkpointer thread does (`sqlite/checkpoint.rs`).
@@ -30,13 +37,20 @@ use uuid::Uuid;
 use crate::notice::{ChangeNotice, StoreEvent, Written};
 use crate::spaces::{LogChanges, Role, split_by_log};
 use crate::sqlite::checkpoint::Checkpoints;
+use crate::sqlite::read::LogRead;
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
-use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
+use crate::{ChangePage, NewChangeset, PushOutcome, StoreError, StoreResult};
 
 /// Most pushes committed together.
 pub(crate) const MAX_GROUP: usize = 512;
+
+/// Most changes of a reply read on the writer thread.
+const INLINE_REPLY_MAX: usize = 64;
+
+/// A push's outcome, and its reply when it was read on the writer.
+type Answer = (PushOutcome, Option<ChangePage>);
 
 /// Work for the writer thread.
 enum Job {
@@ -51,7 +65,9 @@ struct Push {
     client_id: String,
     changeset_id: Option<String>,
     changes: Vec<Change>,
-    done: oneshot::Sender<StoreResult<PushOutcome>>,
+    /// Boxed: most jobs on the queue are pushes, and a read is large.
+    reply: Option<Box<LogRead>>,
+    done: oneshot::Sender<StoreResult<Answer>>,
 }
 
 /// The handle of the writer thread; the thread ends when the last handle is
@@ -93,6 +109,19 @@ impl Writer {
         user: &UserId,
         changeset: NewChangeset<'_>,
     ) -> StoreResult<PushOutcome> {
+        let (outcome, _) = self.push_and_read(user, changeset, None).await?;
+        Ok(outcome)
+    }
+
+    /// Stores a changeset with the next group and, with `reply`, reads it
+    /// after the commit when it holds at most [`INLINE_REPLY_MAX`] changes
+    /// (`None`: the caller reads it).
+    pub(crate) async fn push_and_read(
+        &self,
+        user: &UserId,
+        changeset: NewChangeset<'_>,
+        reply: Option<Box<LogRead>>,
+    ) -> StoreResult<Answer> {
         let (done, outcome) = oneshot::channel();
         self.jobs
             .send(Job::Push(Push {
@@ -101,6 +130,7 @@ impl Writer {
                 client_id: changeset.client_id.to_owned(),
                 changeset_id: changeset.changeset_id.map(str::to_owned),
                 changes: changeset.changes.to_vec(),
+                reply,
                 done,
             }))
             .map_err(|_| gone())?;
@@ -211,12 +241,16 @@ fn commit_group(conn: &mut Connection, group: Vec<Push>, events: &broadcast::Sen
         Err(error) => fail_rest(&mut results, group.len(), &database_error(error)),
     }
     for (push, result) in group.into_iter().zip(results) {
-        let answer = result.map(|(outcome, notices)| {
+        let answer = result.and_then(|(outcome, notices)| {
             for notice in notices {
                 // Nobody listening is fine: live delivery is optional.
                 let _ = events.send(StoreEvent::Changed(Arc::new(notice)));
             }
-            outcome
+            let page = match &push.reply {
+                Some(reply) => reply.page_at_most(conn, INLINE_REPLY_MAX)?,
+                None => None,
+            };
+            Ok((outcome, page))
         });
         // The device may have gone; the push is stored all the same.
         let _ = push.done.send(answer);

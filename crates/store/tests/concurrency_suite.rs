@@ -266,7 +266,144 @@ async fn sqlite_commits_waiting_pushes_together() {
     assert_eq!(total, 200);
 }
 
+/// The reply to a push: the other devices' changes after the device's
+/// cursor, all of them (up to a page) whether few or many wait, none of its
+/// own, ending where the device's next read resumes.
+async fn a_push_reply_holds_every_other_change_after_the_cursor(f: Fixture) {
+    let alice = user("alice");
+    let laptop_changes: Vec<Change> = (0..150)
+        .map(|i| insert("tasks", &format!("l{i}")))
+        .collect();
+    push(&*f.store, &alice, "todo", "laptop", &laptop_changes[..75]).await;
+    push(&*f.store, &alice, "todo", "laptop", &laptop_changes[75..]).await;
+    let reply_to_phone = |since| {
+        let mut q = query("todo", None, since);
+        q.exclude_client = Some("phone");
+        q
+    };
+    let ids = |page: &mana_sync_store::ChangePage| -> Vec<String> {
+        page.changes.iter().map(|c| c.record_id.clone()).collect()
+    };
+    let set = |changes| NewChangeset {
+        app_id: "todo",
+        client_id: "phone",
+        changeset_id: None,
+        changes,
+    };
+    let mine = [insert("tasks", "p1")];
+    let (_, page) = f
+        .store
+        .push_and_read(
+            &alice,
+            set(&mine),
+            &reply_to_phone(Since::Cursor(Cursor::START)),
+        )
+        .await
+        .expect("push");
+    let expected: Vec<String> = (0..150).map(|i| format!("l{i}")).collect();
+    assert_eq!(
+        ids(&page),
+        expected,
+        "a long reply is complete and in order"
+    );
+    assert!(!page.has_more);
+    push(
+        &*f.store,
+        &alice,
+        "todo",
+        "laptop",
+        &[insert("tasks", "l150"), insert("tasks", "l151")],
+    )
+    .await;
+    let mine = [insert("tasks", "p2")];
+    let (outcome, short) = f
+        .store
+        .push_and_read(
+            &alice,
+            set(&mine),
+            &reply_to_phone(Since::Cursor(page.next)),
+        )
+        .await
+        .expect("push");
+    assert_eq!(
+        ids(&short),
+        ["l150", "l151"],
+        "a short reply holds what came after the cursor"
+    );
+    assert!(!short.has_more);
+    let PushOutcome::Stored { last, .. } = outcome else {
+        panic!("stored")
+    };
+    assert_eq!(short.next, last, "the reply ends at the device's own push");
+}
+
+/// Devices pushing at once (committed together on SQLite), each following
+/// only its push replies and then one last read: each sees every other
+/// device's change exactly once.
+async fn devices_following_their_push_replies_see_every_other_change_once(f: Fixture) {
+    const DEVICES: usize = 4;
+    const PUSHES: usize = 40;
+    let alice = user("alice");
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|d| {
+            let store = f.store.clone();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let client = format!("d{d}");
+                let mut seen: Vec<String> = Vec::new();
+                let mut since = Since::Cursor(Cursor::START);
+                for p in 0..PUSHES {
+                    let changes = [
+                        insert("tasks", &format!("d{d}-p{p}-a")),
+                        insert("tasks", &format!("d{d}-p{p}-b")),
+                    ];
+                    let set = NewChangeset {
+                        app_id: "todo",
+                        client_id: &client,
+                        changeset_id: None,
+                        changes: &changes,
+                    };
+                    let mut q = query("todo", None, since);
+                    q.exclude_client = Some(&client);
+                    let (_, mut page) = store.push_and_read(&alice, set, &q).await.expect("push");
+                    loop {
+                        seen.extend(page.changes.iter().map(|c| c.record_id.clone()));
+                        since = Since::Cursor(page.next);
+                        if !page.has_more {
+                            break;
+                        }
+                        q.since = since;
+                        page = store.changes_after(&alice, &q).await.expect("read");
+                    }
+                }
+                (client, seen, since)
+            })
+        })
+        .collect();
+    let mut followed = Vec::new();
+    for device in devices {
+        followed.push(device.await.expect("device finished"));
+    }
+    for (client, mut seen, since) in followed {
+        let mut q = query("todo", None, since);
+        q.exclude_client = Some(&client);
+        let (rest, _) = read_all(&*f.store, &alice, q).await;
+        seen.extend(rest);
+        let mut expected: Vec<String> = (0..DEVICES)
+            .filter(|d| format!("d{d}") != client)
+            .flat_map(|d| {
+                (0..PUSHES).flat_map(move |p| [format!("d{d}-p{p}-a"), format!("d{d}-p{p}-b")])
+            })
+            .collect();
+        expected.sort();
+        seen.sort();
+        assert_eq!(seen, expected, "{client} saw every other change once");
+    }
+}
+
 store_suite!(
+    a_push_reply_holds_every_other_change_after_the_cursor,
+    devices_following_their_push_replies_see_every_other_change_once,
     concurrent_duplicates_are_stored_once,
     a_reader_following_the_cursor_sees_every_concurrent_change_once,
     concurrent_pushes_fail_alone_and_repeat_once,
