@@ -37,15 +37,7 @@ async fn metrics_count_requests_changes_and_latency(h: Harness) {
     h.device("alice", "laptop")
         .pull_all("todo", "tasks", START)
         .await;
-    let http = mana_sync_testkit::http_client();
-    let text = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = h.server.metrics().await;
     assert!(text.contains("mana_sync_changes_stored_total 2"), "{text}");
     assert!(
         text.contains("mana_sync_push_duration_seconds_count 1"),

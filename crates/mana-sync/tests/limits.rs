@@ -464,14 +464,7 @@ async fn streams_and_sockets_leave_a_reserve_for_everyone_else() {
 async fn made_up_methods_do_not_grow_the_metrics() {
     let h = start(&[]).await;
     let http = mana_sync_testkit::http_client();
-    let before = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let before = h.server.metrics().await;
     for n in 0..300 {
         let method = format!("M{n:04}{}", "X".repeat(1000));
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("token");
@@ -482,14 +475,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .expect("sent");
         assert!(response.status().is_client_error(), "{}", response.status());
     }
-    let after = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let after = h.server.metrics().await;
     assert!(!after.contains("XXXX"), "made-up methods became labels");
     assert!(
         after.len() < before.len() + 2048,

@@ -95,15 +95,7 @@ async fn the_server_works(h: &Harness, db: &TestDatabase) {
     assert_eq!(status, StatusCode::OK, "a legacy cursor: {reply}");
 
     let http = mana_sync_testkit::http_client();
-    let backup = http
-        .get(h.server.at("/backup/export"))
-        .bearer_auth(h.server.token("alice"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let backup = common::export(&h.server, "alice").await;
     assert_eq!(backup.lines().count(), 2);
     let (status, reply) = common::read(
         http.post(h.server.at("/backup/import"))

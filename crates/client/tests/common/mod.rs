@@ -415,22 +415,9 @@ async fn pull_from_the_start(
     }
 }
 
-/// A counter from the server's Prometheus text.
+/// A counter from the server's Prometheus text (0 until it is exported).
 pub async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = mana_sync_testkit::http_client()
-        .get(server.at("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            rest.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
+    server.metric(name).await.unwrap_or(0.0)
 }
 
 /// A unique app id per test, so tests can share a server.
