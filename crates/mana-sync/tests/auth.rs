@@ -328,18 +328,11 @@ async fn dev_mode_on_postgres_shares_one_secret_between_instances() {
 
 #[tokio::test]
 async fn audience_and_issuer_are_required_when_configured() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![
-                ("JWT_AUDIENCE".into(), "mana-sync".into()),
-                ("JWT_ISSUER".into(), "https://auth.example".into()),
-            ],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[
+        ("JWT_AUDIENCE", "mana-sync"),
+        ("JWT_ISSUER", "https://auth.example"),
+    ])
+    .await;
     let key = EncodingKey::from_secret(TEST_SECRET.as_bytes());
     let with = |claims: Value| {
         Some(format!(

@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::{Db, Device, Harness, START, export, fresh, import, insert};
+use common::{Device, Harness, START, export, fresh, import, insert};
 use futures::{SinkExt, StreamExt};
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -425,15 +425,7 @@ on_both_databases!(
 
 #[tokio::test]
 async fn a_backup_over_the_size_limit_is_413_and_stores_nothing() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![("BACKUP_MAX_BYTES".into(), "4096".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[("BACKUP_MAX_BYTES", "4096")]).await;
     let line = r#"{"eventId":"0192a0f5-7d3c-7a1b-9c2d-000000000001","appId":"todo","table":"tasks","id":"t1","op":"insert","data":{"title":"x"},"clientId":"c","createdAt":"2026-01-01T00:00:00Z"}"#;
     let many: String = (0..25)
         .map(|i| line.replace("000000000001", &format!("{i:012}")) + "\n")

@@ -44,6 +44,22 @@ impl Harness {
         })
     }
 
+    /// A server on SQLite with these environment variables set.
+    pub async fn sqlite_with_env(env: &[(&str, &str)]) -> Self {
+        Self::sqlite_with(env, ServerOptions::default()).await
+    }
+
+    /// A server on SQLite with these `options` and environment variables.
+    pub async fn sqlite_with(env: &[(&str, &str)], options: ServerOptions) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(Db::Sqlite, ServerOptions { env, ..options })
+            .await
+            .expect("SQLite always starts")
+    }
+
     /// A device of a client that follows shared spaces and is told about
     /// expired cursors (`X-Sync-Features: cursor-expired, spaces`).
     pub fn spaces_device(&self, user: &str, client_id: &str) -> Device {
