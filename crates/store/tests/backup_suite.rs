@@ -52,14 +52,8 @@ async fn export_streams_every_change_of_the_user_oldest_first(f: Fixture) {
         )
         .await;
     }
-    push(
-        &*f.store,
-        &user("bob"),
-        "todo",
-        "d1",
-        &[insert("tasks", "bobs")],
-    )
-    .await;
+    f.push_todo(&user("bob"), "d1", &[insert("tasks", "bobs")])
+        .await;
     let ids = exported_ids(&*f.store, &alice).await;
     assert_eq!(ids.len(), 2100);
     let expected: Vec<String> = (0..2100).map(|i| format!("{i:04}")).collect();

@@ -10,9 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use common::{
-    Backend, Fixture, T, compact, delete, end_of, insert_at, push, query, rows, update, user,
-};
+use common::{Backend, Fixture, T, compact, delete, end_of, insert_at, query, rows, update, user};
 use mana_sync_protocol::merge::RecordState;
 use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
 use mana_sync_store::{ChangeQuery, CompactOptions, CompactOutcome, Store, StoredChange};
@@ -85,10 +83,7 @@ async fn each_records_history_is_folded_at_its_latest_position(f: Fixture) {
         ("phone", update("a", "title", "\"two\"", T[4])),
     ] {
         full.apply(&change);
-        pushes.push((
-            device,
-            end_of(push(&*f.store, &alice, "todo", device, &[change]).await),
-        ));
+        pushes.push((device, end_of(f.push_todo(&alice, device, &[change]).await)));
     }
     let before = rows(&*f.store, &alice).await;
     assert_eq!(before.len(), 7);
@@ -167,7 +162,7 @@ async fn every_cursor_handed_out_stays_safe(f: Fixture) {
         };
         full.apply(&change);
         replicas[d].0.apply(&change);
-        push(&*f.store, &alice, "todo", devices[d], &[change]).await;
+        f.push_todo(&alice, devices[d], &[change]).await;
         match next(6) {
             0 => {
                 let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
@@ -213,14 +208,8 @@ async fn every_cursor_handed_out_stays_safe(f: Fixture) {
 async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
     let alice = user("alice");
     for i in 0..10 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[update("a", "n", &i.to_string(), T[0])],
-        )
-        .await;
+        f.push_todo(&alice, "phone", &[update("a", "n", &i.to_string(), T[0])])
+            .await;
     }
     match &f.backend {
         Backend::Postgres(db) => {
@@ -273,25 +262,13 @@ async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
 async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture) {
     let (alice, bob) = (user("alice"), user("bob"));
     for i in 0..5 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[update("a", "n", &i.to_string(), T[0])],
-        )
-        .await;
+        f.push_todo(&alice, "phone", &[update("a", "n", &i.to_string(), T[0])])
+            .await;
     }
     for i in 0..5 {
         // Inserts of new records supersede nothing.
-        push(
-            &*f.store,
-            &bob,
-            "todo",
-            "phone",
-            &[insert_at(&format!("b{i}"), T[0])],
-        )
-        .await;
+        f.push_todo(&bob, "phone", &[insert_at(&format!("b{i}"), T[0])])
+            .await;
     }
     let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
     assert_eq!(candidates, [(LogId::of_user(&alice), 5)]);
@@ -303,14 +280,8 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
             .expect("lists")
             .is_empty()
     );
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[update("a", "n", "9", T[1])],
-    )
-    .await;
+    f.push_todo(&alice, "phone", &[update("a", "n", "9", T[1])])
+        .await;
     assert_eq!(
         f.store.compaction_candidates(1, 10).await.expect("lists"),
         [(LogId::of_user(&alice), 1)]
@@ -321,35 +292,15 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
 /// folded, and every member reads the folded state.
 async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
     let (ann, bob) = (user("ann"), user("bob"));
-    let space = f
-        .store
-        .create_space(&ann, "Groceries")
-        .await
-        .expect("creates")
-        .space_id;
-    f.store
-        .change_membership(
-            &ann,
-            &space,
-            &mana_sync_store::MemberChange::Set {
-                user: bob.clone(),
-                role: mana_sync_store::Role::Editor,
-            },
-        )
-        .await
-        .expect("adds bob");
+    let space = f.create_space(&ann, "Groceries").await;
+    f.set_member(&ann, &space, "bob", mana_sync_store::Role::Editor)
+        .await;
     let in_space = |mut change: Change| {
         change.space_id = Some(space.clone());
         change
     };
-    push(
-        &*f.store,
-        &ann,
-        "todo",
-        "anns-phone",
-        &[in_space(insert_at("milk", T[0]))],
-    )
-    .await;
+    f.push_todo(&ann, "anns-phone", &[in_space(insert_at("milk", T[0]))])
+        .await;
     for i in 0..5 {
         let (who, device) = if i % 2 == 0 {
             (&ann, "anns-phone")
@@ -357,7 +308,7 @@ async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
             (&bob, "bobs-phone")
         };
         let edit = in_space(update("milk", "title", &format!("\"milk {i}\""), T[1 + i]));
-        push(&*f.store, who, "todo", device, &[edit]).await;
+        f.push_todo(who, device, &[edit]).await;
     }
     let log = LogId::of_space(&space);
     let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
@@ -398,7 +349,7 @@ async fn a_long_history_is_folded_in_short_transactions(f: Fixture) {
         changes.push(update("a", "n", &i.to_string(), T[i % T.len()]));
     }
     for chunk in changes.chunks(100) {
-        push(&*f.store, &alice, "todo", "phone", chunk).await;
+        f.push_todo(&alice, "phone", chunk).await;
     }
     let reports = Mutex::new(Vec::new());
     let options = CompactOptions {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, T, compact, delete, end_of, insert_at, push, query, rows, user};
+use common::{Fixture, T, compact, delete, end_of, insert_at, query, rows, user};
 use mana_sync_protocol::{Cursor, Since, UserId};
 use mana_sync_store::{ChangeQuery, CompactOptions, ExpiredCursor, StoreError};
 
@@ -24,21 +24,15 @@ fn no_retention() -> CompactOptions {
 /// Pushes the insert and then the delete of `tasks/id` from the user's
 /// phone; returns the cursor just after the delete.
 async fn insert_and_delete(f: &Fixture, who: &UserId, id: &str) -> Cursor {
-    push(&*f.store, who, "todo", "phone", &[insert_at(id, T[0])]).await;
-    end_of(push(&*f.store, who, "todo", "phone", &[delete(id, T[1])]).await)
+    f.push_todo(who, "phone", &[insert_at(id, T[0])]).await;
+    end_of(f.push_todo(who, "phone", &[delete(id, T[1])]).await)
 }
 
 async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f: Fixture) {
     let alice = user("alice");
     let kept = end_of(
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[insert_at("kept", T[0])],
-        )
-        .await,
+        f.push_todo(&alice, "phone", &[insert_at("kept", T[0])])
+            .await,
     );
     let deleted = insert_and_delete(&f, &alice, "gone").await;
     // Within the retention, a tombstone is folded, not dropped.
@@ -99,14 +93,8 @@ async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f:
 async fn a_download_begun_after_a_drop_pages_to_the_end(f: Fixture) {
     let alice = user("alice");
     for i in 0..10 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[insert_at(&format!("old{i}"), T[0])],
-        )
-        .await;
+        f.push_todo(&alice, "phone", &[insert_at(&format!("old{i}"), T[0])])
+            .await;
     }
     insert_and_delete(&f, &alice, "gone").await;
     assert_eq!(

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId, WireChange};
+use mana_sync_protocol::{Change, Cursor, LogId, Since, SpaceId, UserId, WireChange};
 use mana_sync_store::{
-    ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, NewChangeset, PushOutcome, Store,
-    StoreOptions, StoredChange,
+    ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, MemberChange, NewChangeset,
+    PushOutcome, Role, Store, StoreOptions, StoredChange,
 };
 use mana_sync_testkit::pg::TestDatabase;
 
@@ -93,6 +93,38 @@ impl Fixture {
             ),
         )
         .await;
+    }
+}
+
+impl Fixture {
+    /// Pushes `changes` into the app `todo` as `user`, from the device
+    /// `client`.
+    pub async fn push_todo(&self, user: &UserId, client: &str, changes: &[Change]) -> PushOutcome {
+        push(&*self.store, user, "todo", client, changes).await
+    }
+
+    /// A new space `name` owned by `owner`.
+    pub async fn create_space(&self, owner: &UserId, name: &str) -> SpaceId {
+        self.store
+            .create_space(owner, name)
+            .await
+            .expect("creates the space")
+            .space_id
+    }
+
+    /// `by` (an owner) gives `who` `role` in `space`.
+    pub async fn set_member(&self, by: &UserId, space: &SpaceId, who: &str, role: Role) {
+        self.store
+            .change_membership(
+                by,
+                space,
+                &MemberChange::Set {
+                    user: user(who),
+                    role,
+                },
+            )
+            .await
+            .expect("the membership changes");
     }
 }
 
