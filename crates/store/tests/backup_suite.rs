@@ -80,12 +80,7 @@ async fn import_is_all_or_nothing_and_skips_known_event_ids(f: Fixture) {
         exported_ids(&*f.store, &alice).await.is_empty(),
         "nothing of it is stored"
     );
-    let (_, end) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (_, end) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert_eq!(end, Cursor::START, "the counter did not move");
 
     let outcome = f

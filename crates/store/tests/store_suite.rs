@@ -156,12 +156,7 @@ async fn a_repeated_changeset_is_stored_once(f: Fixture) {
         f.store.push(&user("bob"), set).await.expect("push"),
         PushOutcome::Stored { count: 2, .. }
     ));
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, _) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert_eq!(ids, ["1", "2"]);
 }
 
@@ -185,14 +180,14 @@ async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
     let start = Since::Cursor(Cursor::START);
     let (ids, _) = read_all(&*f.store, &alice, query("todo", Some("tasks"), start)).await;
     assert_eq!(ids, ["a-task"]);
-    let (ids, _) = read_all(&*f.store, &alice, query("todo", None, start)).await;
+    let (ids, _) = f.read_todo(&alice, start).await;
     assert_eq!(ids, ["a-task", "a-list"]);
     let (ids, _) = read_all(&*f.store, &alice, query("notes", None, start)).await;
     assert_eq!(ids, ["a-note"]);
-    let (ids, end) = read_all(&*f.store, &bob, query("todo", None, start)).await;
+    let (ids, end) = f.read_todo(&bob, start).await;
     assert_eq!(ids, ["b-task"]);
     assert_eq!(end, end_of(bobs), "bob's log is his own");
-    let (ids, _) = read_all(&*f.store, &user("carol"), query("todo", None, start)).await;
+    let (ids, _) = f.read_todo(&user("carol"), start).await;
     assert!(ids.is_empty());
 }
 
@@ -206,42 +201,30 @@ async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
         .expect("read");
     let stored_at = page.changes[0].created_at;
     let newest = f.push_todo(&alice, "d1", &[insert("tasks", "new")]).await;
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let (ids, _) = f
+        .read_todo(
+            &alice,
             Since::parse("1970-01-01T00:00:00.000Z").expect("ok"),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(ids, ["old", "new"]);
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let (ids, _) = f
+        .read_todo(
+            &alice,
             Since::Cursor(Cursor::from_instant(
                 stored_at - time::Duration::milliseconds(1),
             )),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(ids, ["old", "new"]);
-    let (ids, end) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let (ids, end) = f
+        .read_todo(
+            &alice,
             Since::Cursor(Cursor::from_instant(
                 time::OffsetDateTime::now_utc() + time::Duration::hours(1),
             )),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert!(ids.is_empty());
     assert_eq!(
         end,
@@ -280,7 +263,7 @@ async fn positions_are_the_server_clock_in_commit_order(f: Fixture) {
         "positions are close to the clock: {before} < {cursors:?} < {after}"
     );
     // Every change sits at its own position, inside its push's range.
-    let (_, end) = read_all(&*f.store, &alice, query("todo", None, Since::START)).await;
+    let (_, end) = f.read_todo(&alice, Since::START).await;
     assert_eq!(Some(&end), cursors.last());
     let page = f
         .store
@@ -349,12 +332,7 @@ async fn a_failing_changeset_stores_nothing(f: Fixture) {
         )
         .await;
     assert!(result.is_err());
-    let (ids, end) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, end) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert!(
         ids.is_empty(),
         "nothing of the failed changeset is visible: {ids:?}"

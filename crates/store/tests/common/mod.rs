@@ -103,6 +103,12 @@ impl Fixture {
         push(&*self.store, user, "todo", client, changes).await
     }
 
+    /// Reads `user`'s app `todo` (every collection) from `since` to the end,
+    /// page by page: the record ids and the final cursor.
+    pub async fn read_todo(&self, user: &UserId, since: Since) -> (Vec<String>, Cursor) {
+        read_all(&*self.store, user, query("todo", None, since)).await
+    }
+
     /// A new space `name` owned by `owner`.
     pub async fn create_space(&self, owner: &UserId, name: &str) -> SpaceId {
         self.store
