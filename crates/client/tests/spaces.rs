@@ -53,6 +53,13 @@ async fn make_bob(ann_sync: &SyncClient, list: &SpaceView, role: Role) {
     ann_sync.set_member(&list.id, "bob", role).await.unwrap();
 }
 
+/// Ann creates the list `name` and makes Bob an editor of it.
+async fn list_shared_with_bob(ann_sync: &SyncClient, name: &str) -> SpaceView {
+    let list = ann_sync.create_space(name).await.unwrap();
+    make_bob(ann_sync, &list, Role::Editor).await;
+    list
+}
+
 struct Pair {
     ann: Device,
     ann_sync: SyncClient,
@@ -84,9 +91,8 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
         bob_sync,
         app,
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Groceries").await.unwrap();
-    assert_eq!(list.role, "owner");
-    make_bob(&ann_sync, &list, Role::Editor).await;
+    let list = list_shared_with_bob(&ann_sync, "Groceries").await;
+    assert_eq!(list.role, "owner", "as created");
     let milk = add(&ann, &list, "Milk");
     ann.store
         .insert("tasks", json!({ "title": "Ann's own" }))
@@ -234,8 +240,7 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
         bob_sync,
         app,
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Backlog").await.unwrap();
-    make_bob(&ann_sync, &list, Role::Editor).await;
+    let list = list_shared_with_bob(&ann_sync, "Backlog").await;
     let task = add(&ann, &list, "Ship it");
     ann_sync.sync().await.unwrap();
     bob_sync.sync().await.unwrap();
@@ -322,8 +327,7 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
         bob_sync,
         ..
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Trip").await.unwrap();
-    make_bob(&ann_sync, &list, Role::Editor).await;
+    let list = list_shared_with_bob(&ann_sync, "Trip").await;
     add(&ann, &list, "Tickets");
     ann_sync.sync().await.unwrap();
     bob_sync.sync().await.unwrap();
