@@ -149,6 +149,24 @@ impl Device {
         read(response).await
     }
 
+    /// A request to `path` (the spaces API, say) as the device's user, with
+    /// `body` as JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("sent")).await
+    }
+
     /// Pulls one collection from `since` to the end, page by page; returns
     /// every change and the final cursor.
     pub async fn pull_all(&self, app: &str, collection: &str, since: &str) -> (Vec<Value>, String) {
