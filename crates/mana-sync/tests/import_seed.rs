@@ -8,7 +8,7 @@ mod common;
 
 use common::{Device, START};
 use mana_sync_testkit::pg::TestDatabase;
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::TestServer;
 use serde_json::{Value, json};
 
 /// The seed's table, as its Go server creates it.
@@ -269,14 +269,7 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
         "users 2, rows read 9, imported 9, skipped 0"
     );
 
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     let alice = vec![
         json!({"table": "tasks", "id": "t1", "op": "insert",
                "data": {"title": "Buy milk", "done": false, "n": 1.5},
@@ -434,14 +427,7 @@ async fn a_row_that_cannot_be_converted_stops_with_nothing_of_its_user_stored() 
         );
     }
 
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     assert!(
         pull(&server, "carol", "todo", "tasks").await.is_empty(),
         "carol's good rows before the bad one were rolled back"
@@ -494,14 +480,7 @@ async fn rows_stream_in_batches_and_users_change_mid_batch() {
         stdout(&output),
         "users 3, rows read 1300, imported 1300, skipped 0"
     );
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     for user in 0..3 {
         let pulled = pull(&server, &format!("user{user}"), "todo", "tasks").await;
         let numbers: Vec<u64> = pulled

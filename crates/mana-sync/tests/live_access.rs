@@ -14,7 +14,6 @@ use common::{
     wait_for_connections,
 };
 use futures::{SinkExt, StreamExt};
-use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -202,14 +201,7 @@ async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
     assert!(status.success(), "exit status {status}");
 
     // The push was stored.
-    let restarted = mana_sync_testkit::server::TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(server.database_url.clone()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let restarted = common::server_on(server.database_url.clone()).await;
     let reader = Device {
         http: mana_sync_testkit::http_client(),
         base: restarted.url.clone(),

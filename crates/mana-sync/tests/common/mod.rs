@@ -17,6 +17,19 @@ pub enum Db {
     Postgres,
 }
 
+/// The real binary, started on the database at `database_url` (one that
+/// already exists: a restart, an import's target).
+pub async fn server_on(database_url: String) -> TestServer {
+    TestServer::start(
+        std::path::Path::new(BINARY),
+        ServerOptions {
+            database_url: Some(database_url),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
 /// A running server and the database it owns.
 pub struct Harness {
     pub server: TestServer,
