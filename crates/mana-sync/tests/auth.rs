@@ -226,15 +226,7 @@ async fn tokens_from_an_auth_service_are_checked_against_its_jwks() {
 
 #[tokio::test]
 async fn dev_mode_creates_a_secret_and_mints_tokens_for_it() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            jwt_secret: Some(String::new()),
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_in_dev_mode().await;
     h.server
         .wait_for_log("DEV MODE", Duration::from_secs(10))
         .await;

@@ -62,6 +62,19 @@ impl Harness {
         Self::sqlite_with(env, ServerOptions::default()).await
     }
 
+    /// A server on SQLite in dev mode (no `JWT_SECRET`: it makes one up and
+    /// mints tokens).
+    pub async fn sqlite_in_dev_mode() -> Self {
+        Self::sqlite_with(
+            &[],
+            ServerOptions {
+                jwt_secret: Some(String::new()),
+                ..ServerOptions::default()
+            },
+        )
+        .await
+    }
+
     /// A server on SQLite with these `options` and environment variables.
     pub async fn sqlite_with(env: &[(&str, &str)], options: ServerOptions) -> Self {
         let env = env
@@ -298,6 +311,14 @@ macro_rules! on_both_databases {
     };
 }
 
+/// A response's `content-type`.
+pub fn content_type(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
 /// `GET /backup/export` as `user`: the NDJSON text.
 pub async fn export(server: &TestServer, user: &str) -> String {
     let response = mana_sync_testkit::http_client()
@@ -307,13 +328,7 @@ pub async fn export(server: &TestServer, user: &str) -> String {
         .await
         .expect("sent");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or_default()),
-        Some("application/x-ndjson")
-    );
+    assert_eq!(content_type(&response), Some("application/x-ndjson"));
     response.text().await.expect("body")
 }
 
@@ -379,13 +394,7 @@ impl Device {
             .await
             .expect("stream opens");
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap_or_default()),
-            Some("text/event-stream")
-        );
+        assert_eq!(content_type(&response), Some("text/event-stream"));
         EventStream::new(response)
     }
 }
