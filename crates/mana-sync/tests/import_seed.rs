@@ -308,15 +308,7 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
     assert!(pull(&server, "bob", "todo", "tasks").await.is_empty());
 
     // Devices and creation times are kept (the export shows them).
-    let export = mana_sync_testkit::http_client()
-        .get(server.at("/backup/export"))
-        .bearer_auth(server.token("alice"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
+    let export = common::export(&server, "alice").await;
     let kept: Vec<(String, String)> = export
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).expect("JSON line"))
