@@ -253,10 +253,6 @@ async fn pull(server: &TestServer, user: &str, app: &str, collection: &str) -> V
     device.pull_all(app, collection, START).await.0
 }
 
-fn field(value: Value, at: &str) -> Value {
-    json!({"value": value, "updatedAt": at, "at": at})
-}
-
 async fn copies_every_user_in_created_at_order(target: Option<Target>) {
     let Some(target) = target else { return };
     let Some(seed) = seed_database(ROWS).await else {
@@ -275,17 +271,17 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
                "data": {"title": "Buy milk", "done": false, "n": 1.5},
                "eventId": row_id(9), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "insert", "data": {"title": "Call mum"},
-               "fields": {"title": field(json!("Call mum"), "2026-01-01T10:00:01.000Z")},
+               "fields": {"title": common::seed_field(json!("Call mum"), "2026-01-01T10:00:01.000Z")},
                "actor": {"kind": "ai", "model": "planner-2"},
                "eventId": row_id(3), "schemaVersion": 1}),
         // Same created_at as row 7: the smaller id comes first. `n` has no
         // timestamp of its own and takes the row's created_at.
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"n": field(json!(2.5), "2026-01-01T10:00:04.5Z")},
+               "fields": {"n": common::seed_field(json!(2.5), "2026-01-01T10:00:04.5Z")},
                "eventId": row_id(2), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(true), "2026-01-01T10:00:03.000Z"),
-                          "title": field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
+               "fields": {"done": common::seed_field(json!(true), "2026-01-01T10:00:03.000Z"),
+                          "title": common::seed_field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
                "eventId": row_id(7), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "delete",
                "deletedAt": "2026-01-01T10:00:08.000Z", "eventId": row_id(1), "schemaVersion": 1}),
@@ -297,7 +293,7 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
         json!({"table": "pages", "id": "p1", "op": "insert", "data": {"body": ""},
                "actor": {"kind": "ai"}, "eventId": row_id(8), "schemaVersion": 1}),
         json!({"table": "pages", "id": "p1", "op": "update",
-               "fields": {"body": field(json!("hello"), "2026-01-01T09:00:00.900Z")},
+               "fields": {"body": common::seed_field(json!("hello"), "2026-01-01T09:00:00.900Z")},
                "eventId": row_id(5), "schemaVersion": 1}),
         json!({"table": "pages", "id": "p1", "op": "delete",
                "deletedAt": "2026-01-01T09:00:02Z", "eventId": row_id(6), "schemaVersion": 1}),

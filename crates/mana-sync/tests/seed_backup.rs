@@ -9,7 +9,7 @@ mod common;
 
 use common::{Harness, START, export, import};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A backup as the seed's Go server exports it: updates carry their values in
 /// `data` and their timestamps in `fieldTimestamps` (omitted when empty),
@@ -31,10 +31,6 @@ const SEED_BACKUP: &str = concat!(
     "\n",
 );
 
-fn field(value: Value, at: &str) -> Value {
-    json!({"value": value, "updatedAt": at, "at": at})
-}
-
 async fn a_backup_of_the_seed_server_restores_as_the_equivalent_changes(h: Harness) {
     let (status, report) = import(&h.server, "alice", SEED_BACKUP).await;
     assert_eq!(
@@ -45,24 +41,24 @@ async fn a_backup_of_the_seed_server_restores_as_the_equivalent_changes(h: Harne
     let expected = vec![
         json!({"table": "tasks", "id": "t1", "op": "insert",
                "data": {"title": "Buy milk", "done": false, "n": 1.5},
-               "fields": {"done": field(json!(false), "2026-01-01T10:00:00.000Z"),
-                          "title": field(json!("Buy milk"), "2026-01-01T10:00:00.000Z")},
+               "fields": {"done": common::seed_field(json!(false), "2026-01-01T10:00:00.000Z"),
+                          "title": common::seed_field(json!("Buy milk"), "2026-01-01T10:00:00.000Z")},
                "actor": {"kind": "ai", "model": "planner-2"},
                "eventId": event(1), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "insert", "data": {"title": "Call mum"},
                "eventId": event(2), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(true), "2026-01-01T10:00:03.000Z"),
-                          "title": field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
+               "fields": {"done": common::seed_field(json!(true), "2026-01-01T10:00:03.000Z"),
+                          "title": common::seed_field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
                "eventId": event(3), "schemaVersion": 1}),
         // `n` had no timestamp of its own: it takes the line's createdAt.
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"n": field(json!(2.5), "2026-01-01T10:00:06.5Z"),
-                          "title": field(json!("Buy soy milk"), "2026-01-01T10:00:05.000Z")},
+               "fields": {"n": common::seed_field(json!(2.5), "2026-01-01T10:00:06.5Z"),
+                          "title": common::seed_field(json!("Buy soy milk"), "2026-01-01T10:00:05.000Z")},
                "eventId": event(4), "schemaVersion": 1}),
         // No `fieldTimestamps` at all (the seed omits empty maps).
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(false), "2026-01-01T10:00:07.5Z")},
+               "fields": {"done": common::seed_field(json!(false), "2026-01-01T10:00:07.5Z")},
                "eventId": event(5), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "delete",
                "deletedAt": "2026-01-01T10:00:08.000Z", "eventId": event(6), "schemaVersion": 1}),

@@ -311,6 +311,13 @@ macro_rules! on_both_databases {
     };
 }
 
+/// A field of a change restored from the seed's data, as pulls serve it:
+/// its value, and its time both as `updatedAt` (for the seed's clients) and
+/// as `at`.
+pub fn seed_field(value: Value, at: &str) -> Value {
+    json!({"value": value, "updatedAt": at, "at": at})
+}
+
 /// A response's `content-type`.
 pub fn content_type(response: &reqwest::Response) -> Option<&str> {
     response
