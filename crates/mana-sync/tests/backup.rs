@@ -9,7 +9,7 @@
 mod common;
 
 use common::{Device, Harness, START, export, fresh, import, insert};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use mana_sync_testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -285,14 +285,9 @@ async fn restored_changes_reach_devices_like_any_other(h: Harness) {
     let tablet = target.device("alice", "tablet");
     let mut stream = tablet.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let url = format!("{}/ws/todo", target.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": target.server.token("alice")}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&target.server, "/ws/todo", &target.server.token("alice"))
+            .await;
     let auth_ok = socket.next().await.expect("open").expect("frame");
     assert_eq!(
         auth_ok.into_text().expect("text").as_str(),

@@ -199,13 +199,8 @@ async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
         );
     }
     // A real client still gets in, authenticates and pings.
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("opens");
-    let auth = json!({"type": "auth", "token": h.server.token("alice")});
-    socket
-        .send(Message::text(auth.to_string()))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&h.server, "/ws", &h.server.token("alice")).await;
     let reply = socket.next().await.expect("open").expect("frame");
     assert_eq!(reply, Message::text(r#"{"type":"auth-ok"}"#));
     // After auth a message far larger than any the protocol has is refused
@@ -384,13 +379,8 @@ async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
         "3",
     );
     // A socket counts too: it is told why, then closed.
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
-    let auth = json!({"type": "auth", "token": h.server.token("alice")});
-    socket
-        .send(Message::text(auth.to_string()))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&h.server, "/ws", &h.server.token("alice")).await;
     let reply = socket.next().await.expect("open").expect("frame");
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply["code"], "too_many_connections", "{reply}");

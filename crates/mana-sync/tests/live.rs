@@ -250,10 +250,7 @@ async fn a_slow_consumer_delays_nobody_and_misses_nothing(h: Harness) {
 }
 
 async fn open_socket(h: &Harness, path: &str, token: &str, client_id: Option<&str>) -> Socket {
-    let url = format!("{}{path}", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("socket opens");
+    let mut socket = common::open_socket(&h.server, path).await;
     let mut auth = json!({"type": "auth", "token": token});
     if let Some(client_id) = client_id {
         auth["clientId"] = json!(client_id);

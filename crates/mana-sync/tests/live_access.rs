@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Device, EventStream, Harness, PROMPTLY, START, Socket, encode, ids, insert, next_message,
-    wait_for_connections,
+    Device, EventStream, Harness, PROMPTLY, START, authenticating_socket, encode, ids, insert,
+    next_message, open_socket, send_auth, wait_for_connections,
 };
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
@@ -21,7 +21,6 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn sockets_must_authenticate_promptly() {
     let h = Harness::sqlite_with_env(&[("WS_AUTH_TIMEOUT_SECS", "1")]).await;
-    let url = format!("{}/ws/todo", h.server.url.replace("http://", "ws://"));
     let cases = [
         (
             Some(json!({"type": "auth", "token": "not-a-jwt"})),
@@ -31,7 +30,7 @@ async fn sockets_must_authenticate_promptly() {
         (None, "auth_timeout"),
     ];
     for (first, code) in cases {
-        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+        let mut socket = open_socket(&h.server, "/ws/todo").await;
         if let Some(first) = first {
             socket
                 .send(Message::text(first.to_string()))
@@ -213,16 +212,6 @@ async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
     drop((db, server));
 }
 
-/// Sends the socket's `auth` message with `token`.
-async fn send_auth(socket: &mut Socket, token: &str) {
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": token}).to_string(),
-        ))
-        .await
-        .expect("sends");
-}
-
 /// A stream and a socket opened with a token that then expires are told so
 /// and ended; the token no longer opens anything.
 #[tokio::test]
@@ -236,12 +225,10 @@ async fn streams_and_sockets_end_when_their_token_expires() {
     };
     let mut stream = device.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
-    send_auth(&mut socket, &token).await;
+    let mut socket = authenticating_socket(&h.server, "/ws", &token).await;
     assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
     // A second socket renews its token in-band before it expires.
-    let (mut renewed, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+    let mut renewed = open_socket(&h.server, "/ws").await;
     for fresh in [token.clone(), h.server.token("alice")] {
         send_auth(&mut renewed, &fresh).await;
         assert_eq!(next_message(&mut renewed).await, json!({"type": "auth-ok"}));

@@ -492,6 +492,35 @@ pub async fn wait_for_connections(server: &TestServer, streams: i64, sockets: i6
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Opens a WebSocket to `path` on `server` (`/ws`, `/ws/{app}`, with any
+/// query).
+pub async fn open_socket(server: &TestServer, path: &str) -> Socket {
+    let url = format!("{}{path}", server.url.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the socket opens");
+    socket
+}
+
+/// Sends the socket's `auth` message with `token`.
+pub async fn send_auth(socket: &mut Socket, token: &str) {
+    use futures::SinkExt as _;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "auth", "token": token}).to_string(),
+        ))
+        .await
+        .expect("sends");
+}
+
+/// A socket to `path` on `server` that has sent its `auth` message with
+/// `token` (the reply is the caller's to read).
+pub async fn authenticating_socket(server: &TestServer, path: &str, token: &str) -> Socket {
+    let mut socket = open_socket(server, path).await;
+    send_auth(&mut socket, token).await;
+    socket
+}
+
 /// The next text message of `socket` as JSON, or `{"closed": code}` when the
 /// server closes it; it must come within [`PROMPTLY`].
 pub async fn next_message(socket: &mut Socket) -> Value {
