@@ -463,10 +463,14 @@ pub fn fields(value: Value) -> serde_json::Map<String, Value> {
 
 /// The titles of a device's todos, sorted.
 pub fn titles(device: &Device) -> Vec<String> {
-    let mut titles: Vec<String> = device
-        .store
-        .list("tasks")
-        .unwrap()
+    let mut titles = titles_of(&device.store.list("tasks").unwrap());
+    titles.sort();
+    titles
+}
+
+/// The records' titles, in their order (`""` for a record without one).
+pub fn titles_of(records: &[Record]) -> Vec<String> {
+    records
         .iter()
         .map(|r| {
             r.get("title")
@@ -474,9 +478,7 @@ pub fn titles(device: &Device) -> Vec<String> {
                 .unwrap_or("")
                 .to_owned()
         })
-        .collect();
-    titles.sort();
-    titles
+        .collect()
 }
 
 /// Whether the device holds any state of the todo `id` (a tombstone counts).
