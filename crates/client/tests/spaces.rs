@@ -9,35 +9,12 @@
 
 mod common;
 
-use common::{DEADLINE, Device, app_id, quick_options, server_changes, server_on};
-use futures::StreamExt;
-use mana_sync_client::{ClientError, Query, Role, SyncClient, SyncStatus};
+use common::{
+    DEADLINE, Device, Live, app_id, fields, followed_changes, on_both_databases, quick_options,
+    server_changes, server_on, wait_for_titles, wait_until_synced,
+};
+use mana_sync_client::{ClientError, Query, Role, SpaceView, SyncClient, SyncStatus};
 use serde_json::{Value, json};
-
-/// Runs a scenario on SQLite and on Postgres (skipped with a message when
-/// Postgres is unreachable outside CI).
-macro_rules! on_both_databases {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(None).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(database) = mana_sync_testkit::pg::TestDatabase::create().await else {
-                    return;
-                };
-                super::$name(Some(database.url())).await;
-            }
-        }
-    };
-}
-
-fn fields(value: Value) -> serde_json::Map<String, Value> {
-    value.as_object().unwrap().clone()
-}
 
 /// The titles of a device's todos in `space` (`None`: personal), sorted.
 fn titles_in(device: &Device, space: Option<&str>) -> Vec<String> {
@@ -60,56 +37,27 @@ async fn wait_for(
     want: &[&str],
     what: &str,
 ) {
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let list = todos.next().await.unwrap().unwrap();
-            let mut titles: Vec<&str> = list
-                .iter()
-                .filter(|r| r.space_id.as_deref() == Some(space))
-                .map(|r| r.get("title").and_then(Value::as_str).unwrap())
-                .collect();
-            titles.sort_unstable();
-            if titles == want {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: never saw {want:?}"));
+    wait_for_titles(todos, want, what, |r| r.space_id.as_deref() == Some(space)).await;
 }
 
-/// Every change of `tasks` a third device of the token's user that follows
-/// spaces pulls from the start.
-async fn followed_changes(
-    server: &mana_sync_testkit::server::TestServer,
-    token: &str,
-    app: &str,
-) -> Vec<Value> {
-    let http = mana_sync_testkit::http_client();
-    let mut since = "1970-01-01T00:00:00.000Z".to_owned();
-    let mut all = Vec::new();
-    loop {
-        let mut url = reqwest::Url::parse(&server.at(&format!("/sync/{app}/pull"))).unwrap();
-        url.query_pairs_mut()
-            .append_pair("collection", "tasks")
-            .append_pair("since", &since);
-        let reply: Value = http
-            .get(url)
-            .bearer_auth(token)
-            .header("x-client-id", "observer")
-            .header("x-sync-features", "spaces")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.extend(reply["serverChanges"].as_array().unwrap().clone());
-        since = reply["syncedUntil"].as_str().unwrap().to_owned();
-        if !reply["hasMore"].as_bool().unwrap() {
-            return all;
-        }
-    }
+/// Adds a todo titled `title` to the shared list on `device`.
+fn add(device: &Device, list: &SpaceView, title: &str) -> String {
+    device
+        .store
+        .insert_in(Some(&list.id), "tasks", json!({ "title": title }))
+        .unwrap()
+}
+
+/// Ann (the list's owner) gives Bob `role` in the list.
+async fn make_bob(ann_sync: &SyncClient, list: &SpaceView, role: Role) {
+    ann_sync.set_member(&list.id, "bob", role).await.unwrap();
+}
+
+/// Ann creates the list `name` and makes Bob an editor of it.
+async fn list_shared_with_bob(ann_sync: &SyncClient, name: &str) -> SpaceView {
+    let list = ann_sync.create_space(name).await.unwrap();
+    make_bob(ann_sync, &list, Role::Editor).await;
+    list
 }
 
 struct Pair {
@@ -143,16 +91,9 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
         bob_sync,
         app,
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Groceries").await.unwrap();
-    assert_eq!(list.role, "owner");
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
-    let milk = ann
-        .store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Milk" }))
-        .unwrap();
+    let list = list_shared_with_bob(&ann_sync, "Groceries").await;
+    assert_eq!(list.role, "owner", "as created");
+    let milk = add(&ann, &list, "Milk");
     ann.store
         .insert("tasks", json!({ "title": "Ann's own" }))
         .unwrap();
@@ -180,9 +121,7 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
     bob.store
         .update("tasks", &milk, fields(json!({ "done": true })))
         .unwrap();
-    bob.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Eggs" }))
-        .unwrap();
+    add(&bob, &list, "Eggs");
     ann.store
         .update("tasks", &milk, fields(json!({ "title": "Oat milk" })))
         .unwrap();
@@ -201,7 +140,7 @@ async fn members_share_a_list_and_both_edit_it(database: Option<String>) {
 
     // Every change of the list carries its space on the wire; Bob's own
     // log holds none of them.
-    let followed = followed_changes(&server, &server.token("bob"), &app).await;
+    let followed = followed_changes(&server, &server.token("bob"), &app, "tasks").await;
     assert_eq!(followed.len(), 4, "{followed:?}");
     assert!(
         followed.iter().all(|c| c["spaceId"] == json!(list.id)),
@@ -235,46 +174,24 @@ async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
         ..
     } = pair(&server, "ann", "bob");
     let list = ann_sync.create_space("Household").await.unwrap();
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Bins" }))
-        .unwrap();
+    add(&ann, &list, "Bins");
     ann_sync.sync().await.unwrap();
 
     let mut todos = bob.store.subscribe(Query::new("tasks"));
     let mut statuses = bob.store.watch_status();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let live = tokio::spawn({
-        let client = bob_sync.clone();
-        async move {
-            client
-                .run_live(async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
-    tokio::time::timeout(DEADLINE, statuses.wait_for(|s| *s == SyncStatus::Synced))
-        .await
-        .expect("bob's device is live")
-        .unwrap();
+    let live = Live::start(&bob_sync);
+    wait_until_synced(&mut statuses, "bob's device is live").await;
 
     // Shared while Bob's device is connected: it downloads the list at once.
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
+    make_bob(&ann_sync, &list, Role::Editor).await;
     wait_for(&mut todos, &list.id, &["Bins"], "joining").await;
 
     // Ann's edits reach Bob's device live; his reach hers.
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Dishes" }))
-        .unwrap();
+    add(&ann, &list, "Dishes");
     ann_sync.sync().await.unwrap();
     wait_for(&mut todos, &list.id, &["Bins", "Dishes"], "Ann's edit").await;
     let started = std::time::Instant::now();
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Laundry" }))
-        .unwrap();
+    add(&ann, &list, "Laundry");
     ann_sync.push().await.unwrap();
     wait_for(
         &mut todos,
@@ -289,9 +206,7 @@ async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
         "{label}: a shared-space push reached the other member's device in {:?}",
         started.elapsed()
     );
-    bob.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Plants" }))
-        .unwrap();
+    add(&bob, &list, "Plants");
     tokio::time::timeout(DEADLINE, async {
         while bob.store.pending_count().unwrap() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -310,12 +225,7 @@ async fn a_members_device_follows_the_list_live_and_drops_it_when_removed(
     wait_for(&mut todos, &list.id, &[], "removal").await;
     assert!(bob.store.space(&list.id).unwrap().is_none());
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(DEADLINE, live)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    live.stop().await;
 }
 on_both_databases!(a_members_device_follows_the_list_live_and_drops_it_when_removed);
 
@@ -330,15 +240,8 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
         bob_sync,
         app,
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Backlog").await.unwrap();
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
-    let task = ann
-        .store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Ship it" }))
-        .unwrap();
+    let list = list_shared_with_bob(&ann_sync, "Backlog").await;
+    let task = add(&ann, &list, "Ship it");
     ann_sync.sync().await.unwrap();
     bob_sync.sync().await.unwrap();
 
@@ -350,10 +253,7 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
     bob.store
         .insert("tasks", json!({ "title": "Bob's own" }))
         .unwrap();
-    ann_sync
-        .set_member(&list.id, "bob", Role::Viewer)
-        .await
-        .unwrap();
+    make_bob(&ann_sync, &list, Role::Viewer).await;
 
     // The list's change is refused and set aside; his own goes through.
     let report = bob_sync.sync().await.unwrap();
@@ -407,10 +307,7 @@ async fn a_viewers_refused_push_is_set_aside_and_personal_changes_still_sync(
     assert_eq!(bob.store.pending_count().unwrap(), 0);
 
     // Made an editor again, Bob may retry what was set aside.
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
+    make_bob(&ann_sync, &list, Role::Editor).await;
     assert_eq!(bob.store.retry_rejected().unwrap(), 1);
     bob_sync.sync().await.unwrap();
     assert_eq!(bob.store.status(), SyncStatus::Synced);
@@ -430,35 +327,23 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
         bob_sync,
         ..
     } = pair(&server, "ann", "bob");
-    let list = ann_sync.create_space("Trip").await.unwrap();
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Tickets" }))
-        .unwrap();
+    let list = list_shared_with_bob(&ann_sync, "Trip").await;
+    add(&ann, &list, "Tickets");
     ann_sync.sync().await.unwrap();
     bob_sync.sync().await.unwrap();
     // Bob's own contribution, pushed from this device.
-    bob.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Passports" }))
-        .unwrap();
+    add(&bob, &list, "Passports");
     bob.store
         .insert("tasks", json!({ "title": "Bob's own" }))
         .unwrap();
     bob_sync.sync().await.unwrap();
     // And an edit he never gets to push.
-    bob.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Unsent" }))
-        .unwrap();
+    add(&bob, &list, "Unsent");
 
     // Removed: his next sync drops the list, its unsent change included;
     // his own todos stay.
     ann_sync.remove_member(&list.id, "bob").await.unwrap();
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Hotel" }))
-        .unwrap();
+    add(&ann, &list, "Hotel");
     ann_sync.sync().await.unwrap();
     bob_sync.sync().await.unwrap();
     assert!(titles_in(&bob, Some(&list.id)).is_empty());
@@ -474,14 +359,9 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
 
     // Re-joined: the list comes back whole, Bob's own earlier change
     // included, each record once and equal to Ann's.
-    ann.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Sunscreen" }))
-        .unwrap();
+    add(&ann, &list, "Sunscreen");
     ann_sync.sync().await.unwrap();
-    ann_sync
-        .set_member(&list.id, "bob", Role::Editor)
-        .await
-        .unwrap();
+    make_bob(&ann_sync, &list, Role::Editor).await;
     bob_sync.sync().await.unwrap();
     ann_sync.sync().await.unwrap();
     let want = ["Hotel", "Passports", "Sunscreen", "Tickets"];
@@ -507,9 +387,7 @@ async fn a_removed_member_drops_the_list_and_gets_it_back_whole_on_rejoining(
     // Back to normal: a second round changes nothing, and the next edit of
     // either arrives once.
     assert_eq!(bob_sync.sync().await.unwrap().received, 0);
-    bob.store
-        .insert_in(Some(&list.id), "tasks", json!({ "title": "Maps" }))
-        .unwrap();
+    add(&bob, &list, "Maps");
     bob_sync.sync().await.unwrap();
     let report = ann_sync.sync().await.unwrap();
     assert_eq!(report.received, 1);

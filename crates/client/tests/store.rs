@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use common::{DEADLINE, Device};
+use common::{DEADLINE, Device, titles_of};
 use futures::StreamExt;
 use mana_sync_client::clock::PhysicalClock;
 use mana_sync_client::{ClientError, LocalStore, Query, SeedRecord, StoreOptions, SyncStatus};
@@ -329,11 +329,11 @@ async fn a_subscription_yields_a_new_result_after_each_change_that_affects_it() 
     let b = store
         .insert("tasks", json!({ "title": "b", "done": false }))
         .unwrap();
-    assert_eq!(titles(&next(&mut open).await), ["b"]);
+    assert_eq!(titles_of(&next(&mut open).await), ["b"]);
     store
         .insert("tasks", json!({ "title": "a", "done": false }))
         .unwrap();
-    assert_eq!(titles(&next(&mut open).await), ["a", "b"]);
+    assert_eq!(titles_of(&next(&mut open).await), ["a", "b"]);
     // A change that leaves the result alone yields nothing; the next one that
     // matters does.
     store
@@ -345,7 +345,7 @@ async fn a_subscription_yields_a_new_result_after_each_change_that_affects_it() 
     store
         .update("tasks", &b, fields(json!({ "done": true })))
         .unwrap();
-    assert_eq!(titles(&next(&mut open).await), ["a"]);
+    assert_eq!(titles_of(&next(&mut open).await), ["a"]);
     // Changes applied by sync count too.
     store
         .apply_remote(&[remote_update(
@@ -363,7 +363,7 @@ async fn a_subscription_yields_a_new_result_after_each_change_that_affects_it() 
             "2026-11-25T10:00:00Z",
         )])
         .unwrap();
-    assert_eq!(titles(&next(&mut open).await), ["a", "remote"]);
+    assert_eq!(titles_of(&next(&mut open).await), ["a", "remote"]);
 }
 
 async fn next(sub: &mut mana_sync_client::Subscription) -> Vec<mana_sync_client::Record> {
@@ -372,18 +372,6 @@ async fn next(sub: &mut mana_sync_client::Subscription) -> Vec<mana_sync_client:
         .expect("a result before the deadline")
         .expect("the subscription goes on")
         .expect("the query runs")
-}
-
-fn titles(records: &[mana_sync_client::Record]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| {
-            r.get("title")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        })
-        .collect()
 }
 
 #[test]

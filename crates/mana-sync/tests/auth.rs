@@ -226,15 +226,7 @@ async fn tokens_from_an_auth_service_are_checked_against_its_jwks() {
 
 #[tokio::test]
 async fn dev_mode_creates_a_secret_and_mints_tokens_for_it() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            jwt_secret: Some(String::new()),
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_in_dev_mode().await;
     h.server
         .wait_for_log("DEV MODE", Duration::from_secs(10))
         .await;
@@ -328,18 +320,11 @@ async fn dev_mode_on_postgres_shares_one_secret_between_instances() {
 
 #[tokio::test]
 async fn audience_and_issuer_are_required_when_configured() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![
-                ("JWT_AUDIENCE".into(), "mana-sync".into()),
-                ("JWT_ISSUER".into(), "https://auth.example".into()),
-            ],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[
+        ("JWT_AUDIENCE", "mana-sync"),
+        ("JWT_ISSUER", "https://auth.example"),
+    ])
+    .await;
     let key = EncodingKey::from_secret(TEST_SECRET.as_bytes());
     let with = |claims: Value| {
         Some(format!(

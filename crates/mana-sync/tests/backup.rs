@@ -1,15 +1,16 @@
 //! Backups against the real binary: export, restore into a fresh server,
 //! double imports, every refusal, legacy lines, isolation, live delivery of
-//! restored changes, the operator commands, and backups exported by the
-//! seed's Go server; on SQLite and Postgres.
+//! restored changes, the operator commands; on SQLite and Postgres; and the
+//! size limit. Backups exported by the seed's Go server are in
+//! `seed_backup.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
 
 mod common;
 
-use common::{Db, Device, Harness, START, export, fresh, import, insert};
-use futures::{SinkExt, StreamExt};
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use common::{Device, Harness, START, export, fresh, import, insert};
+use futures::StreamExt;
+use mana_sync_testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -284,14 +285,9 @@ async fn restored_changes_reach_devices_like_any_other(h: Harness) {
     let tablet = target.device("alice", "tablet");
     let mut stream = tablet.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let url = format!("{}/ws/todo", target.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": target.server.token("alice")}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&target.server, "/ws/todo", &target.server.token("alice"))
+            .await;
     let auth_ok = socket.next().await.expect("open").expect("frame");
     assert_eq!(
         auth_ok.into_text().expect("text").as_str(),
@@ -412,135 +408,6 @@ async fn the_operator_commands_round_trip_with_the_same_guarantees(h: Harness) {
     assert!(everything(&target.server, "carol").await.is_empty());
 }
 
-/// A backup as the seed's Go server exports it: updates carry their values in
-/// `data` and their timestamps in `fieldTimestamps` (omitted when empty),
-/// deletes carry `data: {deletedAt}` or no `data`.
-const SEED_BACKUP: &str = concat!(
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000001","schemaVersion":1,"appId":"todo","table":"tasks","id":"t1","op":"insert","data":{"title":"Buy milk","done":false,"n":1.50},"fieldTimestamps":{"title":"2026-01-01T10:00:00.000Z","done":"2026-01-01T10:00:00.000Z"},"actor":{"kind":"ai","model":"planner-2"},"clientId":"web-1","createdAt":"2026-01-01T10:00:00.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000002","schemaVersion":1,"appId":"todo","table":"tasks","id":"t2","op":"insert","data":{"title":"Call mum"},"clientId":"web-1","createdAt":"2026-01-01T10:00:01.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000003","schemaVersion":1,"appId":"todo","table":"tasks","id":"t1","op":"update","data":{"title":"Buy oat milk","done":true},"fieldTimestamps":{"title":"2026-01-01T10:00:02.000Z","done":"2026-01-01T10:00:03.000Z"},"clientId":"web-2","createdAt":"2026-01-01T10:00:04.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000004","schemaVersion":1,"appId":"todo","table":"tasks","id":"t1","op":"update","data":{"title":"Buy soy milk","n":2.50},"fieldTimestamps":{"title":"2026-01-01T10:00:05.000Z"},"clientId":"web-1","createdAt":"2026-01-01T10:00:06.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000005","appId":"todo","table":"tasks","id":"t1","op":"update","data":{"done":false},"clientId":"web-2","createdAt":"2026-01-01T10:00:07.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000006","schemaVersion":1,"appId":"todo","table":"tasks","id":"t2","op":"delete","data":{"deletedAt":"2026-01-01T10:00:08.000Z"},"clientId":"web-1","createdAt":"2026-01-01T10:00:08.5Z"}"#,
-    "\n",
-    r#"{"eventId":"5eed0000-0000-4000-8000-000000000007","schemaVersion":1,"appId":"todo","table":"tasks","id":"t1","op":"delete","actor":{"kind":"system"},"clientId":"web-2","createdAt":"2026-01-01T10:00:09.5Z"}"#,
-    "\n",
-);
-
-fn field(value: Value, at: &str) -> Value {
-    json!({"value": value, "updatedAt": at, "at": at})
-}
-
-async fn a_backup_of_the_seed_server_restores_as_the_equivalent_changes(h: Harness) {
-    let (status, report) = import(&h.server, "alice", SEED_BACKUP).await;
-    assert_eq!(
-        (status, report),
-        (StatusCode::OK, json!({"imported": 7, "skipped": 0}))
-    );
-    let event = |n: u32| format!("5eed0000-0000-4000-8000-00000000000{n}");
-    let expected = vec![
-        json!({"table": "tasks", "id": "t1", "op": "insert",
-               "data": {"title": "Buy milk", "done": false, "n": 1.5},
-               "fields": {"done": field(json!(false), "2026-01-01T10:00:00.000Z"),
-                          "title": field(json!("Buy milk"), "2026-01-01T10:00:00.000Z")},
-               "actor": {"kind": "ai", "model": "planner-2"},
-               "eventId": event(1), "schemaVersion": 1}),
-        json!({"table": "tasks", "id": "t2", "op": "insert", "data": {"title": "Call mum"},
-               "eventId": event(2), "schemaVersion": 1}),
-        json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(true), "2026-01-01T10:00:03.000Z"),
-                          "title": field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
-               "eventId": event(3), "schemaVersion": 1}),
-        // `n` had no timestamp of its own: it takes the line's createdAt.
-        json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"n": field(json!(2.5), "2026-01-01T10:00:06.5Z"),
-                          "title": field(json!("Buy soy milk"), "2026-01-01T10:00:05.000Z")},
-               "eventId": event(4), "schemaVersion": 1}),
-        // No `fieldTimestamps` at all (the seed omits empty maps).
-        json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(false), "2026-01-01T10:00:07.5Z")},
-               "eventId": event(5), "schemaVersion": 1}),
-        json!({"table": "tasks", "id": "t2", "op": "delete",
-               "deletedAt": "2026-01-01T10:00:08.000Z", "eventId": event(6), "schemaVersion": 1}),
-        json!({"table": "tasks", "id": "t1", "op": "delete",
-               "deletedAt": "2026-01-01T10:00:09.5Z", "actor": {"kind": "system"},
-               "eventId": event(7), "schemaVersion": 1}),
-    ];
-    let (changes, _) = h
-        .device("alice", "phone")
-        .pull_all("todo", "tasks", START)
-        .await;
-    assert_eq!(changes, expected);
-    // Values keep their JSON text through the rewrite.
-    let body = mana_sync_testkit::http_client()
-        .get(h.server.at(&format!(
-            "/sync/todo/pull?collection=tasks&since={}",
-            common::encode(START)
-        )))
-        .bearer_auth(h.server.token("alice"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
-    assert!(body.contains(r#""n":1.50"#), "{body}");
-    assert!(body.contains(r#"{"value":2.50,"#), "{body}");
-
-    let (status, report) = import(&h.server, "alice", SEED_BACKUP).await;
-    assert_eq!(
-        (status, report),
-        (StatusCode::OK, json!({"imported": 0, "skipped": 7}))
-    );
-    let (again, _) = h
-        .device("alice", "phone")
-        .pull_all("todo", "tasks", START)
-        .await;
-    assert_eq!(again, expected, "the second import added nothing");
-}
-
-async fn a_malformed_seed_line_names_the_line_and_the_field(h: Harness) {
-    let lines: Vec<&str> = SEED_BACKUP.lines().collect();
-    for (broken, needle) in [
-        (
-            lines[2].replace(
-                r#""fieldTimestamps":{"title":"2026-01-01T10:00:02.000Z","#,
-                r#""fieldTimestamps":{"title":"yesterday","#,
-            ),
-            "`fieldTimestamps.title`",
-        ),
-        (
-            lines[2].replace(
-                r#""fieldTimestamps":{"title":"2026-01-01T10:00:02.000Z","done":"2026-01-01T10:00:03.000Z"}"#,
-                r#""fieldTimestamps":["2026-01-01T10:00:02.000Z"]"#,
-            ),
-            "`fieldTimestamps`",
-        ),
-        (
-            lines[2].replace(
-                r#""data":{"title":"Buy oat milk","done":true}"#,
-                r#""data":"Buy oat milk""#,
-            ),
-            "`data`",
-        ),
-    ] {
-        assert_ne!(broken, lines[2], "the replacement applies");
-        let body = format!("{}\n{}\n{broken}\n", lines[0], lines[1]);
-        let reply = import(&h.server, "alice", body).await;
-        common::assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_backup", "line 3");
-        common::assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_backup", needle);
-    }
-    assert!(
-        export(&h.server, "alice").await.is_empty(),
-        "nothing of a refused backup is stored"
-    );
-}
-
 on_both_databases!(
     a_restore_into_a_fresh_server_gives_identical_pulls,
     importing_the_same_backup_twice_adds_nothing,
@@ -549,21 +416,11 @@ on_both_databases!(
     backups_are_per_user,
     restored_changes_reach_devices_like_any_other,
     the_operator_commands_round_trip_with_the_same_guarantees,
-    a_backup_of_the_seed_server_restores_as_the_equivalent_changes,
-    a_malformed_seed_line_names_the_line_and_the_field,
 );
 
 #[tokio::test]
 async fn a_backup_over_the_size_limit_is_413_and_stores_nothing() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![("BACKUP_MAX_BYTES".into(), "4096".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[("BACKUP_MAX_BYTES", "4096")]).await;
     let line = r#"{"eventId":"0192a0f5-7d3c-7a1b-9c2d-000000000001","appId":"todo","table":"tasks","id":"t1","op":"insert","data":{"title":"x"},"clientId":"c","createdAt":"2026-01-01T00:00:00Z"}"#;
     let many: String = (0..25)
         .map(|i| line.replace("000000000001", &format!("{i:012}")) + "\n")

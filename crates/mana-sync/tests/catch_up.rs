@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Device, EventStream, Harness, START, ids, insert};
 use mana_sync_testkit::nats::NatsServer;
-use mana_sync_testkit::server::ServerOptions;
+use mana_sync_testkit::server::{ServerOptions, TestServer};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -34,16 +34,50 @@ async fn next_ids_by(stream: &mut EventStream, deadline: Instant, what: &str) ->
 async fn connected(writer: &Device, reader: &Device) -> EventStream {
     let mut stream = reader.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
+    arrives_promptly(writer, &mut stream, "before", "warm-up").await;
+    stream
+}
+
+/// Pushes the record `id` through `writer` and asserts that `stream`
+/// delivers it, alone, promptly.
+async fn arrives_promptly(writer: &Device, stream: &mut EventStream, id: &str, what: &str) {
     let (status, _) = writer
-        .push("todo", START, json!([insert("tasks", "before")]))
+        .push("todo", START, json!([insert("tasks", id)]))
         .await;
     assert_eq!(status, StatusCode::OK);
     let deadline = Instant::now() + common::PROMPTLY;
-    assert_eq!(
-        next_ids_by(&mut stream, deadline, "warm-up").await,
-        ["before"]
-    );
-    stream
+    assert_eq!(next_ids_by(stream, deadline, what).await, [id]);
+}
+
+/// Two instances on one Postgres database (started with `env`): alice's
+/// phone on the first, and her laptop's stream on the second, which already
+/// heard the phone. `None` when Postgres is unreachable outside CI. (Bind
+/// every field: one left out of a pattern would stop its server at once.)
+struct TwoInstances {
+    h: Harness,
+    other: TestServer,
+    phone: Device,
+    stream: EventStream,
+}
+
+async fn two_instances(env: Vec<(String, String)>) -> Option<TwoInstances> {
+    let h = Harness::start_with(
+        common::Db::Postgres,
+        ServerOptions {
+            env: env.clone(),
+            ..ServerOptions::default()
+        },
+    )
+    .await?;
+    let other = h.instance(env).await;
+    let phone = h.device("alice", "phone");
+    let stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
+    Some(TwoInstances {
+        h,
+        other,
+        phone,
+        stream,
+    })
 }
 
 /// The pushing instance cannot send its notice (its notifier connection is
@@ -52,12 +86,15 @@ async fn connected(writer: &Device, reader: &Device) -> EventStream {
 /// heartbeats, takes that as notices lost, and its streams re-read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_lost_on_its_way_is_made_up_for_within_two_seconds() {
-    let Some(h) = Harness::start(common::Db::Postgres).await else {
+    let Some(TwoInstances {
+        h,
+        other,
+        phone,
+        mut stream,
+    }) = two_instances(Vec::new()).await
+    else {
         return;
     };
-    let other = h.instance(Vec::new()).await;
-    let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     let db = h.db.as_ref().expect("postgres");
     db.refuse_connections().await;
     db.end_sessions(Some("mana-sync-notifier")).await;
@@ -73,11 +110,7 @@ async fn a_notice_lost_on_its_way_is_made_up_for_within_two_seconds() {
     other.wait_for_log("fell silent", common::PROMPTLY).await;
     // Once the pusher can talk again, notices flow as before.
     db.accept_connections().await;
-    phone
-        .push("todo", START, json!([insert("tasks", "after")]))
-        .await;
-    let deadline = Instant::now() + common::PROMPTLY;
-    assert_eq!(next_ids_by(&mut stream, deadline, "after").await, ["after"]);
+    arrives_promptly(&phone, &mut stream, "after", "after").await;
 }
 
 /// An instance commits a push and dies before its notice leaves it.
@@ -113,21 +146,15 @@ async fn streams_catch_up_within_two_seconds_after_the_nats_server_restarts() {
     let Some(mut nats) = NatsServer::start().await else {
         return;
     };
-    let env = vec![("NATS_URL".to_owned(), nats.url())];
-    let Some(h) = Harness::start_with(
-        common::Db::Postgres,
-        ServerOptions {
-            env: env.clone(),
-            ..ServerOptions::default()
-        },
-    )
-    .await
+    let Some(TwoInstances {
+        h: _first,
+        other,
+        phone,
+        mut stream,
+    }) = two_instances(vec![("NATS_URL".to_owned(), nats.url())]).await
     else {
         return;
     };
-    let other = h.instance(env).await;
-    let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     // No notice goes through Postgres.
     assert!(
         !other
@@ -152,11 +179,7 @@ async fn streams_catch_up_within_two_seconds_after_the_nats_server_restarts() {
         next_ids_by(&mut stream, restarted + CATCH_UP, "NATS restart").await,
         ["while-nats-was-down"]
     );
-    phone
-        .push("todo", START, json!([insert("tasks", "after")]))
-        .await;
-    let deadline = Instant::now() + common::PROMPTLY;
-    assert_eq!(next_ids_by(&mut stream, deadline, "after").await, ["after"]);
+    arrives_promptly(&phone, &mut stream, "after", "after").await;
 }
 
 /// The machine's NATS server (as in production, shared): pushes on one
@@ -166,30 +189,16 @@ async fn pushes_reach_other_instances_through_the_shared_nats_server() {
     let Some(url) = mana_sync_testkit::nats::shared().await else {
         return;
     };
-    let env = vec![("NATS_URL".to_owned(), url)];
-    let Some(h) = Harness::start_with(
-        common::Db::Postgres,
-        ServerOptions {
-            env: env.clone(),
-            ..ServerOptions::default()
-        },
-    )
-    .await
+    let Some(TwoInstances {
+        h: _first,
+        other: _second,
+        phone,
+        mut stream,
+    }) = two_instances(vec![("NATS_URL".to_owned(), url)]).await
     else {
         return;
     };
-    let other = h.instance(env).await;
-    let phone = h.device("alice", "phone");
-    let mut stream = connected(&phone, &Device::on(&other, "alice", "laptop")).await;
     for n in 0..5 {
-        let id = format!("n{n}");
-        phone
-            .push("todo", START, json!([insert("tasks", &id)]))
-            .await;
-        let deadline = Instant::now() + common::PROMPTLY;
-        assert_eq!(
-            next_ids_by(&mut stream, deadline, "through NATS").await,
-            [id]
-        );
+        arrives_promptly(&phone, &mut stream, &format!("n{n}"), "through NATS").await;
     }
 }

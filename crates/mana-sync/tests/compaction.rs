@@ -141,22 +141,9 @@ async fn a_device_that_synced_before_compaction_pulls_what_it_missed(h: Harness)
     assert!(report.contains("logs 1, changes folded 0"), "{report}");
 }
 
+/// A counter from `/metrics` (0 until it is exported).
 async fn metric(h: &Harness, name: &str) -> u64 {
-    let (_, text) = common::read(
-        mana_sync_testkit::http_client()
-            .get(h.server.at("/metrics"))
-            .send()
-            .await
-            .expect("sent"),
-    )
-    .await;
-    let text = text
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| text.to_string());
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
+    h.server.metric(name).await.unwrap_or(0)
 }
 
 async fn the_background_compactor_runs_and_a_stream_from_an_old_cursor_catches_up(h: Harness) {

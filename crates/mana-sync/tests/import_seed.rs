@@ -8,7 +8,7 @@ mod common;
 
 use common::{Device, START};
 use mana_sync_testkit::pg::TestDatabase;
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::TestServer;
 use serde_json::{Value, json};
 
 /// The seed's table, as its Go server creates it.
@@ -253,10 +253,6 @@ async fn pull(server: &TestServer, user: &str, app: &str, collection: &str) -> V
     device.pull_all(app, collection, START).await.0
 }
 
-fn field(value: Value, at: &str) -> Value {
-    json!({"value": value, "updatedAt": at, "at": at})
-}
-
 async fn copies_every_user_in_created_at_order(target: Option<Target>) {
     let Some(target) = target else { return };
     let Some(seed) = seed_database(ROWS).await else {
@@ -269,30 +265,23 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
         "users 2, rows read 9, imported 9, skipped 0"
     );
 
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     let alice = vec![
         json!({"table": "tasks", "id": "t1", "op": "insert",
                "data": {"title": "Buy milk", "done": false, "n": 1.5},
                "eventId": row_id(9), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "insert", "data": {"title": "Call mum"},
-               "fields": {"title": field(json!("Call mum"), "2026-01-01T10:00:01.000Z")},
+               "fields": {"title": common::seed_field(json!("Call mum"), "2026-01-01T10:00:01.000Z")},
                "actor": {"kind": "ai", "model": "planner-2"},
                "eventId": row_id(3), "schemaVersion": 1}),
         // Same created_at as row 7: the smaller id comes first. `n` has no
         // timestamp of its own and takes the row's created_at.
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"n": field(json!(2.5), "2026-01-01T10:00:04.5Z")},
+               "fields": {"n": common::seed_field(json!(2.5), "2026-01-01T10:00:04.5Z")},
                "eventId": row_id(2), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t1", "op": "update",
-               "fields": {"done": field(json!(true), "2026-01-01T10:00:03.000Z"),
-                          "title": field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
+               "fields": {"done": common::seed_field(json!(true), "2026-01-01T10:00:03.000Z"),
+                          "title": common::seed_field(json!("Buy oat milk"), "2026-01-01T10:00:02.000Z")},
                "eventId": row_id(7), "schemaVersion": 1}),
         json!({"table": "tasks", "id": "t2", "op": "delete",
                "deletedAt": "2026-01-01T10:00:08.000Z", "eventId": row_id(1), "schemaVersion": 1}),
@@ -304,7 +293,7 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
         json!({"table": "pages", "id": "p1", "op": "insert", "data": {"body": ""},
                "actor": {"kind": "ai"}, "eventId": row_id(8), "schemaVersion": 1}),
         json!({"table": "pages", "id": "p1", "op": "update",
-               "fields": {"body": field(json!("hello"), "2026-01-01T09:00:00.900Z")},
+               "fields": {"body": common::seed_field(json!("hello"), "2026-01-01T09:00:00.900Z")},
                "eventId": row_id(5), "schemaVersion": 1}),
         json!({"table": "pages", "id": "p1", "op": "delete",
                "deletedAt": "2026-01-01T09:00:02Z", "eventId": row_id(6), "schemaVersion": 1}),
@@ -315,15 +304,7 @@ async fn copies_every_user_in_created_at_order(target: Option<Target>) {
     assert!(pull(&server, "bob", "todo", "tasks").await.is_empty());
 
     // Devices and creation times are kept (the export shows them).
-    let export = mana_sync_testkit::http_client()
-        .get(server.at("/backup/export"))
-        .bearer_auth(server.token("alice"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("body");
+    let export = common::export(&server, "alice").await;
     let kept: Vec<(String, String)> = export
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).expect("JSON line"))
@@ -434,14 +415,7 @@ async fn a_row_that_cannot_be_converted_stops_with_nothing_of_its_user_stored() 
         );
     }
 
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     assert!(
         pull(&server, "carol", "todo", "tasks").await.is_empty(),
         "carol's good rows before the bad one were rolled back"
@@ -494,14 +468,7 @@ async fn rows_stream_in_batches_and_users_change_mid_batch() {
         stdout(&output),
         "users 3, rows read 1300, imported 1300, skipped 0"
     );
-    let server = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(target.url()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let server = common::server_on(target.url()).await;
     for user in 0..3 {
         let pulled = pull(&server, &format!("user{user}"), "todo", "tasks").await;
         let numbers: Vec<u64> = pulled

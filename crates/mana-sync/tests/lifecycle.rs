@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Db, Harness, PROMPTLY, START, insert};
-use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -37,15 +36,7 @@ async fn metrics_count_requests_changes_and_latency(h: Harness) {
     h.device("alice", "laptop")
         .pull_all("todo", "tasks", START)
         .await;
-    let http = mana_sync_testkit::http_client();
-    let text = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = h.server.metrics().await;
     assert!(text.contains("mana_sync_changes_stored_total 2"), "{text}");
     assert!(
         text.contains("mana_sync_push_duration_seconds_count 1"),
@@ -70,18 +61,9 @@ on_both_databases!(
 
 #[tokio::test]
 async fn cors_allows_exactly_the_configured_origins() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![(
-                "CORS_ORIGINS".into(),
-                "https://app.example,https://other.example".into(),
-            )],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h =
+        Harness::sqlite_with_env(&[("CORS_ORIGINS", "https://app.example,https://other.example")])
+            .await;
     let http = mana_sync_testkit::http_client();
     let preflight = |origin: &'static str| {
         http.request(reqwest::Method::OPTIONS, h.server.at("/sync/todo"))
@@ -128,18 +110,10 @@ async fn cors_allows_exactly_the_configured_origins() {
 
 #[tokio::test]
 async fn cors_origins_are_trimmed_and_normalised_and_non_origins_are_named() {
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: vec![(
-                "CORS_ORIGINS".into(),
-                "https://a.example, https://b.example/ ,HTTPS://C.Example:443,https://d.example/app,d.example,".into(),
-            )],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[(
+        "CORS_ORIGINS",
+        "https://a.example, https://b.example/ ,HTTPS://C.Example:443,https://d.example/app,d.example,",
+    )]).await;
     let http = mana_sync_testkit::http_client();
     for (origin, allowed) in [
         ("https://a.example", true),

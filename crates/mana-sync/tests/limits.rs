@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Db, Harness, PROMPTLY, START, wait_for_connections};
+use common::{Harness, PROMPTLY, START, wait_for_connections};
 use futures::{SinkExt as _, StreamExt as _};
 use mana_sync_testkit::server::{ServerOptions, TestServer};
 use reqwest::StatusCode;
@@ -22,26 +22,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-
-async fn start(env: &[(&str, &str)]) -> Harness {
-    start_with(env, None).await
-}
-
-async fn start_with(env: &[(&str, &str)], max_open_files: Option<u64>) -> Harness {
-    Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            max_open_files,
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("SQLite always starts")
-}
 
 fn address(server: &TestServer) -> String {
     server.url.trim_start_matches("http://").to_owned()
@@ -131,7 +111,7 @@ fn grown_mib(server: &TestServer, baseline: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_that_floods_pings_and_never_reads_costs_bounded_memory_and_is_closed() {
-    let h = start(&[("WS_AUTH_TIMEOUT_SECS", "2")]).await;
+    let h = Harness::sqlite_with_env(&[("WS_AUTH_TIMEOUT_SECS", "2")]).await;
     let baseline = h.server.resident_kib();
     let mut socket = raw_socket(&h.server).await;
     // 8,000 pings of 125 bytes per write, for a second and a half: the
@@ -177,7 +157,7 @@ async fn a_socket_that_floods_pings_and_never_reads_costs_bounded_memory_and_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
-    let h = start(&[]).await;
+    let h = Harness::sqlite_with_env(&[]).await;
     let baseline = h.server.resident_kib();
     let chunk = vec![0_u8; 1 << 20];
     let mut sockets = Vec::new();
@@ -219,13 +199,8 @@ async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
         );
     }
     // A real client still gets in, authenticates and pings.
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("opens");
-    let auth = json!({"type": "auth", "token": h.server.token("alice")});
-    socket
-        .send(Message::text(auth.to_string()))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&h.server, "/ws", &h.server.token("alice")).await;
     let reply = socket.next().await.expect("open").expect("frame");
     assert_eq!(reply, Message::text(r#"{"type":"auth-ok"}"#));
     // After auth a message far larger than any the protocol has is refused
@@ -250,7 +225,7 @@ async fn unauthenticated_sockets_cannot_make_the_server_buffer_large_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_after_the_header_timeout() {
-    let h = start(&[("HEADER_TIMEOUT_SECS", "1")]).await;
+    let h = Harness::sqlite_with_env(&[("HEADER_TIMEOUT_SECS", "1")]).await;
     // Never sends a byte.
     let mut silent = connect(&h.server).await;
     let started = Instant::now();
@@ -289,7 +264,7 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_answered_408_and_closed() {
-    let h = start(&[("BODY_TIMEOUT_SECS", "1")]).await;
+    let h = Harness::sqlite_with_env(&[("BODY_TIMEOUT_SECS", "1")]).await;
     for (path, token) in [
         ("/sync/todo", h.server.token("alice")),
         ("/backup/import", h.server.token("alice")),
@@ -321,7 +296,14 @@ async fn a_body_that_stops_arriving_is_answered_408_and_closed() {
 async fn silent_connections_cannot_use_up_the_file_descriptors() {
     // A small machine: 256 open files. The header timeout is long, so only
     // the connection budget can keep the server reachable.
-    let h = start_with(&[("HEADER_TIMEOUT_SECS", "60")], Some(256)).await;
+    let h = Harness::sqlite_with(
+        &[("HEADER_TIMEOUT_SECS", "60")],
+        ServerOptions {
+            max_open_files: Some(256),
+            ..ServerOptions::default()
+        },
+    )
+    .await;
     let mut silent = Vec::new();
     for _ in 0..300 {
         silent.push(connect(&h.server).await);
@@ -370,7 +352,7 @@ async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
-    let h = start(&[("MAX_LIVE_PER_USER", "3")]).await;
+    let h = Harness::sqlite_with_env(&[("MAX_LIVE_PER_USER", "3")]).await;
     let mut open = Vec::new();
     for n in 0..3 {
         let response = open_stream(&h, "alice", &format!("d{n}")).await;
@@ -397,13 +379,8 @@ async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
         "3",
     );
     // A socket counts too: it is told why, then closed.
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
-    let auth = json!({"type": "auth", "token": h.server.token("alice")});
-    socket
-        .send(Message::text(auth.to_string()))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&h.server, "/ws", &h.server.token("alice")).await;
     let reply = socket.next().await.expect("open").expect("frame");
     let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply["code"], "too_many_connections", "{reply}");
@@ -425,7 +402,8 @@ async fn one_user_cannot_open_more_than_its_share_of_streams_and_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_and_sockets_leave_a_reserve_for_everyone_else() {
     // 20 connections: streams and sockets of all users may hold 18.
-    let h = start(&[("MAX_CONNECTIONS", "20"), ("MAX_LIVE_PER_USER", "100")]).await;
+    let h =
+        Harness::sqlite_with_env(&[("MAX_CONNECTIONS", "20"), ("MAX_LIVE_PER_USER", "100")]).await;
     let mut open = Vec::new();
     for n in 0..18 {
         let response = open_stream(&h, &format!("user{n}"), "d").await;
@@ -462,16 +440,9 @@ async fn streams_and_sockets_leave_a_reserve_for_everyone_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_do_not_grow_the_metrics() {
-    let h = start(&[]).await;
+    let h = Harness::sqlite_with_env(&[]).await;
     let http = mana_sync_testkit::http_client();
-    let before = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let before = h.server.metrics().await;
     for n in 0..300 {
         let method = format!("M{n:04}{}", "X".repeat(1000));
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("token");
@@ -482,14 +453,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .expect("sent");
         assert!(response.status().is_client_error(), "{}", response.status());
     }
-    let after = http
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let after = h.server.metrics().await;
     assert!(!after.contains("XXXX"), "made-up methods became labels");
     assert!(
         after.len() < before.len() + 2048,
@@ -505,7 +469,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_length_over_the_limit_is_413_before_the_body_is_sent() {
-    let h = start(&[("BACKUP_MAX_BYTES", "1000")]).await;
+    let h = Harness::sqlite_with_env(&[("BACKUP_MAX_BYTES", "1000")]).await;
     let token = h.server.token("alice");
     for (path, length) in [
         ("/sync/todo", 11 * 1024 * 1024),

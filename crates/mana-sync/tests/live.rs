@@ -241,14 +241,7 @@ async fn a_slow_consumer_delays_nobody_and_misses_nothing(h: Harness) {
     while received.len() < expected.len() {
         received.extend(changes_of(&stuck.next_changes().await));
     }
-    let metrics = mana_sync_testkit::http_client()
-        .get(h.server.at("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = h.server.metrics().await;
     assert!(
         metrics.contains("mana_sync_live_overflows_total 1"),
         "the stuck stream fell behind and re-read from its cursor: {metrics}"
@@ -257,10 +250,7 @@ async fn a_slow_consumer_delays_nobody_and_misses_nothing(h: Harness) {
 }
 
 async fn open_socket(h: &Harness, path: &str, token: &str, client_id: Option<&str>) -> Socket {
-    let url = format!("{}{path}", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("socket opens");
+    let mut socket = common::open_socket(&h.server, path).await;
     let mut auth = json!({"type": "auth", "token": token});
     if let Some(client_id) = client_id {
         auth["clientId"] = json!(client_id);
@@ -327,20 +317,10 @@ async fn sockets_answer_pings_and_hear_other_devices_pushes(h: Harness) {
 
 /// `mana_sync_live_reads_total` from `/metrics`.
 async fn live_reads(h: &Harness) -> u64 {
-    let metrics = mana_sync_testkit::http_client()
-        .get(h.server.at("/metrics"))
-        .send()
+    h.server
+        .metric("mana_sync_live_reads_total")
         .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("mana_sync_live_reads_total "))
-        .expect("the counter is exported")
-        .parse()
-        .expect("a number")
+        .expect("the counter is exported as a number")
 }
 
 /// Pushes fan out to this instance's streams from what the push wrote, with

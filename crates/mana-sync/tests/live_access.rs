@@ -10,27 +10,17 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Device, EventStream, Harness, PROMPTLY, START, encode, ids, insert, next_message,
-    wait_for_connections,
+    Device, EventStream, Harness, PROMPTLY, START, authenticating_socket, encode, ids, insert,
+    next_message, open_socket, send_auth, wait_for_connections,
 };
 use futures::{SinkExt, StreamExt};
-use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn sockets_must_authenticate_promptly() {
-    let h = Harness::start_with(
-        common::Db::Sqlite,
-        ServerOptions {
-            env: vec![("WS_AUTH_TIMEOUT_SECS".into(), "1".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
-    let url = format!("{}/ws/todo", h.server.url.replace("http://", "ws://"));
+    let h = Harness::sqlite_with_env(&[("WS_AUTH_TIMEOUT_SECS", "1")]).await;
     let cases = [
         (
             Some(json!({"type": "auth", "token": "not-a-jwt"})),
@@ -40,7 +30,7 @@ async fn sockets_must_authenticate_promptly() {
         (None, "auth_timeout"),
     ];
     for (first, code) in cases {
-        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+        let mut socket = open_socket(&h.server, "/ws/todo").await;
         if let Some(first) = first {
             socket
                 .send(Message::text(first.to_string()))
@@ -70,15 +60,7 @@ async fn sockets_must_authenticate_promptly() {
 
 #[tokio::test]
 async fn streams_need_a_token_in_the_header_or_the_query_and_never_log_it() {
-    let h = Harness::start_with(
-        common::Db::Sqlite,
-        ServerOptions {
-            env: vec![("RUST_LOG".into(), "debug".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[("RUST_LOG", "debug")]).await;
     let http = mana_sync_testkit::http_client();
     let token = h.server.token("alice");
     let url = |query: &str| {
@@ -99,33 +81,27 @@ async fn streams_need_a_token_in_the_header_or_the_query_and_never_log_it() {
         let (status, body) = common::read(http.get(url(query)).send().await.expect("sent")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{query}: {body}");
     }
-    for (query, code) in [
-        ("&collections=", "missing_parameter"),
-        ("&collections=a%00b", "invalid_request"),
-    ] {
-        let path = format!("/sync/todo/stream?since={}{query}", encode(START));
-        let response = http
-            .get(h.server.at(&path))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("sent");
-        let (status, body) = common::read(response).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (StatusCode::BAD_REQUEST, Some(code)),
-            "{body}"
-        );
-    }
+    let since = encode(START);
     for (path, code) in [
-        ("/sync/todo/stream?since=c1.0", "missing_parameter"),
         (
-            "/sync/todo/stream?collections=tasks&since=soon",
+            format!("/sync/todo/stream?since={since}&collections="),
+            "missing_parameter",
+        ),
+        (
+            format!("/sync/todo/stream?since={since}&collections=a%00b"),
+            "invalid_request",
+        ),
+        (
+            "/sync/todo/stream?since=c1.0".to_owned(),
+            "missing_parameter",
+        ),
+        (
+            "/sync/todo/stream?collections=tasks&since=soon".to_owned(),
             "invalid_cursor",
         ),
     ] {
         let response = http
-            .get(h.server.at(path))
+            .get(h.server.at(&path))
             .bearer_auth(&token)
             .send()
             .await
@@ -143,15 +119,7 @@ async fn streams_need_a_token_in_the_header_or_the_query_and_never_log_it() {
 
 #[tokio::test]
 async fn heartbeats_keep_idle_streams_alive() {
-    let h = Harness::start_with(
-        common::Db::Sqlite,
-        ServerOptions {
-            env: vec![("SSE_HEARTBEAT_SECS".into(), "1".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h = Harness::sqlite_with_env(&[("SSE_HEARTBEAT_SECS", "1")]).await;
     let mut stream = h
         .device("alice", "laptop")
         .stream("todo", "tasks", START)
@@ -170,15 +138,8 @@ async fn heartbeats_keep_idle_streams_alive() {
 /// push in flight, and exits successfully.
 #[tokio::test]
 async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
-    let Harness { server, db } = Harness::start_with(
-        common::Db::Sqlite,
-        ServerOptions {
-            env: vec![("RUST_LOG".into(), "info,tower_http=debug".into())],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let Harness { server, db } =
+        Harness::sqlite_with_env(&[("RUST_LOG", "info,tower_http=debug")]).await;
     let h = Harness { server, db };
     let mut stream = h
         .device("alice", "laptop")
@@ -239,14 +200,7 @@ async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
     assert!(status.success(), "exit status {status}");
 
     // The push was stored.
-    let restarted = mana_sync_testkit::server::TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(server.database_url.clone()),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let restarted = common::server_on(server.database_url.clone()).await;
     let reader = Device {
         http: mana_sync_testkit::http_client(),
         base: restarted.url.clone(),
@@ -262,18 +216,8 @@ async fn sigterm_ends_streams_and_finishes_the_push_in_flight() {
 /// and ended; the token no longer opens anything.
 #[tokio::test]
 async fn streams_and_sockets_end_when_their_token_expires() {
-    let h = Harness::start_with(
-        common::Db::Sqlite,
-        ServerOptions {
-            env: vec![
-                ("JWT_LEEWAY_SECS".into(), "0".into()),
-                ("SSE_HEARTBEAT_SECS".into(), "1".into()),
-            ],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("starts");
+    let h =
+        Harness::sqlite_with_env(&[("JWT_LEEWAY_SECS", "0"), ("SSE_HEARTBEAT_SECS", "1")]).await;
     let token = h.server.token_with_ttl("alice", Duration::from_secs(3));
     let device = Device {
         token: token.clone(),
@@ -281,24 +225,12 @@ async fn streams_and_sockets_end_when_their_token_expires() {
     };
     let mut stream = device.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": token}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    let mut socket = authenticating_socket(&h.server, "/ws", &token).await;
     assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
     // A second socket renews its token in-band before it expires.
-    let (mut renewed, _) = tokio_tungstenite::connect_async(&url).await.expect("opens");
+    let mut renewed = open_socket(&h.server, "/ws").await;
     for fresh in [token.clone(), h.server.token("alice")] {
-        renewed
-            .send(Message::text(
-                json!({"type": "auth", "token": fresh}).to_string(),
-            ))
-            .await
-            .expect("sends");
+        send_auth(&mut renewed, &fresh).await;
         assert_eq!(next_message(&mut renewed).await, json!({"type": "auth-ok"}));
     }
     wait_for_connections(&h.server, 1, 2).await;
@@ -330,12 +262,7 @@ async fn streams_and_sockets_end_when_their_token_expires() {
         .await
         .expect("sends");
     assert_eq!(next_message(&mut renewed).await, json!({"type": "pong"}));
-    renewed
-        .send(Message::text(
-            json!({"type": "auth", "token": h.server.token("mallory")}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    send_auth(&mut renewed, &h.server.token("mallory")).await;
     assert_eq!(next_message(&mut renewed).await["code"], "unauthorized");
     assert_eq!(next_message(&mut renewed).await, json!({"closed": 1008}));
     wait_for_connections(&h.server, 0, 0).await;

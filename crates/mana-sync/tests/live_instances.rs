@@ -8,10 +8,8 @@
 mod common;
 
 use common::{Device, EventStream, Harness, PROMPTLY, START, ids, insert, next_message};
-use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 fn changes_of(page: &Value) -> Vec<String> {
     ids(page["changes"].as_array().expect("changes array"))
@@ -27,16 +25,7 @@ async fn a_push_on_one_instance_reaches_streams_and_sockets_on_another() {
     let laptop = Device::on(&other, "alice", "laptop");
     let mut stream = laptop.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let socket_url = format!("{}/ws/todo", other.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(socket_url)
-        .await
-        .expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": other.token("alice")}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    let mut socket = common::authenticating_socket(&other, "/ws/todo", &other.token("alice")).await;
     assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
     for n in 0..5 {
         phone

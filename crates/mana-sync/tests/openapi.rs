@@ -9,7 +9,6 @@
 mod common;
 
 use common::{BINARY, Db, Harness, read};
-use mana_sync_testkit::server::ServerOptions;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
@@ -22,15 +21,7 @@ fn committed() -> String {
 #[tokio::test]
 async fn the_served_description_is_the_committed_one_and_names_only_real_routes() {
     // Dev mode, so that the dev-only operations exist too.
-    let h = Harness::start_with(
-        Db::Sqlite,
-        ServerOptions {
-            jwt_secret: Some(String::new()),
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .expect("SQLite always starts");
+    let h = Harness::sqlite_in_dev_mode().await;
     let http = mana_sync_testkit::http_client();
     let served = http
         .get(h.server.at("/openapi.json"))

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, PROMPTLY, START, insert};
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use mana_sync_testkit::pg::{OWNER_ROLE, ROWS_ROLE, TestDatabase};
 use mana_sync_testkit::server::{ServerOptions, TestServer};
 use reqwest::StatusCode;
@@ -56,14 +56,8 @@ async fn the_server_works(h: &Harness, db: &TestDatabase) {
     let laptop = h.device("alice", "laptop");
     let mut stream = laptop.stream("todo", "tasks", START).await;
     stream.backlog(1).await;
-    let url = format!("{}/ws", h.server.url.replace("http://", "ws://"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("opens");
-    socket
-        .send(Message::text(
-            json!({"type": "auth", "token": h.server.token("alice")}).to_string(),
-        ))
-        .await
-        .expect("sends");
+    let mut socket =
+        common::authenticating_socket(&h.server, "/ws", &h.server.token("alice")).await;
     let reply = socket.next().await.expect("open").expect("frame");
     assert_eq!(reply, Message::text(r#"{"type":"auth-ok"}"#));
 
@@ -95,15 +89,7 @@ async fn the_server_works(h: &Harness, db: &TestDatabase) {
     assert_eq!(status, StatusCode::OK, "a legacy cursor: {reply}");
 
     let http = mana_sync_testkit::http_client();
-    let backup = http
-        .get(h.server.at("/backup/export"))
-        .bearer_auth(h.server.token("alice"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let backup = common::export(&h.server, "alice").await;
     assert_eq!(backup.lines().count(), 2);
     let (status, reply) = common::read(
         http.post(h.server.at("/backup/import"))

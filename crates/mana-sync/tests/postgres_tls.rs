@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Device, START, insert};
 use mana_sync_store::postgres::PgConnector;
 use mana_sync_testkit::pg::TestDatabase;
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::json;
 use tls_cluster::TlsCluster;
@@ -30,14 +30,7 @@ fn device(server: &TestServer, user: &str, client_id: &str) -> Device {
 }
 
 async fn server_on(url: String) -> TestServer {
-    TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(url),
-            ..ServerOptions::default()
-        },
-    )
-    .await
+    common::server_on(url).await
 }
 
 /// Connects with `url` through the server's own connector and says whether

@@ -7,37 +7,17 @@
 
 mod common;
 
-use common::{Device, EventStream, Harness, START, assert_error, encode, ids, next_message, read};
+use common::{Device, EventStream, Harness, START, assert_error, encode, ids, next_message};
 use futures::SinkExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn call(
-    device: &Device,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = device
-        .http
-        .request(method, format!("{}{path}", device.base))
-        .bearer_auth(&device.token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    read(request.send().await.expect("sent")).await
-}
-
 /// `owner` creates a space and adds the others with their roles.
 async fn space_of(owner: &Device, members: &[(&str, &str)]) -> String {
-    let (status, body) = call(
-        owner,
-        Method::POST,
-        "/spaces",
-        Some(json!({"name": "Groceries"})),
-    )
-    .await;
+    let (status, body) = owner
+        .call(Method::POST, "/spaces", Some(json!({"name": "Groceries"})))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let space = body["id"].as_str().expect("an id").to_owned();
     for (user, role) in members {
@@ -47,24 +27,24 @@ async fn space_of(owner: &Device, members: &[(&str, &str)]) -> String {
 }
 
 async fn set_role(owner: &Device, space: &str, user: &str, role: &str) {
-    let reply = call(
-        owner,
-        Method::PUT,
-        &format!("/spaces/{space}/members/{user}"),
-        Some(json!({"role": role})),
-    )
-    .await;
+    let reply = owner
+        .call(
+            Method::PUT,
+            &format!("/spaces/{space}/members/{user}"),
+            Some(json!({"role": role})),
+        )
+        .await;
     assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
 }
 
 async fn remove(owner: &Device, space: &str, user: &str) {
-    let reply = call(
-        owner,
-        Method::DELETE,
-        &format!("/spaces/{space}/members/{user}"),
-        None,
-    )
-    .await;
+    let reply = owner
+        .call(
+            Method::DELETE,
+            &format!("/spaces/{space}/members/{user}"),
+            None,
+        )
+        .await;
     assert_eq!(reply.0, StatusCode::NO_CONTENT, "{}", reply.1);
 }
 

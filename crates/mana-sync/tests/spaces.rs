@@ -9,25 +9,10 @@ use common::{Device, Harness, assert_error, read};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// A request to the spaces API as `device`'s user.
-async fn call(
-    device: &Device,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = device
-        .http
-        .request(method, format!("{}{path}", device.base))
-        .bearer_auth(&device.token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    read(request.send().await.expect("sent")).await
-}
-
 async fn create(device: &Device, name: &str) -> String {
-    let (status, body) = call(device, Method::POST, "/spaces", Some(json!({"name": name}))).await;
+    let (status, body) = device
+        .call(Method::POST, "/spaces", Some(json!({"name": name})))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
         (body["name"].as_str(), body["role"].as_str()),
@@ -37,23 +22,23 @@ async fn create(device: &Device, name: &str) -> String {
 }
 
 async fn set(device: &Device, space: &str, member: &str, role: &str) -> (StatusCode, Value) {
-    call(
-        device,
-        Method::PUT,
-        &format!("/spaces/{space}/members/{member}"),
-        Some(json!({"role": role})),
-    )
-    .await
+    device
+        .call(
+            Method::PUT,
+            &format!("/spaces/{space}/members/{member}"),
+            Some(json!({"role": role})),
+        )
+        .await
 }
 
 async fn remove(device: &Device, space: &str, member: &str) -> (StatusCode, Value) {
-    call(
-        device,
-        Method::DELETE,
-        &format!("/spaces/{space}/members/{member}"),
-        None,
-    )
-    .await
+    device
+        .call(
+            Method::DELETE,
+            &format!("/spaces/{space}/members/{member}"),
+            None,
+        )
+        .await
 }
 
 async fn owners_share_a_space_and_manage_its_members(h: Harness) {
@@ -64,13 +49,15 @@ async fn owners_share_a_space_and_manage_its_members(h: Harness) {
     );
     let space = create(&ann, "Groceries").await;
     assert_eq!(set(&ann, &space, "bob", "editor").await.0, StatusCode::OK);
-    let (status, list) = call(&bob, Method::GET, "/spaces", None).await;
+    let (status, list) = bob.call(Method::GET, "/spaces", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         list,
         json!({"spaces": [{"id": space, "name": "Groceries", "role": "editor"}]})
     );
-    let (status, detail) = call(&bob, Method::GET, &format!("/spaces/{space}"), None).await;
+    let (status, detail) = bob
+        .call(Method::GET, &format!("/spaces/{space}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         detail["members"],
@@ -78,11 +65,12 @@ async fn owners_share_a_space_and_manage_its_members(h: Harness) {
     );
     // Strangers see nothing; editors cannot manage; the last owner stays.
     assert_eq!(
-        call(&eve, Method::GET, "/spaces", None).await.1,
+        eve.call(Method::GET, "/spaces", None).await.1,
         json!({"spaces": []})
     );
     assert_error(
-        &call(&eve, Method::GET, &format!("/spaces/{space}"), None).await,
+        &eve.call(Method::GET, &format!("/spaces/{space}"), None)
+            .await,
         StatusCode::NOT_FOUND,
         "space_not_found",
         &space,
@@ -111,7 +99,7 @@ async fn owners_share_a_space_and_manage_its_members(h: Harness) {
     assert_eq!(remove(&eve, &space, "eve").await.0, StatusCode::NO_CONTENT);
     assert_eq!(remove(&ann, &space, "bob").await.0, StatusCode::NO_CONTENT);
     assert_eq!(
-        call(&bob, Method::GET, "/spaces", None).await.1,
+        bob.call(Method::GET, "/spaces", None).await.1,
         json!({"spaces": []})
     );
     assert_error(
@@ -140,11 +128,11 @@ async fn the_spaces_api_needs_a_token_and_valid_input(h: Harness) {
         json!({"name": "a\u{0}b"}),
         json!({"name": "x", "extra": 1}),
     ] {
-        let (status, reply) = call(&ann, Method::POST, "/spaces", Some(body.clone())).await;
+        let (status, reply) = ann.call(Method::POST, "/spaces", Some(body.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
     }
     assert_error(
-        &call(&ann, Method::GET, "/spaces/a~b", None).await,
+        &ann.call(Method::GET, "/spaces/a~b", None).await,
         StatusCode::BAD_REQUEST,
         "invalid_request",
         "spaceId",

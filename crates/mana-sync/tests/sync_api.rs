@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Harness, START, assert_error, encode, ids, insert};
-use mana_sync_testkit::server::{ServerOptions, TestServer};
+use mana_sync_testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -442,14 +442,7 @@ async fn a_restart_keeps_every_change(h: Harness) {
     server.kill().await;
     // The SQLite file lives in the old server's temp dir, which `server`
     // still owns; keep it alive while the new server runs.
-    let restarted = TestServer::start(
-        std::path::Path::new(common::BINARY),
-        ServerOptions {
-            database_url: Some(database_url),
-            ..ServerOptions::default()
-        },
-    )
-    .await;
+    let restarted = common::server_on(database_url).await;
     let laptop = Harness::device_of(&restarted, "alice", "laptop");
     let (changes, _) = laptop.pull_all("todo", "tasks", START).await;
     assert_eq!(ids(&changes), ["1", "2"]);

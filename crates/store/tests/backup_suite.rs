@@ -52,14 +52,8 @@ async fn export_streams_every_change_of_the_user_oldest_first(f: Fixture) {
         )
         .await;
     }
-    push(
-        &*f.store,
-        &user("bob"),
-        "todo",
-        "d1",
-        &[insert("tasks", "bobs")],
-    )
-    .await;
+    f.push_todo(&user("bob"), "d1", &[insert("tasks", "bobs")])
+        .await;
     let ids = exported_ids(&*f.store, &alice).await;
     assert_eq!(ids.len(), 2100);
     let expected: Vec<String> = (0..2100).map(|i| format!("{i:04}")).collect();
@@ -86,12 +80,7 @@ async fn import_is_all_or_nothing_and_skips_known_event_ids(f: Fixture) {
         exported_ids(&*f.store, &alice).await.is_empty(),
         "nothing of it is stored"
     );
-    let (_, end) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (_, end) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert_eq!(end, Cursor::START, "the counter did not move");
 
     let outcome = f

@@ -1,5 +1,7 @@
 //! Compaction on both databases: folding, old cursors, readers in the middle
-//! of a page, tombstones past their retention, one compactor per user.
+//! of a page, one compactor per user, shared spaces' logs, short
+//! transactions. Tombstones past their retention (and the cursors that
+//! expire with them) are in `retention_suite.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests stop loudly on broken setups
 
@@ -7,33 +9,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use common::{Backend, Fixture, change, end_of, push, query, user};
+use common::{Backend, Fixture, T, compact, delete, end_of, insert_at, query, rows, update, user};
 use mana_sync_protocol::merge::RecordState;
 use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
-use mana_sync_store::{
-    ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, Store, StoreError, StoredChange,
-};
-
-fn update(id: &str, field: &str, value: &str, at: &str) -> Change {
-    change(&format!(
-        r#"{{"table":"tasks","id":"{id}","op":"update","fields":{{"{field}":{{"value":{value},"at":"{at}"}}}}}}"#
-    ))
-}
-
-fn insert_at(id: &str, at: &str) -> Change {
-    change(&format!(
-        r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{"id":"{id}","title":"new"}},
-            "fields":{{"id":{{"value":"{id}","at":"{at}"}},"title":{{"value":"new","at":"{at}"}}}}}}"#
-    ))
-}
-
-fn delete(id: &str, at: &str) -> Change {
-    change(&format!(
-        r#"{{"table":"tasks","id":"{id}","op":"delete","deletedAt":"{at}"}}"#
-    ))
-}
+use mana_sync_store::{ChangeQuery, CompactOptions, CompactOutcome, Store, StoredChange};
 
 /// A device's copy of the records: what it received, merged.
 #[derive(Debug, Default, PartialEq)]
@@ -89,36 +69,6 @@ async fn follow(
     }
 }
 
-async fn rows(store: &dyn Store, who: &UserId) -> Vec<StoredChange> {
-    let mut q = query("todo", None, Since::START);
-    q.limit = 1000;
-    let mut all = Vec::new();
-    loop {
-        let page = store.changes_after(who, &q).await.expect("read");
-        all.extend(page.changes);
-        q.since = Since::Cursor(page.next);
-        if !page.has_more {
-            return all;
-        }
-    }
-}
-
-async fn compact(store: &dyn Store, who: &UserId, options: &CompactOptions) -> CompactOutcome {
-    store
-        .compact(&LogId::of_user(who), options, &|_: &CompactOutcome| {})
-        .await
-        .expect("compacts")
-}
-
-const T: [&str; 6] = [
-    "2026-11-25T10:00:00.000000001Z",
-    "2026-11-25T10:00:00.000000002Z",
-    "2026-11-25T10:00:00.000000003Z",
-    "2026-11-25T10:00:00.000000004Z",
-    "2026-11-25T10:00:00.000000005Z",
-    "2026-11-25T10:00:00.000000006Z",
-];
-
 async fn each_records_history_is_folded_at_its_latest_position(f: Fixture) {
     let alice = user("alice");
     let mut full = Replica::default();
@@ -133,10 +83,7 @@ async fn each_records_history_is_folded_at_its_latest_position(f: Fixture) {
         ("phone", update("a", "title", "\"two\"", T[4])),
     ] {
         full.apply(&change);
-        pushes.push((
-            device,
-            end_of(push(&*f.store, &alice, "todo", device, &[change]).await),
-        ));
+        pushes.push((device, end_of(f.push_todo(&alice, device, &[change]).await)));
     }
     let before = rows(&*f.store, &alice).await;
     assert_eq!(before.len(), 7);
@@ -215,7 +162,7 @@ async fn every_cursor_handed_out_stays_safe(f: Fixture) {
         };
         full.apply(&change);
         replicas[d].0.apply(&change);
-        push(&*f.store, &alice, "todo", devices[d], &[change]).await;
+        f.push_todo(&alice, devices[d], &[change]).await;
         match next(6) {
             0 => {
                 let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
@@ -258,144 +205,11 @@ async fn every_cursor_handed_out_stays_safe(f: Fixture) {
     );
 }
 
-async fn tombstones_past_their_retention_are_dropped_and_older_cursors_expire(f: Fixture) {
-    let alice = user("alice");
-    let kept = end_of(
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[insert_at("kept", T[0])],
-        )
-        .await,
-    );
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[insert_at("gone", T[0])],
-    )
-    .await;
-    let deleted = end_of(push(&*f.store, &alice, "todo", "phone", &[delete("gone", T[1])]).await);
-    // Within the retention, a tombstone is folded, not dropped.
-    let outcome = compact(&*f.store, &alice, &CompactOptions::default()).await;
-    assert_eq!((outcome.records_folded, outcome.records_dropped), (1, 0));
-    let immediately = CompactOptions {
-        tombstone_retention: Duration::ZERO,
-        ..CompactOptions::default()
-    };
-    let outcome = compact(&*f.store, &alice, &immediately).await;
-    assert_eq!((outcome.records_dropped, outcome.changes_dropped), (1, 1));
-    let ids: Vec<String> = rows(&*f.store, &alice)
-        .await
-        .into_iter()
-        .map(|c| c.record_id)
-        .collect();
-    assert_eq!(ids, ["kept"]);
-
-    // A cursor before the dropped tombstone can no longer be served…
-    let expired = ChangeQuery {
-        since: Since::Cursor(kept),
-        ..query("todo", None, Since::START)
-    };
-    match f.store.changes_after(&alice, &expired).await {
-        Err(StoreError::CursorExpired { expired_through }) => assert_eq!(expired_through, deleted),
-        other => panic!("expected an expired cursor, got {other:?}"),
-    }
-    // …to a client that asked to be told. The seed's clients cannot
-    // understand that and are served from their cursor.
-    let legacy = ChangeQuery {
-        expired: ExpiredCursor::Serve,
-        ..expired
-    };
-    let page = f
-        .store
-        .changes_after(&alice, &legacy)
-        .await
-        .expect("served");
-    assert!(page.changes.is_empty());
-    assert_eq!(page.expired_through, deleted.position());
-    // From the start, or from the tombstone on, nothing was missed.
-    for since in [Cursor::START, deleted] {
-        let q = ChangeQuery {
-            since: Since::Cursor(since),
-            ..query("todo", None, Since::START)
-        };
-        assert!(f.store.changes_after(&alice, &q).await.is_ok(), "{since}");
-    }
-    // A cursor handed out after the drop accounts for it, whatever its
-    // position: a download that begun after the drop pages on.
-    let after_drop = ChangeQuery {
-        expired: ExpiredCursor::Refuse {
-            known: deleted.position(),
-        },
-        ..expired
-    };
-    assert!(f.store.changes_after(&alice, &after_drop).await.is_ok());
-}
-
-/// A new download after a drop, in pages that end before the dropped
-/// position, is never told its cursor expired.
-async fn a_download_begun_after_a_drop_pages_to_the_end(f: Fixture) {
-    let alice = user("alice");
-    for i in 0..10 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[insert_at(&format!("old{i}"), T[0])],
-        )
-        .await;
-    }
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[insert_at("gone", T[0])],
-    )
-    .await;
-    push(&*f.store, &alice, "todo", "phone", &[delete("gone", T[1])]).await;
-    let immediately = CompactOptions {
-        tombstone_retention: Duration::ZERO,
-        ..CompactOptions::default()
-    };
-    assert_eq!(
-        compact(&*f.store, &alice, &immediately)
-            .await
-            .records_dropped,
-        1
-    );
-    let (mut since, mut known, mut seen) = (Cursor::START, 0, 0);
-    loop {
-        let mut q = query("todo", None, Since::Cursor(since));
-        q.limit = 3;
-        q.expired = ExpiredCursor::Refuse { known };
-        let page = f.store.changes_after(&alice, &q).await.expect("pages on");
-        seen += page.changes.len();
-        since = page.next;
-        known = page.expired_through;
-        if !page.has_more {
-            break;
-        }
-    }
-    assert_eq!(seen, 10);
-}
-
 async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
     let alice = user("alice");
     for i in 0..10 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[update("a", "n", &i.to_string(), T[0])],
-        )
-        .await;
+        f.push_todo(&alice, "phone", &[update("a", "n", &i.to_string(), T[0])])
+            .await;
     }
     match &f.backend {
         Backend::Postgres(db) => {
@@ -448,25 +262,13 @@ async fn one_compactor_works_on_a_user_at_a_time(f: Fixture) {
 async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture) {
     let (alice, bob) = (user("alice"), user("bob"));
     for i in 0..5 {
-        push(
-            &*f.store,
-            &alice,
-            "todo",
-            "phone",
-            &[update("a", "n", &i.to_string(), T[0])],
-        )
-        .await;
+        f.push_todo(&alice, "phone", &[update("a", "n", &i.to_string(), T[0])])
+            .await;
     }
     for i in 0..5 {
         // Inserts of new records supersede nothing.
-        push(
-            &*f.store,
-            &bob,
-            "todo",
-            "phone",
-            &[insert_at(&format!("b{i}"), T[0])],
-        )
-        .await;
+        f.push_todo(&bob, "phone", &[insert_at(&format!("b{i}"), T[0])])
+            .await;
     }
     let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
     assert_eq!(candidates, [(LogId::of_user(&alice), 5)]);
@@ -478,14 +280,8 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
             .expect("lists")
             .is_empty()
     );
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[update("a", "n", "9", T[1])],
-    )
-    .await;
+    f.push_todo(&alice, "phone", &[update("a", "n", "9", T[1])])
+        .await;
     assert_eq!(
         f.store.compaction_candidates(1, 10).await.expect("lists"),
         [(LogId::of_user(&alice), 1)]
@@ -496,35 +292,15 @@ async fn users_with_superseded_changes_are_candidates_until_compacted(f: Fixture
 /// folded, and every member reads the folded state.
 async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
     let (ann, bob) = (user("ann"), user("bob"));
-    let space = f
-        .store
-        .create_space(&ann, "Groceries")
-        .await
-        .expect("creates")
-        .space_id;
-    f.store
-        .change_membership(
-            &ann,
-            &space,
-            &mana_sync_store::MemberChange::Set {
-                user: bob.clone(),
-                role: mana_sync_store::Role::Editor,
-            },
-        )
-        .await
-        .expect("adds bob");
+    let space = f.create_space(&ann, "Groceries").await;
+    f.set_member(&ann, &space, "bob", mana_sync_store::Role::Editor)
+        .await;
     let in_space = |mut change: Change| {
         change.space_id = Some(space.clone());
         change
     };
-    push(
-        &*f.store,
-        &ann,
-        "todo",
-        "anns-phone",
-        &[in_space(insert_at("milk", T[0]))],
-    )
-    .await;
+    f.push_todo(&ann, "anns-phone", &[in_space(insert_at("milk", T[0]))])
+        .await;
     for i in 0..5 {
         let (who, device) = if i % 2 == 0 {
             (&ann, "anns-phone")
@@ -532,7 +308,7 @@ async fn a_spaces_log_is_compacted_like_a_users(f: Fixture) {
             (&bob, "bobs-phone")
         };
         let edit = in_space(update("milk", "title", &format!("\"milk {i}\""), T[1 + i]));
-        push(&*f.store, who, "todo", device, &[edit]).await;
+        f.push_todo(who, device, &[edit]).await;
     }
     let log = LogId::of_space(&space);
     let candidates = f.store.compaction_candidates(3, 10).await.expect("lists");
@@ -573,7 +349,7 @@ async fn a_long_history_is_folded_in_short_transactions(f: Fixture) {
         changes.push(update("a", "n", &i.to_string(), T[i % T.len()]));
     }
     for chunk in changes.chunks(100) {
-        push(&*f.store, &alice, "todo", "phone", chunk).await;
+        f.push_todo(&alice, "phone", chunk).await;
     }
     let reports = Mutex::new(Vec::new());
     let options = CompactOptions {
@@ -604,8 +380,6 @@ store_suite!(
     a_long_history_is_folded_in_short_transactions,
     each_records_history_is_folded_at_its_latest_position,
     every_cursor_handed_out_stays_safe,
-    tombstones_past_their_retention_are_dropped_and_older_cursors_expire,
-    a_download_begun_after_a_drop_pages_to_the_end,
     one_compactor_works_on_a_user_at_a_time,
     users_with_superseded_changes_are_candidates_until_compacted,
     a_spaces_log_is_compacted_like_a_users,

@@ -44,12 +44,7 @@ async fn concurrent_duplicates_are_stored_once(f: Fixture) {
         }
     }
     assert_eq!(stored, 1);
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, _) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert_eq!(ids.len(), 200);
 }
 
@@ -188,12 +183,7 @@ async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
             "changeset {changeset}: {outcomes:?}"
         );
     }
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, _) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     let mut expected: Vec<String> = stored.iter().map(|n| format!("ok-{n}")).collect();
     let mut got = ids.clone();
     expected.sort();

@@ -29,18 +29,17 @@ async fn next_notice(
 async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
     let alice = user("alice");
     let mut events = f.store.events();
-    let first = push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[
-            insert("tasks", "1"),
-            insert("lists", "2"),
-            insert("tasks", "3"),
-        ],
-    )
-    .await;
+    let first = f
+        .push_todo(
+            &alice,
+            "phone",
+            &[
+                insert("tasks", "1"),
+                insert("lists", "2"),
+                insert("tasks", "3"),
+            ],
+        )
+        .await;
     let notice = next_notice(&mut events).await;
     assert_eq!(notice.log, LogId::of_user(&alice));
     assert_eq!(notice.app_id, "todo");
@@ -77,7 +76,7 @@ async fn committed_pushes_are_announced_and_nothing_else(f: Fixture) {
         f.store.push(&alice, set).await.expect("push"),
         PushOutcome::Duplicate
     );
-    let laptop = push(&*f.store, &alice, "todo", "laptop", &[insert("tasks", "5")]).await;
+    let laptop = f.push_todo(&alice, "laptop", &[insert("tasks", "5")]).await;
     let notice = next_notice(&mut events).await;
     assert_eq!(
         (notice.after, notice.last, notice.client_id.as_str()),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Fixture, change, insert, push, query, user};
+use common::{Fixture, change, insert, query, user};
 use mana_sync_protocol::{LogId, Since, SpaceId, UserId};
 use mana_sync_store::{
     ChangeQuery, MemberChange, MembershipError, NewChangeset, PushOutcome, Role, SpaceError,
@@ -30,17 +30,8 @@ async fn members_of_a_space_see_it_and_others_do_not(f: Fixture) {
         (space.name.as_str(), space.role),
         ("Groceries", Role::Owner)
     );
-    f.store
-        .change_membership(
-            &ann,
-            &space.space_id,
-            &MemberChange::Set {
-                user: bob.clone(),
-                role: Role::Viewer,
-            },
-        )
-        .await
-        .expect("the owner adds bob");
+    f.set_member(&ann, &space.space_id, "bob", Role::Viewer)
+        .await;
     let bobs = f.store.spaces_of(&bob).await.expect("lists");
     assert_eq!(bobs.len(), 1);
     assert_eq!(
@@ -67,20 +58,12 @@ async fn members_of_a_space_see_it_and_others_do_not(f: Fixture) {
 
 async fn only_owners_manage_members_and_a_space_keeps_an_owner(f: Fixture) {
     let (ann, bob, eve) = (user("ann"), user("bob"), user("eve"));
-    let space = f
-        .store
-        .create_space(&ann, "Backlog")
-        .await
-        .expect("creates")
-        .space_id;
+    let space = f.create_space(&ann, "Backlog").await;
     let set = |who: &str, role| MemberChange::Set {
         user: user(who),
         role,
     };
-    f.store
-        .change_membership(&ann, &space, &set("bob", Role::Editor))
-        .await
-        .expect("adds");
+    f.set_member(&ann, &space, "bob", Role::Editor).await;
     assert_eq!(
         refused(
             f.store
@@ -111,19 +94,13 @@ async fn only_owners_manage_members_and_a_space_keeps_an_owner(f: Fixture) {
         MembershipError::LastOwner(space.clone())
     );
     // With a second owner, the first may leave; an editor may leave by itself.
-    f.store
-        .change_membership(&ann, &space, &set("bob", Role::Owner))
-        .await
-        .expect("promotes");
+    f.set_member(&ann, &space, "bob", Role::Owner).await;
     f.store
         .change_membership(&ann, &space, &ann_leaves)
         .await
         .expect("leaves");
     assert!(f.store.spaces_of(&ann).await.expect("lists").is_empty());
-    f.store
-        .change_membership(&bob, &space, &set("eve", Role::Editor))
-        .await
-        .expect("adds");
+    f.set_member(&bob, &space, "eve", Role::Editor).await;
     f.store
         .change_membership(&eve, &space, &MemberChange::Remove { user: eve.clone() })
         .await
@@ -145,25 +122,9 @@ async fn only_owners_manage_members_and_a_space_keeps_an_owner(f: Fixture) {
 /// viewer.
 async fn shared_space(f: &Fixture) -> SpaceId {
     let ann = user("ann");
-    let space = f
-        .store
-        .create_space(&ann, "Groceries")
-        .await
-        .expect("creates")
-        .space_id;
-    for (who, role) in [("bob", Role::Editor), ("vic", Role::Viewer)] {
-        f.store
-            .change_membership(
-                &ann,
-                &space,
-                &MemberChange::Set {
-                    user: user(who),
-                    role,
-                },
-            )
-            .await
-            .expect("adds");
-    }
+    let space = f.create_space(&ann, "Groceries").await;
+    f.set_member(&ann, &space, "bob", Role::Editor).await;
+    f.set_member(&ann, &space, "vic", Role::Viewer).await;
     space
 }
 
@@ -202,22 +163,14 @@ async fn members_write_and_read_a_space_and_nobody_else_does(f: Fixture) {
     let space = shared_space(&f).await;
     let (ann, bob, vic, eve) = (user("ann"), user("bob"), user("vic"), user("eve"));
     // One changeset of bob's reaches his own log and the space's.
-    push(
-        &*f.store,
+    f.push_todo(
         &bob,
-        "todo",
         "bobs-phone",
         &[insert("tasks", "own"), into_space(&space, "milk")],
     )
     .await;
-    push(
-        &*f.store,
-        &ann,
-        "todo",
-        "anns-phone",
-        &[into_space(&space, "eggs")],
-    )
-    .await;
+    f.push_todo(&ann, "anns-phone", &[into_space(&space, "eggs")])
+        .await;
     for member in [&ann, &bob, &vic] {
         assert_eq!(
             space_ids(&f, member, &space).await.expect("a member reads"),
@@ -307,10 +260,8 @@ async fn pushes_and_membership_changes_are_announced_per_log(f: Fixture) {
     let mut events = f.store.events();
     let space = shared_space(&f).await;
     let bob = user("bob");
-    push(
-        &*f.store,
+    f.push_todo(
         &bob,
-        "todo",
         "bobs-phone",
         &[insert("tasks", "own"), into_space(&space, "milk")],
     )

@@ -13,18 +13,10 @@ use mana_sync_store::{NewChangeset, PushOutcome, StoreOptions};
 
 async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
     let alice = user("alice");
-    push(
-        &*f.store,
+    f.push_todo(&alice, "d1", &[insert("tasks", "1"), insert("tasks", "2")])
+        .await;
+    f.push_todo(
         &alice,
-        "todo",
-        "d1",
-        &[insert("tasks", "1"), insert("tasks", "2")],
-    )
-    .await;
-    push(
-        &*f.store,
-        &alice,
-        "todo",
         "d1",
         &[change(
             r#"{"table":"tasks","id":"1","op":"update","schemaVersion":2,
@@ -32,15 +24,9 @@ async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
         )],
     )
     .await;
-    let last = push(
-        &*f.store,
-        &alice,
-        "todo",
-        "d1",
-        &[change(
+    let last = f.push_todo(&alice, "d1", &[change(
             r#"{"table":"tasks","id":"2","op":"delete","deletedAt":"2026-11-25T10:00:01.000Z"}"#,
-        )],
-    )
+        )])
     .await;
     let page = f
         .store
@@ -89,30 +75,13 @@ async fn reads_back_in_commit_order_with_ids_and_versions(f: Fixture) {
 
 async fn a_device_never_reads_its_own_changes_but_moves_past_them(f: Fixture) {
     let alice = user("alice");
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[insert("tasks", "from-phone")],
-    )
-    .await;
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "laptop",
-        &[insert("tasks", "from-laptop")],
-    )
-    .await;
-    let last = push(
-        &*f.store,
-        &alice,
-        "todo",
-        "phone",
-        &[insert("tasks", "from-phone-2")],
-    )
-    .await;
+    f.push_todo(&alice, "phone", &[insert("tasks", "from-phone")])
+        .await;
+    f.push_todo(&alice, "laptop", &[insert("tasks", "from-laptop")])
+        .await;
+    let last = f
+        .push_todo(&alice, "phone", &[insert("tasks", "from-phone-2")])
+        .await;
     let mut q = query("todo", Some("tasks"), Since::Cursor(Cursor::START));
     q.exclude_client = Some("phone");
     let page = f.store.changes_after(&alice, &q).await.expect("read");
@@ -132,33 +101,19 @@ async fn pages_are_bounded_and_lose_nothing_at_their_edges(f: Fixture) {
         .collect();
     let mut last = None;
     for chunk in batch.chunks(700) {
-        last = Some(push(&*f.store, &alice, "todo", "d1", chunk).await);
+        last = Some(f.push_todo(&alice, "d1", chunk).await);
     }
     let q = query("todo", Some("tasks"), Since::Cursor(Cursor::START));
     let first = f.store.changes_after(&alice, &q).await.expect("read");
     assert_eq!(first.changes.len(), 1000);
     assert!(first.has_more);
-    let mut small = q;
-    small.limit = 7;
-    assert_eq!(
-        f.store
-            .changes_after(&alice, &small)
-            .await
-            .expect("read")
-            .changes
-            .len(),
-        7
-    );
-    small.limit = 50_000;
-    assert_eq!(
-        f.store
-            .changes_after(&alice, &small)
-            .await
-            .expect("read")
-            .changes
-            .len(),
-        1000
-    );
+    // A smaller limit is kept; a larger one is capped at 1000.
+    for (limit, served) in [(7, 7), (50_000, 1000)] {
+        let mut asked = q;
+        asked.limit = limit;
+        let page = f.store.changes_after(&alice, &asked).await.expect("read");
+        assert_eq!(page.changes.len(), served, "limit {limit}");
+    }
     let (ids, end) = read_all(&*f.store, &alice, q).await;
     let expected: Vec<String> = (0..2500).map(|i| format!("{i:05}")).collect();
     assert_eq!(ids, expected);
@@ -187,21 +142,14 @@ async fn a_repeated_changeset_is_stored_once(f: Fixture) {
         f.store.push(&user("bob"), set).await.expect("push"),
         PushOutcome::Stored { count: 2, .. }
     ));
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, _) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert_eq!(ids, ["1", "2"]);
 }
 
 async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
     let (alice, bob) = (user("alice"), user("bob"));
-    push(
-        &*f.store,
+    f.push_todo(
         &alice,
-        "todo",
         "d1",
         &[insert("tasks", "a-task"), insert("lists", "a-list")],
     )
@@ -214,67 +162,55 @@ async fn users_apps_and_collections_are_kept_apart(f: Fixture) {
         &[insert("notes", "a-note")],
     )
     .await;
-    let bobs = push(&*f.store, &bob, "todo", "d2", &[insert("tasks", "b-task")]).await;
+    let bobs = f.push_todo(&bob, "d2", &[insert("tasks", "b-task")]).await;
     let start = Since::Cursor(Cursor::START);
     let (ids, _) = read_all(&*f.store, &alice, query("todo", Some("tasks"), start)).await;
     assert_eq!(ids, ["a-task"]);
-    let (ids, _) = read_all(&*f.store, &alice, query("todo", None, start)).await;
+    let (ids, _) = f.read_todo(&alice, start).await;
     assert_eq!(ids, ["a-task", "a-list"]);
     let (ids, _) = read_all(&*f.store, &alice, query("notes", None, start)).await;
     assert_eq!(ids, ["a-note"]);
-    let (ids, end) = read_all(&*f.store, &bob, query("todo", None, start)).await;
+    let (ids, end) = f.read_todo(&bob, start).await;
     assert_eq!(ids, ["b-task"]);
     assert_eq!(end, end_of(bobs), "bob's log is his own");
-    let (ids, _) = read_all(&*f.store, &user("carol"), query("todo", None, start)).await;
+    let (ids, _) = f.read_todo(&user("carol"), start).await;
     assert!(ids.is_empty());
 }
 
 async fn legacy_timestamps_resume_after_that_instant(f: Fixture) {
     let alice = user("alice");
-    push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "old")]).await;
+    f.push_todo(&alice, "d1", &[insert("tasks", "old")]).await;
     let page = f
         .store
         .changes_after(&alice, &query("todo", None, Since::Cursor(Cursor::START)))
         .await
         .expect("read");
     let stored_at = page.changes[0].created_at;
-    let newest = push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "new")]).await;
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let newest = f.push_todo(&alice, "d1", &[insert("tasks", "new")]).await;
+    let (ids, _) = f
+        .read_todo(
+            &alice,
             Since::parse("1970-01-01T00:00:00.000Z").expect("ok"),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(ids, ["old", "new"]);
-    let (ids, _) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let (ids, _) = f
+        .read_todo(
+            &alice,
             Since::Cursor(Cursor::from_instant(
                 stored_at - time::Duration::milliseconds(1),
             )),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(ids, ["old", "new"]);
-    let (ids, end) = read_all(
-        &*f.store,
-        &alice,
-        query(
-            "todo",
-            None,
+    let (ids, end) = f
+        .read_todo(
+            &alice,
             Since::Cursor(Cursor::from_instant(
                 time::OffsetDateTime::now_utc() + time::Duration::hours(1),
             )),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert!(ids.is_empty());
     assert_eq!(
         end,
@@ -288,17 +224,16 @@ async fn positions_are_the_server_clock_in_commit_order(f: Fixture) {
     let before = Cursor::from_instant(time::OffsetDateTime::now_utc() - time::Duration::seconds(5));
     let mut cursors = Vec::new();
     for i in 0..20 {
-        let outcome = push(
-            &*f.store,
-            &alice,
-            "todo",
-            "d1",
-            &[
-                insert("tasks", &format!("{i}")),
-                insert("tasks", &format!("{i}b")),
-            ],
-        )
-        .await;
+        let outcome = f
+            .push_todo(
+                &alice,
+                "d1",
+                &[
+                    insert("tasks", &format!("{i}")),
+                    insert("tasks", &format!("{i}b")),
+                ],
+            )
+            .await;
         cursors.push(end_of(outcome));
     }
     let after = Cursor::from_instant(time::OffsetDateTime::now_utc() + time::Duration::seconds(5));
@@ -314,7 +249,7 @@ async fn positions_are_the_server_clock_in_commit_order(f: Fixture) {
         "positions are close to the clock: {before} < {cursors:?} < {after}"
     );
     // Every change sits at its own position, inside its push's range.
-    let (_, end) = read_all(&*f.store, &alice, query("todo", None, Since::START)).await;
+    let (_, end) = f.read_todo(&alice, Since::START).await;
     assert_eq!(Some(&end), cursors.last());
     let page = f
         .store
@@ -328,10 +263,8 @@ async fn positions_are_the_server_clock_in_commit_order(f: Fixture) {
 async fn actor_is_kept_verbatim_and_absent_stays_absent(f: Fixture) {
     let alice = user("alice");
     let actor = r#"{"kind":"ai","model":"x-1","nested":{"b":2,"a":[1,2.50,"\u0000"]}}"#;
-    push(
-        &*f.store,
+    f.push_todo(
         &alice,
-        "todo",
         "d1",
         &[
             change(&format!(
@@ -352,7 +285,7 @@ async fn actor_is_kept_verbatim_and_absent_stays_absent(f: Fixture) {
 
 async fn a_cursor_beyond_the_log_comes_back_to_its_end(f: Fixture) {
     let alice = user("alice");
-    let stored = push(&*f.store, &alice, "todo", "d1", &[insert("tasks", "1")]).await;
+    let stored = f.push_todo(&alice, "d1", &[insert("tasks", "1")]).await;
     let page = f
         .store
         .changes_after(&alice, &query("todo", None, Since::Cursor(Cursor::MAX)))
@@ -385,12 +318,7 @@ async fn a_failing_changeset_stores_nothing(f: Fixture) {
         )
         .await;
     assert!(result.is_err());
-    let (ids, end) = read_all(
-        &*f.store,
-        &alice,
-        query("todo", None, Since::Cursor(Cursor::START)),
-    )
-    .await;
+    let (ids, end) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
     assert!(
         ids.is_empty(),
         "nothing of the failed changeset is visible: {ids:?}"
@@ -419,14 +347,8 @@ async fn a_failing_changeset_stores_nothing(f: Fixture) {
 
 async fn reopening_keeps_every_change_and_migrations_are_idempotent(f: Fixture) {
     let alice = user("alice");
-    push(
-        &*f.store,
-        &alice,
-        "todo",
-        "d1",
-        &[insert("tasks", "1"), insert("tasks", "2")],
-    )
-    .await;
+    f.push_todo(&alice, "d1", &[insert("tasks", "1"), insert("tasks", "2")])
+        .await;
     let url = f.url();
     for _ in 0..2 {
         let reopened = mana_sync_store::open(&url, &StoreOptions::default())

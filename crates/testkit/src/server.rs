@@ -166,6 +166,30 @@ impl TestServer {
         format!("{}{path}", self.url)
     }
 
+    /// The server's `/metrics`: its Prometheus text.
+    pub async fn metrics(&self) -> String {
+        crate::http_client()
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .expect("metrics sent")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of the unlabelled sample `name` in `/metrics`; `None` when
+    /// the server does not export it (yet).
+    pub async fn metric<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.metrics().await.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Everything the server wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")

@@ -17,6 +17,19 @@ pub enum Db {
     Postgres,
 }
 
+/// The real binary, started on the database at `database_url` (one that
+/// already exists: a restart, an import's target).
+pub async fn server_on(database_url: String) -> TestServer {
+    TestServer::start(
+        std::path::Path::new(BINARY),
+        ServerOptions {
+            database_url: Some(database_url),
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
 /// A running server and the database it owns.
 pub struct Harness {
     pub server: TestServer,
@@ -42,6 +55,35 @@ impl Harness {
             server,
             db: database,
         })
+    }
+
+    /// A server on SQLite with these environment variables set.
+    pub async fn sqlite_with_env(env: &[(&str, &str)]) -> Self {
+        Self::sqlite_with(env, ServerOptions::default()).await
+    }
+
+    /// A server on SQLite in dev mode (no `JWT_SECRET`: it makes one up and
+    /// mints tokens).
+    pub async fn sqlite_in_dev_mode() -> Self {
+        Self::sqlite_with(
+            &[],
+            ServerOptions {
+                jwt_secret: Some(String::new()),
+                ..ServerOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// A server on SQLite with these `options` and environment variables.
+    pub async fn sqlite_with(env: &[(&str, &str)], options: ServerOptions) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(Db::Sqlite, ServerOptions { env, ..options })
+            .await
+            .expect("SQLite always starts")
     }
 
     /// A device of a client that follows shared spaces and is told about
@@ -131,6 +173,24 @@ impl Device {
             .await
             .expect("request sent");
         read(response).await
+    }
+
+    /// A request to `path` (the spaces API, say) as the device's user, with
+    /// `body` as JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("sent")).await
     }
 
     /// Pulls one collection from `since` to the end, page by page; returns
@@ -251,6 +311,21 @@ macro_rules! on_both_databases {
     };
 }
 
+/// A field of a change restored from the seed's data, as pulls serve it:
+/// its value, and its time both as `updatedAt` (for the seed's clients) and
+/// as `at`.
+pub fn seed_field(value: Value, at: &str) -> Value {
+    json!({"value": value, "updatedAt": at, "at": at})
+}
+
+/// A response's `content-type`.
+pub fn content_type(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default())
+}
+
 /// `GET /backup/export` as `user`: the NDJSON text.
 pub async fn export(server: &TestServer, user: &str) -> String {
     let response = mana_sync_testkit::http_client()
@@ -260,13 +335,7 @@ pub async fn export(server: &TestServer, user: &str) -> String {
         .await
         .expect("sent");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap_or_default()),
-        Some("application/x-ndjson")
-    );
+    assert_eq!(content_type(&response), Some("application/x-ndjson"));
     response.text().await.expect("body")
 }
 
@@ -332,13 +401,7 @@ impl Device {
             .await
             .expect("stream opens");
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap_or_default()),
-            Some("text/event-stream")
-        );
+        assert_eq!(content_type(&response), Some("text/event-stream"));
         EventStream::new(response)
     }
 }
@@ -428,6 +491,35 @@ pub async fn wait_for_connections(server: &TestServer, streams: i64, sockets: i6
 /// A WebSocket to the server (`/sync/{app}/socket`).
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `path` on `server` (`/ws`, `/ws/{app}`, with any
+/// query).
+pub async fn open_socket(server: &TestServer, path: &str) -> Socket {
+    let url = format!("{}{path}", server.url.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the socket opens");
+    socket
+}
+
+/// Sends the socket's `auth` message with `token`.
+pub async fn send_auth(socket: &mut Socket, token: &str) {
+    use futures::SinkExt as _;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "auth", "token": token}).to_string(),
+        ))
+        .await
+        .expect("sends");
+}
+
+/// A socket to `path` on `server` that has sent its `auth` message with
+/// `token` (the reply is the caller's to read).
+pub async fn authenticating_socket(server: &TestServer, path: &str, token: &str) -> Socket {
+    let mut socket = open_socket(server, path).await;
+    send_auth(&mut socket, token).await;
+    socket
+}
 
 /// The next text message of `socket` as JSON, or `{"closed": code}` when the
 /// server closes it; it must come within [`PROMPTLY`].

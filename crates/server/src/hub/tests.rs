@@ -7,6 +7,21 @@ fn hub() -> Arc<Hub> {
     })
 }
 
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid")
+}
+
+/// A stream of `who`'s changes in the app `todo`.
+fn todo_stream(hub: &Arc<Hub>, who: &UserId) -> Subscription {
+    hub.subscribe(who, Some("todo"), SubscriberKind::Stream, None)
+        .expect("below the limits")
+}
+
+/// The `last` position of each pending notice, in order.
+fn lasts(pending: &Pending) -> Vec<u64> {
+    pending.notices.iter().map(|p| p.notice.last).collect()
+}
+
 fn limited(limits: LiveLimits) -> Arc<Hub> {
     Arc::new(Hub::new(
         IntGauge::new("s", "s").expect("gauge"),
@@ -22,7 +37,6 @@ fn subscriptions_are_capped_per_user_and_in_total() {
         per_user: 2,
         total: 3,
     });
-    let user = |name: &str| UserId::new(name).expect("valid");
     let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream, None);
     let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket, None);
     assert_eq!(
@@ -63,41 +77,20 @@ fn notice(log: &str, app: &str, last: u64) -> Arc<ChangeNotice> {
 #[tokio::test]
 async fn notices_reach_only_their_user_and_app() {
     let hub = hub();
-    let alice = UserId::new("alice").expect("valid");
-    let todo = hub
-        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
-        .expect("below the limits");
+    let alice = user("alice");
+    let todo = todo_stream(&hub, &alice);
     let every_app = hub
         .subscribe(&alice, None, SubscriberKind::Socket, None)
         .expect("below the limits");
     let bob = hub
-        .subscribe(
-            &UserId::new("bob").expect("valid"),
-            None,
-            SubscriberKind::Socket,
-            None,
-        )
+        .subscribe(&user("bob"), None, SubscriberKind::Socket, None)
         .expect("below the limits");
     hub.publish(notice("alice", "notes", 1));
     hub.publish(notice("alice", "todo", 2));
     let pending = todo.changed().await;
-    assert_eq!(
-        pending
-            .notices
-            .iter()
-            .map(|p| p.notice.last)
-            .collect::<Vec<_>>(),
-        [2]
-    );
+    assert_eq!(lasts(&pending), [2]);
     let pending = every_app.changed().await;
-    assert_eq!(
-        pending
-            .notices
-            .iter()
-            .map(|p| p.notice.last)
-            .collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(lasts(&pending), [1, 2]);
     assert!(lock(&bob.subscriber.pending).notices.is_empty());
     assert_eq!(hub.streams.get(), 1);
     assert_eq!(hub.sockets.get(), 2);
@@ -112,14 +105,12 @@ async fn notices_reach_only_their_user_and_app() {
 #[tokio::test]
 async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
     let hub = hub();
-    let bob = UserId::new("bob").expect("valid");
+    let bob = user("bob");
     let house = SpaceId::new("house").expect("valid");
     let follows = hub
         .subscribe(&bob, Some("todo"), SubscriberKind::Stream, Some(&[]))
         .expect("below the limits");
-    let own_only = hub
-        .subscribe(&bob, Some("todo"), SubscriberKind::Stream, None)
-        .expect("below the limits");
+    let own_only = todo_stream(&hub, &bob);
     let member = |role| {
         Arc::new(ChangeNotice {
             log: LogId::of_space(&house),
@@ -141,11 +132,7 @@ async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
     let pending = follows.changed().await;
     assert_eq!(pending.memberships, [(house.clone(), Some(Role::Editor))]);
     assert_eq!(
-        pending
-            .notices
-            .iter()
-            .map(|p| p.notice.last)
-            .collect::<Vec<_>>(),
+        lasts(&pending),
         [2],
         "notices of the space from the moment bob joined"
     );
@@ -168,18 +155,14 @@ async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
 #[tokio::test]
 async fn only_recent_batches_are_kept_alive() {
     let hub = hub();
-    let alice = UserId::new("alice").expect("valid");
-    let slow = hub
-        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
-        .expect("below the limits");
+    let alice = user("alice");
+    let slow = todo_stream(&hub, &alice);
     for seq in 1..=(RECENT_BATCHES as u64 + 10) {
         hub.publish(notice("alice", "todo", seq));
     }
     let pending = slow.changed().await;
     assert!(pending.resync, "more than MAX_PENDING notices collapse");
-    let fresh = hub
-        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
-        .expect("below the limits");
+    let fresh = todo_stream(&hub, &alice);
     hub.publish(notice("alice", "todo", 1000));
     let pending = fresh.changed().await;
     assert!(
@@ -192,10 +175,8 @@ async fn only_recent_batches_are_kept_alive() {
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memory() {
     let hub = hub();
-    let alice = UserId::new("alice").expect("valid");
-    let slow = hub
-        .subscribe(&alice, Some("todo"), SubscriberKind::Stream, None)
-        .expect("below the limits");
+    let alice = user("alice");
+    let slow = todo_stream(&hub, &alice);
     for seq in 1..=(MAX_PENDING as u64 * 10) {
         hub.publish(notice("alice", "todo", seq));
         assert!(lock(&slow.subscriber.pending).notices.len() <= MAX_PENDING);

@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
-use mana_sync_protocol::{Change, Cursor, Since, UserId, WireChange};
-use mana_sync_store::{ChangeQuery, ExpiredCursor, NewChangeset, PushOutcome, Store, StoreOptions};
+use mana_sync_protocol::{Change, Cursor, LogId, Since, SpaceId, UserId, WireChange};
+use mana_sync_store::{
+    ChangeQuery, CompactOptions, CompactOutcome, ExpiredCursor, MemberChange, NewChangeset,
+    PushOutcome, Role, Store, StoreOptions, StoredChange,
+};
 use mana_sync_testkit::pg::TestDatabase;
 
 /// A store under test and a way to reach its database from outside.
@@ -93,6 +96,44 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Pushes `changes` into the app `todo` as `user`, from the device
+    /// `client`.
+    pub async fn push_todo(&self, user: &UserId, client: &str, changes: &[Change]) -> PushOutcome {
+        push(&*self.store, user, "todo", client, changes).await
+    }
+
+    /// Reads `user`'s app `todo` (every collection) from `since` to the end,
+    /// page by page: the record ids and the final cursor.
+    pub async fn read_todo(&self, user: &UserId, since: Since) -> (Vec<String>, Cursor) {
+        read_all(&*self.store, user, query("todo", None, since)).await
+    }
+
+    /// A new space `name` owned by `owner`.
+    pub async fn create_space(&self, owner: &UserId, name: &str) -> SpaceId {
+        self.store
+            .create_space(owner, name)
+            .await
+            .expect("creates the space")
+            .space_id
+    }
+
+    /// `by` (an owner) gives `who` `role` in `space`.
+    pub async fn set_member(&self, by: &UserId, space: &SpaceId, who: &str, role: Role) {
+        self.store
+            .change_membership(
+                by,
+                space,
+                &MemberChange::Set {
+                    user: user(who),
+                    role,
+                },
+            )
+            .await
+            .expect("the membership changes");
+    }
+}
+
 pub fn user(name: &str) -> UserId {
     UserId::new(name).expect("valid user")
 }
@@ -167,6 +208,61 @@ pub async fn read_all(
         }
     }
 }
+
+/// A change of `tasks/id` that sets one field (`value` is JSON) at `at`.
+pub fn update(id: &str, field: &str, value: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"update","fields":{{"{field}":{{"value":{value},"at":"{at}"}}}}}}"#
+    ))
+}
+
+/// An insert of `tasks/id` whose fields were written at `at`.
+pub fn insert_at(id: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{"id":"{id}","title":"new"}},
+            "fields":{{"id":{{"value":"{id}","at":"{at}"}},"title":{{"value":"new","at":"{at}"}}}}}}"#
+    ))
+}
+
+/// A delete of `tasks/id` at `at`.
+pub fn delete(id: &str, at: &str) -> Change {
+    change(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"delete","deletedAt":"{at}"}}"#
+    ))
+}
+
+/// Every change of the user's `todo` log, read from the start.
+pub async fn rows(store: &dyn Store, who: &UserId) -> Vec<StoredChange> {
+    let mut q = query("todo", None, Since::START);
+    q.limit = 1000;
+    let mut all = Vec::new();
+    loop {
+        let page = store.changes_after(who, &q).await.expect("read");
+        all.extend(page.changes);
+        q.since = Since::Cursor(page.next);
+        if !page.has_more {
+            return all;
+        }
+    }
+}
+
+/// Compacts the user's log with `options`.
+pub async fn compact(store: &dyn Store, who: &UserId, options: &CompactOptions) -> CompactOutcome {
+    store
+        .compact(&LogId::of_user(who), options, &|_: &CompactOutcome| {})
+        .await
+        .expect("compacts")
+}
+
+/// Field timestamps, one nanosecond apart.
+pub const T: [&str; 6] = [
+    "2026-11-25T10:00:00.000000001Z",
+    "2026-11-25T10:00:00.000000002Z",
+    "2026-11-25T10:00:00.000000003Z",
+    "2026-11-25T10:00:00.000000004Z",
+    "2026-11-25T10:00:00.000000005Z",
+    "2026-11-25T10:00:00.000000006Z",
+];
 
 /// Generates `mod sqlite` and `mod postgres`, each running every listed
 /// `async fn(Fixture)` against a fresh store on that database.
