@@ -6,8 +6,9 @@
 //! short steps: `sqlite/busy.rs`) and commit order is simply write order;
 //! the pushes waiting for it are committed together (group commit).
 //! Reads use a small pool of read-only connections that see consistent WAL
-//! snapshots while writes continue. rusqlite is synchronous, so every call runs
-//! on Tokio's blocking pool.
+//! snapshots while writes continue. rusqlite is synchronous, so every read
+//! runs on Tokio's blocking pool, except a push's short reply, which the
+//! writer reads right after its commit (`sqlite/read.rs`).
 
 use std::path::Path;
 use std::time::Duration;
