@@ -183,7 +183,7 @@ impl ChangeNotice {
     }
 
     /// The notice of a membership change of `space` (made by `change`).
-    pub(crate) fn for_member(space: &SpaceId, change: &MemberChange) -> Self {
+    pub fn for_member(space: &SpaceId, change: &MemberChange) -> Self {
         let role = match change {
             MemberChange::Set { role, .. } => Some(*role),
             MemberChange::Remove { .. } => None,

@@ -1,4 +1,5 @@
 use super::*;
+use mana_sync_store::MemberChange;
 
 fn hub() -> Arc<Hub> {
     limited(LiveLimits {
@@ -111,23 +112,12 @@ async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
         .subscribe(&bob, Some("todo"), SubscriberKind::Stream, Some(&[]))
         .expect("below the limits");
     let own_only = todo_stream(&hub, &bob);
-    let member = |role| {
-        Arc::new(ChangeNotice {
-            log: LogId::of_space(&house),
-            app_id: String::new(),
-            tables: None,
-            after: 0,
-            last: 0,
-            client_id: String::new(),
-            member: Some(MemberNotice {
-                user: bob.clone(),
-                role,
-            }),
-            written: None,
-        })
-    };
+    let member = |change: MemberChange| Arc::new(ChangeNotice::for_member(&house, &change));
     hub.publish(notice("~house", "todo", 1));
-    hub.publish(member(Some(Role::Editor)));
+    hub.publish(member(MemberChange::Set {
+        user: bob.clone(),
+        role: Role::Editor,
+    }));
     hub.publish(notice("~house", "todo", 2));
     let pending = follows.changed().await;
     assert_eq!(pending.memberships, [(house.clone(), Some(Role::Editor))]);
@@ -136,7 +126,7 @@ async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
         [2],
         "notices of the space from the moment bob joined"
     );
-    hub.publish(member(None));
+    hub.publish(member(MemberChange::Remove { user: bob.clone() }));
     hub.publish(notice("~house", "todo", 3));
     let pending = follows.changed().await;
     assert_eq!(pending.memberships, [(house.clone(), None)]);
