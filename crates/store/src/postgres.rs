@@ -199,25 +199,15 @@ impl PostgresStore {
         store.warn_if_rls_is_bypassed().await?;
         store.relay = match &options.nats_url {
             None => {
-                let (listening, heard) = tokio::sync::oneshot::channel();
-                let tasks = vec![
-                    tokio::spawn(relay::pg::listen(
-                        connector.clone(),
-                        events.clone(),
-                        instance.clone(),
-                        interval,
-                        listening,
-                    )),
-                    tokio::spawn(relay::publish(
-                        relay::pg::PgTransport::new(connector),
-                        outbox,
-                        store.announcer.shed(),
-                        instance,
-                        interval,
-                    )),
-                ];
-                relay::until_listening(heard).await;
-                tasks
+                relay::pg::start(
+                    connector,
+                    events.clone(),
+                    outbox,
+                    store.announcer.shed(),
+                    instance,
+                    interval,
+                )
+                .await
             }
             Some(url) => relay::nats::start(
                 url,

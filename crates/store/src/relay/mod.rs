@@ -58,7 +58,7 @@ const LISTEN_AT_START: Duration = Duration::from_secs(10);
 /// Waits until the relay hears the other instances, so that a server serves
 /// its first streams only once it can tell them of every commit; bounded, so
 /// a bus that is down delays the start but does not stop it.
-pub(crate) async fn until_listening(listening: oneshot::Receiver<()>) {
+async fn until_listening(listening: oneshot::Receiver<()>) {
     if tokio::time::timeout(LISTEN_AT_START, listening)
         .await
         .is_err()

@@ -2,24 +2,26 @@
 //! transactions. One connection per instance sends batches of notices with
 //! `pg_notify` in a transaction of its own; another listens.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
-use super::{Peers, Transport, deliver};
+use super::{Outgoing, Peers, Transport, deliver, publish, until_listening};
 use crate::notice::{NOTIFY_CHANNEL, StoreEvent};
 use crate::postgres::PgConnector;
 
 /// Sends messages with `pg_notify` on a connection of its own, reconnecting
 /// when it was lost.
-pub(crate) struct PgTransport {
+struct PgTransport {
     connector: PgConnector,
     client: Option<(tokio_postgres::Client, tokio_postgres::Statement)>,
 }
 
 impl PgTransport {
-    pub(crate) fn new(mut connector: PgConnector) -> Self {
+    fn new(mut connector: PgConnector) -> Self {
         connector
             .config_mut()
             .application_name("mana-sync-notifier");
@@ -68,12 +70,44 @@ impl Transport for PgTransport {
     }
 }
 
+/// Starts the publisher and the listener on connections of their own, and
+/// returns once the listener's first `LISTEN` took effect (or after
+/// [`until_listening`]'s bound).
+pub(crate) async fn start(
+    connector: PgConnector,
+    events: broadcast::Sender<StoreEvent>,
+    outbox: mpsc::Receiver<Outgoing>,
+    shed: Arc<AtomicBool>,
+    instance: String,
+    interval: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (listening, heard) = oneshot::channel();
+    let tasks = vec![
+        tokio::spawn(listen(
+            connector.clone(),
+            events,
+            instance.clone(),
+            interval,
+            listening,
+        )),
+        tokio::spawn(publish(
+            PgTransport::new(connector),
+            outbox,
+            shed,
+            instance,
+            interval,
+        )),
+    ];
+    until_listening(heard).await;
+    tasks
+}
+
 /// Listens for every instance's messages and announces them; reconnects
 /// with backoff when the connection is lost (Postgres restart, network),
 /// announcing [`StoreEvent::Resync`] once listening again so subscribers
 /// re-read whatever they may have missed meanwhile. `listening` hears when
 /// the first `LISTEN` took effect.
-pub(crate) async fn listen(
+async fn listen(
     mut connector: PgConnector,
     events: broadcast::Sender<StoreEvent>,
     instance: String,
