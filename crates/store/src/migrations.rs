@@ -45,6 +45,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         name: "spaces",
         sql: include_str!("../migrations/postgres/0006_spaces.sql"),
     },
+    Migration {
+        version: 7,
+        name: "push groups",
+        sql: include_str!("../migrations/postgres/0007_push_groups.sql"),
+    },
 ];
 
 pub(crate) const SQLITE: &[Migration] = &[

@@ -20,15 +20,20 @@
 //! read afterwards by `changes_after`, which reads the newest position and
 //! the rows in one snapshot.
 //!
-//! The work runs on a task of its own, so a device that hangs up mid-push
-//! cannot cancel it between the commit and the notice.
+//! Pushes are stored in groups ([`PushGroups`]); this one-push transaction
+//! stores a push whose group failed, to give it its own answer. Either runs
+//! on a task of its own, so a device that hangs up mid-push cannot cancel
+//! it between the commit and the notice.
 
 use deadpool_postgres::Pool;
 use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, Written};
+use crate::postgres::push_group::PushGroups;
 use crate::postgres::{
     ChangeColumns, PageQuery, database_error, page_of, pool_error, seq_param, seq_value,
 };
@@ -156,17 +161,19 @@ impl<'a> LogWrite<'a> {
 /// (the reply is such a read).
 pub(crate) const DECLARE_USER: &str = crate::postgres::DECLARE_LOG_READER;
 
-/// An owned copy of the push, for the task that runs it.
-struct Job {
-    user: UserId,
-    app_id: String,
-    client_id: String,
-    changeset_id: Option<String>,
-    changes: Vec<Change>,
-    reply: Option<Reply>,
+/// An owned copy of the push, for the task that stores it.
+pub(crate) struct Job {
+    pub(crate) user: UserId,
+    pub(crate) app_id: String,
+    pub(crate) client_id: String,
+    pub(crate) changeset_id: Option<String>,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) reply: Option<Reply>,
 }
 
-struct Reply {
+/// The read that answers a push: the changes of the pusher's log after the
+/// device's position.
+pub(crate) struct Reply {
     app_id: String,
     collection: Option<String>,
     after: u64,
@@ -175,19 +182,38 @@ struct Reply {
     expired: ExpiredCursor,
 }
 
+impl Reply {
+    pub(crate) fn page_query<'a>(&'a self, user_id: &'a str) -> PageQuery<'a> {
+        PageQuery::new(
+            user_id,
+            &self.app_id,
+            self.after,
+            self.limit,
+            self.collection.as_deref(),
+            self.exclude_client.as_deref(),
+        )
+    }
+}
+
+/// A push's outcome and, when it could be read in its transaction, its
+/// reply.
+pub(crate) type Answer = (PushOutcome, Option<ChangePage>);
+
 /// Stores `changeset` and, with `reply`, reads it, in one transaction sent
-/// in one go; announces the push once committed. `reply.since` must be a
-/// position (the caller resolves `c1.<n>` cursors). The page is `None` when
-/// nothing was reserved, or the changeset reaches shared spaces (those take
+/// in one go with the other pushes waiting ([`PushGroups`]); announces the
+/// push once committed. `reply.since` must be a position (the caller
+/// resolves `c1.<n>` cursors). The page is `None` when nothing was
+/// reserved, or the changeset reaches shared spaces (those take
 /// [`space_push`](crate::postgres::space_push)): the caller must read the
 /// reply itself.
 pub(crate) async fn push(
     pool: Pool,
     announcer: Announcer,
+    groups: &PushGroups,
     user: &UserId,
     changeset: NewChangeset<'_>,
     reply: Option<&ChangeQuery<'_>>,
-) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+) -> StoreResult<Answer> {
     if crate::spaces::reaches_spaces(changeset.changes) {
         let outcome = crate::postgres::space_push::push(pool, announcer, user, changeset).await?;
         return Ok((outcome, None));
@@ -210,16 +236,105 @@ pub(crate) async fn push(
             expired: query.expired,
         }),
     };
-    tokio::spawn(run(pool, announcer, job))
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    groups.push(job).await
 }
 
-async fn run(
-    pool: Pool,
-    announcer: Announcer,
-    job: Job,
-) -> StoreResult<(PushOutcome, Option<ChangePage>)> {
+/// What [`WRITE`] (or the group's write) returned for one push.
+pub(crate) struct WriteRow {
+    prev: Option<i64>,
+    last: Option<i64>,
+    fresh: bool,
+    newest_seen: i64,
+    expired_through: u64,
+    created_at: OffsetDateTime,
+}
+
+impl WriteRow {
+    pub(crate) fn of(row: &Row) -> StoreResult<Self> {
+        Ok(Self {
+            prev: row.try_get(0).map_err(database_error)?,
+            last: row.try_get(1).map_err(database_error)?,
+            fresh: row.try_get(2).map_err(database_error)?,
+            newest_seen: row
+                .try_get::<_, Option<i64>>(3)
+                .map_err(database_error)?
+                .unwrap_or(0),
+            expired_through: row
+                .try_get::<_, Option<i64>>(4)
+                .map_err(database_error)?
+                .map_or(0, seq_value),
+            created_at: row.try_get(5).map_err(database_error)?,
+        })
+    }
+
+    /// The notice of `job`'s changes (stored with `event_ids`), when
+    /// positions were reserved for them.
+    pub(crate) fn notice(&self, job: &Job, event_ids: &[Uuid]) -> Option<ChangeNotice> {
+        let (prev, last) = (seq_value(self.prev?), seq_value(self.last?));
+        let mut notice = ChangeNotice::for_changeset(
+            &LogId::of_user(&job.user),
+            &NewChangeset {
+                app_id: &job.app_id,
+                client_id: &job.client_id,
+                changeset_id: None,
+                changes: &job.changes,
+            },
+            prev,
+            last,
+        );
+        let count = u64::try_from(job.changes.len()).unwrap_or(u64::MAX);
+        notice.written = Written::of(
+            &job.changes,
+            event_ids,
+            (last + 1).saturating_sub(count),
+            &job.app_id,
+            &job.client_id,
+            self.created_at,
+            self.expired_through,
+        );
+        Some(notice)
+    }
+
+    /// The push's answer, with the reply `rows` read after the write in the
+    /// same transaction.
+    ///
+    /// That read ends at the push's own last position. Without a
+    /// reservation it proves nothing about the log's newest position; the
+    /// caller reads again (repeated changesets and empty pushes are rare).
+    pub(crate) fn answer(&self, job: &Job, rows: Option<Vec<Row>>) -> StoreResult<Answer> {
+        let last = self.last.map(seq_value);
+        let outcome = match (self.fresh, last) {
+            (false, _) => PushOutcome::Duplicate,
+            (true, Some(last)) => PushOutcome::Stored {
+                count: job.changes.len(),
+                last: Cursor::at(last),
+            },
+            (true, None) => PushOutcome::Stored {
+                count: 0,
+                last: Cursor::at(seq_value(self.newest_seen)),
+            },
+        };
+        let page = match (rows, &job.reply, last.filter(|_| self.fresh)) {
+            (Some(rows), Some(reply), Some(newest)) => {
+                // The push is stored either way; a device whose cursor
+                // expired downloads again and sends it once more, which is
+                // recognised.
+                if crate::compaction::is_expired(reply.after, self.expired_through, reply.expired)
+                {
+                    return Err(StoreError::CursorExpired {
+                        expired_through: Cursor::at(self.expired_through),
+                    });
+                }
+                Some(page_of(&rows, reply.limit, newest, self.expired_through)?)
+            }
+            _ => None,
+        };
+        Ok((outcome, page))
+    }
+}
+
+/// Stores one push in a transaction of its own, sent in one go.
+pub(crate) async fn push_alone(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<Answer> {
     let client = pool.get().await.map_err(pool_error)?;
     let prepare = |sql: &str| {
         let client = &client;
@@ -233,16 +348,7 @@ async fn run(
     let set_user = prepare(DECLARE_USER).await?;
     let write_statement = prepare(WRITE).await?;
     let user_id = job.user.as_str();
-    let page = job.reply.as_ref().map(|reply| {
-        PageQuery::new(
-            user_id,
-            &reply.app_id,
-            reply.after,
-            reply.limit,
-            reply.collection.as_deref(),
-            reply.exclude_client.as_deref(),
-        )
-    });
+    let page = job.reply.as_ref().map(|reply| reply.page_query(user_id));
     let read = match &page {
         Some(page) => Some(prepare(&page.sql()).await?),
         None => None,
@@ -278,84 +384,26 @@ async fn run(
     // The first failure is the cause; the statements after it were refused.
     begun.map_err(database_error)?;
     declared.map_err(database_error)?;
-    let written = written.map_err(database_error)?;
+    let written = WriteRow::of(&written.map_err(database_error)?)?;
     let rows = rows.map_err(database_error)?;
-    let prev: Option<i64> = written.get(0);
-    let last: Option<i64> = written.get(1);
-    let fresh: bool = written.get(2);
-    let expired_through = written.get::<_, Option<i64>>(4).map_or(0, seq_value);
-    let notice = match (prev, last) {
-        (Some(prev), Some(last)) => {
-            let (prev, last) = (seq_value(prev), seq_value(last));
-            let mut notice = ChangeNotice::for_changeset(
-                &LogId::of_user(&job.user),
-                &NewChangeset {
-                    app_id: &job.app_id,
-                    client_id: &job.client_id,
-                    changeset_id: None,
-                    changes: &job.changes,
-                },
-                prev,
-                last,
-            );
-            let count = u64::try_from(job.changes.len()).unwrap_or(u64::MAX);
-            notice.written = Written::of(
-                &job.changes,
-                &write.event_ids,
-                (last + 1).saturating_sub(count),
-                &job.app_id,
-                &job.client_id,
-                written.get(5),
-                expired_through,
-            );
-            Some(notice)
-        }
-        _ => None,
-    };
+    let notice = written.notice(&job, &write.event_ids);
     if let Err(error) = committed {
-        // Whether it committed is unknown; a notice for nothing is harmless,
-        // as long as subscribers read the log rather than trust the write.
-        if let Some(mut notice) = notice {
-            notice.written = None;
-            announcer.announce(notice);
-        }
+        announce_unsure(&announcer, notice);
         return Err(database_error(error));
     }
     if let Some(notice) = notice {
         announcer.announce(notice);
     }
-    let (outcome, newest) = match (fresh, last) {
-        (false, _) => (PushOutcome::Duplicate, None),
-        (true, Some(last)) => (
-            PushOutcome::Stored {
-                count: job.changes.len(),
-                last: Cursor::at(seq_value(last)),
-            },
-            Some(seq_value(last)),
-        ),
-        (true, None) => (
-            PushOutcome::Stored {
-                count: 0,
-                last: Cursor::at(seq_value(written.get(3))),
-            },
-            None,
-        ),
-    };
-    // The read inside the transaction ends at the push's own last position.
-    // Without a reservation it proves nothing about `newest`; the caller
-    // reads again (repeated changesets and empty pushes are rare).
-    let page = match (rows, &job.reply, newest) {
-        (Some(rows), Some(reply), Some(newest)) => {
-            // The push is stored either way; a device whose cursor expired
-            // downloads again and sends it once more, which is recognised.
-            if crate::compaction::is_expired(reply.after, expired_through, reply.expired) {
-                return Err(StoreError::CursorExpired {
-                    expired_through: Cursor::at(expired_through),
-                });
-            }
-            Some(page_of(&rows, reply.limit, newest, expired_through)?)
-        }
-        _ => None,
-    };
-    Ok((outcome, page))
+    written.answer(&job, rows)
+}
+
+/// Announces a push whose commit failed in a way that leaves unknown
+/// whether it committed. A notice for nothing is harmless, as long as
+/// subscribers read the log rather than trust the write, so it carries no
+/// changes.
+pub(crate) fn announce_unsure(announcer: &Announcer, notice: Option<ChangeNotice>) {
+    if let Some(mut notice) = notice {
+        notice.written = None;
+        announcer.announce(notice);
+    }
 }

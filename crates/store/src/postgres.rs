@@ -21,6 +21,7 @@ use crate::compaction::{CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{EVENT_CAPACITY, StoreEvent};
 use crate::relay::{self, Announcer};
+use push_group::PushGroups;
 use crate::types::{ChangeBatches, ImportError, ImportOutcome, ImportSource, Reserved, encode};
 use crate::{
     ChangePage, ChangeQuery, NewChangeset, PushOutcome, Store, StoreError, StoreKind, StoreOptions,
@@ -29,6 +30,16 @@ use crate::{
 
 /// Declares the user a read acts for, for row-level security.
 pub(crate) const DECLARE_READER: &str = "SELECT set_config('mana.user_id', $1, true)";
+
+/// The settings of [`DECLARE_LOG_READER`] after its user.
+macro_rules! log_read_settings {
+    () => {
+        "set_config('plan_cache_mode', 'force_generic_plan', true),
+        set_config('enable_seqscan', 'off', true),
+        set_config('enable_bitmapscan', 'off', true),
+        set_config('enable_sort', 'off', true)"
+    };
+}
 
 /// [`DECLARE_READER`] for a transaction that reads (or writes, then reads)
 /// pages of a log: its statements keep one plan per connection instead of
@@ -43,11 +54,18 @@ pub(crate) const DECLARE_READER: &str = "SELECT set_config('mana.user_id', $1, t
 /// the primary key (or of the collection index) that a custom plan picks,
 /// whatever the statistics were. Every statement of these transactions finds
 /// its rows by a key (`postgres/plan_tests.rs`).
-pub(crate) const DECLARE_LOG_READER: &str = "SELECT set_config('mana.user_id', $1, true),
-        set_config('plan_cache_mode', 'force_generic_plan', true),
-        set_config('enable_seqscan', 'off', true),
-        set_config('enable_bitmapscan', 'off', true),
-        set_config('enable_sort', 'off', true)";
+pub(crate) const DECLARE_LOG_READER: &str = concat!(
+    "SELECT set_config('mana.user_id', $1, true), ",
+    log_read_settings!()
+);
+
+/// [`DECLARE_LOG_READER`] for a transaction that stores the pushes of the
+/// users `$1` (a `text[]`) together: the policies let it see and write the
+/// rows of these users (migration 0007), and no other.
+pub(crate) const DECLARE_USERS: &str = concat!(
+    "SELECT set_config('mana.user_ids', $1::text[]::text, true), ",
+    log_read_settings!()
+);
 
 /// The columns of a stored change, in the order `stored_change` reads them.
 macro_rules! select_columns {
@@ -64,6 +82,7 @@ mod migrate;
 pub use migrate::{migrate_as_owner, role_of};
 #[cfg(test)]
 mod plan_tests;
+pub(crate) mod push_group;
 mod read;
 pub(crate) use read::{PageQuery, page_of, stored_change};
 pub(crate) mod space_push;
@@ -77,6 +96,8 @@ pub struct PostgresStore {
     pool: Pool,
     events: broadcast::Sender<StoreEvent>,
     announcer: Announcer,
+    /// The queue of pushes waiting to be stored together.
+    groups: PushGroups,
     /// The relay's listener and publisher.
     relay: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -187,6 +208,7 @@ impl PostgresStore {
         let instance = relay::instance_id();
         let interval = options.catchup_interval.max(Duration::from_millis(10));
         let mut store = Self {
+            groups: PushGroups::start(pool.clone(), announcer.clone()),
             pool,
             events: events.clone(),
             announcer,
@@ -407,6 +429,7 @@ impl Store for PostgresStore {
         let (outcome, _) = crate::pg_push::push(
             self.pool.clone(),
             self.announcer.clone(),
+            &self.groups,
             user,
             changeset,
             None,
@@ -429,6 +452,7 @@ impl Store for PostgresStore {
         let (outcome, page) = crate::pg_push::push(
             self.pool.clone(),
             self.announcer.clone(),
+            &self.groups,
             user,
             changeset,
             Some(reply),

@@ -1,0 +1,421 @@
+//! Group commit on Postgres: the pushes waiting are stored together.
+//!
+//! Under many small pushes, Postgres spent most of its time on what every
+//! transaction and statement costs whatever it holds (starting executors,
+//! answering each statement, committing) rather than on the changes. So
+//! pushes queue for a collector task; each time a group may start (at most
+//! [`GROUPS_IN_FLIGHT`] at once) it takes every push waiting, up to
+//! [`MAX_GROUP`], and stores them in one transaction sent in one go:
+//! `BEGIN`, the declaration of all their users for row-level security, one
+//! statement that records every changeset id, reserves every user's
+//! positions and inserts every change ([`WRITE_GROUP`]), each push's reply
+//! read, and `COMMIT`.
+//!
+//! A group holds at most one push per user: the counter row of a user can
+//! be updated once per statement, and a changeset id is new or repeated
+//! for one push only. A user's later pushes wait for the next group, in
+//! their order. Counter rows are locked in user order in every group, so
+//! two groups in flight (or two instances) wait for each other at most,
+//! never deadlock; each reply is read after the write, in the group's
+//! transaction, so it ends at its push's own position for the reason
+//! `pg_push` gives.
+//!
+//! If the group fails before its commit, nothing of it is stored, and each
+//! push is stored again in a transaction of its own
+//! ([`push_alone`]): one push the database refuses gets its own error and
+//! never fails its neighbours. If the commit itself fails, whether it
+//! committed is unknown: every push gets the error, and a device that sends
+//! it again is recognised by its `changesetId`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use mana_sync_protocol::{Change, Cursor};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::pg_push::{Answer, Job, WriteRow, announce_unsure, push_alone};
+use crate::postgres::{
+    ChangeColumns, DECLARE_USERS, PageQuery, database_error, describe, pool_error,
+};
+use crate::relay::Announcer;
+use crate::{StoreError, StoreResult};
+
+/// Most pushes stored in one transaction.
+pub(crate) const MAX_GROUP: usize = 256;
+
+/// Groups being stored at once: while one waits for its commit to reach
+/// the disk, the next is sent.
+const GROUPS_IN_FLIGHT: usize = 2;
+
+/// Stores the pushes of a group: `$1`–`$6`, one element per push, sorted
+/// by user (`$1`); `$7`, the first position a log may use; `$8`–`$18`, one
+/// element per change, `$8` the push it belongs to (1-based) and `$9` its
+/// place in that push. Returns, per push, what
+/// [`WRITE`](crate::pg_push::WRITE) returns for one, then the push's place
+/// in the group (1-based).
+///
+/// `clock_timestamp()` is read once per push (the CTE is materialized), so
+/// a user's positions keep following the clock, as for a push alone.
+/// Counter rows are locked in the order of `$1` (sorted by the caller): a
+/// sort in the statement would do the same, but a sort planned with
+/// `enable_sort = off` (which the replies' reads need) made the statement
+/// take a second.
+pub(crate) const WRITE_GROUP: &str = r#"
+WITH pushes AS MATERIALIZED (
+    SELECT p.*,
+        GREATEST((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000000)::BIGINT, $7::int8) AS base
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
+        WITH ORDINALITY AS p(user_id, app_id, client_id, changeset_id, count, superseding, push)
+), fresh AS (
+    INSERT INTO mana_changesets (user_id, changeset_id)
+    SELECT user_id, changeset_id FROM pushes WHERE changeset_id IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING user_id
+), reserved AS (
+    INSERT INTO mana_user_seq AS s (user_id, prev_seq, last_seq, superseded)
+    SELECT p.user_id, 0, p.base + p.count - 1, p.superseding
+    FROM pushes p
+    WHERE p.count > 0 AND (p.changeset_id IS NULL OR p.user_id IN (SELECT user_id FROM fresh))
+    ON CONFLICT (user_id) DO UPDATE SET
+        prev_seq = s.last_seq,
+        last_seq = GREATEST(
+            EXCLUDED.last_seq,
+            s.last_seq + (SELECT q.count FROM pushes q WHERE q.user_id = s.user_id)
+        ),
+        superseded = s.superseded + EXCLUDED.superseded
+    RETURNING user_id, prev_seq, last_seq, expired_through
+), inserted AS (
+    INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id,
+        op, data, fields, deleted_at, actor, client_id, schema_version, created_at)
+    SELECT r.user_id, r.last_seq - p.count + c.ord, c.event_id, p.app_id, c.table_name,
+        c.record_id, c.op, c.data, c.fields, c.deleted_at, c.actor, p.client_id,
+        c.schema_version, now()
+    FROM reserved r
+    JOIN pushes p ON p.user_id = r.user_id
+    JOIN UNNEST($8::int8[], $9::int8[], $10::uuid[], $11::text[], $12::text[], $13::text[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::int4[])
+        AS c(push, ord, event_id, table_name, record_id, op, data, fields, deleted_at, actor,
+            schema_version)
+        ON c.push = p.push
+)
+SELECT r.prev_seq, r.last_seq,
+    p.changeset_id IS NULL OR p.user_id IN (SELECT user_id FROM fresh),
+    CASE WHEN r.user_id IS NULL THEN
+        COALESCE((SELECT u.last_seq FROM mana_user_seq u WHERE u.user_id = p.user_id), 0)
+    END,
+    r.expired_through,
+    now(),
+    p.push
+FROM pushes p LEFT JOIN reserved r ON r.user_id = p.user_id"#;
+
+/// A push waiting for its group, and where its answer goes.
+struct Queued {
+    job: Job,
+    done: oneshot::Sender<StoreResult<Answer>>,
+}
+
+/// The queue of pushes waiting for a group. The collector task ends when
+/// the last handle is dropped; groups in flight finish.
+pub(crate) struct PushGroups {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+fn gone() -> StoreError {
+    StoreError::Unavailable("the Postgres push queue stopped".into())
+}
+
+impl PushGroups {
+    /// Starts the collector; groups run on `pool` and are announced by
+    /// `announcer`.
+    pub(crate) fn start(pool: Pool, announcer: Announcer) -> Self {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(collect(pool, announcer, waiting));
+        Self { queue }
+    }
+
+    /// Stores `job` with the next group that may hold it.
+    pub(crate) async fn push(&self, job: Job) -> StoreResult<Answer> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Queued { job, done })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn collect(pool: Pool, announcer: Announcer, mut queue: mpsc::UnboundedReceiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    let mut waiting: VecDeque<Queued> = VecDeque::new();
+    loop {
+        // A permit first: pushes gather while every group is busy.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(queued) => waiting.push_back(queued),
+                None => return,
+            }
+        }
+        while let Ok(queued) = queue.try_recv() {
+            waiting.push_back(queued);
+        }
+        let group = take_group(&mut waiting);
+        let (pool, announcer) = (pool.clone(), announcer.clone());
+        tokio::spawn(async move {
+            store_group(pool, announcer, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The first [`MAX_GROUP`] pushes of `waiting` by different users, sorted
+/// by user; the others stay in `waiting`, in their order.
+fn take_group(waiting: &mut VecDeque<Queued>) -> Vec<Queued> {
+    let mut users = HashSet::new();
+    let mut group = Vec::new();
+    let mut rest = VecDeque::new();
+    for queued in waiting.drain(..) {
+        if group.len() < MAX_GROUP && users.insert(queued.job.user.clone()) {
+            group.push(queued);
+        } else {
+            rest.push_back(queued);
+        }
+    }
+    *waiting = rest;
+    group.sort_by(|a, b| a.job.user.as_str().cmp(b.job.user.as_str()));
+    group
+}
+
+/// How a group's transaction ended, when it did not commit.
+enum Failure {
+    /// Nothing of the group is stored.
+    Refused(StoreError),
+    /// Whether the group committed is unknown: the commit itself failed
+    /// (the database's description).
+    Unsure(String, Vec<WriteRow>),
+}
+
+async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>) {
+    let (jobs, answers): (Vec<Job>, Vec<_>) = group.into_iter().map(|q| (q.job, q.done)).unzip();
+    let write = GroupWrite::new(&jobs);
+    match write_group(&pool, &jobs, &write).await {
+        Ok(results) => {
+            for (index, ((job, done), (written, rows))) in
+                jobs.iter().zip(answers).zip(results).enumerate()
+            {
+                if let Some(notice) = written.notice(job, write.event_ids_of(index)) {
+                    announcer.announce(notice);
+                }
+                let _ = done.send(written.answer(job, rows));
+            }
+        }
+        Err(Failure::Unsure(error, written)) => {
+            tracing::error!(pushes = jobs.len(), %error, "a group of pushes may not be stored");
+            for (index, (job, done)) in jobs.iter().zip(answers).enumerate() {
+                let notice = written
+                    .get(index)
+                    .and_then(|written| written.notice(job, write.event_ids_of(index)));
+                announce_unsure(&announcer, notice);
+                let _ = done.send(Err(StoreError::Unavailable(error.clone())));
+            }
+        }
+        Err(Failure::Refused(error)) => {
+            tracing::warn!(
+                pushes = jobs.len(),
+                %error,
+                "a group of pushes failed; storing each on its own"
+            );
+            drop(write);
+            let alone = jobs
+                .into_iter()
+                .map(|job| push_alone(pool.clone(), announcer.clone(), job));
+            for (done, answer) in answers.into_iter().zip(futures::future::join_all(alone).await) {
+                let _ = done.send(answer);
+            }
+        }
+    }
+}
+
+/// Runs the group's transaction: per push, what the write returned and its
+/// reply's rows (when it asked for a reply).
+async fn write_group(
+    pool: &Pool,
+    jobs: &[Job],
+    write: &GroupWrite<'_>,
+) -> Result<Vec<(WriteRow, Option<Vec<Row>>)>, Failure> {
+    let refused = |error: StoreError| Failure::Refused(error);
+    let client = pool.get().await.map_err(pool_error).map_err(refused)?;
+    let prepare = |sql: String| {
+        let client = &client;
+        async move { client.prepare_cached(&sql).await.map_err(database_error) }
+    };
+    let begin = prepare("BEGIN".into()).await.map_err(refused)?;
+    let declare = prepare(DECLARE_USERS.into()).await.map_err(refused)?;
+    let write_statement = prepare(WRITE_GROUP.into()).await.map_err(refused)?;
+    let pages: Vec<Option<PageQuery<'_>>> = jobs
+        .iter()
+        .map(|job| job.reply.as_ref().map(|r| r.page_query(job.user.as_str())))
+        .collect();
+    let mut reads = Vec::with_capacity(jobs.len());
+    for page in &pages {
+        reads.push(match page {
+            Some(page) => Some(prepare(page.sql()).await.map_err(refused)?),
+            None => None,
+        });
+    }
+    let commit = prepare("COMMIT".into()).await.map_err(refused)?;
+
+    let declare_params: [&(dyn ToSql + Sync); 1] = [&write.users];
+    let write_params = write.params();
+    let read_params: Vec<Vec<&(dyn ToSql + Sync)>> = pages
+        .iter()
+        .map(|page| page.as_ref().map(PageQuery::params).unwrap_or_default())
+        .collect();
+    // Sent in this order in one go: `join!` and `join_all` poll each future
+    // in turn, and each sends its statement on its first poll.
+    let replies = reads.iter().zip(&read_params).map(|(read, params)| {
+        let client = &client;
+        async move {
+            match read {
+                Some(read) => client.query(read, params).await.map(Some),
+                None => Ok(None),
+            }
+        }
+    });
+    let (begun, declared, written, rows, committed) = futures::join!(
+        client.execute(&begin, &[]),
+        client.query_one(&declare, &declare_params),
+        client.query(&write_statement, &write_params),
+        futures::future::join_all(replies),
+        client.execute(&commit, &[]),
+    );
+    // The first failure is the cause; the statements after it were refused.
+    let failed = |error| Failure::Refused(database_error(error));
+    begun.map_err(failed)?;
+    declared.map_err(failed)?;
+    // The commit went out with the write: from here on, the group may be
+    // stored even if its answer cannot be read.
+    let written = in_push_order(&written.map_err(failed)?, jobs.len())
+        .map_err(|error| Failure::Unsure(error.to_string(), Vec::new()))?;
+    let rows = rows
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    if let Err(error) = committed {
+        return Err(Failure::Unsure(describe(&error), written));
+    }
+    Ok(written.into_iter().zip(rows).collect())
+}
+
+/// The rows of [`WRITE_GROUP`], one for each of the `pushes`, in push order.
+fn in_push_order(rows: &[Row], pushes: usize) -> StoreResult<Vec<WriteRow>> {
+    let mut written: Vec<Option<WriteRow>> = (0..pushes).map(|_| None).collect();
+    for row in rows {
+        let push: i64 = row.try_get(6).map_err(database_error)?;
+        let slot = usize::try_from(push - 1)
+            .ok()
+            .and_then(|index| written.get_mut(index));
+        if let Some(slot) = slot {
+            *slot = Some(WriteRow::of(row)?);
+        }
+    }
+    written
+        .into_iter()
+        .map(|row| {
+            row.ok_or_else(|| {
+                StoreError::Database(format!(
+                    "the group's write answered {} rows for {pushes} pushes",
+                    rows.len()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The parameters of [`WRITE_GROUP`] for a group of pushes, each change
+/// with a new event id.
+struct GroupWrite<'a> {
+    users: Vec<&'a str>,
+    apps: Vec<&'a str>,
+    clients: Vec<&'a str>,
+    changeset_ids: Vec<Option<&'a str>>,
+    counts: Vec<i64>,
+    superseding: Vec<i64>,
+    first_possible: i64,
+    change_push: Vec<i64>,
+    change_place: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    /// Where each push's changes start in the per-change columns.
+    starts: Vec<usize>,
+    columns: ChangeColumns<'a>,
+}
+
+impl<'a> GroupWrite<'a> {
+    fn new(jobs: &'a [Job]) -> Self {
+        let changes: Vec<&'a Change> = jobs.iter().flat_map(|job| &job.changes).collect();
+        let mut write = Self {
+            users: jobs.iter().map(|job| job.user.as_str()).collect(),
+            apps: jobs.iter().map(|job| job.app_id.as_str()).collect(),
+            clients: jobs.iter().map(|job| job.client_id.as_str()).collect(),
+            changeset_ids: jobs.iter().map(|job| job.changeset_id.as_deref()).collect(),
+            counts: jobs.iter().map(|job| count(job.changes.len())).collect(),
+            superseding: jobs
+                .iter()
+                .map(|job| crate::compaction::superseding(&job.changes))
+                .collect(),
+            first_possible: crate::postgres::seq_param(Cursor::START.position() + 1),
+            change_push: Vec::with_capacity(changes.len()),
+            change_place: Vec::with_capacity(changes.len()),
+            event_ids: changes.iter().map(|_| Uuid::now_v7()).collect(),
+            starts: Vec::with_capacity(jobs.len()),
+            columns: ChangeColumns::new(changes.iter().copied()),
+        };
+        for (push, job) in jobs.iter().enumerate() {
+            write.starts.push(write.change_push.len());
+            for place in 1..=job.changes.len() {
+                write.change_push.push(count(push + 1));
+                write.change_place.push(count(place));
+            }
+        }
+        write
+    }
+
+    /// The event ids of the changes of push `index`.
+    fn event_ids_of(&self, index: usize) -> &[Uuid] {
+        let start = self.starts.get(index).copied().unwrap_or(self.event_ids.len());
+        let end = self.starts.get(index + 1).copied().unwrap_or(self.event_ids.len());
+        self.event_ids.get(start..end).unwrap_or_default()
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
+        [
+            &self.users,
+            &self.apps,
+            &self.clients,
+            &self.changeset_ids,
+            &self.counts,
+            &self.superseding,
+            &self.first_possible,
+            &self.change_push,
+            &self.change_place,
+            &self.event_ids,
+            &self.columns.tables,
+            &self.columns.record_ids,
+            &self.columns.ops,
+            &self.columns.data,
+            &self.columns.fields,
+            &self.columns.deleted_at,
+            &self.columns.actors,
+            &self.columns.schema_versions,
+        ]
+    }
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
