@@ -319,8 +319,7 @@ impl WriteRow {
                 // The push is stored either way; a device whose cursor
                 // expired downloads again and sends it once more, which is
                 // recognised.
-                if crate::compaction::is_expired(reply.after, self.expired_through, reply.expired)
-                {
+                if crate::compaction::is_expired(reply.after, self.expired_through, reply.expired) {
                     return Err(StoreError::CursorExpired {
                         expired_through: Cursor::at(self.expired_through),
                     });

@@ -21,12 +21,12 @@ use crate::compaction::{CompactOptions, CompactOutcome};
 use crate::migrations::{Migration, POSTGRES};
 use crate::notice::{EVENT_CAPACITY, StoreEvent};
 use crate::relay::{self, Announcer};
-use push_group::PushGroups;
 use crate::types::{ChangeBatches, ImportError, ImportOutcome, ImportSource, Reserved, encode};
 use crate::{
     ChangePage, ChangeQuery, NewChangeset, PushOutcome, Store, StoreError, StoreKind, StoreOptions,
     StoreResult,
 };
+use push_group::PushGroups;
 
 /// Declares the user a read acts for, for row-level security.
 pub(crate) const DECLARE_READER: &str = "SELECT set_config('mana.user_id', $1, true)";
@@ -167,6 +167,12 @@ pub(crate) fn seq_value(seq: i64) -> u64 {
 }
 
 impl PostgresStore {
+    /// Transactions that committed groups of pushes so far: the pushes of
+    /// several users waiting together are committed in one (group commit).
+    pub fn push_commits(&self) -> u64 {
+        self.groups.committed()
+    }
+
     /// Connects to `url` and migrates the database.
     pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Self> {
         Self::open_with(url, options, POSTGRES).await

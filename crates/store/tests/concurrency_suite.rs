@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{Backend, Fixture, insert, push, query, read_all, user};
-use mana_sync_protocol::{Change, Cursor, Since};
+use mana_sync_protocol::{Change, Cursor, Since, UserId};
 use mana_sync_store::{NewChangeset, PushOutcome, Store, StoreOptions};
 
 async fn concurrent_duplicates_are_stored_once(f: Fixture) {
@@ -107,12 +107,14 @@ async fn a_reader_following_the_cursor_sees_every_concurrent_change_once(f: Fixt
     assert_eq!(seen.len(), total, "changes the reader never saw");
 }
 
-/// Many pushes at once (on SQLite they are committed in groups): a push the
+/// Many pushes of several users at once (committed in groups): a push the
 /// database refuses fails alone, its neighbours are stored, and a changeset
 /// sent twice at once is stored once.
 async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
     f.refuse_records_like("poison%").await;
-    let alice = user("alice");
+    // Both copies of a changeset come from the same user.
+    let users: Vec<UserId> = (0..6).map(|u| user(&format!("user-{u}"))).collect();
+    let user_of = |n: usize| &users[(n / 2) % users.len()];
     let changes: Vec<Vec<Change>> = (0..60)
         .map(|n| {
             // Every tenth push is refused by the database half-way; every
@@ -129,11 +131,11 @@ async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
         .collect();
     let ids: Vec<String> = (0..60).map(|n| format!("cs-{}", n / 2)).collect();
     let pushes = futures::future::join_all((0..60).map(|n| {
-        let (store, alice, changes, changeset_id) = (&f.store, &alice, &changes[n], &ids[n]);
+        let (store, pusher, changes, changeset_id) = (&f.store, user_of(n), &changes[n], &ids[n]);
         async move {
             let result = store
                 .push(
-                    alice,
+                    pusher,
                     NewChangeset {
                         app_id: "todo",
                         client_id: "d1",
@@ -183,13 +185,22 @@ async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
             "changeset {changeset}: {outcomes:?}"
         );
     }
-    let (ids, _) = f.read_todo(&alice, Since::Cursor(Cursor::START)).await;
-    let mut expected: Vec<String> = stored.iter().map(|n| format!("ok-{n}")).collect();
-    let mut got = ids.clone();
-    expected.sort();
-    got.sort();
-    assert_eq!(got, expected, "exactly the accepted pushes are stored");
-    assert!(ids.iter().all(|id| !id.starts_with("poison")));
+    for pusher in &users {
+        let (ids, _) = f.read_todo(pusher, Since::Cursor(Cursor::START)).await;
+        let mut expected: Vec<String> = stored
+            .iter()
+            .filter(|n| user_of(**n) == pusher)
+            .map(|n| format!("ok-{n}"))
+            .collect();
+        let mut got = ids.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(
+            got, expected,
+            "exactly {pusher}'s accepted pushes are stored"
+        );
+        assert!(ids.iter().all(|id| !id.starts_with("poison")));
+    }
     // Each changeset id was stored by exactly one of its two pushes: a
     // refused one leaves the id free for the other.
     assert_eq!(by_changeset.len(), 30);
@@ -197,20 +208,11 @@ async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
     assert!(stored.iter().all(|n| n % 10 != 4), "{stored:?}");
 }
 
-/// SQLite commits the pushes waiting for its writer together: many
-/// concurrent pushes take fewer transactions than pushes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_commits_waiting_pushes_together() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(
-        mana_sync_store::sqlite::SqliteStore::open(
-            &dir.path().join("sync.db").display().to_string(),
-            &StoreOptions::default(),
-        )
-        .await
-        .expect("opens"),
-    );
-    let before = store.push_commits();
+/// Each database commits the pushes waiting together: many concurrent
+/// pushes of several users take fewer transactions than pushes, and each is
+/// stored once in its user's log.
+async fn waiting_pushes_commit_together<S: Store>(store: Arc<S>, commits: impl Fn(&S) -> u64) {
+    let before = commits(&store);
     let pushes: Vec<_> = (0..200)
         .map(|n| {
             let store = store.clone();
@@ -238,12 +240,11 @@ async fn sqlite_commits_waiting_pushes_together() {
             PushOutcome::Stored { count: 1, .. }
         ));
     }
-    let commits = store.push_commits() - before;
+    let transactions = commits(&store) - before;
     assert!(
-        commits < 200,
-        "200 concurrent pushes took {commits} transactions"
+        transactions < 200,
+        "200 concurrent pushes took {transactions} transactions"
     );
-    let mut total = 0;
     for u in 0..7 {
         let (ids, _) = read_all(
             &*store,
@@ -251,9 +252,38 @@ async fn sqlite_commits_waiting_pushes_together() {
             query("todo", None, Since::Cursor(Cursor::START)),
         )
         .await;
-        total += ids.len();
+        let mut expected: Vec<String> = (0..200)
+            .filter(|n| n % 7 == u)
+            .map(|n| format!("t{n}"))
+            .collect();
+        let mut got = ids;
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "user-{u}'s pushes, each once");
     }
-    assert_eq!(total, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_commits_waiting_pushes_together() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = mana_sync_store::sqlite::SqliteStore::open(
+        &dir.path().join("sync.db").display().to_string(),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("opens");
+    waiting_pushes_commit_together(Arc::new(store), |s| s.push_commits()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_commits_waiting_pushes_together() {
+    let Some(db) = mana_sync_testkit::pg::TestDatabase::create().await else {
+        return;
+    };
+    let store = mana_sync_store::postgres::PostgresStore::open(&db.url(), &StoreOptions::default())
+        .await
+        .expect("opens");
+    waiting_pushes_commit_together(Arc::new(store), |s| s.push_commits()).await;
 }
 
 /// The reply to a push: the other devices' changes after the device's

@@ -13,7 +13,7 @@ async fn seeded_database() -> Option<TestDatabase> {
     let store = mana_sync_store::open(&db.url(), &StoreOptions::default())
         .await
         .expect("opens");
-    for name in ["alice", "bob"] {
+    for name in ["alice", "bob", "carol"] {
         let change: WireChange = serde_json::from_str(&format!(
             r#"{{"table":"tasks","id":"{name}-1","op":"insert","data":{{}}}}"#
         ))
@@ -91,7 +91,57 @@ async fn the_server_role_is_subject_to_row_level_security() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(all, 2, "both users' rows exist; only RLS hid them");
+    assert_eq!(all, 3, "every user's rows exist; only RLS hid them");
+}
+
+/// A group of pushes declares its users as a list (`mana.user_ids`): the
+/// transaction sees and writes those users' rows, and still no other's.
+#[tokio::test]
+async fn a_transaction_declaring_several_users_reaches_only_theirs() {
+    let Some(db) = seeded_database().await else {
+        return;
+    };
+    let app = db.app().await;
+    app.batch_execute(
+        "BEGIN; SELECT set_config('mana.user_ids', ARRAY['alice', 'bob']::text[]::text, true);",
+    )
+    .await
+    .expect("declares users");
+    for table in ["mana_changes", "mana_user_seq", "mana_changesets"] {
+        let users: Vec<String> = app
+            .query(
+                &format!("SELECT DISTINCT user_id FROM {table} ORDER BY user_id"),
+                &[],
+            )
+            .await
+            .expect("query")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(users, ["alice", "bob"], "{table}");
+    }
+    let written = app.query_one(&raw_insert("bob"), &[]).await;
+    assert!(
+        written.is_ok(),
+        "a declared user's row is written: {written:?}"
+    );
+    app.batch_execute("ROLLBACK").await.expect("rollback");
+
+    app.batch_execute(
+        "BEGIN; SELECT set_config('mana.user_ids', ARRAY['alice', 'bob']::text[]::text, true);",
+    )
+    .await
+    .expect("declares users");
+    let sneaky = app.query_one(&raw_insert("carol"), &[]).await;
+    assert!(sneaky.is_err(), "an undeclared user's row is refused");
+    app.batch_execute("ROLLBACK").await.expect("rollback");
+
+    let after: i64 = app
+        .query_one("SELECT count(*) FROM mana_changes", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(after, 0, "the declaration ended with its transaction");
 }
 
 /// Runs `sql` in a transaction declared for `user` on `client`, then rolls

@@ -29,6 +29,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
 use mana_sync_protocol::{Change, Cursor};
@@ -122,6 +123,7 @@ struct Queued {
 /// the last handle is dropped; groups in flight finish.
 pub(crate) struct PushGroups {
     queue: mpsc::UnboundedSender<Queued>,
+    committed: Arc<AtomicU64>,
 }
 
 fn gone() -> StoreError {
@@ -133,21 +135,30 @@ impl PushGroups {
     /// `announcer`.
     pub(crate) fn start(pool: Pool, announcer: Announcer) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(collect(pool, announcer, waiting));
-        Self { queue }
+        let committed = Arc::new(AtomicU64::new(0));
+        tokio::spawn(collect(pool, announcer, waiting, committed.clone()));
+        Self { queue, committed }
+    }
+
+    /// Groups committed so far.
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
     }
 
     /// Stores `job` with the next group that may hold it.
     pub(crate) async fn push(&self, job: Job) -> StoreResult<Answer> {
         let (done, answer) = oneshot::channel();
-        self.queue
-            .send(Queued { job, done })
-            .map_err(|_| gone())?;
+        self.queue.send(Queued { job, done }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
 
-async fn collect(pool: Pool, announcer: Announcer, mut queue: mpsc::UnboundedReceiver<Queued>) {
+async fn collect(
+    pool: Pool,
+    announcer: Announcer,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    committed: Arc<AtomicU64>,
+) {
     let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut waiting: VecDeque<Queued> = VecDeque::new();
     loop {
@@ -165,9 +176,9 @@ async fn collect(pool: Pool, announcer: Announcer, mut queue: mpsc::UnboundedRec
             waiting.push_back(queued);
         }
         let group = take_group(&mut waiting);
-        let (pool, announcer) = (pool.clone(), announcer.clone());
+        let (pool, announcer, committed) = (pool.clone(), announcer.clone(), committed.clone());
         tokio::spawn(async move {
-            store_group(pool, announcer, group).await;
+            store_group(pool, announcer, group, &committed).await;
             drop(permit);
         });
     }
@@ -200,11 +211,12 @@ enum Failure {
     Unsure(String, Vec<WriteRow>),
 }
 
-async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>) {
+async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>, committed: &AtomicU64) {
     let (jobs, answers): (Vec<Job>, Vec<_>) = group.into_iter().map(|q| (q.job, q.done)).unzip();
     let write = GroupWrite::new(&jobs);
     match write_group(&pool, &jobs, &write).await {
         Ok(results) => {
+            committed.fetch_add(1, Ordering::Relaxed);
             for (index, ((job, done), (written, rows))) in
                 jobs.iter().zip(answers).zip(results).enumerate()
             {
@@ -234,7 +246,10 @@ async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>) {
             let alone = jobs
                 .into_iter()
                 .map(|job| push_alone(pool.clone(), announcer.clone(), job));
-            for (done, answer) in answers.into_iter().zip(futures::future::join_all(alone).await) {
+            for (done, answer) in answers
+                .into_iter()
+                .zip(futures::future::join_all(alone).await)
+            {
                 let _ = done.send(answer);
             }
         }
@@ -387,8 +402,16 @@ impl<'a> GroupWrite<'a> {
 
     /// The event ids of the changes of push `index`.
     fn event_ids_of(&self, index: usize) -> &[Uuid] {
-        let start = self.starts.get(index).copied().unwrap_or(self.event_ids.len());
-        let end = self.starts.get(index + 1).copied().unwrap_or(self.event_ids.len());
+        let start = self
+            .starts
+            .get(index)
+            .copied()
+            .unwrap_or(self.event_ids.len());
+        let end = self
+            .starts
+            .get(index + 1)
+            .copied()
+            .unwrap_or(self.event_ids.len());
         self.event_ids.get(start..end).unwrap_or_default()
     }
 
