@@ -174,11 +174,11 @@ pub(crate) struct Job {
 /// The read that answers a push: the changes of the pusher's log after the
 /// device's position.
 pub(crate) struct Reply {
-    app_id: String,
-    collection: Option<String>,
-    after: u64,
-    exclude_client: Option<String>,
-    limit: usize,
+    pub(crate) app_id: String,
+    pub(crate) collection: Option<String>,
+    pub(crate) after: u64,
+    pub(crate) exclude_client: Option<String>,
+    pub(crate) limit: usize,
     expired: ExpiredCursor,
 }
 

@@ -182,8 +182,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, group, events);
-                groups.fetch_add(1, Ordering::Relaxed);
+                commit_group(&mut conn, group, events, groups);
             }
         }
         checkpoints.wrote();
@@ -196,7 +195,12 @@ type Stored = (PushOutcome, Vec<ChangeNotice>);
 
 /// Stores `group` in one transaction, each push under its own savepoint;
 /// then announces and answers.
-fn commit_group(conn: &mut Connection, group: Vec<Push>, events: &broadcast::Sender<StoreEvent>) {
+fn commit_group(
+    conn: &mut Connection,
+    group: Vec<Push>,
+    events: &broadcast::Sender<StoreEvent>,
+    groups: &AtomicU64,
+) {
     let mut results: Vec<StoreResult<Stored>> = Vec::with_capacity(group.len());
     match conn.execute_batch("BEGIN IMMEDIATE") {
         Ok(()) => {
@@ -223,17 +227,26 @@ fn commit_group(conn: &mut Connection, group: Vec<Push>, events: &broadcast::Sen
                 }
                 results.push(result);
             }
+            // Nothing is left to commit when a failure ended the transaction.
             let committed = if conn.is_autocommit() {
-                Ok(())
+                Ok(false)
             } else {
-                conn.execute_batch("COMMIT")
+                conn.execute_batch("COMMIT").map(|()| true)
             };
-            if let Err(error) = committed {
-                let error = database_error(error);
-                let _ = conn.execute_batch("ROLLBACK");
-                for result in &mut results {
-                    if result.is_ok() {
-                        *result = Err(StoreError::Unavailable(error.to_string()));
+            // Counted before anyone is answered: a device that counts
+            // transactions once answered finds this one.
+            match committed {
+                Ok(true) => {
+                    groups.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    let error = database_error(error);
+                    let _ = conn.execute_batch("ROLLBACK");
+                    for result in &mut results {
+                        if result.is_ok() {
+                            *result = Err(StoreError::Unavailable(error.to_string()));
+                        }
                     }
                 }
             }

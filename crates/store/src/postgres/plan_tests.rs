@@ -1,10 +1,11 @@
-//! The statements of a log read keep one plan per connection
-//! ([`DECLARE_LOG_READER`]); whatever the statistics were when that plan was
-//! made, it must find a page by a key range, never by scanning and sorting a
-//! user's log.
+//! The statements of a log read, and of a group of pushes, keep one plan
+//! per connection ([`DECLARE_LOG_READER`]); whatever the statistics were
+//! when that plan was made, it must find a page by a key range, never by
+//! scanning and sorting a user's log.
 
 use mana_sync_testkit::pg::{ROWS_ROLE, TestDatabase};
 
+use super::push_group::{REPLIES, REPLIES_IN_COLLECTION, WRITE_GROUP};
 use super::read::{LOG_STATE, select_changes_sql};
 use super::{DECLARE_LOG_READER, migrate_as_owner};
 
@@ -53,8 +54,36 @@ async fn assert_keyed_plans(db: &TestDatabase, when: &str) {
             assert!(plan.contains("Index Scan"), "{when}: {plan}");
         }
     }
-    let plan = plan(db, LOG_STATE, "'reader'").await;
-    assert!(!plan.contains("Seq Scan"), "{when}: {plan}");
+    let state = plan(db, LOG_STATE, "'reader'").await;
+    assert!(!state.contains("Seq Scan"), "{when}: {state}");
+    // A group of pushes: its write, and its replies' reads.
+    let replies = |collection| {
+        format!(
+            "ARRAY['reader'], ARRAY['todo'], ARRAY[0]::int8[], ARRAY[1001]::int8[],
+             ARRAY['phone'], ARRAY[1]::int8[], ARRAY[{collection}]::text[]"
+        )
+    };
+    for (sql, params) in [
+        (REPLIES, replies("NULL")),
+        (REPLIES_IN_COLLECTION, replies("'tasks'")),
+    ] {
+        let read = plan(db, sql, &params).await;
+        for unwanted in ["Seq Scan", "Sort", "Bitmap"] {
+            assert!(!read.contains(unwanted), "{when}: {unwanted} in\n{read}");
+        }
+        assert!(read.contains("Index Scan"), "{when}: {read}");
+    }
+    let write = "ARRAY['reader'], ARRAY['todo'], ARRAY['phone'], ARRAY[NULL]::text[],
+         ARRAY[1]::int8[], ARRAY[0]::int8[], 1, ARRAY[1]::int8[], ARRAY[1]::int8[],
+         ARRAY[gen_random_uuid()], ARRAY['tasks'], ARRAY['r1'], ARRAY['insert'], ARRAY['{}'],
+         ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY[1]";
+    let written = plan(db, WRITE_GROUP, write).await;
+    for unwanted in ["Seq Scan", "Sort"] {
+        assert!(
+            !written.contains(unwanted),
+            "{when}: {unwanted} in\n{written}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@
 //! [`MAX_GROUP`], and stores them in one transaction sent in one go:
 //! `BEGIN`, the declaration of all their users for row-level security, one
 //! statement that records every changeset id, reserves every user's
-//! positions and inserts every change ([`WRITE_GROUP`]), each push's reply
-//! read, and `COMMIT`.
+//! positions and inserts every change ([`WRITE_GROUP`]), one that reads
+//! every push's reply (two when some name a collection and others do not,
+//! [`REPLIES`]), and `COMMIT`.
 //!
 //! A group holds at most one push per user: the counter row of a user can
 //! be updated once per statement, and a changeset id is new or repeated
@@ -39,9 +40,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::pg_push::{Answer, Job, WriteRow, announce_unsure, push_alone};
-use crate::postgres::{
-    ChangeColumns, DECLARE_USERS, PageQuery, database_error, describe, pool_error,
-};
+use crate::postgres::{ChangeColumns, DECLARE_USERS, database_error, describe, pool_error};
 use crate::relay::Announcer;
 use crate::{StoreError, StoreResult};
 
@@ -112,6 +111,36 @@ SELECT r.prev_seq, r.last_seq,
     now(),
     p.push
 FROM pushes p LEFT JOIN reserved r ON r.user_id = p.user_id"#;
+
+/// The statement of [`REPLIES`] and [`REPLIES_IN_COLLECTION`].
+macro_rules! replies {
+    ($collection:literal) => {
+        concat!(
+            "SELECT c.*, q.push
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[],
+                     $7::text[])
+                 AS q(user_id, app_id, after, wanted, exclude_client, push, collection)
+             CROSS JOIN LATERAL (",
+            select_columns!(),
+            " FROM mana_changes
+                 WHERE user_id = q.user_id AND app_id = q.app_id AND seq > q.after",
+            $collection,
+            " AND (q.exclude_client IS NULL OR client_id <> q.exclude_client)
+                 ORDER BY seq LIMIT q.wanted) c"
+        )
+    };
+}
+
+/// Reads the replies of the pushes of a group that name no collection
+/// (`$7` all null): per push, the changes of `$2` in log `$1` after `$3`,
+/// at most `$4`, none from device `$5` (when given); each row ends with
+/// the push's place in the group (`$6`). Each push's rows come in order,
+/// from a short range of the primary key.
+pub(super) const REPLIES: &str = replies!("");
+
+/// [`REPLIES`] for the pushes that name a collection (`$7`), from a short
+/// range of the collection index.
+pub(super) const REPLIES_IN_COLLECTION: &str = replies!(" AND table_name = q.collection");
 
 /// A push waiting for its group, and where its answer goes.
 struct Queued {
@@ -272,36 +301,26 @@ async fn write_group(
     let begin = prepare("BEGIN".into()).await.map_err(refused)?;
     let declare = prepare(DECLARE_USERS.into()).await.map_err(refused)?;
     let write_statement = prepare(WRITE_GROUP.into()).await.map_err(refused)?;
-    let pages: Vec<Option<PageQuery<'_>>> = jobs
-        .iter()
-        .map(|job| job.reply.as_ref().map(|r| r.page_query(job.user.as_str())))
-        .collect();
-    let mut reads = Vec::with_capacity(jobs.len());
-    for page in &pages {
-        reads.push(match page {
-            Some(page) => Some(prepare(page.sql()).await.map_err(refused)?),
-            None => None,
-        });
+    let replies = [
+        GroupReplies::of(jobs, false).map(|reads| (REPLIES, reads)),
+        GroupReplies::of(jobs, true).map(|reads| (REPLIES_IN_COLLECTION, reads)),
+    ];
+    let mut reads = Vec::with_capacity(replies.len());
+    for (sql, replies) in replies.iter().flatten() {
+        reads.push((
+            prepare((*sql).into()).await.map_err(refused)?,
+            replies.params(),
+        ));
     }
     let commit = prepare("COMMIT".into()).await.map_err(refused)?;
 
     let declare_params: [&(dyn ToSql + Sync); 1] = [&write.users];
     let write_params = write.params();
-    let read_params: Vec<Vec<&(dyn ToSql + Sync)>> = pages
-        .iter()
-        .map(|page| page.as_ref().map(PageQuery::params).unwrap_or_default())
-        .collect();
     // Sent in this order in one go: `join!` and `join_all` poll each future
     // in turn, and each sends its statement on its first poll.
-    let replies = reads.iter().zip(&read_params).map(|(read, params)| {
-        let client = &client;
-        async move {
-            match read {
-                Some(read) => client.query(read, params).await.map(Some),
-                None => Ok(None),
-            }
-        }
-    });
+    let replies = reads
+        .iter()
+        .map(|(read, params)| client.query(read, params));
     let (begun, declared, written, rows, committed) = futures::join!(
         client.execute(&begin, &[]),
         client.query_one(&declare, &declare_params),
@@ -317,14 +336,87 @@ async fn write_group(
     // stored even if its answer cannot be read.
     let written = in_push_order(&written.map_err(failed)?, jobs.len())
         .map_err(|error| Failure::Unsure(error.to_string(), Vec::new()))?;
-    let rows = rows
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
+    let mut replies: Vec<Option<Vec<Row>>> = jobs
+        .iter()
+        .map(|job| job.reply.as_ref().map(|_| Vec::new()))
+        .collect();
+    for rows in rows {
+        for row in rows.map_err(failed)? {
+            let push: i64 = row
+                .try_get(REPLY_PUSH_COLUMN)
+                .map_err(|e| Failure::Unsure(describe(&e), Vec::new()))?;
+            let reply = usize::try_from(push - 1)
+                .ok()
+                .and_then(|index| replies.get_mut(index))
+                .and_then(Option::as_mut);
+            if let Some(reply) = reply {
+                reply.push(row);
+            }
+        }
+    }
     if let Err(error) = committed {
         return Err(Failure::Unsure(describe(&error), written));
     }
-    Ok(written.into_iter().zip(rows).collect())
+    Ok(written.into_iter().zip(replies).collect())
+}
+
+/// The column of a [`REPLIES`] row that holds its push's place in the
+/// group, after the change's columns.
+const REPLY_PUSH_COLUMN: usize = 13;
+
+/// The parameters of [`REPLIES`] (or [`REPLIES_IN_COLLECTION`]), one
+/// element per push that wants a reply.
+struct GroupReplies<'a> {
+    users: Vec<&'a str>,
+    apps: Vec<&'a str>,
+    afters: Vec<i64>,
+    fetches: Vec<i64>,
+    excludes: Vec<Option<&'a str>>,
+    pushes: Vec<i64>,
+    collections: Vec<Option<&'a str>>,
+}
+
+impl<'a> GroupReplies<'a> {
+    /// The replies `jobs` want that name a collection (`by_collection`) or
+    /// those that do not; `None` when there are none.
+    fn of(jobs: &'a [Job], by_collection: bool) -> Option<Self> {
+        let mut replies = Self {
+            users: Vec::new(),
+            apps: Vec::new(),
+            afters: Vec::new(),
+            fetches: Vec::new(),
+            excludes: Vec::new(),
+            pushes: Vec::new(),
+            collections: Vec::new(),
+        };
+        for (index, job) in jobs.iter().enumerate() {
+            let Some(reply) = &job.reply else { continue };
+            if reply.collection.is_some() != by_collection {
+                continue;
+            }
+            replies.users.push(job.user.as_str());
+            replies.apps.push(&reply.app_id);
+            replies.afters.push(crate::postgres::seq_param(reply.after));
+            // One row more than the page, to tell whether more wait.
+            replies.fetches.push(count(reply.limit + 1));
+            replies.excludes.push(reply.exclude_client.as_deref());
+            replies.pushes.push(count(index + 1));
+            replies.collections.push(reply.collection.as_deref());
+        }
+        (!replies.users.is_empty()).then_some(replies)
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.users,
+            &self.apps,
+            &self.afters,
+            &self.fetches,
+            &self.excludes,
+            &self.pushes,
+            &self.collections,
+        ]
+    }
 }
 
 /// The rows of [`WRITE_GROUP`], one for each of the `pushes`, in push order.
