@@ -48,7 +48,10 @@ use crate::{StoreError, StoreResult};
 pub(crate) const MAX_GROUP: usize = 256;
 
 /// Groups being stored at once: while one waits for its commit to reach
-/// the disk, the next is sent.
+/// the disk, the next is sent, and a group held up by a lock (a user's
+/// counter row held by an import, say) does not hold up every push. One
+/// in flight made larger groups (database CPU per push 155 → 120 µs) at
+/// the same rate on the development machine.
 const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Stores the pushes of a group: `$1`–`$6`, one element per push, sorted
