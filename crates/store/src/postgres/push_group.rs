@@ -47,6 +47,12 @@ use crate::{StoreError, StoreResult};
 /// Most pushes stored in one transaction.
 pub(crate) const MAX_GROUP: usize = 256;
 
+/// Most changes in one group, and most bytes of their JSON, unless a single
+/// push holds more: a group's statement carries all of them at once, and
+/// 256 pushes of up to 10 MiB each must not make one statement of 2.5 GiB.
+const MAX_GROUP_CHANGES: usize = 4096;
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
 /// Groups being stored at once: while one waits for its commit to reach
 /// the disk, the next is sent, and a group held up by a lock (a user's
 /// counter row held by an import, say) does not hold up every push. One
@@ -148,6 +154,8 @@ pub(super) const REPLIES_IN_COLLECTION: &str = replies!(" AND table_name = q.col
 /// A push waiting for its group, and where its answer goes.
 struct Queued {
     job: Job,
+    /// The bytes of JSON its changes carry.
+    bytes: usize,
     done: oneshot::Sender<StoreResult<Answer>>,
 }
 
@@ -180,7 +188,10 @@ impl PushGroups {
     /// Stores `job` with the next group that may hold it.
     pub(crate) async fn push(&self, job: Job) -> StoreResult<Answer> {
         let (done, answer) = oneshot::channel();
-        self.queue.send(Queued { job, done }).map_err(|_| gone())?;
+        let bytes = job.changes.iter().map(json_bytes).sum();
+        self.queue
+            .send(Queued { job, bytes, done })
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -216,14 +227,32 @@ async fn collect(
     }
 }
 
-/// The first [`MAX_GROUP`] pushes of `waiting` by different users, sorted
-/// by user; the others stay in `waiting`, in their order.
+/// The JSON a change carries (its record and its actor; field values are
+/// bounded by the record's size in practice).
+fn json_bytes(change: &Change) -> usize {
+    let raw = |value: &Option<Box<serde_json::value::RawValue>>| {
+        value.as_ref().map_or(0, |value| value.get().len())
+    };
+    raw(&change.data) + raw(&change.actor)
+}
+
+/// The first pushes of `waiting` by different users that fit in a group
+/// ([`MAX_GROUP`], [`MAX_GROUP_CHANGES`], [`MAX_GROUP_BYTES`]; the first
+/// always fits), sorted by user; the others stay in `waiting`, in their
+/// order.
 fn take_group(waiting: &mut VecDeque<Queued>) -> Vec<Queued> {
     let mut users = HashSet::new();
     let mut group = Vec::new();
+    let (mut changes, mut bytes) = (0, 0);
     let mut rest = VecDeque::new();
     for queued in waiting.drain(..) {
-        if group.len() < MAX_GROUP && users.insert(queued.job.user.clone()) {
+        let fits = group.is_empty()
+            || (group.len() < MAX_GROUP
+                && changes + queued.job.changes.len() <= MAX_GROUP_CHANGES
+                && bytes + queued.bytes <= MAX_GROUP_BYTES);
+        if fits && users.insert(queued.job.user.clone()) {
+            changes += queued.job.changes.len();
+            bytes += queued.bytes;
             group.push(queued);
         } else {
             rest.push_back(queued);
@@ -537,3 +566,6 @@ impl<'a> GroupWrite<'a> {
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;
