@@ -132,8 +132,8 @@ impl<'a> LogWrite<'a> {
     }
 
     /// `$1` to `$17` of [`WRITE`].
-    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 17] {
-        [
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.log,
             &self.app_id,
             &self.client_id,
@@ -141,17 +141,10 @@ impl<'a> LogWrite<'a> {
             &self.count,
             &self.first_possible,
             &self.event_ids,
-            &self.columns.tables,
-            &self.columns.record_ids,
-            &self.columns.ops,
-            &self.columns.data,
-            &self.columns.fields,
-            &self.columns.deleted_at,
-            &self.columns.actors,
-            &self.columns.schema_versions,
-            &self.superseding,
-            &self.author,
-        ]
+        ];
+        params.extend(self.columns.params());
+        params.extend([&self.superseding as &(dyn ToSql + Sync), &self.author]);
+        params
     }
 }
 

@@ -539,6 +539,21 @@ pub(crate) struct ChangeColumns<'a> {
 }
 
 impl<'a> ChangeColumns<'a> {
+    /// The columns as statement parameters: tables, record ids, ops, data,
+    /// fields, deletion times, actors, schema versions.
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        [
+            &self.tables,
+            &self.record_ids,
+            &self.ops,
+            &self.data,
+            &self.fields,
+            &self.deleted_at,
+            &self.actors,
+            &self.schema_versions,
+        ]
+    }
+
     pub(crate) fn new(
         changes: impl ExactSizeIterator<Item = &'a mana_sync_protocol::Change>,
     ) -> Self {

@@ -539,8 +539,8 @@ impl<'a> GroupWrite<'a> {
         self.event_ids.get(start..end).unwrap_or_default()
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
-        [
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.users,
             &self.apps,
             &self.clients,
@@ -551,15 +551,9 @@ impl<'a> GroupWrite<'a> {
             &self.change_push,
             &self.change_place,
             &self.event_ids,
-            &self.columns.tables,
-            &self.columns.record_ids,
-            &self.columns.ops,
-            &self.columns.data,
-            &self.columns.fields,
-            &self.columns.deleted_at,
-            &self.columns.actors,
-            &self.columns.schema_versions,
-        ]
+        ];
+        params.extend(self.columns.params());
+        params
     }
 }
 

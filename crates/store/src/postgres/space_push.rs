@@ -97,7 +97,7 @@ async fn run(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<PushOutc
             )
         })
         .collect();
-    let params: Vec<[&(dyn ToSql + Sync); 17]> = writes.iter().map(LogWrite::params).collect();
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes.iter().map(LogWrite::params).collect();
 
     // Sent in this order in one go (`join!` and `join_all` poll in order,
     // and each statement is sent on its first poll): the changeset id, the
