@@ -394,7 +394,8 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
                     || line.starts_with("mana_sync_notices")
                     || line.starts_with("mana_sync_resyncs")
                     || line.starts_with("mana_sync_sqlite")
-                    || line.starts_with("mana_sync_duplicate"))
+                    || line.starts_with("mana_sync_duplicate")
+                    || line.starts_with("mana_sync_push_transactions"))
         })
         .map(str::to_owned)
         .collect();

@@ -39,6 +39,10 @@ async fn metrics_count_requests_changes_and_latency(h: Harness) {
     let text = h.server.metrics().await;
     assert!(text.contains("mana_sync_changes_stored_total 2"), "{text}");
     assert!(
+        text.contains("mana_sync_push_transactions_total 1"),
+        "{text}"
+    );
+    assert!(
         text.contains("mana_sync_push_duration_seconds_count 1"),
         "{text}"
     );

@@ -43,6 +43,9 @@ pub struct Metrics {
     /// subscriber needed and that did not carry its changes (notices from
     /// other instances, shared spaces' logs, restores).
     pub live_reads: IntCounter,
+    /// Transactions that committed pushes (read from the store when
+    /// scraped): pushes ÷ this is how many a group commit holds.
+    pub push_transactions: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -121,8 +124,21 @@ impl Metrics {
                 "mana_sync_live_reads_total",
                 "Reads of the database for live delivery: one per notice needed that did not carry its changes (from other instances, shared spaces, restores)",
             )?,
+            push_transactions: counter(
+                "mana_sync_push_transactions_total",
+                "Database transactions that committed pushes: the pushes waiting are committed together, so under load fewer than the pushes",
+            )?,
             registry: registry.clone(),
         })
+    }
+
+    /// Brings `mana_sync_push_transactions_total` up to the store's own
+    /// count, `total` (a counter only grows: a smaller total is ignored).
+    pub fn observe_push_transactions(&self, total: u64) {
+        let seen = self.push_transactions.get();
+        if total > seen {
+            self.push_transactions.inc_by(total - seen);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -161,6 +177,7 @@ mod tests {
             "mana_sync_notices_total",
             "mana_sync_resyncs_total",
             "mana_sync_live_reads_total",
+            "mana_sync_push_transactions_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -209,6 +209,11 @@ pub trait Store: Send + Sync + 'static {
     /// crash). Call before the process exits.
     async fn close(&self) {}
 
+    /// Transactions that committed pushes so far. Both databases commit
+    /// the pushes waiting together (group commit), so under load this
+    /// grows slower than the pushes.
+    fn push_transactions(&self) -> u64;
+
     /// Creates a shared space named `name`, with `owner` as its owner.
     async fn create_space(&self, owner: &UserId, name: &str) -> StoreResult<Membership>;
 

@@ -121,12 +121,6 @@ pub(crate) fn seq_value(seq: i64) -> u64 {
 }
 
 impl PostgresStore {
-    /// Transactions that committed groups of pushes so far: the pushes of
-    /// several users waiting together are committed in one (group commit).
-    pub fn push_commits(&self) -> u64 {
-        self.groups.committed()
-    }
-
     /// Connects to `url` and migrates the database.
     pub async fn open(url: &str, options: &StoreOptions) -> StoreResult<Self> {
         Self::open_with(url, options, POSTGRES).await
@@ -368,6 +362,10 @@ async fn reserve_positions(
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn push_transactions(&self) -> u64 {
+        self.groups.committed()
+    }
+
     fn kind(&self) -> StoreKind {
         StoreKind::Postgres
     }

@@ -214,12 +214,6 @@ impl SqliteStore {
         })
     }
 
-    /// Transactions that committed pushes so far: several pushes waiting
-    /// together are committed in one (group commit).
-    pub fn push_commits(&self) -> u64 {
-        self.writer.groups()
-    }
-
     /// Reads `log`: the changes after `query.since`, in commit order. With
     /// `member`, a user reads a space's log and must belong to it.
     async fn read(
@@ -366,6 +360,10 @@ pub(crate) fn assemble(head: StoredChangeHead, raw: RawColumns) -> StoreResult<S
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn push_transactions(&self) -> u64 {
+        self.writer.groups()
+    }
+
     fn kind(&self) -> StoreKind {
         StoreKind::Sqlite
     }

@@ -212,8 +212,8 @@ async fn concurrent_pushes_fail_alone_and_repeat_once(f: Fixture) {
 /// pushes of several users take fewer transactions than pushes, and each is
 /// stored once in its user's log and answered with the other devices'
 /// changes.
-async fn waiting_pushes_commit_together<S: Store>(store: Arc<S>, commits: impl Fn(&S) -> u64) {
-    let before = commits(&store);
+async fn waiting_pushes_commit_together(store: Arc<dyn Store>) {
+    let before = store.push_transactions();
     let pushes: Vec<_> = (0..200)
         .map(|n| {
             let store = store.clone();
@@ -254,7 +254,7 @@ async fn waiting_pushes_commit_together<S: Store>(store: Arc<S>, commits: impl F
             PushOutcome::Stored { count: 1, .. }
         ));
     }
-    let transactions = commits(&store) - before;
+    let transactions = store.push_transactions() - before;
     assert!(
         (1..200).contains(&transactions),
         "200 concurrent pushes took {transactions} group transactions"
@@ -286,7 +286,7 @@ async fn sqlite_commits_waiting_pushes_together() {
     )
     .await
     .expect("opens");
-    waiting_pushes_commit_together(Arc::new(store), |s| s.push_commits()).await;
+    waiting_pushes_commit_together(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -297,7 +297,7 @@ async fn postgres_commits_waiting_pushes_together() {
     let store = mana_sync_store::postgres::PostgresStore::open(&db.url(), &StoreOptions::default())
         .await
         .expect("opens");
-    waiting_pushes_commit_together(Arc::new(store), |s| s.push_commits()).await;
+    waiting_pushes_commit_together(Arc::new(store)).await;
 }
 
 /// The reply to a push: the other devices' changes after the device's

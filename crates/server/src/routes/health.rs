@@ -69,10 +69,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
     path = "/metrics",
     tag = "operations",
     responses(
-        (status = 200, description = "Prometheus text: request counts by method, route and status; changes stored and sent; duplicate changesets; push and pull latency; open streams and sockets; live overflows.", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 200, description = "Prometheus text: request counts by method, route and status; changes stored and sent; duplicate changesets; push and pull latency; open streams and sockets; live overflows; database transactions that committed pushes.", content_type = "text/plain; version=0.0.4", body = String),
     ),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .observe_push_transactions(state.service.store().push_transactions());
     (
         [(
             header::CONTENT_TYPE,
