@@ -24,9 +24,11 @@
 //! If the group fails before its commit, nothing of it is stored, and each
 //! push is stored again in a transaction of its own
 //! ([`push_alone`]): one push the database refuses gets its own error and
-//! never fails its neighbours. If the commit itself fails, whether it
-//! committed is unknown: every push gets the error, and a device that sends
-//! it again is recognised by its `changesetId`.
+//! never fails its neighbours. If the commit itself fails, or the
+//! connection breaks before Postgres answers, whether it committed is
+//! unknown (Postgres may have had every statement, `COMMIT` included):
+//! every push gets the error, and a device that sends it again is
+//! recognised by its `changesetId`.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -267,8 +269,8 @@ fn take_group(waiting: &mut VecDeque<Queued>) -> Vec<Queued> {
 enum Failure {
     /// Nothing of the group is stored.
     Refused(StoreError),
-    /// Whether the group committed is unknown: the commit itself failed
-    /// (the database's description).
+    /// Whether the group committed is unknown: the commit failed, or the
+    /// connection broke before the database answered (the description).
     Unsure(String, Vec<WriteRow>),
 }
 
@@ -361,7 +363,15 @@ async fn write_group(
         client.execute(&commit, &[]),
     );
     // The first failure is the cause; the statements after it were refused.
-    let failed = |error| Failure::Refused(database_error(error));
+    // Postgres answered it, so `COMMIT` came after and rolled back: nothing
+    // is stored. Without an answer (the connection broke), the `COMMIT` may
+    // have been carried out all the same: storing each push again could
+    // store twice those without a changeset id, so every push gets the
+    // error instead.
+    let failed = |error: tokio_postgres::Error| match error.as_db_error() {
+        Some(_) => Failure::Refused(database_error(error)),
+        None => Failure::Unsure(describe(&error), Vec::new()),
+    };
     begun.map_err(failed)?;
     declared.map_err(failed)?;
     // The commit went out with the write: from here on, the group may be
