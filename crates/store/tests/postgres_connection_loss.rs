@@ -73,13 +73,15 @@ async fn a_group_whose_connection_breaks_unanswered_is_not_stored_again() {
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let proxy = Proxy::start("127.0.0.1:5432".to_owned()).await;
-    let through_proxy = db.url().replace(":5432/", &format!(":{}/", proxy.port));
-    assert_ne!(
-        through_proxy,
-        db.url(),
-        "the store connects through the proxy"
-    );
+    // postgres://role@host:port/name: the proxy stands in for host:port.
+    let url = db.url();
+    let address = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(address, _)| address.to_owned())
+        .expect("the database's host and port");
+    let proxy = Proxy::start(address.clone()).await;
+    let through_proxy = url.replace(&address, &format!("127.0.0.1:{}", proxy.port));
     let store = Arc::new(
         mana_sync_store::open(&through_proxy, &StoreOptions::default())
             .await
