@@ -62,6 +62,10 @@ impl StoreKind {
     }
 }
 
+/// A push's outcome and, when the writer could read it with the push (a
+/// group's transaction on Postgres, the writer thread on SQLite), its reply.
+pub(crate) type PushAnswer = (PushOutcome, Option<ChangePage>);
+
 /// What went wrong in the store. None of these is caused by a client's input:
 /// input is validated before it reaches the store.
 #[derive(Debug, thiserror::Error)]

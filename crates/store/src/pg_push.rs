@@ -1,11 +1,7 @@
-//! A push on Postgres in one round trip.
-//!
-//! The whole push is one transaction whose statements are sent together
-//! (pipelined) and answered together: `BEGIN`, the user's declaration for
-//! row-level security, one statement that records the changeset id, reserves
-//! positions under the user's counter lock and inserts the changes, the
-//! reply's read, and `COMMIT`. If a statement fails, Postgres refuses the
-//! ones after it in the same transaction and `COMMIT` rolls it back.
+//! A push on Postgres: what the pusher's task hands to the groups
+//! ([`PushGroups`]), the statement that writes one log's part of a push (for
+//! pushes into shared spaces, `postgres/space_push.rs`), and what a write
+//! returned, turned into the push's notice and answer.
 //!
 //! **Why the reply may be read inside the push transaction.** A reply ends
 //! at `newest` only if every position up to `newest` is visible in the
@@ -19,11 +15,6 @@
 //! changes), no lock was held and the read proves nothing; the reply is then
 //! read afterwards by `changes_after`, which reads the newest position and
 //! the rows in one snapshot.
-//!
-//! Pushes are stored in groups ([`PushGroups`]); this one-push transaction
-//! stores a push whose group failed, to give it its own answer. Either runs
-//! on a task of its own, so a device that hangs up mid-push cannot cancel
-//! it between the commit and the notice.
 
 use deadpool_postgres::Pool;
 use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
@@ -34,13 +25,10 @@ use uuid::Uuid;
 
 use crate::notice::{ChangeNotice, Written};
 use crate::postgres::push_group::PushGroups;
-use crate::postgres::{
-    ChangeColumns, PageQuery, database_error, page_of, pool_error, seq_param, seq_value,
-};
+use crate::postgres::{ChangeColumns, database_error, page_of, seq_param, seq_value};
 use crate::relay::Announcer;
 use crate::{
-    ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError,
-    StoreResult,
+    ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError, StoreResult,
 };
 
 /// Records the changeset id (if any), reserves `count` positions of log `$1`
@@ -175,22 +163,7 @@ pub(crate) struct Reply {
     expired: ExpiredCursor,
 }
 
-impl Reply {
-    pub(crate) fn page_query<'a>(&'a self, user_id: &'a str) -> PageQuery<'a> {
-        PageQuery::new(
-            user_id,
-            &self.app_id,
-            self.after,
-            self.limit,
-            self.collection.as_deref(),
-            self.exclude_client.as_deref(),
-        )
-    }
-}
-
-/// A push's outcome and, when it could be read in its transaction, its
-/// reply.
-pub(crate) type Answer = (PushOutcome, Option<ChangePage>);
+use crate::PushAnswer as Answer;
 
 /// Stores `changeset` and, with `reply`, reads it, in one transaction sent
 /// in one go with the other pushes waiting ([`PushGroups`]); announces the
@@ -322,80 +295,5 @@ impl WriteRow {
             _ => None,
         };
         Ok((outcome, page))
-    }
-}
-
-/// Stores one push in a transaction of its own, sent in one go.
-pub(crate) async fn push_alone(pool: Pool, announcer: Announcer, job: Job) -> StoreResult<Answer> {
-    let client = pool.get().await.map_err(pool_error)?;
-    let prepare = |sql: &str| {
-        let client = &client;
-        let sql = sql.to_owned();
-        async move { client.prepare_cached(&sql).await.map_err(database_error) }
-    };
-    let begin = prepare("BEGIN").await?;
-    // The write's plan does not depend on its parameters, and planning it
-    // again for every push (the sessions' `force_custom_plan`, which reads
-    // need) cost Postgres almost half its time under load.
-    let set_user = prepare(DECLARE_USER).await?;
-    let write_statement = prepare(WRITE).await?;
-    let user_id = job.user.as_str();
-    let page = job.reply.as_ref().map(|reply| reply.page_query(user_id));
-    let read = match &page {
-        Some(page) => Some(prepare(&page.sql()).await?),
-        None => None,
-    };
-    let commit = prepare("COMMIT").await?;
-
-    let write = LogWrite::new(
-        user_id,
-        &job.app_id,
-        &job.client_id,
-        job.changeset_id.as_deref(),
-        &job.changes,
-        None,
-    );
-    let write_params = write.params();
-    let read_params = page.as_ref().map(PageQuery::params).unwrap_or_default();
-
-    // Sent in this order in one go: `join!` polls each future in turn, and
-    // each sends its statement on its first poll.
-    let declare_params: [&(dyn ToSql + Sync); 1] = [&user_id];
-    let (begun, declared, written, rows, committed) = futures::join!(
-        client.execute(&begin, &[]),
-        client.query_one(&set_user, &declare_params),
-        client.query_one(&write_statement, &write_params),
-        async {
-            match &read {
-                Some(read) => client.query(read, &read_params).await.map(Some),
-                None => Ok(None),
-            }
-        },
-        client.execute(&commit, &[]),
-    );
-    // The first failure is the cause; the statements after it were refused.
-    begun.map_err(database_error)?;
-    declared.map_err(database_error)?;
-    let written = WriteRow::of(&written.map_err(database_error)?)?;
-    let rows = rows.map_err(database_error)?;
-    let notice = written.notice(&job, &write.event_ids);
-    if let Err(error) = committed {
-        announce_unsure(&announcer, notice);
-        return Err(database_error(error));
-    }
-    if let Some(notice) = notice {
-        announcer.announce(notice);
-    }
-    written.answer(&job, rows)
-}
-
-/// Announces a push whose commit failed in a way that leaves unknown
-/// whether it committed. A notice for nothing is harmless, as long as
-/// subscribers read the log rather than trust the write, so it carries no
-/// changes.
-pub(crate) fn announce_unsure(announcer: &Announcer, notice: Option<ChangeNotice>) {
-    if let Some(mut notice) = notice {
-        notice.written = None;
-        announcer.announce(notice);
     }
 }

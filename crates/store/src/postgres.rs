@@ -86,7 +86,7 @@ pub use migrate::{migrate_as_owner, role_of};
 mod plan_tests;
 pub(crate) mod push_group;
 mod read;
-pub(crate) use read::{PageQuery, page_of, stored_change};
+pub(crate) use read::{page_of, stored_change};
 pub(crate) mod space_push;
 mod spaces;
 mod tls;

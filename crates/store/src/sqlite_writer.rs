@@ -41,7 +41,7 @@ use crate::sqlite::read::LogRead;
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
-use crate::{ChangePage, NewChangeset, PushOutcome, StoreError, StoreResult};
+use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
 
 /// Most pushes committed together.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -49,8 +49,7 @@ pub(crate) const MAX_GROUP: usize = 512;
 /// Most changes of a reply read on the writer thread.
 const INLINE_REPLY_MAX: usize = 64;
 
-/// A push's outcome, and its reply when it was read on the writer.
-type Answer = (PushOutcome, Option<ChangePage>);
+use crate::PushAnswer as Answer;
 
 /// Work for the writer thread.
 enum Job {

@@ -21,10 +21,9 @@
 //! transaction, so it ends at its push's own position for the reason
 //! `pg_push` gives.
 //!
-//! If the group fails before its commit, nothing of it is stored, and each
-//! push is stored again in a transaction of its own
-//! ([`push_alone`]): one push the database refuses gets its own error and
-//! never fails its neighbours. If the commit itself fails, or the
+//! If Postgres refuses the group, nothing of it is stored, and each push is
+//! stored again as a group of its own: one push the database refuses gets
+//! its own error and never fails its neighbours. If the commit itself fails, or the
 //! connection breaks before Postgres answers, whether it committed is
 //! unknown (Postgres may have had every statement, `COMMIT` included):
 //! every push gets the error, and a device that sends it again is
@@ -35,16 +34,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
-use mana_sync_protocol::{Change, Cursor};
+use mana_sync_protocol::Change;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use uuid::Uuid;
 
-use crate::pg_push::{Answer, Job, WriteRow, announce_unsure, push_alone};
-use crate::postgres::{ChangeColumns, DECLARE_USERS, database_error, describe, pool_error};
+use crate::PushAnswer as Answer;
+use crate::pg_push::{Job, WriteRow};
+use crate::postgres::{DECLARE_USERS, database_error, describe, pool_error};
 use crate::relay::Announcer;
 use crate::{StoreError, StoreResult};
+use params::{GroupReplies, GroupWrite};
 
 /// Most pushes stored in one transaction.
 pub(crate) const MAX_GROUP: usize = 256;
@@ -158,7 +158,7 @@ struct Queued {
     job: Job,
     /// The bytes of JSON its changes carry.
     bytes: usize,
-    done: oneshot::Sender<StoreResult<Answer>>,
+    done: Done,
 }
 
 /// The queue of pushes waiting for a group. The collector task ends when
@@ -274,10 +274,52 @@ enum Failure {
     Unsure(String, Vec<WriteRow>),
 }
 
+/// Where a push's answer goes.
+type Done = oneshot::Sender<StoreResult<Answer>>;
+
 async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>, committed: &AtomicU64) {
-    let (jobs, answers): (Vec<Job>, Vec<_>) = group.into_iter().map(|q| (q.job, q.done)).unzip();
-    let write = GroupWrite::new(&jobs);
-    match write_group(&pool, &jobs, &write).await {
+    let (jobs, answers): (Vec<Job>, Vec<Done>) = group.into_iter().map(|q| (q.job, q.done)).unzip();
+    let Err((answers, error)) = commit(&pool, &announcer, &jobs, answers, committed).await else {
+        return;
+    };
+    if jobs.len() == 1 {
+        answer_refused(answers, error);
+        return;
+    }
+    tracing::warn!(
+        pushes = jobs.len(),
+        %error,
+        "a group of pushes failed; storing each on its own"
+    );
+    let alone = jobs.iter().zip(answers).map(|(job, done)| async {
+        let alone = std::slice::from_ref(job);
+        if let Err((answers, error)) = commit(&pool, &announcer, alone, vec![done], committed).await
+        {
+            answer_refused(answers, error);
+        }
+    });
+    futures::future::join_all(alone).await;
+}
+
+/// Answers the one push of a group Postgres refused with the cause.
+fn answer_refused(answers: Vec<Done>, error: StoreError) {
+    if let Some(done) = answers.into_iter().next() {
+        let _ = done.send(Err(error));
+    }
+}
+
+/// Stores `jobs` in one transaction, announces them and sends each its
+/// answer; when Postgres refused the group (nothing is stored), gives the
+/// answers back with the cause.
+async fn commit(
+    pool: &Pool,
+    announcer: &Announcer,
+    jobs: &[Job],
+    answers: Vec<Done>,
+    committed: &AtomicU64,
+) -> Result<(), (Vec<Done>, StoreError)> {
+    let write = GroupWrite::new(jobs);
+    match write_group(pool, jobs, &write).await {
         Ok(results) => {
             committed.fetch_add(1, Ordering::Relaxed);
             for (index, ((job, done), (written, rows))) in
@@ -288,34 +330,26 @@ async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>, commi
                 }
                 let _ = done.send(written.answer(job, rows));
             }
+            Ok(())
         }
         Err(Failure::Unsure(error, written)) => {
             tracing::error!(pushes = jobs.len(), %error, "a group of pushes may not be stored");
             for (index, (job, done)) in jobs.iter().zip(answers).enumerate() {
+                // A notice for nothing is harmless, as long as subscribers
+                // read the log rather than trust the write: it carries no
+                // changes.
                 let notice = written
                     .get(index)
                     .and_then(|written| written.notice(job, write.event_ids_of(index)));
-                announce_unsure(&announcer, notice);
+                if let Some(mut notice) = notice {
+                    notice.written = None;
+                    announcer.announce(notice);
+                }
                 let _ = done.send(Err(StoreError::Unavailable(error.clone())));
             }
+            Ok(())
         }
-        Err(Failure::Refused(error)) => {
-            tracing::warn!(
-                pushes = jobs.len(),
-                %error,
-                "a group of pushes failed; storing each on its own"
-            );
-            drop(write);
-            let alone = jobs
-                .into_iter()
-                .map(|job| push_alone(pool.clone(), announcer.clone(), job));
-            for (done, answer) in answers
-                .into_iter()
-                .zip(futures::future::join_all(alone).await)
-            {
-                let _ = done.send(answer);
-            }
-        }
+        Err(Failure::Refused(error)) => Err((answers, error)),
     }
 }
 
@@ -406,61 +440,6 @@ async fn write_group(
 /// group, after the change's columns.
 const REPLY_PUSH_COLUMN: usize = 13;
 
-/// The parameters of [`REPLIES`] (or [`REPLIES_IN_COLLECTION`]), one
-/// element per push that wants a reply.
-struct GroupReplies<'a> {
-    users: Vec<&'a str>,
-    apps: Vec<&'a str>,
-    afters: Vec<i64>,
-    fetches: Vec<i64>,
-    excludes: Vec<Option<&'a str>>,
-    pushes: Vec<i64>,
-    collections: Vec<Option<&'a str>>,
-}
-
-impl<'a> GroupReplies<'a> {
-    /// The replies `jobs` want that name a collection (`by_collection`) or
-    /// those that do not; `None` when there are none.
-    fn of(jobs: &'a [Job], by_collection: bool) -> Option<Self> {
-        let mut replies = Self {
-            users: Vec::new(),
-            apps: Vec::new(),
-            afters: Vec::new(),
-            fetches: Vec::new(),
-            excludes: Vec::new(),
-            pushes: Vec::new(),
-            collections: Vec::new(),
-        };
-        for (index, job) in jobs.iter().enumerate() {
-            let Some(reply) = &job.reply else { continue };
-            if reply.collection.is_some() != by_collection {
-                continue;
-            }
-            replies.users.push(job.user.as_str());
-            replies.apps.push(&reply.app_id);
-            replies.afters.push(crate::postgres::seq_param(reply.after));
-            // One row more than the page, to tell whether more wait.
-            replies.fetches.push(count(reply.limit + 1));
-            replies.excludes.push(reply.exclude_client.as_deref());
-            replies.pushes.push(count(index + 1));
-            replies.collections.push(reply.collection.as_deref());
-        }
-        (!replies.users.is_empty()).then_some(replies)
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
-        [
-            &self.users,
-            &self.apps,
-            &self.afters,
-            &self.fetches,
-            &self.excludes,
-            &self.pushes,
-            &self.collections,
-        ]
-    }
-}
-
 /// The rows of [`WRITE_GROUP`], one for each of the `pushes`, in push order.
 fn in_push_order(rows: &[Row], pushes: usize) -> StoreResult<Vec<WriteRow>> {
     let mut written: Vec<Option<WriteRow>> = (0..pushes).map(|_| None).collect();
@@ -486,90 +465,6 @@ fn in_push_order(rows: &[Row], pushes: usize) -> StoreResult<Vec<WriteRow>> {
         .collect()
 }
 
-/// The parameters of [`WRITE_GROUP`] for a group of pushes, each change
-/// with a new event id.
-struct GroupWrite<'a> {
-    users: Vec<&'a str>,
-    apps: Vec<&'a str>,
-    clients: Vec<&'a str>,
-    changeset_ids: Vec<Option<&'a str>>,
-    counts: Vec<i64>,
-    superseding: Vec<i64>,
-    first_possible: i64,
-    change_push: Vec<i64>,
-    change_place: Vec<i64>,
-    event_ids: Vec<Uuid>,
-    /// Where each push's changes start in the per-change columns.
-    starts: Vec<usize>,
-    columns: ChangeColumns<'a>,
-}
-
-impl<'a> GroupWrite<'a> {
-    fn new(jobs: &'a [Job]) -> Self {
-        let changes: Vec<&'a Change> = jobs.iter().flat_map(|job| &job.changes).collect();
-        let mut write = Self {
-            users: jobs.iter().map(|job| job.user.as_str()).collect(),
-            apps: jobs.iter().map(|job| job.app_id.as_str()).collect(),
-            clients: jobs.iter().map(|job| job.client_id.as_str()).collect(),
-            changeset_ids: jobs.iter().map(|job| job.changeset_id.as_deref()).collect(),
-            counts: jobs.iter().map(|job| count(job.changes.len())).collect(),
-            superseding: jobs
-                .iter()
-                .map(|job| crate::compaction::superseding(&job.changes))
-                .collect(),
-            first_possible: crate::postgres::seq_param(Cursor::START.position() + 1),
-            change_push: Vec::with_capacity(changes.len()),
-            change_place: Vec::with_capacity(changes.len()),
-            event_ids: changes.iter().map(|_| Uuid::now_v7()).collect(),
-            starts: Vec::with_capacity(jobs.len()),
-            columns: ChangeColumns::new(changes.iter().copied()),
-        };
-        for (push, job) in jobs.iter().enumerate() {
-            write.starts.push(write.change_push.len());
-            for place in 1..=job.changes.len() {
-                write.change_push.push(count(push + 1));
-                write.change_place.push(count(place));
-            }
-        }
-        write
-    }
-
-    /// The event ids of the changes of push `index`.
-    fn event_ids_of(&self, index: usize) -> &[Uuid] {
-        let start = self
-            .starts
-            .get(index)
-            .copied()
-            .unwrap_or(self.event_ids.len());
-        let end = self
-            .starts
-            .get(index + 1)
-            .copied()
-            .unwrap_or(self.event_ids.len());
-        self.event_ids.get(start..end).unwrap_or_default()
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &self.users,
-            &self.apps,
-            &self.clients,
-            &self.changeset_ids,
-            &self.counts,
-            &self.superseding,
-            &self.first_possible,
-            &self.change_push,
-            &self.change_place,
-            &self.event_ids,
-        ];
-        params.extend(self.columns.params());
-        params
-    }
-}
-
-fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
+mod params;
 #[cfg(test)]
 mod tests;
