@@ -1,6 +1,8 @@
 //! Prometheus metrics, in a registry of their own (no global state, so
 //! several servers can live in one process, as in tests).
 
+use std::sync::{Mutex, PoisonError};
+
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -46,6 +48,9 @@ pub struct Metrics {
     /// Transactions that committed pushes (read from the store when
     /// scraped): pushes ÷ this is how many a group commit holds.
     pub push_transactions: IntCounter,
+    /// Held while `push_transactions` catches up with the store, so that two
+    /// scrapes at once do not both add the same difference.
+    push_transactions_caught_up: Mutex<()>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -128,6 +133,7 @@ impl Metrics {
                 "mana_sync_push_transactions_total",
                 "Database transactions that committed pushes: the pushes waiting are committed together, so under load fewer than the pushes",
             )?,
+            push_transactions_caught_up: Mutex::new(()),
             registry: registry.clone(),
         })
     }
@@ -135,6 +141,10 @@ impl Metrics {
     /// Brings `mana_sync_push_transactions_total` up to the store's own
     /// count, `total` (a counter only grows: a smaller total is ignored).
     pub fn observe_push_transactions(&self, total: u64) {
+        let _alone = self
+            .push_transactions_caught_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let seen = self.push_transactions.get();
         if total > seen {
             self.push_transactions.inc_by(total - seen);
