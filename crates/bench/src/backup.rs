@@ -209,14 +209,21 @@ async fn raw_import(env: &Env) -> anyhow::Result<()> {
                 let tx = conn.transaction()?;
                 {
                     let mut read = tx.prepare("SELECT * FROM raw_changes ORDER BY user_id, seq")?;
-                    let mut insert = tx.prepare(
-                        "INSERT INTO raw_restore VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                         ON CONFLICT (user_id, event_id) DO NOTHING",
-                    )?;
+                    // Every column of the raw table, however many it has
+                    // (a fixed list broke when it gained `author_id`).
+                    let columns = read.column_count();
+                    let placeholders = (1..=columns)
+                        .map(|i| format!("?{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let mut insert = tx.prepare(&format!(
+                        "INSERT INTO raw_restore VALUES ({placeholders})
+                         ON CONFLICT (user_id, event_id) DO NOTHING"
+                    ))?;
                     let mut rows = read.query([])?;
                     while let Some(row) = rows.next()? {
                         let values: Vec<rusqlite::types::Value> =
-                            (0..14).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+                            (0..columns).map(|i| row.get(i)).collect::<Result<_, _>>()?;
                         insert.execute(rusqlite::params_from_iter(values))?;
                     }
                 }
