@@ -137,7 +137,10 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
 /// 16 MiB keeps those of about a thousand users pushing at once.
 /// Each push's savepoint keeps the pages it changes in a statement journal,
 /// which is a temporary file unless temporary storage is in memory; it only
-/// ever holds the pages of the one push being stored.
+/// ever holds the pages of the one push being stored. Temporary tables and
+/// sorts of this connection are in memory too, which is safe because its
+/// statements are bounded (a push, a reply page, a compaction window); set
+/// after the migrations, whose whole-table rewrites may sort the log.
 const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -16384;
      PRAGMA temp_store = MEMORY;";
 
@@ -203,9 +206,9 @@ impl SqliteStore {
             StoreError::Config(format!("cannot open {}: {e}", path.display()))
         };
         let mut conn = open().map_err(|e| cannot_open(&e))?;
+        migrate(&mut conn, migrations)?;
         conn.execute_batch(WRITER_PRAGMAS)
             .map_err(|e| cannot_open(&e))?;
-        migrate(&mut conn, migrations)?;
         let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
             configure(conn)?;
             conn.execute_batch("PRAGMA query_only = ON;")
