@@ -28,7 +28,8 @@ use crate::postgres::push_group::PushGroups;
 use crate::postgres::{ChangeColumns, database_error, page_of, seq_param, seq_value};
 use crate::relay::Announcer;
 use crate::{
-    ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushOutcome, StoreError, StoreResult,
+    ChangeQuery, ExpiredCursor, MAX_PAGE, NewChangeset, PushAnswer, PushOutcome, StoreError,
+    StoreResult,
 };
 
 /// Records the changeset id (if any), reserves `count` positions of log `$1`
@@ -163,8 +164,6 @@ pub(crate) struct Reply {
     expired: ExpiredCursor,
 }
 
-use crate::PushAnswer as Answer;
-
 /// Stores `changeset` and, with `reply`, reads it, in one transaction sent
 /// in one go with the other pushes waiting ([`PushGroups`]); announces the
 /// push once committed. `reply.since` must be a position (the caller
@@ -179,7 +178,7 @@ pub(crate) async fn push(
     user: &UserId,
     changeset: NewChangeset<'_>,
     reply: Option<&ChangeQuery<'_>>,
-) -> StoreResult<Answer> {
+) -> StoreResult<PushAnswer> {
     if crate::spaces::reaches_spaces(changeset.changes) {
         let outcome = crate::postgres::space_push::push(pool, announcer, user, changeset).await?;
         return Ok((outcome, None));
@@ -267,7 +266,7 @@ impl WriteRow {
     /// That read ends at the push's own last position. Without a
     /// reservation it proves nothing about the log's newest position; the
     /// caller reads again (repeated changesets and empty pushes are rare).
-    pub(crate) fn answer(&self, job: &Job, rows: Option<Vec<Row>>) -> StoreResult<Answer> {
+    pub(crate) fn answer(&self, job: &Job, rows: Option<Vec<Row>>) -> StoreResult<PushAnswer> {
         let last = self.last.map(seq_value);
         let outcome = match (self.fresh, last) {
             (false, _) => PushOutcome::Duplicate,

@@ -41,15 +41,13 @@ use crate::sqlite::read::LogRead;
 use crate::sqlite::spaces::role_of;
 use crate::sqlite::{INSERT_CHANGE, database_error, log_state, micros, reserve_positions};
 use crate::types::{Reserved, encode};
-use crate::{NewChangeset, PushOutcome, StoreError, StoreResult};
+use crate::{NewChangeset, PushAnswer, PushOutcome, StoreError, StoreResult};
 
 /// Most pushes committed together.
 pub(crate) const MAX_GROUP: usize = 512;
 
 /// Most changes of a reply read on the writer thread.
 const INLINE_REPLY_MAX: usize = 64;
-
-use crate::PushAnswer as Answer;
 
 /// Work for the writer thread.
 enum Job {
@@ -66,7 +64,7 @@ struct Push {
     changes: Vec<Change>,
     /// Boxed: most jobs on the queue are pushes, and a read is large.
     reply: Option<Box<LogRead>>,
-    done: oneshot::Sender<StoreResult<Answer>>,
+    done: oneshot::Sender<StoreResult<PushAnswer>>,
 }
 
 /// The handle of the writer thread; the thread ends when the last handle is
@@ -120,7 +118,7 @@ impl Writer {
         user: &UserId,
         changeset: NewChangeset<'_>,
         reply: Option<Box<LogRead>>,
-    ) -> StoreResult<Answer> {
+    ) -> StoreResult<PushAnswer> {
         let (done, outcome) = oneshot::channel();
         self.jobs
             .send(Job::Push(Push {

@@ -39,11 +39,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use crate::PushAnswer as Answer;
 use crate::pg_push::{Job, WriteRow};
 use crate::postgres::{DECLARE_USERS, database_error, describe, pool_error};
 use crate::relay::Announcer;
-use crate::{StoreError, StoreResult};
+use crate::{PushAnswer, StoreError, StoreResult};
 use params::{GroupReplies, GroupWrite};
 
 /// Most pushes stored in one transaction.
@@ -188,7 +187,7 @@ impl PushGroups {
     }
 
     /// Stores `job` with the next group that may hold it.
-    pub(crate) async fn push(&self, job: Job) -> StoreResult<Answer> {
+    pub(crate) async fn push(&self, job: Job) -> StoreResult<PushAnswer> {
         let (done, answer) = oneshot::channel();
         let bytes = job.changes.iter().map(json_bytes).sum();
         self.queue
@@ -275,7 +274,7 @@ enum Failure {
 }
 
 /// Where a push's answer goes.
-type Done = oneshot::Sender<StoreResult<Answer>>;
+type Done = oneshot::Sender<StoreResult<PushAnswer>>;
 
 async fn store_group(pool: Pool, announcer: Announcer, group: Vec<Queued>, committed: &AtomicU64) {
     let (jobs, answers): (Vec<Job>, Vec<Done>) = group.into_iter().map(|q| (q.job, q.done)).unzip();
