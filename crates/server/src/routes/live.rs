@@ -267,9 +267,9 @@ fn upgrade_socket(
             .on_upgrade(move |socket| {
                 live::serve_socket(
                     socket,
-                    state.verifier,
+                    state.verifier.clone(),
                     state.service.store().clone(),
-                    state.hub,
+                    state.hub.clone(),
                     app,
                     state.live,
                     slot,
