@@ -7,8 +7,9 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{Backend, Fixture, insert, push, query, read_all, user};
+use common::{Backend, Fixture, insert, push, query, read_all, until_count, user};
 use mana_sync_protocol::{Change, Cursor, Since, UserId};
 use mana_sync_store::{NewChangeset, PushOutcome, Store, StoreOptions};
 
@@ -298,6 +299,51 @@ async fn postgres_commits_waiting_pushes_together() {
         .await
         .expect("opens");
     waiting_pushes_commit_together(Arc::new(store)).await;
+}
+
+/// A push that waits on a lock (here another transaction holds its user's
+/// counter row) holds up no other user's push for long: Postgres stores one
+/// group at a time while it keeps up, and starts a second when the first
+/// has been in flight too long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_push_waiting_on_a_lock_does_not_hold_up_other_users() {
+    let Some(db) = mana_sync_testkit::pg::TestDatabase::create().await else {
+        return;
+    };
+    let store = Arc::new(
+        mana_sync_store::postgres::PostgresStore::open(&db.url(), &StoreOptions::default())
+            .await
+            .expect("opens"),
+    );
+    let push_for = |name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            push(&*store, &user(name), "todo", "d1", &[insert("tasks", name)]).await
+        })
+    };
+    push_for("alice").await.expect("joins");
+    let admin = db.admin().await;
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM mana_user_seq WHERE user_id = 'alice' FOR UPDATE")
+        .await
+        .expect("locks");
+    let alice = push_for("alice");
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = '{}' AND wait_event_type = 'Lock'",
+        db.name()
+    );
+    let observer = db.admin().await;
+    until_count(&observer, &waiting, 1).await;
+
+    let bob = tokio::time::timeout(Duration::from_secs(10), push_for("bob")).await;
+    assert!(
+        bob.is_ok(),
+        "bob's push waited for the lock on alice's counter"
+    );
+    assert!(!alice.is_finished(), "alice's push waits for the lock");
+    admin.batch_execute("COMMIT").await.expect("unlocks");
+    alice.await.expect("joins");
 }
 
 /// The reply to a push: the other devices' changes after the device's

@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{insert, user};
+use common::{insert, until_count, user};
 use mana_sync_store::{NewChangeset, StoreOptions};
 use mana_sync_testkit::pg::TestDatabase;
 use tokio::net::{TcpListener, TcpStream};
@@ -53,21 +53,6 @@ impl Proxy {
 }
 
 /// Waits, polling the database, until `sql` (a count) returns `expected`.
-async fn until_count(admin: &tokio_postgres::Client, sql: &str, expected: i64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let count: i64 = admin.query_one(sql, &[]).await.expect("counts").get(0);
-        if count == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql}: {count}, not {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_whose_connection_breaks_unanswered_is_not_stored_again() {
     let Some(db) = TestDatabase::create().await else {

@@ -3,9 +3,10 @@
 //! Under many small pushes, Postgres spent most of its time on what every
 //! transaction and statement costs whatever it holds (starting executors,
 //! answering each statement, committing) rather than on the changes. So
-//! pushes queue for a collector task; each time a group may start (at most
-//! [`GROUPS_IN_FLIGHT`] at once) it takes every push waiting, up to
-//! [`MAX_GROUP`], and stores them in one transaction sent in one go:
+//! pushes queue for a collector task; each time a group may start (one at
+//! a time while that keeps up, at most [`GROUPS_IN_FLIGHT`]) it takes every
+//! push waiting, up to [`MAX_GROUP`], and stores them in one transaction
+//! sent in one go:
 //! `BEGIN`, the declaration of all their users for row-level security, one
 //! statement that records every changeset id, reserves every user's
 //! positions and inserts every change ([`WRITE_GROUP`]), one that reads
@@ -32,10 +33,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use mana_sync_protocol::Change;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -54,12 +59,20 @@ pub(crate) const MAX_GROUP: usize = 256;
 const MAX_GROUP_CHANGES: usize = 4096;
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
-/// Groups being stored at once: while one waits for its commit to reach
-/// the disk, the next is sent, and a group held up by a lock (a user's
-/// counter row held by an import, say) does not hold up every push. One
-/// in flight made larger groups (database CPU per push 155 → 120 µs) at
-/// the same rate on the development machine.
+/// Most groups being stored at once. A second group starts only while the
+/// first cannot keep up: when a whole group's worth of pushes
+/// ([`MAX_GROUP`]) is waiting, or when the first has been in flight for
+/// [`SECOND_GROUP_AFTER`] (held up by a lock, say a user's counter row held
+/// by an import, or a slow disk). Otherwise pushes gather for the next
+/// group: a second group started at once was small, and Postgres spent a
+/// quarter more CPU per push for the same rate (README, "Small pushes under
+/// load").
 const GROUPS_IN_FLIGHT: usize = 2;
+
+/// How long one group may be in flight before a second starts beside it:
+/// a few times what a group takes under load on the development machine
+/// (2–10 ms), and the most a lock held on one push's user delays the others.
+const SECOND_GROUP_AFTER: Duration = Duration::from_millis(25);
 
 /// Stores the pushes of a group: `$1`–`$6`, one element per push, sorted
 /// by user (`$1`); `$7`, the first position a log may use; `$8`–`$18`, one
@@ -197,35 +210,75 @@ impl PushGroups {
     }
 }
 
+/// A group being stored.
+struct InFlight {
+    started: Instant,
+    task: JoinHandle<()>,
+}
+
 async fn collect(
     pool: Pool,
     announcer: Announcer,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     committed: Arc<AtomicU64>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut waiting: VecDeque<Queued> = VecDeque::new();
+    // Oldest first.
+    let mut in_flight: Vec<InFlight> = Vec::with_capacity(GROUPS_IN_FLIGHT);
+    let mut open = true;
     loop {
-        // A permit first: pushes gather while every group is busy.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        if waiting.is_empty() {
-            match queue.recv().await {
-                Some(queued) => waiting.push_back(queued),
-                None => return,
+        in_flight.retain(|group| !group.task.is_finished());
+        while open {
+            match queue.try_recv() {
+                Ok(queued) => waiting.push_back(queued),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        while let Ok(queued) = queue.try_recv() {
-            waiting.push_back(queued);
+        if waiting.is_empty() && !open {
+            // Groups in flight finish on their own.
+            return;
         }
-        let group = take_group(&mut waiting);
-        let (pool, announcer, committed) = (pool.clone(), announcer.clone(), committed.clone());
-        tokio::spawn(async move {
-            store_group(pool, announcer, group, &committed).await;
-            drop(permit);
-        });
+        let second_due = in_flight
+            .first()
+            .map_or_else(Instant::now, |first| first.started + SECOND_GROUP_AFTER);
+        let may_start = match in_flight.len() {
+            0 => true,
+            n if n < GROUPS_IN_FLIGHT => waiting.len() >= MAX_GROUP || Instant::now() >= second_due,
+            _ => false,
+        };
+        if may_start && !waiting.is_empty() {
+            let group = take_group(&mut waiting);
+            let (pool, announcer, committed) = (pool.clone(), announcer.clone(), committed.clone());
+            in_flight.push(InFlight {
+                started: Instant::now(),
+                task: tokio::spawn(async move {
+                    store_group(pool, announcer, group, &committed).await;
+                }),
+            });
+            continue;
+        }
+        // Something that may let a group start: a push, a group done, or
+        // the first group in flight for too long.
+        tokio::select! {
+            queued = queue.recv(), if open => match queued {
+                Some(queued) => waiting.push_back(queued),
+                None => open = false,
+            },
+            () = one_done(&mut in_flight) => {}
+            () = tokio::time::sleep_until(second_due),
+                if in_flight.len() == 1 && !waiting.is_empty() => {}
+        }
     }
+}
+
+/// Returns when one of the groups `in_flight` is done; never when none is.
+async fn one_done(in_flight: &mut [InFlight]) {
+    if in_flight.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    // A panicking group answers nobody, but frees its place all the same.
+    let _ = futures::future::select_all(in_flight.iter_mut().map(|group| &mut group.task)).await;
 }
 
 /// The JSON a change carries (its record and its actor; field values are

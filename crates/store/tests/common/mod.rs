@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)] // each suite uses a subset
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mana_sync_protocol::{Change, Cursor, LogId, Since, SpaceId, UserId, WireChange};
 use mana_sync_store::{
@@ -287,4 +288,21 @@ macro_rules! store_suite {
             )*
         }
     };
+}
+
+/// Waits until `sql` (a count) answers `expected` on `admin`, for at most
+/// 20 s.
+pub async fn until_count(admin: &tokio_postgres::Client, sql: &str, expected: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let count: i64 = admin.query_one(sql, &[]).await.expect("counts").get(0);
+        if count == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql}: {count}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
