@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Fixture, insert, push, query, read_all, until_count, user};
+use common::{
+    Backend, Fixture, hold_counter_row, insert, push, query, read_all, until_waiting_on_locks, user,
+};
 use mana_sync_protocol::{Change, Cursor, Since, UserId};
 use mana_sync_store::{NewChangeset, PushOutcome, Store, StoreOptions};
 
@@ -322,19 +324,9 @@ async fn postgres_a_push_waiting_on_a_lock_does_not_hold_up_other_users() {
         })
     };
     push_for("alice").await.expect("joins");
-    let admin = db.admin().await;
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM mana_user_seq WHERE user_id = 'alice' FOR UPDATE")
-        .await
-        .expect("locks");
+    let admin = hold_counter_row(&db, "alice").await;
     let alice = push_for("alice");
-    let waiting = format!(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = '{}' AND wait_event_type = 'Lock'",
-        db.name()
-    );
-    let observer = db.admin().await;
-    until_count(&observer, &waiting, 1).await;
+    until_waiting_on_locks(&db, &db.admin().await, 1).await;
 
     let bob = tokio::time::timeout(Duration::from_secs(10), push_for("bob")).await;
     assert!(

@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{insert, until_count, user};
+use common::{hold_counter_row, insert, until_count, until_waiting_on_locks, user};
 use mana_sync_store::{NewChangeset, StoreOptions};
 use mana_sync_testkit::pg::TestDatabase;
 use tokio::net::{TcpListener, TcpStream};
@@ -94,19 +94,10 @@ async fn a_group_whose_connection_breaks_unanswered_is_not_stored_again() {
 
     // Another transaction holds alice's counter row: the group is sent in
     // full and waits on it.
-    let admin = db.admin().await;
-    admin
-        .batch_execute("BEGIN; SELECT 1 FROM mana_user_seq WHERE user_id = 'alice' FOR UPDATE")
-        .await
-        .expect("locks");
+    let admin = hold_counter_row(&db, "alice").await;
     let waiting = push("second");
-    let waiting_sql = format!(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = '{}' AND wait_event_type = 'Lock'",
-        db.name()
-    );
     let other = db.admin().await;
-    until_count(&other, &waiting_sql, 1).await;
+    until_waiting_on_locks(&db, &other, 1).await;
 
     proxy.cut();
     // Answered while the lock is still held: a push stored again on its own

@@ -306,3 +306,31 @@ pub async fn until_count(admin: &tokio_postgres::Client, sql: &str, expected: i6
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Holds `user`'s counter row (`mana_user_seq`) in a transaction of
+/// another connection, which it returns: the lock goes with its `COMMIT`.
+pub async fn hold_counter_row(db: &TestDatabase, user: &str) -> tokio_postgres::Client {
+    let holder = db.admin().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM mana_user_seq WHERE user_id = '{user}' FOR UPDATE"
+        ))
+        .await
+        .expect("locks");
+    holder
+}
+
+/// Waits until `count` statements of `db` wait on a lock, watching from
+/// `observer`.
+pub async fn until_waiting_on_locks(
+    db: &TestDatabase,
+    observer: &tokio_postgres::Client,
+    count: i64,
+) {
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = '{}' AND wait_event_type = 'Lock'",
+        db.name()
+    );
+    until_count(observer, &waiting, count).await;
+}
