@@ -12,11 +12,18 @@
 use std::process::Command;
 
 /// Whether the Postgres runs are checked: always in CI; elsewhere only when
-/// Postgres answers at 127.0.0.1:5432 (a benchmark needs it to start).
+/// Postgres answers where the benchmarks create their databases.
 fn with_postgres() -> bool {
-    let reachable = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    let reachable = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(mana_sync_testkit::pg::reachable());
     if !reachable && !mana_sync_testkit::in_ci() {
-        eprintln!("Postgres is unreachable at 127.0.0.1:5432: only the SQLite runs are checked");
+        eprintln!(
+            "Postgres is unreachable at {}: only the SQLite runs are checked",
+            mana_sync_testkit::pg::admin_url()
+        );
     }
     reachable || mana_sync_testkit::in_ci()
 }

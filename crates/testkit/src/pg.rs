@@ -32,6 +32,12 @@ async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// Whether Postgres answers at [`admin_url`], where [`TestDatabase`]
+/// creates its databases.
+pub async fn reachable() -> bool {
+    connect(&admin_url()).await.is_ok()
+}
+
 /// A database that exists for the life of this value.
 pub struct TestDatabase {
     name: String,
