@@ -19,6 +19,13 @@
 //! then asks the writer to restart the log between two of its jobs
 //! ([`Checkpoints::restart_if_due`]): it copies the rest, waits briefly for
 //! readers still on the log, and its next write starts the log over.
+//!
+//! The checkpointer asks for a restart just after a passive checkpoint
+//! caught up, which it can only do once every reader's snapshot is recent:
+//! so a reader is often in the middle of a read when the restart comes, and
+//! a read longer than the wait held up every restart while the log grew
+//! without bound. Each restart that readers held up therefore doubles the
+//! next one's wait, up to [`LONGEST_RESTART_WAIT`].
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -54,15 +61,23 @@ const RESTART_FRAMES: i64 = 8000;
 /// it copies them, and syncs the database file, between two jobs.
 const CATCH_UP_FRAMES: i64 = 256;
 
-/// How long the writer waits for readers still on the log when restarting
-/// it; if they take longer, the next round tries again.
-const RESTART_WAIT: Duration = Duration::from_millis(5);
+/// How long the writer first waits for readers still on the log when
+/// restarting it; if they take longer, the next round tries again, waiting
+/// twice as long.
+const FIRST_RESTART_WAIT: Duration = Duration::from_millis(5);
+
+/// The longest the writer waits for readers when restarting the log (pushes
+/// queue meanwhile): longer than any one read takes, which is one page of a
+/// log (`changes_after`'s limit) or one record.
+const LONGEST_RESTART_WAIT: Duration = Duration::from_millis(160);
 
 /// The writer's side: tells the checkpointer that the log grew (to how many
 /// pages), and hears when to restart it.
 pub(crate) struct Checkpoints {
     wrote: mpsc::SyncSender<i64>,
     restart_due: Arc<AtomicBool>,
+    /// How long the next restart waits for readers.
+    restart_wait: Cell<Duration>,
 }
 
 impl Checkpoints {
@@ -82,14 +97,24 @@ impl Checkpoints {
         if !self.restart_due.swap(false, Ordering::Relaxed) {
             return;
         }
-        // A reader still on the log after the short wait is no failure (the
-        // result row says busy); the checkpointer asks again.
-        let restarted = conn
-            .busy_timeout(RESTART_WAIT)
-            .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+        // A reader still on the log after the wait is no failure (the result
+        // row's first column says busy); the checkpointer asks again.
+        let wait = self.restart_wait.get();
+        let restarted = conn.busy_timeout(wait).and_then(|()| {
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        });
+        match restarted {
+            Ok(0) => self.restart_wait.set(FIRST_RESTART_WAIT),
+            Ok(_) => self.restart_wait.set((wait * 2).min(LONGEST_RESTART_WAIT)),
+            Err(error) => {
+                tracing::warn!(%error, "restarting the SQLite log failed; it grows until it can");
+            }
+        }
         // Back to the writer's own way of waiting, whatever happened.
-        if let Err(error) = restarted.and(super::busy::wait_when_busy(conn)) {
-            tracing::warn!(%error, "restarting the SQLite log failed; it grows until it can");
+        if let Err(error) = super::busy::wait_when_busy(conn) {
+            tracing::warn!(%error, "cannot set the SQLite writer's busy handler back");
         }
     }
 }
@@ -103,7 +128,11 @@ pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpoints> {
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || run(&conn, &due, &asks))?;
-    Ok(Checkpoints { wrote, restart_due })
+    Ok(Checkpoints {
+        wrote,
+        restart_due,
+        restart_wait: Cell::new(FIRST_RESTART_WAIT),
+    })
 }
 
 fn run(conn: &Connection, due: &mpsc::Receiver<i64>, restart_due: &AtomicBool) {
