@@ -4,6 +4,7 @@
 //! interval, so random key ids cannot make us hammer the auth service.
 
 use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{
@@ -32,6 +33,9 @@ pub(crate) struct KeySet {
     min_refresh: Duration,
     keys: RwLock<Vec<CachedKey>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// How many times the key set was fetched: tokens verified against an
+    /// earlier set are verified again (a key may have been dropped).
+    fetched: AtomicU64,
 }
 
 fn install_crypto_provider() {
@@ -81,6 +85,7 @@ impl KeySet {
             min_refresh,
             keys: RwLock::new(Vec::new()),
             last_fetch: Mutex::new(None),
+            fetched: AtomicU64::new(0),
         };
         if let Err(error) = set.refresh().await {
             tracing::warn!(url = %set.url, %error, "could not fetch the JWKS; will retry when a token arrives");
@@ -125,7 +130,13 @@ impl KeySet {
         let keys = self.fetch().await?;
         tracing::info!(url = %self.url, keys = keys.len(), "fetched JWKS");
         *self.keys.write().await = keys;
+        self.fetched.fetch_add(1, Ordering::Release);
         Ok(true)
+    }
+
+    /// Which key set is current: changes with every fetch.
+    pub(crate) fn generation(&self) -> u64 {
+        self.fetched.load(Ordering::Acquire)
     }
 
     async fn lookup(&self, kid: Option<&str>, algorithm: Algorithm) -> Option<CachedKey> {

@@ -12,6 +12,7 @@
 //! refused: we understand none (RFC 7515, section 4.1.11).
 
 mod jwks;
+mod verified;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,6 +161,7 @@ pub struct Verifier {
     audience: Option<String>,
     issuer: Option<String>,
     leeway: Duration,
+    verified: verified::VerifiedTokens,
 }
 
 impl Verifier {
@@ -186,6 +188,7 @@ impl Verifier {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway: config.leeway,
+            verified: verified::VerifiedTokens::default(),
         })
     }
 
@@ -199,6 +202,18 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        let keys = self.jwks.as_ref().map_or(0, jwks::KeySet::generation);
+        let now = SystemTime::now();
+        if let Some(known) = self.verified.get(token, keys, now) {
+            return known;
+        }
+        let verified = self.check_signature_and_claims(token).await?;
+        self.verified.insert(token, &verified, keys, now);
+        Ok(verified)
+    }
+
+    /// Verifies `token` from scratch.
+    async fn check_signature_and_claims(&self, token: &str) -> Result<Verified, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         // We implement no JWS extension, so any header parameter marked

@@ -338,3 +338,30 @@ async fn critical_header_extensions_and_weak_secrets_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_token_verified_before_is_refused_once_its_key_leaves_the_key_set() {
+    let keys = keys();
+    let (url, set) = jwks_server(vec![public(&keys.ed, Algorithm::EdDSA, "old")]).await;
+    let verifier = Verifier::new(&AuthConfig {
+        jwks_url: Some(url),
+        jwks_min_refresh: Duration::ZERO,
+        ..AuthConfig::new()
+    })
+    .await
+    .expect("configured");
+    let old = sign(Algorithm::EdDSA, Some("old"), &keys.ed, claims("alice"));
+    assert_eq!(
+        verifier.verify(&old).await.map(|u| u.to_string()),
+        Ok("alice".into())
+    );
+    // The auth service rotates its key; a token signed with the new one
+    // makes us fetch the set again.
+    set.write().await.keys = vec![public(&keys.rsa, Algorithm::RS256, "new")];
+    let new = sign(Algorithm::RS256, Some("new"), &keys.rsa, claims("bob"));
+    assert_eq!(
+        verifier.verify(&new).await.map(|u| u.to_string()),
+        Ok("bob".into())
+    );
+    assert_eq!(verifier.verify(&old).await, Err(AuthError::UnknownKey));
+}
