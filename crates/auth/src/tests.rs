@@ -70,6 +70,20 @@ async fn jwks_server(keys: Vec<Jwk>) -> (String, Arc<RwLock<JwkSet>>) {
     (format!("http://{addr}/jwks"), set)
 }
 
+/// A verifier of the key set `keys` (which the test can replace) that
+/// refetches it whenever a token names a key it does not know.
+async fn refetching_verifier(keys: Vec<Jwk>) -> (Verifier, Arc<RwLock<JwkSet>>) {
+    let (url, set) = jwks_server(keys).await;
+    let verifier = Verifier::new(&AuthConfig {
+        jwks_url: Some(url),
+        jwks_min_refresh: Duration::ZERO,
+        ..AuthConfig::new()
+    })
+    .await
+    .expect("configured");
+    (verifier, set)
+}
+
 async fn hs_verifier() -> Verifier {
     Verifier::new(&AuthConfig {
         jwt_secret: Some(SECRET.into()),
@@ -235,14 +249,8 @@ async fn refuses_algorithm_confusion() {
 #[tokio::test]
 async fn refetches_the_key_set_for_an_unknown_key_id() {
     let keys = keys();
-    let (url, set) = jwks_server(vec![public(&keys.rsa, Algorithm::RS256, "old")]).await;
-    let verifier = Verifier::new(&AuthConfig {
-        jwks_url: Some(url),
-        jwks_min_refresh: Duration::ZERO,
-        ..AuthConfig::new()
-    })
-    .await
-    .expect("configured");
+    let (verifier, set) =
+        refetching_verifier(vec![public(&keys.rsa, Algorithm::RS256, "old")]).await;
     let token = sign(Algorithm::EdDSA, Some("new"), &keys.ed, claims("rotated"));
     assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
     set.write()
@@ -342,14 +350,8 @@ async fn critical_header_extensions_and_weak_secrets_are_refused() {
 #[tokio::test]
 async fn a_token_verified_before_is_refused_once_its_key_leaves_the_key_set() {
     let keys = keys();
-    let (url, set) = jwks_server(vec![public(&keys.ed, Algorithm::EdDSA, "old")]).await;
-    let verifier = Verifier::new(&AuthConfig {
-        jwks_url: Some(url),
-        jwks_min_refresh: Duration::ZERO,
-        ..AuthConfig::new()
-    })
-    .await
-    .expect("configured");
+    let (verifier, set) =
+        refetching_verifier(vec![public(&keys.ed, Algorithm::EdDSA, "old")]).await;
     let old = sign(Algorithm::EdDSA, Some("old"), &keys.ed, claims("alice"));
     assert_eq!(
         verifier.verify(&old).await.map(|u| u.to_string()),
