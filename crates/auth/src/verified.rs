@@ -15,7 +15,7 @@
 //! signature was checked are ever found here.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{PoisonError, RwLock};
 use std::time::SystemTime;
 
 use crate::{AuthError, Verified};
@@ -34,7 +34,9 @@ struct Entry {
 /// The tokens verified so far.
 #[derive(Default)]
 pub(crate) struct VerifiedTokens {
-    entries: Mutex<HashMap<Box<str>, Entry>>,
+    /// Read by every request, written only when a token is new: readers
+    /// never wait for one another.
+    entries: RwLock<HashMap<Box<str>, Entry>>,
 }
 
 impl VerifiedTokens {
@@ -47,7 +49,7 @@ impl VerifiedTokens {
         keys: u64,
         now: SystemTime,
     ) -> Option<Result<Verified, AuthError>> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.get(token).filter(|entry| entry.keys == keys)?;
         Some(if now < entry.verified.refused_from {
             Ok(entry.verified.clone())
@@ -60,7 +62,7 @@ impl VerifiedTokens {
     /// generation `keys`.
     pub(crate) fn insert(&self, token: &str, verified: &Verified, keys: u64, now: SystemTime) {
         // The map is whole after any panic (one insert or remove at a time).
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MOST_TOKENS {
             entries.retain(|_, entry| now < entry.verified.refused_from);
             if entries.len() >= MOST_TOKENS {
