@@ -67,8 +67,10 @@ const CATCH_UP_FRAMES: i64 = 256;
 const FIRST_RESTART_WAIT: Duration = Duration::from_millis(5);
 
 /// The longest the writer waits for readers when restarting the log (pushes
-/// queue meanwhile): longer than any one read takes, which is one page of a
-/// log (`changes_after`'s limit) or one record.
+/// queue meanwhile): long enough for a read of one page of a log
+/// (`changes_after`'s limit) on a busy machine. A longer read (a backup
+/// export, one snapshot) rarely meets a restart: while its snapshot is old
+/// the checkpointer cannot catch up, and asks for none.
 const LONGEST_RESTART_WAIT: Duration = Duration::from_millis(160);
 
 /// The writer's side: tells the checkpointer that the log grew (to how many
