@@ -52,7 +52,6 @@ impl Proxy {
     }
 }
 
-/// Waits, polling the database, until `sql` (a count) returns `expected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_whose_connection_breaks_unanswered_is_not_stored_again() {
     let Some(db) = TestDatabase::create().await else {
