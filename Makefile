@@ -1,5 +1,5 @@
 # The commands the README documents; CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup bench-compaction bench-load
+.PHONY: serve test lint web web-test bench bench-live bench-client bench-backup bench-compaction bench-load bench-load-database-bound
 
 # The server on the embedded default: SQLite in ./mana-sync.db, dev-mode auth,
 # serving the Todo web app at http://localhost:3050/.
@@ -74,3 +74,10 @@ bench-compaction:
 bench-load:
 	cargo build --release --locked -p mana-sync -p mana-sync-bench
 	./target/release/mana-sync-bench load --users 200 --devices 2 --concurrency 64 --duration 20s
+
+# The same on Postgres, with every postgres process held to half a core (a
+# cgroup CPU quota; needs root) for both sides: the database bounds the rate,
+# as in production where many server instances share one database.
+bench-load-database-bound:
+	cargo build --release --locked -p mana-sync -p mana-sync-bench
+	./target/release/mana-sync-bench load --backend postgres --database-cpus 0.5 --users 200 --devices 2 --concurrency 64 --duration 20s

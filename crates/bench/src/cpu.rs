@@ -80,8 +80,13 @@ fn process_time(pid: u32) -> Duration {
 
 /// The CPU time of every running process whose command is `name`.
 fn processes_named(name: &str) -> Duration {
+    pids_named(name).into_iter().map(process_time).sum()
+}
+
+/// Every process of this machine whose command is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
+        return Vec::new();
     };
     entries
         .filter_map(Result::ok)
@@ -90,6 +95,5 @@ fn processes_named(name: &str) -> Duration {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|comm| comm.trim() == name)
         })
-        .map(process_time)
-        .sum()
+        .collect()
 }

@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod backup;
+mod cap;
 mod compaction;
 mod cpu;
 mod live;
@@ -107,6 +108,11 @@ struct LoadArgs {
     /// Pushes only: no streams or sockets (nothing is checked).
     #[arg(long)]
     no_live: bool,
+    /// Holds Postgres to this many cores for the whole run (mana-sync and
+    /// the raw baselines), so that the database bounds the rate as in
+    /// production, where many server instances share it (Linux cgroup, root).
+    #[arg(long, value_name = "CORES")]
+    database_cpus: Option<f64>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -293,14 +299,25 @@ async fn load_run(args: &LoadArgs, binary: &std::path::Path) -> anyhow::Result<(
         server_env: args.server_env.clone(),
         no_live: args.no_live,
     };
+    anyhow::ensure!(
+        args.database_cpus.is_none() || args.backend == [Backend::Postgres],
+        "--database-cpus needs --backend postgres: SQLite works inside the server"
+    );
     let mut rows = Vec::new();
     for &backend in &args.backend {
+        let _cap = args
+            .database_cpus
+            .map(|cores| cap::Cap::confine("postgres", cores))
+            .transpose()?;
         rows.extend(load::run(backend, binary, &shape).await?);
     }
     println!(
         "{} users × {} devices, {} concurrent, {:?} per side; ratios against the first raw row of each database",
         args.users, args.devices, args.concurrency, args.duration
     );
+    if let Some(cores) = args.database_cpus {
+        println!("Postgres held to {cores} cores (every `postgres` process, both sides)");
+    }
     println!("{}", load::HEADER);
     for row in rows {
         println!("{row}");

@@ -1,0 +1,174 @@
+//! Confines the database's processes to a share of the CPU for a run, with a
+//! Linux cgroup's CPU quota (cgroup v2's `cpu.max`, or v1's CFS quota).
+//!
+//! On one machine the server, the database and the load generator share the
+//! cores, so a rate measures all three. In production many server instances
+//! share one database, and the database is what saturates first; capping it
+//! puts this machine in that regime, for mana-sync and the raw baselines
+//! alike, in the same run. Needs root; every process is moved back (and the
+//! group removed) when the cap is dropped, and a group left behind by a run
+//! that was killed is emptied by the next one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::cpu::pids_named;
+
+/// The group every capped process is moved into, under the hierarchy's root.
+const GROUP: &str = "mana-sync-bench-database";
+
+/// How long one period of the quota lasts, in microseconds (the kernel's
+/// default).
+const PERIOD_MICROS: u64 = 100_000;
+
+/// The processes of one name, held to a CPU quota until dropped.
+pub struct Cap {
+    name: String,
+    /// The capping group.
+    group: PathBuf,
+    /// The group they were in before.
+    home: PathBuf,
+}
+
+impl Cap {
+    /// Holds every process named `name` (and those they start) to `cores`
+    /// cores' worth of CPU time.
+    pub fn confine(name: &str, cores: f64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            cores > 0.0 && cores.is_finite(),
+            "--database-cpus must be a positive number of cores"
+        );
+        let hierarchy = Hierarchy::find()?;
+        let group = hierarchy.root().join(GROUP);
+        if group.exists() {
+            // Left by a run that was killed: its processes go back to the root.
+            move_all(&group, hierarchy.root())?;
+        } else {
+            std::fs::create_dir(&group)
+                .with_context(|| format!("creating {} (this needs root)", group.display()))?;
+        }
+        let first = *pids_named(name)
+            .first()
+            .with_context(|| format!("no `{name}` process runs on this machine"))?;
+        let home = hierarchy.root().join(hierarchy.group_of(first)?);
+        let quota = (cores * PERIOD_MICROS as f64).round() as u64;
+        hierarchy.set_quota(&group, quota)?;
+        let cap = Self {
+            name: name.to_owned(),
+            group,
+            home,
+        };
+        // A process may start while the others move (a backend forked by a
+        // postmaster not yet moved): go again until none is left outside.
+        for _ in 0..10 {
+            let outside: Vec<u32> = pids_named(name)
+                .into_iter()
+                .filter(|pid| !cap.holds(*pid))
+                .collect();
+            if outside.is_empty() {
+                return Ok(cap);
+            }
+            for pid in outside {
+                // A process that ended meanwhile cannot move; that is fine.
+                let _ = std::fs::write(cap.group.join("cgroup.procs"), pid.to_string());
+            }
+        }
+        anyhow::bail!(
+            "`{name}` processes kept starting outside {}",
+            cap.group.display()
+        )
+    }
+
+    fn holds(&self, pid: u32) -> bool {
+        std::fs::read_to_string(self.group.join("cgroup.procs"))
+            .is_ok_and(|procs| procs.lines().any(|line| line.trim() == pid.to_string()))
+    }
+}
+
+impl Drop for Cap {
+    fn drop(&mut self) {
+        if let Err(error) =
+            move_all(&self.group, &self.home).and_then(|()| Ok(std::fs::remove_dir(&self.group)?))
+        {
+            eprintln!(
+                "could not release the `{}` processes from {}: {error:#}",
+                self.name,
+                self.group.display()
+            );
+        }
+    }
+}
+
+/// Moves every process of `from` into `to`.
+fn move_all(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let procs = std::fs::read_to_string(from.join("cgroup.procs"))?;
+    for pid in procs.lines() {
+        // A process that ended meanwhile cannot move; that is fine.
+        let _ = std::fs::write(to.join("cgroup.procs"), pid);
+    }
+    Ok(())
+}
+
+/// The cgroup hierarchy that holds the CPU controller.
+enum Hierarchy {
+    /// cgroup v2, mounted at `/sys/fs/cgroup`.
+    Unified,
+    /// cgroup v1's `cpu` controller, mounted at `/sys/fs/cgroup/cpu`.
+    Cpu,
+}
+
+impl Hierarchy {
+    fn find() -> anyhow::Result<Self> {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            // Children of the root get the CPU controller only when asked.
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")
+                .context("enabling the cpu controller of cgroup v2 (this needs root)")?;
+            Ok(Self::Unified)
+        } else if Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+            Ok(Self::Cpu)
+        } else {
+            anyhow::bail!("no cgroup CPU controller at /sys/fs/cgroup (Linux only)")
+        }
+    }
+
+    fn root(&self) -> &'static Path {
+        Path::new(match self {
+            Self::Unified => "/sys/fs/cgroup",
+            Self::Cpu => "/sys/fs/cgroup/cpu",
+        })
+    }
+
+    /// The group of `pid`, relative to the root.
+    fn group_of(&self, pid: u32) -> anyhow::Result<PathBuf> {
+        let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        // v2: `0::/path`; v1: `3:cpu,cpuacct:/path`.
+        lines
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, ':');
+                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                let wanted = match self {
+                    Self::Unified => controllers.is_empty(),
+                    Self::Cpu => controllers.split(',').any(|c| c == "cpu"),
+                };
+                wanted.then(|| PathBuf::from(path.trim_start_matches('/')))
+            })
+            .next()
+            .with_context(|| format!("process {pid} is in no CPU cgroup"))
+    }
+
+    fn set_quota(&self, group: &Path, quota_micros: u64) -> anyhow::Result<()> {
+        match self {
+            Self::Unified => std::fs::write(
+                group.join("cpu.max"),
+                format!("{quota_micros} {PERIOD_MICROS}"),
+            )?,
+            Self::Cpu => {
+                std::fs::write(group.join("cpu.cfs_period_us"), PERIOD_MICROS.to_string())?;
+                std::fs::write(group.join("cpu.cfs_quota_us"), quota_micros.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
