@@ -142,20 +142,22 @@ impl Hierarchy {
     /// The group of `pid`, relative to the root.
     fn group_of(&self, pid: u32) -> anyhow::Result<PathBuf> {
         let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        // v2: `0::/path`; v1: `3:cpu,cpuacct:/path`.
-        lines
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.splitn(3, ':');
-                let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-                let wanted = match self {
-                    Self::Unified => controllers.is_empty(),
-                    Self::Cpu => controllers.split(',').any(|c| c == "cpu"),
-                };
-                wanted.then(|| PathBuf::from(path.trim_start_matches('/')))
-            })
-            .next()
+        self.group_in(&lines)
             .with_context(|| format!("process {pid} is in no CPU cgroup"))
+    }
+
+    /// The group named by `/proc/<pid>/cgroup`'s `lines`: v2 writes
+    /// `0::/path`, v1 a line per hierarchy such as `3:cpu,cpuacct:/path`.
+    fn group_in(&self, lines: &str) -> Option<PathBuf> {
+        lines.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let wanted = match self {
+                Self::Unified => controllers.is_empty(),
+                Self::Cpu => controllers.split(',').any(|c| c == "cpu"),
+            };
+            wanted.then(|| PathBuf::from(path.trim_start_matches('/')))
+        })
     }
 
     fn set_quota(&self, group: &Path, quota_micros: u64) -> anyhow::Result<()> {
@@ -170,5 +172,27 @@ impl Hierarchy {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str = "9:name=systemd:/\n4:memory:/jobs/7\n2:cpuacct,cpu:/db\n0::/\n";
+
+    #[test]
+    fn v1_names_the_group_of_the_cpu_controller_only() {
+        assert_eq!(Hierarchy::Cpu.group_in(V1), Some(PathBuf::from("db")));
+        assert_eq!(Hierarchy::Cpu.group_in("4:memory:/jobs/7\n"), None);
+    }
+
+    #[test]
+    fn v2_names_the_unified_group() {
+        assert_eq!(
+            Hierarchy::Unified.group_in("0::/system.slice/postgresql.service\n"),
+            Some(PathBuf::from("system.slice/postgresql.service"))
+        );
+        assert_eq!(Hierarchy::Unified.group_in(V1), Some(PathBuf::new()));
     }
 }
