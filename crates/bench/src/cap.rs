@@ -100,14 +100,21 @@ impl Drop for Cap {
     }
 }
 
-/// Moves every process of `from` into `to`.
+/// Moves every process of `from` into `to`, again while some remain: a
+/// process may start in `from` while the others move (an autovacuum worker
+/// forked by a postmaster not yet moved).
 fn move_all(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let procs = std::fs::read_to_string(from.join("cgroup.procs"))?;
-    for pid in procs.lines() {
-        // A process that ended meanwhile cannot move; that is fine.
-        let _ = std::fs::write(to.join("cgroup.procs"), pid);
+    for _ in 0..10 {
+        let procs = std::fs::read_to_string(from.join("cgroup.procs"))?;
+        if procs.trim().is_empty() {
+            return Ok(());
+        }
+        for pid in procs.lines() {
+            // A process that ended meanwhile cannot move; that is fine.
+            let _ = std::fs::write(to.join("cgroup.procs"), pid);
+        }
     }
-    Ok(())
+    anyhow::bail!("processes kept starting in {}", from.display())
 }
 
 /// The cgroup hierarchy that holds the CPU controller.
