@@ -43,7 +43,7 @@ impl Cap {
         let group = hierarchy.root().join(GROUP);
         if group.exists() {
             // Left by a run that was killed: its processes go back to the root.
-            move_all(&group, hierarchy.root())?;
+            move_until_none(hierarchy.root(), || procs_of(&group))?;
         } else {
             std::fs::create_dir(&group)
                 .with_context(|| format!("creating {} (this needs root)", group.display()))?;
@@ -59,37 +59,22 @@ impl Cap {
             group,
             home,
         };
-        // A process may start while the others move (a backend forked by a
-        // postmaster not yet moved): go again until none is left outside.
-        for _ in 0..10 {
-            let outside: Vec<u32> = pids_named(name)
+        move_until_none(&cap.group, || {
+            let inside = procs_of(&cap.group)?;
+            Ok(pids_named(name)
                 .into_iter()
-                .filter(|pid| !cap.holds(*pid))
-                .collect();
-            if outside.is_empty() {
-                return Ok(cap);
-            }
-            for pid in outside {
-                // A process that ended meanwhile cannot move; that is fine.
-                let _ = std::fs::write(cap.group.join("cgroup.procs"), pid.to_string());
-            }
-        }
-        anyhow::bail!(
-            "`{name}` processes kept starting outside {}",
-            cap.group.display()
-        )
-    }
-
-    fn holds(&self, pid: u32) -> bool {
-        std::fs::read_to_string(self.group.join("cgroup.procs"))
-            .is_ok_and(|procs| procs.lines().any(|line| line.trim() == pid.to_string()))
+                .map(|pid| pid.to_string())
+                .filter(|pid| !inside.contains(pid))
+                .collect())
+        })?;
+        Ok(cap)
     }
 }
 
 impl Drop for Cap {
     fn drop(&mut self) {
-        if let Err(error) =
-            move_all(&self.group, &self.home).and_then(|()| Ok(std::fs::remove_dir(&self.group)?))
+        if let Err(error) = move_until_none(&self.home, || procs_of(&self.group))
+            .and_then(|()| Ok(std::fs::remove_dir(&self.group)?))
         {
             eprintln!(
                 "could not release the `{}` processes from {}: {error:#}",
@@ -100,21 +85,30 @@ impl Drop for Cap {
     }
 }
 
-/// Moves every process of `from` into `to`, again while some remain: a
-/// process may start in `from` while the others move (an autovacuum worker
-/// forked by a postmaster not yet moved).
-fn move_all(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Moves the processes `pending` lists into the group `to`, and again while
+/// it lists some: a process may start while the others move (a backend or
+/// an autovacuum worker forked by a postmaster not yet moved).
+fn move_until_none(
+    to: &Path,
+    mut pending: impl FnMut() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<()> {
     for _ in 0..10 {
-        let procs = std::fs::read_to_string(from.join("cgroup.procs"))?;
-        if procs.trim().is_empty() {
+        let pids = pending()?;
+        if pids.is_empty() {
             return Ok(());
         }
-        for pid in procs.lines() {
+        for pid in pids {
             // A process that ended meanwhile cannot move; that is fine.
             let _ = std::fs::write(to.join("cgroup.procs"), pid);
         }
     }
-    anyhow::bail!("processes kept starting in {}", from.display())
+    anyhow::bail!("processes kept starting outside {}", to.display())
+}
+
+/// The processes in `group`.
+fn procs_of(group: &Path) -> anyhow::Result<Vec<String>> {
+    let procs = std::fs::read_to_string(group.join("cgroup.procs"))?;
+    Ok(procs.lines().map(str::to_owned).collect())
 }
 
 /// The cgroup hierarchy that holds the CPU controller.
