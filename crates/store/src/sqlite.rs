@@ -135,9 +135,10 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
 /// back to grow with the users pushing (four per user): past SQLite's default
 /// 2 MiB cache they were read again from the file or the WAL on every group.
 /// 16 MiB keeps those of about a thousand users pushing at once.
-/// Each push's savepoint keeps the pages it changes in a statement journal,
-/// which is a temporary file unless temporary storage is in memory; it only
-/// ever holds the pages of the one push being stored. Temporary tables and
+/// A push stored under a savepoint (a group stored again after one of its
+/// pushes failed) keeps the pages it changes in a statement journal, which
+/// is a temporary file unless temporary storage is in memory; it only ever
+/// holds the pages of the one push being stored. Temporary tables and
 /// sorts of this connection are in memory too, which is safe because its
 /// statements are bounded (a push, a reply page, a compaction window); set
 /// after the migrations, whose whole-table rewrites may sort the log.

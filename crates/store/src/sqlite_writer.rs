@@ -3,10 +3,13 @@
 //! One thread owns the write connection. Pushes queue for it; each time it
 //! is free it takes every push waiting (up to [`MAX_GROUP`]) and stores them
 //! in one transaction, so one `fsync` makes a whole group durable instead
-//! of one push. Each push is a `SAVEPOINT` of its own inside the group: a
-//! push that fails (a database refusal, say) is rolled back to its
-//! savepoint and answered with its error, and its neighbours are stored
-//! anyway. A repeated `changesetId` is found whether it was stored before or
+//! of one push. A push that fails (a database refusal, say) is answered
+//! with its error and its neighbours are stored anyway: the group is stored
+//! with no savepoints first, and only when a push of it fails is that
+//! transaction rolled back and the group stored again with each push under
+//! a `SAVEPOINT` of its own, rolled back to it on failure. Savepoints cost
+//! every push (each page a push changes is copied to a statement journal
+//! first), and a push fails rarely. A repeated `changesetId` is found whether it was stored before or
 //! earlier in the same group. Positions are taken in queue order, and the
 //! whole group becomes visible at once, so positions still follow commit
 //! order. Notices go out, and devices are answered, only after the commit.
@@ -190,19 +193,76 @@ fn run(
 /// A push's outcome and its notices, one per log it reached.
 type Stored = (PushOutcome, Vec<ChangeNotice>);
 
-/// Stores `group` in one transaction, each push under its own savepoint;
-/// then announces and answers.
+/// Stores `group` in one transaction, then announces and answers.
+///
+/// The pushes are first stored one after the other with no savepoint
+/// between them, which is what nearly every group needs. If one fails, that
+/// transaction is rolled back and the group is stored again with each push
+/// under its own savepoint ([`store_with_savepoints`]), so the failed push is
+/// left out alone.
 fn commit_group(
     conn: &mut Connection,
     group: Vec<Push>,
     events: &broadcast::Sender<StoreEvent>,
     groups: &AtomicU64,
 ) {
+    let now = micros(OffsetDateTime::now_utc());
+    let results = match store_together(conn, &group, now) {
+        Some(results) => results,
+        None => store_with_savepoints(conn, &group, now),
+    };
+    // Counted before anyone is answered: a device that counts transactions
+    // once answered finds this one.
+    if results.iter().any(Result::is_ok) {
+        groups.fetch_add(1, Ordering::Relaxed);
+    }
+    announce_and_answer(conn, group, results, events);
+}
+
+/// Stores every push of `group` in one transaction without savepoints and
+/// commits it. `None` when a push failed: the transaction is rolled back and
+/// nothing of the group is stored.
+fn store_together(
+    conn: &mut Connection,
+    group: &[Push],
+    now: i64,
+) -> Option<Vec<StoreResult<Stored>>> {
+    let mut results = Vec::with_capacity(group.len());
+    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        fail_rest(&mut results, group.len(), &database_error(error));
+        return Some(results);
+    }
+    for push in group {
+        match store(conn, push, now) {
+            Ok(stored) => results.push(Ok(stored)),
+            Err(_) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                return None;
+            }
+        }
+    }
+    if let Err(error) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        results.clear();
+        fail_rest(&mut results, group.len(), &database_error(error));
+    }
+    Some(results)
+}
+
+/// Stores `group` in one transaction, each push under its own savepoint: a
+/// push that fails is rolled back to where it began and answered with its
+/// error, and its neighbours are stored.
+fn store_with_savepoints(
+    conn: &mut Connection,
+    group: &[Push],
+    now: i64,
+) -> Vec<StoreResult<Stored>> {
     let mut results: Vec<StoreResult<Stored>> = Vec::with_capacity(group.len());
     match conn.execute_batch("BEGIN IMMEDIATE") {
         Ok(()) => {
-            let now = micros(OffsetDateTime::now_utc());
-            for push in &group {
+            for push in group {
                 let result = store_in_savepoint(conn, push, now);
                 if conn.is_autocommit() {
                     // The failure ended the whole transaction (I/O error, disk
@@ -230,26 +290,29 @@ fn commit_group(
             } else {
                 conn.execute_batch("COMMIT").map(|()| true)
             };
-            // Counted before anyone is answered: a device that counts
-            // transactions once answered finds this one.
-            match committed {
-                Ok(true) => {
-                    groups.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(error) => {
-                    let error = database_error(error);
-                    let _ = conn.execute_batch("ROLLBACK");
-                    for result in &mut results {
-                        if result.is_ok() {
-                            *result = Err(StoreError::Unavailable(error.to_string()));
-                        }
+            if let Err(error) = committed {
+                let error = database_error(error);
+                let _ = conn.execute_batch("ROLLBACK");
+                for result in &mut results {
+                    if result.is_ok() {
+                        *result = Err(StoreError::Unavailable(error.to_string()));
                     }
                 }
             }
         }
         Err(error) => fail_rest(&mut results, group.len(), &database_error(error)),
     }
+    results
+}
+
+/// Sends the notices of the pushes stored and answers every push of the
+/// group, after its commit.
+fn announce_and_answer(
+    conn: &mut Connection,
+    group: Vec<Push>,
+    results: Vec<StoreResult<Stored>>,
+    events: &broadcast::Sender<StoreEvent>,
+) {
     for (push, result) in group.into_iter().zip(results) {
         let answer = result.and_then(|(outcome, notices)| {
             for notice in notices {
