@@ -21,7 +21,10 @@
 //! when it is small ([`INLINE_REPLY_MAX`]): the device is answered without
 //! another hop to a reader thread, and the read sees every commit, since
 //! there is no other writer. A larger reply is left to a reader connection,
-//! so one device far behind never holds up the next group.
+//! so one device far behind never holds up the next group. A device whose
+//! cursor was current (at or past the log's newest position before its
+//! push) gets its reply without a read: all that came after its cursor is
+//! its own push, which it does not get back.
 //!
 //! Other writes (imports, settings) run on the same thread, between groups.
 //! None of them copies the log into the database file (a checkpoint): the
@@ -315,13 +318,20 @@ fn announce_and_answer(
 ) {
     for (push, result) in group.into_iter().zip(results) {
         let answer = result.and_then(|(outcome, notices)| {
+            // A device whose cursor was current needs no read: its reply is
+            // its own push, which it does not get back.
+            let unread = match (&push.reply, notices.as_slice()) {
+                (Some(reply), [notice]) => reply.push_reply_unread(notice),
+                _ => None,
+            };
             for notice in notices {
                 // Nobody listening is fine: live delivery is optional.
                 let _ = events.send(StoreEvent::Changed(Arc::new(notice)));
             }
-            let page = match &push.reply {
-                Some(reply) => reply.page_at_most(conn, INLINE_REPLY_MAX)?,
-                None => None,
+            let page = match (&push.reply, unread) {
+                (_, Some(page)) => Some(page),
+                (Some(reply), None) => reply.page_at_most(conn, INLINE_REPLY_MAX)?,
+                (None, None) => None,
             };
             Ok((outcome, page))
         });

@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{assemble, database_error, log_state, read_row, seq_param, spaces};
 use crate::types::LogState;
 use crate::{
-    ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, StoreError, StoreResult, compaction,
+    ChangeNotice, ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, StoreError, StoreResult,
+    compaction,
 };
 
 /// A read of one log, owned so it can run on another thread.
@@ -62,6 +63,27 @@ impl LogRead {
         }
         let page = self.read(conn, most)?;
         Ok((!page.has_more).then_some(page))
+    }
+
+    /// The reply of the push that `notice` announces, without reading, when
+    /// that push is all this read could find after `since`: `since` is at or
+    /// past the log's newest position before the push (`notice.after`), and
+    /// the read leaves the pushing device's own changes out. The page then
+    /// ends at the push's last position; changes that later pushes of the
+    /// same group stored after it are found from there. `None`: read.
+    pub(crate) fn push_reply_unread(&self, notice: &ChangeNotice) -> Option<ChangePage> {
+        let Since::Cursor(since) = self.since else {
+            return None;
+        };
+        let written = notice.written.as_ref()?;
+        let since = since.position();
+        let only_the_push = self.member.is_none()
+            && notice.log == self.log
+            && self.exclude.as_deref() == Some(notice.client_id.as_str())
+            && since >= notice.after
+            && !compaction::is_expired(since, written.expired_through, self.expired);
+        only_the_push
+            .then(|| ChangePage::of(Vec::new(), self.limit, notice.last, written.expired_through))
     }
 
     fn read(&self, conn: &mut Connection, limit: usize) -> StoreResult<ChangePage> {
