@@ -9,12 +9,13 @@
 //! transaction rolled back and the group stored again with each push under
 //! a `SAVEPOINT` of its own, rolled back to it on failure. Savepoints cost
 //! every push (each page a push changes is copied to a statement journal
-//! first), and a push fails rarely. A repeated `changesetId` is found whether it was stored before or
-//! earlier in the same group. Positions are taken in queue order, and the
-//! whole group becomes visible at once, so positions still follow commit
-//! order. Notices go out, and devices are answered, only after the commit.
-//! A push into shared spaces is checked and stored log by log inside its
-//! savepoint: a space the pusher may not write refuses the whole push.
+//! first), and a push fails rarely. A repeated `changesetId` is found
+//! whether it was stored before or earlier in the same group. Positions are
+//! taken in queue order, and the whole group becomes visible at once, so
+//! positions still follow commit order. Notices go out, and devices are
+//! answered, only after the commit. A push into shared spaces is checked
+//! and stored log by log inside the group's transaction: a space the pusher
+//! may not write fails the whole push, which is then left out alone.
 //!
 //! A push that wants a reply (the changes of its user's log after its
 //! cursor) has it read on the write connection right after the commit,
