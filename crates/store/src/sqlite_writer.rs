@@ -197,24 +197,15 @@ fn run(
 /// A push's outcome and its notices, one per log it reached.
 type Stored = (PushOutcome, Vec<ChangeNotice>);
 
-/// Stores `group` in one transaction, then announces and answers.
-///
-/// The pushes are first stored one after the other with no savepoint
-/// between them, which is what nearly every group needs. If one fails, that
-/// transaction is rolled back and the group is stored again with each push
-/// under its own savepoint ([`store_with_savepoints`]), so the failed push is
-/// left out alone.
+/// Stores `group` in one transaction ([`store_group`]), then announces and
+/// answers.
 fn commit_group(
     conn: &mut Connection,
     group: Vec<Push>,
     events: &broadcast::Sender<StoreEvent>,
     groups: &AtomicU64,
 ) {
-    let now = micros(OffsetDateTime::now_utc());
-    let results = match store_together(conn, &group, now) {
-        Some(results) => results,
-        None => store_with_savepoints(conn, &group, now),
-    };
+    let results = store_group(conn, &group, micros(OffsetDateTime::now_utc()));
     // Counted before anyone is answered: a device that counts transactions
     // once answered finds this one.
     if results.iter().any(Result::is_ok) {
@@ -223,90 +214,68 @@ fn commit_group(
     announce_and_answer(conn, group, results, events);
 }
 
-/// Stores every push of `group` in one transaction without savepoints and
-/// commits it. `None` when a push failed: the transaction is rolled back and
-/// nothing of the group is stored.
-fn store_together(
-    conn: &mut Connection,
-    group: &[Push],
-    now: i64,
-) -> Option<Vec<StoreResult<Stored>>> {
-    let mut results = Vec::with_capacity(group.len());
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-        fail_rest(&mut results, group.len(), &database_error(error));
-        return Some(results);
-    }
-    for push in group {
-        match store(conn, push, now) {
-            Ok(stored) => results.push(Ok(stored)),
-            Err(_) => {
+/// Stores `group` in one transaction and commits it; one result per push.
+///
+/// The pushes are first stored one after the other with no savepoint
+/// between them, which is what nearly every group needs. If one fails, that
+/// transaction is rolled back and the group is stored again with each push
+/// under its own savepoint: a push that fails is rolled back to where it
+/// began and answered with its error, and its neighbours are stored.
+fn store_group(conn: &mut Connection, group: &[Push], now: i64) -> Vec<StoreResult<Stored>> {
+    let mut savepoints = false;
+    'attempt: loop {
+        let mut results: Vec<StoreResult<Stored>> = Vec::with_capacity(group.len());
+        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+            fail_rest(&mut results, group.len(), &database_error(error));
+            return results;
+        }
+        for push in group {
+            let result = if savepoints {
+                store_in_savepoint(conn, push, now)
+            } else {
+                store(conn, push, now)
+            };
+            if result.is_err() && !savepoints {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                return None;
+                savepoints = true;
+                continue 'attempt;
             }
-        }
-    }
-    if let Err(error) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
-        results.clear();
-        fail_rest(&mut results, group.len(), &database_error(error));
-    }
-    Some(results)
-}
-
-/// Stores `group` in one transaction, each push under its own savepoint: a
-/// push that fails is rolled back to where it began and answered with its
-/// error, and its neighbours are stored.
-fn store_with_savepoints(
-    conn: &mut Connection,
-    group: &[Push],
-    now: i64,
-) -> Vec<StoreResult<Stored>> {
-    let mut results: Vec<StoreResult<Stored>> = Vec::with_capacity(group.len());
-    match conn.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => {
-            for push in group {
-                let result = store_in_savepoint(conn, push, now);
-                if conn.is_autocommit() {
-                    // The failure ended the whole transaction (I/O error, disk
-                    // full): nothing of the group so far is stored.
-                    let cause = match &result {
-                        Err(error) => error.to_string(),
-                        Ok(_) => "the transaction ended".to_owned(),
-                    };
-                    for earlier in &mut results {
-                        *earlier = Err(StoreError::Unavailable(cause.clone()));
-                    }
-                    results.push(Err(StoreError::Unavailable(cause)));
-                    // Go on with the rest in a new transaction.
-                    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-                        fail_rest(&mut results, group.len(), &database_error(error));
-                        break;
-                    }
-                    continue;
+            if conn.is_autocommit() {
+                // The failure ended the whole transaction (I/O error, disk
+                // full): nothing of the group so far is stored.
+                let cause = match &result {
+                    Err(error) => error.to_string(),
+                    Ok(_) => "the transaction ended".to_owned(),
+                };
+                for earlier in &mut results {
+                    *earlier = Err(StoreError::Unavailable(cause.clone()));
                 }
-                results.push(result);
+                results.push(Err(StoreError::Unavailable(cause)));
+                // Go on with the rest in a new transaction.
+                if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    fail_rest(&mut results, group.len(), &database_error(error));
+                    return results;
+                }
+                continue;
             }
-            // Nothing is left to commit when a failure ended the transaction.
-            let committed = if conn.is_autocommit() {
-                Ok(false)
-            } else {
-                conn.execute_batch("COMMIT").map(|()| true)
-            };
-            if let Err(error) = committed {
-                let error = database_error(error);
-                let _ = conn.execute_batch("ROLLBACK");
-                for result in &mut results {
-                    if result.is_ok() {
-                        *result = Err(StoreError::Unavailable(error.to_string()));
-                    }
+            results.push(result);
+        }
+        // Nothing is left to commit when a failure ended the transaction.
+        if !conn.is_autocommit()
+            && let Err(error) = conn.execute_batch("COMMIT")
+        {
+            let error = database_error(error);
+            let _ = conn.execute_batch("ROLLBACK");
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(StoreError::Unavailable(error.to_string()));
                 }
             }
         }
-        Err(error) => fail_rest(&mut results, group.len(), &database_error(error)),
+        return results;
     }
-    results
 }
 
 /// Sends the notices of the pushes stored and answers every push of the
