@@ -202,7 +202,7 @@ async fn raw_import(env: &Env) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 conn.execute_batch(
                     "CREATE TABLE raw_restore AS SELECT * FROM raw_changes WHERE 0;
-                     CREATE UNIQUE INDEX raw_restore_event ON raw_restore (user_id, event_id);
+                     CREATE UNIQUE INDEX raw_restore_event ON raw_restore (event_id, user_id);
                      CREATE UNIQUE INDEX raw_restore_seq ON raw_restore (user_id, seq);
                      CREATE INDEX raw_restore_collection ON raw_restore (user_id, table_name, seq);",
                 )?;
@@ -218,7 +218,7 @@ async fn raw_import(env: &Env) -> anyhow::Result<()> {
                         .join(", ");
                     let mut insert = tx.prepare(&format!(
                         "INSERT INTO raw_restore VALUES ({placeholders})
-                         ON CONFLICT (user_id, event_id) DO NOTHING"
+                         ON CONFLICT (event_id, user_id) DO NOTHING"
                     ))?;
                     let mut rows = read.query([])?;
                     while let Some(row) = rows.next()? {

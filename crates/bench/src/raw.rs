@@ -52,7 +52,7 @@ const SQLITE_RAW_TABLE: &str = "
         deleted_at TEXT, actor TEXT, client_id TEXT NOT NULL, schema_version INTEGER NOT NULL,
         created_at INTEGER NOT NULL, author_id TEXT);
     CREATE UNIQUE INDEX IF NOT EXISTS raw_user_seq ON raw_changes (user_id, seq);
-    CREATE UNIQUE INDEX IF NOT EXISTS raw_event_id ON raw_changes (user_id, event_id);
+    CREATE UNIQUE INDEX IF NOT EXISTS raw_event_user ON raw_changes (event_id, user_id);
     CREATE INDEX IF NOT EXISTS raw_collection ON raw_changes (user_id, app_id, table_name, seq);
     CREATE INDEX IF NOT EXISTS raw_record ON raw_changes (user_id, app_id, table_name, record_id, seq);";
 

@@ -83,4 +83,9 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "spaces",
         sql: include_str!("../migrations/sqlite/0006_spaces.sql"),
     },
+    Migration {
+        version: 7,
+        name: "event index",
+        sql: include_str!("../migrations/sqlite/0007_event_index.sql"),
+    },
 ];

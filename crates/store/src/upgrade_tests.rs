@@ -1,7 +1,8 @@
 //! A database written by an older build (fewer migrations) is upgraded in
 //! place and keeps every change; cursors that build handed out keep working.
 
-use mana_sync_protocol::{Cursor, Since, UserId, WireChange};
+use mana_sync_protocol::backup::ImportedChange;
+use mana_sync_protocol::{Change, Cursor, Since, UserId, WireChange};
 use mana_sync_testkit::pg::TestDatabase;
 use time::OffsetDateTime;
 
@@ -50,7 +51,7 @@ fn old_build_sql(t0: OffsetDateTime, postgres: bool) -> String {
                  data, client_id, schema_version, created_at)
              VALUES ('{user}', {seq}, '{}', 'todo', 'tasks', '{id}', 'insert', '{{}}', 'old', 1,
                  {created});\n",
-            uuid::Uuid::now_v7()
+            old_event_id(user, *seq)
         ));
     }
     for (user, last) in OLD_COUNTERS {
@@ -61,17 +62,26 @@ fn old_build_sql(t0: OffsetDateTime, postgres: bool) -> String {
     sql
 }
 
+/// The event id the counter build gave `user`'s change `seq`.
+fn old_event_id(user: &str, seq: i64) -> uuid::Uuid {
+    uuid::Uuid::from_u128((u128::from(user == "bob") << 64) | u128::from(seq.unsigned_abs()))
+}
+
+fn insert_change(id: &str) -> Change {
+    let change: WireChange = serde_json::from_str(&format!(
+        r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{}}}}"#
+    ))
+    .expect("parses");
+    change.validate(1).expect("valid")
+}
+
 async fn push_one(
     store: &dyn Store,
     name: &str,
     id: &str,
     changeset_id: Option<&str>,
 ) -> PushOutcome {
-    let change: WireChange = serde_json::from_str(&format!(
-        r#"{{"table":"tasks","id":"{id}","op":"insert","data":{{}}}}"#
-    ))
-    .expect("parses");
-    let changes = [change.validate(1).expect("valid")];
+    let changes = [insert_change(id)];
     store
         .push(
             &user(name),
@@ -142,6 +152,37 @@ async fn check_upgraded(new: &dyn Store, t0: OffsetDateTime) {
     );
     assert_eq!(read(new, "alice", "c1.5").await.0, ["new"]);
     assert_eq!(read(new, "bob", "c1.1").await.0, Vec::<String>::new());
+
+    // A backup holding a change the old build stored restores it once: the
+    // upgraded event-id index still knows it, for its user only.
+    let restored = |event_id| {
+        Ok(ImportedChange {
+            event_id,
+            app_id: "todo".into(),
+            client_id: "old".into(),
+            created_at: t0,
+            change: insert_change("a2"),
+        })
+    };
+    let outcome = new
+        .import(
+            &user("alice"),
+            Box::pin(futures::stream::iter([
+                restored(old_event_id("alice", 2)),
+                restored(old_event_id("alice", 6)),
+            ])),
+        )
+        .await
+        .expect("imports");
+    assert_eq!((outcome.imported, outcome.skipped), (1, 1));
+    let outcome = new
+        .import(
+            &user("bob"),
+            Box::pin(futures::stream::iter([restored(old_event_id("alice", 2))])),
+        )
+        .await
+        .expect("imports");
+    assert_eq!((outcome.imported, outcome.skipped), (1, 0));
 }
 
 #[tokio::test]

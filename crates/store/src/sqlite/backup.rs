@@ -188,7 +188,7 @@ fn insert_batch(
     let mut insert = tx
         .prepare_cached(concat!(
             insert_change!(),
-            " ON CONFLICT (user_id, event_id) DO NOTHING"
+            " ON CONFLICT (event_id, user_id) DO NOTHING"
         ))
         .map_err(database_error)?;
     let mut stored_count = 0;
