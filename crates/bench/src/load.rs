@@ -3,9 +3,10 @@
 //! raw database doing the same durable single-change transactions at the
 //! same concurrency, in the same run.
 //!
-//! Every push is one update with a unique `changesetId` and record id, so
-//! the streams can be checked: each change must reach every other device of
-//! its user exactly once.
+//! Every push is one update of a record of its own, so the streams can be
+//! checked: each change must reach every other device of its user exactly
+//! once. Its `changesetId` is a UUIDv7, as our Rust and browser clients
+//! make them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,8 +101,9 @@ fn change_id(user: usize, device: usize, n: usize) -> String {
 
 fn push_body(user: usize, device: usize, n: usize, since: &str) -> String {
     let id = change_id(user, device, n);
+    let changeset = uuid::Uuid::now_v7();
     format!(
-        r#"{{"clientId":"u{user}-d{device}","since":"{since}","changesetId":"{id}","changes":[{{"table":"tasks","id":"{id}","op":"update","fields":{{"title":{{"value":"edit {n}","updatedAt":"2026-11-29T19:20:00.000Z"}},"done":{{"value":false,"updatedAt":"2026-11-29T19:20:00.000Z"}}}}}}]}}"#
+        r#"{{"clientId":"u{user}-d{device}","since":"{since}","changesetId":"{changeset}","changes":[{{"table":"tasks","id":"{id}","op":"update","fields":{{"title":{{"value":"edit {n}","updatedAt":"2026-11-29T19:20:00.000Z"}},"done":{{"value":false,"updatedAt":"2026-11-29T19:20:00.000Z"}}}}}}]}}"#
     )
 }
 

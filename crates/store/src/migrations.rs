@@ -88,4 +88,9 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "event index",
         sql: include_str!("../migrations/sqlite/0007_event_index.sql"),
     },
+    Migration {
+        version: 8,
+        name: "changeset key",
+        sql: include_str!("../migrations/sqlite/0008_changeset_key.sql"),
+    },
 ];

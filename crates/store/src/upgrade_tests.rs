@@ -38,14 +38,16 @@ fn t0() -> OffsetDateTime {
 }
 
 fn old_build_sql(t0: OffsetDateTime, postgres: bool) -> String {
+    let timestamp = |at: OffsetDateTime| {
+        if postgres {
+            format!("to_timestamp({})", at.unix_timestamp())
+        } else {
+            (at.unix_timestamp() * 1_000_000).to_string()
+        }
+    };
     let mut sql = String::new();
     for (user, seq, id, offset) in OLD_ROWS {
-        let created = t0 + time::Duration::seconds(*offset);
-        let created = if postgres {
-            format!("to_timestamp({})", created.unix_timestamp())
-        } else {
-            (created.unix_timestamp() * 1_000_000).to_string()
-        };
+        let created = timestamp(t0 + time::Duration::seconds(*offset));
         sql.push_str(&format!(
             "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name, record_id, op,
                  data, client_id, schema_version, created_at)
@@ -54,6 +56,12 @@ fn old_build_sql(t0: OffsetDateTime, postgres: bool) -> String {
             old_event_id(user, *seq)
         ));
     }
+    // A changeset alice's device pushed then, which it may send again.
+    sql.push_str(&format!(
+        "INSERT INTO mana_changesets (user_id, changeset_id, created_at)
+         VALUES ('alice', 'old-changeset', {});\n",
+        timestamp(t0)
+    ));
     for (user, last) in OLD_COUNTERS {
         sql.push_str(&format!(
             "INSERT INTO mana_user_seq (user_id, last_seq) VALUES ('{user}', {last});\n"
@@ -150,8 +158,17 @@ async fn check_upgraded(new: &dyn Store, t0: OffsetDateTime) {
         push_one(new, "alice", "new", Some("cs")).await,
         PushOutcome::Duplicate
     );
+    assert_eq!(
+        push_one(new, "alice", "resent", Some("old-changeset")).await,
+        PushOutcome::Duplicate,
+        "a changeset stored before the upgrade is still known"
+    );
+    assert!(matches!(
+        push_one(new, "bob", "his", Some("old-changeset")).await,
+        PushOutcome::Stored { .. }
+    ));
     assert_eq!(read(new, "alice", "c1.5").await.0, ["new"]);
-    assert_eq!(read(new, "bob", "c1.1").await.0, Vec::<String>::new());
+    assert_eq!(read(new, "bob", "c1.1").await.0, ["his"]);
 
     // A backup holding a change the old build stored restores it once: the
     // upgraded event-id index still knows it, for its user only.
