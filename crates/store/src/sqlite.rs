@@ -133,9 +133,9 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
 /// Every push of a group under load touches a leaf page of each of the
 /// change log's indexes keyed by its user, so the pages the writer keeps
 /// going back to grow with the users pushing (three per user): past
-/// SQLite's default
-/// 2 MiB cache they were read again from the file or the WAL on every group.
-/// 16 MiB keeps those of about a thousand users pushing at once.
+/// SQLite's default 2 MiB cache they were read again from the file or the
+/// WAL on every group. 16 MiB keeps those of about a thousand users pushing
+/// at once.
 /// A push stored under a savepoint (a group stored again after one of its
 /// pushes failed) keeps the pages it changes in a statement journal, which
 /// is a temporary file unless temporary storage is in memory; it only ever
