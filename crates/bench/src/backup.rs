@@ -203,8 +203,7 @@ async fn raw_import(env: &Env) -> anyhow::Result<()> {
                 conn.execute_batch(
                     "CREATE TABLE raw_restore AS SELECT * FROM raw_changes WHERE 0;
                      CREATE UNIQUE INDEX raw_restore_event ON raw_restore (event_id, user_id);
-                     CREATE UNIQUE INDEX raw_restore_seq ON raw_restore (user_id, seq);
-                     CREATE INDEX raw_restore_collection ON raw_restore (user_id, table_name, seq);",
+                     CREATE UNIQUE INDEX raw_restore_seq ON raw_restore (user_id, seq);",
                 )?;
                 let tx = conn.transaction()?;
                 {

@@ -45,6 +45,8 @@ fn batches(users: usize, changes: usize, batch: usize) -> Vec<Vec<Batch>> {
         .collect()
 }
 
+/// The change log's table with the server's indexes (`migrations/sqlite`):
+/// by position, and by event id.
 const SQLITE_RAW_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS raw_changes (
         user_id TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, app_id TEXT NOT NULL,
@@ -52,9 +54,7 @@ const SQLITE_RAW_TABLE: &str = "
         deleted_at TEXT, actor TEXT, client_id TEXT NOT NULL, schema_version INTEGER NOT NULL,
         created_at INTEGER NOT NULL, author_id TEXT);
     CREATE UNIQUE INDEX IF NOT EXISTS raw_user_seq ON raw_changes (user_id, seq);
-    CREATE UNIQUE INDEX IF NOT EXISTS raw_event_user ON raw_changes (event_id, user_id);
-    CREATE INDEX IF NOT EXISTS raw_collection ON raw_changes (user_id, app_id, table_name, seq);
-    CREATE INDEX IF NOT EXISTS raw_record ON raw_changes (user_id, app_id, table_name, record_id, seq);";
+    CREATE UNIQUE INDEX IF NOT EXISTS raw_event_user ON raw_changes (event_id, user_id);";
 
 pub fn sqlite_connection(env: &Env) -> anyhow::Result<rusqlite::Connection> {
     let path = env

@@ -93,4 +93,9 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "changeset key",
         sql: include_str!("../migrations/sqlite/0008_changeset_key.sql"),
     },
+    Migration {
+        version: 9,
+        name: "one user index",
+        sql: include_str!("../migrations/sqlite/0009_one_user_index.sql"),
+    },
 ];

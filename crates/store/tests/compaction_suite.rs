@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use common::{Backend, Fixture, T, compact, delete, end_of, insert_at, query, rows, update, user};
 use mana_sync_protocol::merge::RecordState;
 use mana_sync_protocol::{Change, Cursor, LogId, Since, UserId};
-use mana_sync_store::{ChangeQuery, CompactOptions, CompactOutcome, Store, StoredChange};
+use mana_sync_store::{
+    ChangeQuery, CompactOptions, CompactOutcome, Store, StoreOptions, StoredChange,
+};
 
 /// A device's copy of the records: what it received, merged.
 #[derive(Debug, Default, PartialEq)]
@@ -374,6 +376,88 @@ async fn a_long_history_is_folded_in_short_transactions(f: Fixture) {
         // The first window is 64 changes, and a window at most doubles.
         assert!(reports.len() >= 4, "transactions: {reports:?}");
     }
+}
+
+/// Two processes compacting one SQLite file (`mana-sync compact` beside a
+/// server) take turns on its lock. The second folds every record while the
+/// first is between two windows of its sweep, so positions the first
+/// remembers of each record (SQLite has no index of records) are gone when
+/// it reads them again; it must skip them, fold nothing twice, and leave
+/// every device able to reach the whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_processes_compact_one_file_between_each_others_windows() {
+    let f = Fixture::sqlite().await;
+    let other = mana_sync_store::open(&f.url(), &StoreOptions::default())
+        .await
+        .expect("a second process opens the file");
+    let alice = user("alice");
+    let mut full = Replica::default();
+    let mut halfway = (Replica::default(), Cursor::START);
+    // Eight records changed in every round, so each has changes in every
+    // window of the sweep (the first is 64 changes).
+    for round in 0..40_usize {
+        let at = format!("2026-11-25T10:00:{round:02}.000000001Z");
+        let changes: Vec<Change> = (0..8)
+            .map(|r| {
+                update(
+                    &format!("r{r}"),
+                    ["title", "done"][round % 2],
+                    &round.to_string(),
+                    &at,
+                )
+            })
+            .collect();
+        for change in &changes {
+            full.apply(change);
+        }
+        f.push_todo(&alice, "phone", &changes).await;
+        if round == 20 {
+            halfway.1 = follow(&*f.store, &alice, None, Cursor::START, 7, &mut halfway.0).await;
+        }
+    }
+    let log = LogId::of_user(&alice);
+    let options = CompactOptions {
+        pause_ratio: 0,
+        ..CompactOptions::default()
+    };
+    let windows = Mutex::new(0);
+    let first = f
+        .store
+        .compact(&log, &options, &|_: &CompactOutcome| {
+            let mut windows = windows.lock().unwrap();
+            *windows += 1;
+            if *windows == 1 {
+                let second = futures::executor::block_on(other.compact(
+                    &log,
+                    &options,
+                    &|_: &CompactOutcome| {},
+                ))
+                .expect("the second process compacts");
+                assert_eq!(
+                    (second.records_folded, second.busy),
+                    (8, false),
+                    "the second process folds every record"
+                );
+            }
+        })
+        .await
+        .expect("the first process finishes its sweep");
+    assert!(*windows.lock().unwrap() >= 2, "the sweep had windows left");
+    assert_eq!(
+        first.changes_folded,
+        64 - 8,
+        "the first process folded its first window, then found the rest folded"
+    );
+    assert_eq!(
+        rows(&*f.store, &alice).await.len(),
+        8,
+        "one change per record"
+    );
+    follow(&*f.store, &alice, None, halfway.1, 3, &mut halfway.0).await;
+    assert_eq!(halfway.0, full, "a device that synced half way");
+    let mut fresh = Replica::default();
+    follow(&*f.store, &alice, None, Cursor::START, 5, &mut fresh).await;
+    assert_eq!(fresh, full, "a new device");
 }
 
 store_suite!(

@@ -73,6 +73,29 @@ async fn the_log_starts_over_past_readers_slower_than_its_first_wait() {
     assert_log_stayed_short(&f);
 }
 
+/// A small push writes a leaf page of every index keyed by its user (users'
+/// pushes arrive interleaved, so no two of a commit group share one): the
+/// log keeps one, by position. Reads of a collection filter that range, and
+/// compaction finds records by the positions it sweeps.
+#[tokio::test]
+async fn the_log_has_one_index_keyed_by_user() {
+    let f = Fixture::sqlite().await;
+    let conn = rusqlite::Connection::open(database_file(&f)).expect("opens");
+    let mut indexes = conn
+        .prepare(
+            "SELECT l.name FROM pragma_index_list('mana_changes') l
+             WHERE (SELECT i.name FROM pragma_index_info(l.name) i WHERE i.seqno = 0) = 'user_id'
+             ORDER BY l.name",
+        )
+        .expect("prepares");
+    let keyed_by_user: Vec<String> = indexes
+        .query_map([], |row| row.get(0))
+        .expect("lists")
+        .collect::<Result<_, _>>()
+        .expect("reads");
+    assert_eq!(keyed_by_user, ["mana_changes_user_seq"]);
+}
+
 fn database_file(f: &Fixture) -> &Path {
     let Backend::Sqlite { path, .. } = &f.backend else {
         unreachable!("a SQLite fixture");

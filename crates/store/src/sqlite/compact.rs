@@ -9,19 +9,32 @@
 //! commits do not wait for the disk (see [`without_fsync`]).
 //!
 //! So the log is swept in position order, in windows of consecutive
-//! changes: each window is one `BEGIN IMMEDIATE` transaction that re-reads,
+//! changes: each window is one `BEGIN IMMEDIATE` transaction that reads,
 //! for every record with a change in the window, its history up to the
-//! window's end (usually the one change an earlier window folded it into,
-//! plus the window's), folds it at its latest position and deletes the
-//! rest. Folding a record's changes up to any position at the latest of them
-//! is safe (see `compaction.rs`); a record is dropped (a tombstone past its
-//! retention) only in the window that holds its last change up to the
-//! horizon. The changes a window deletes lie side by side (in the window, and
-//! in the one before it), so a transaction dirties a few pages per hundred
-//! changes, where folding one record at a time dirtied a page of the table
-//! and of each index for every change. The window grows or shrinks so that
-//! a transaction works about [`BATCH_BUDGET`]. Another process compacting
-//! the same file re-reads under the same lock, so no record is folded twice.
+//! window's end (what the windows before it left of the record, usually the
+//! one change they folded it into, plus the window's changes), folds it at
+//! its latest position and deletes the rest. Folding a record's changes up
+//! to any position at the latest of them is safe (see `compaction.rs`); a
+//! record is dropped (a tombstone past its retention) only in the window
+//! that holds its last change up to the horizon. The changes a window
+//! deletes lie side by side (in the window, and in the one before it), so a
+//! transaction dirties a few pages per hundred changes, where folding one
+//! record at a time dirtied a page of the table and of each index for every
+//! change. The window grows or shrinks so that a transaction works about
+//! [`BATCH_BUDGET`].
+//!
+//! The log has one index keyed by user, by position: an index of records
+//! would cost every push a page (`0009_one_user_index.sql`). So a run first
+//! scans the log on a reader for each record's last position up to the
+//! horizon, and the sweep remembers, for each record it has not finished,
+//! the positions the windows left of it ([`Sweep`]): memory for one entry
+//! per record of the log, at most, for the length of the run. Another
+//! process compacting the same file works under the same lock and only
+//! ever moves a record's history to a later position of that record, so a
+//! remembered position it deleted is skipped, and no record is folded
+//! twice.
+
+use std::collections::HashMap;
 
 use mana_sync_protocol::LogId;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -131,6 +144,7 @@ pub(super) async fn compact(
         return Ok(CompactOutcome::default());
     };
     let drop_before = seq_param(options.drop_before(OffsetDateTime::now_utc()));
+    let mut sweep = Sweep::scan(store, log, horizon).await?;
     let mut total = CompactOutcome::default();
     let mut window = Window {
         after: 0,
@@ -138,7 +152,9 @@ pub(super) async fn compact(
     };
     loop {
         let started = std::time::Instant::now();
-        let (outcome, swept) = compact_window(store, log, window, horizon, drop_before).await?;
+        let (outcome, swept, advanced) =
+            compact_window(store, log, window, horizon, drop_before, sweep).await?;
+        sweep = advanced;
         total.add(&outcome);
         progress(&total);
         let Some(swept) = swept else { break };
@@ -193,22 +209,80 @@ impl Window {
     }
 }
 
+/// A record: its app, collection and id.
+type Record = (String, String, String);
+
+/// What the sweep knows of a record it has yet to finish.
+#[derive(Debug, Default)]
+struct Track {
+    /// Its last position up to the horizon, when the sweep began.
+    last: i64,
+    /// Its positions before the next window: what the windows swept so far
+    /// left of it (usually the one change they folded it into).
+    left: Vec<i64>,
+}
+
+/// The records of a log up to the horizon that the sweep has not finished,
+/// so that a window finds a record's earlier changes by position: the log
+/// has no index of records, which every push would pay for (see
+/// `0009_one_user_index.sql`). One entry per record, dropped by the window
+/// that holds the record's last change.
+#[derive(Debug, Default)]
+struct Sweep {
+    records: HashMap<Record, Track>,
+}
+
+impl Sweep {
+    /// Reads each record's last position up to `horizon`, on a reader (the
+    /// writer, and the pushes waiting for it, go on).
+    async fn scan(store: &SqliteStore, log: &LogId, horizon: i64) -> StoreResult<Self> {
+        let user = log.as_str().to_owned();
+        SqliteStore::with_connection(&store.readers, move |conn| {
+            let mut statement = conn
+                .prepare(
+                    "SELECT seq, app_id, table_name, record_id FROM mana_changes
+                     WHERE user_id = ?1 AND seq <= ?2 ORDER BY seq",
+                )
+                .map_err(database_error)?;
+            let mut rows = statement
+                .query(params![user, horizon])
+                .map_err(database_error)?;
+            let mut records: HashMap<Record, Track> = HashMap::new();
+            while let Some(row) = rows.next().map_err(database_error)? {
+                let (seq, record) = position_and_record(row)?;
+                records.entry(record).or_default().last = seq;
+            }
+            Ok(Self { records })
+        })
+        .await
+    }
+}
+
+fn position_and_record(row: &rusqlite::Row<'_>) -> StoreResult<(i64, Record)> {
+    let column = |index| row.get::<_, String>(index).map_err(database_error);
+    let seq = row.get::<_, i64>(0).map_err(database_error)?;
+    Ok((seq, (column(1)?, column(2)?, column(3)?)))
+}
+
 /// Folds or drops, in one transaction, the records that have a change in
-/// `window`; `None` once there is nothing left up to `horizon`.
+/// `window`; `None` once there is nothing left up to `horizon`. The sweep
+/// goes in and comes back, advanced past the window.
 async fn compact_window(
     store: &SqliteStore,
     log: &LogId,
     window: Window,
     horizon: i64,
     drop_before: i64,
-) -> StoreResult<(CompactOutcome, Option<Swept>)> {
+    mut sweep: Sweep,
+) -> StoreResult<(CompactOutcome, Option<Swept>, Sweep)> {
     let user = log.as_str().to_owned();
     store
         .writer
         .run(move |conn| {
             without_fsync(conn, |conn| {
-                fold_window(conn, &user, window, horizon, drop_before)
+                fold_window(conn, &user, window, horizon, drop_before, &mut sweep)
             })
+            .map(|(outcome, swept)| (outcome, swept, sweep))
         })
         .await?
 }
@@ -245,14 +319,16 @@ fn fold_window(
     window: Window,
     horizon: i64,
     drop_before: i64,
+    sweep: &mut Sweep,
 ) -> StoreResult<(CompactOutcome, Option<Swept>)> {
     let started = std::time::Instant::now();
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(database_error)?;
-    // The records with a change in the window, each once, in the
-    // order of their first change there; and the window's end.
-    let mut records: Vec<(String, String, String)> = Vec::new();
+    // The records with a change in the window, each once, in the order of
+    // their first change there, with their positions in it; and the
+    // window's end.
+    let mut records: Vec<(Record, Vec<i64>)> = Vec::new();
     let mut through = None;
     {
         let mut changes = tx
@@ -265,16 +341,16 @@ fn fold_window(
         let mut rows = changes
             .query(params![user, window.after, horizon, limit])
             .map_err(database_error)?;
-        let mut seen = std::collections::HashSet::new();
+        let mut index: HashMap<Record, usize> = HashMap::new();
         while let Some(row) = rows.next().map_err(database_error)? {
-            through = Some(row.get::<_, i64>(0).map_err(database_error)?);
-            let key: (String, String, String) = (
-                row.get(1).map_err(database_error)?,
-                row.get(2).map_err(database_error)?,
-                row.get(3).map_err(database_error)?,
-            );
-            if seen.insert(key.clone()) {
-                records.push(key);
+            let (seq, record) = position_and_record(row)?;
+            through = Some(seq);
+            match index.get(&record) {
+                Some(&at) => records[at].1.push(seq),
+                None => {
+                    index.insert(record.clone(), records.len());
+                    records.push((record, vec![seq]));
+                }
             }
         }
     }
@@ -286,37 +362,54 @@ fn fold_window(
     // there, so that each record is counted once.
     let mut unfinished = 0;
     {
-        let mut history_of = tx
+        let mut change_at = tx
             .prepare_cached(concat!(
                 select_columns!(),
-                " FROM mana_changes WHERE user_id = ?1 AND app_id = ?2 AND table_name = ?3
-                          AND record_id = ?4 AND seq <= ?5 ORDER BY seq"
+                " FROM mana_changes WHERE user_id = ?1 AND seq = ?2"
             ))
             .map_err(database_error)?;
-        let mut later = tx
-            .prepare_cached(
-                "SELECT 1 FROM mana_changes WHERE user_id = ?1 AND app_id = ?2
-                         AND table_name = ?3 AND record_id = ?4 AND seq > ?5 AND seq <= ?6 LIMIT 1",
-            )
-            .map_err(database_error)?;
-        for (app, table, record) in &records {
-            let rows = history_of
-                .query_map(params![user, app, table, record, through], read_row)
-                .map_err(database_error)?;
+        for (record, in_window) in records {
+            // The scan saw every change up to the horizon, so a record it
+            // missed cannot be here; if it were, fold it and never drop it.
+            let track = sweep.records.remove(&record).unwrap_or(Track {
+                last: i64::MAX,
+                left: Vec::new(),
+            });
+            // Its history up to the window's end: what earlier windows left
+            // of it, then the window's changes. Another process compacting
+            // the same file may have folded some of what was left into a
+            // later change of the record; those are gone and skipped.
             let mut history: Vec<StoredChange> = Vec::new();
-            for row in rows {
-                let (head, raw) = row.map_err(database_error)?;
-                history.push(assemble(head, raw)?);
+            for seq in track.left.iter().chain(&in_window) {
+                let row = change_at
+                    .query_row(params![user, seq], read_row)
+                    .optional()
+                    .map_err(database_error)?;
+                if let Some((head, raw)) = row {
+                    history.push(assemble(head, raw)?);
+                }
             }
             // A record with changes after this window is folded, never
             // dropped: its last change decides that.
-            let continues = later
-                .exists(params![user, app, table, record, through, horizon])
-                .map_err(database_error)?;
+            let continues = track.last > through;
             let drop_before = if continues { 0 } else { drop_before };
             let plan = compaction::plan(&history, u64::try_from(drop_before).unwrap_or(0));
-            if continues && matches!(plan, Plan::Fold { .. }) {
-                unfinished += 1;
+            if continues {
+                if matches!(plan, Plan::Fold { .. }) {
+                    unfinished += 1;
+                }
+                let left = match &plan {
+                    Plan::Fold { keep, .. } => vec![seq_param(*keep)],
+                    Plan::Keep => history.iter().map(|c| seq_param(c.seq)).collect(),
+                    Plan::Drop { .. } => Vec::new(),
+                };
+                sweep.records.insert(
+                    record,
+                    Track {
+                        last: track.last,
+                        left,
+                    },
+                );
             }
             apply(&tx, user, std::slice::from_ref(&plan))?;
             plans.push(plan);
