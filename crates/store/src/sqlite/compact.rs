@@ -25,10 +25,11 @@
 //!
 //! The log has one index keyed by user, by position: an index of records
 //! would cost every push a page (`0009_one_user_index.sql`). So a run first
-//! scans the log on a reader for each record's last position up to the
-//! horizon, and the sweep remembers, for each record it has not finished,
+//! asks a reader for the last position up to the horizon of each record
+//! with more than one change, and the sweep remembers, for each record it has not finished,
 //! the positions the windows left of it ([`Sweep`]): memory for one entry
-//! per record of the log, at most, for the length of the run. Another
+//! per record with more than one change (after a compaction, about those
+//! changed since), for the length of the run. Another
 //! process compacting the same file works under the same lock and only
 //! ever moves a record's history to a later position of that record, so a
 //! remembered position it deleted is skipped, and no record is folded
@@ -213,7 +214,7 @@ impl Window {
 type Record = (String, String, String);
 
 /// What the sweep knows of a record it has yet to finish.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Track {
     /// Its last position up to the horizon, when the sweep began.
     last: i64,
@@ -222,26 +223,32 @@ struct Track {
     left: Vec<i64>,
 }
 
-/// The records of a log up to the horizon that the sweep has not finished,
-/// so that a window finds a record's earlier changes by position: the log
-/// has no index of records, which every push would pay for (see
-/// `0009_one_user_index.sql`). One entry per record, dropped by the window
-/// that holds the record's last change.
+/// The records of a log with more than one change up to the horizon that
+/// the sweep has not finished, so that a window finds a record's earlier
+/// changes by position: the log has no index of records, which every push
+/// would pay for (see `0009_one_user_index.sql`). A record that is not here
+/// has one change up to the horizon, in the window that meets it. After a
+/// compaction most records have one, so this holds about the records
+/// changed since; each entry is dropped by the window that holds the
+/// record's last change.
 #[derive(Debug, Default)]
 struct Sweep {
     records: HashMap<Record, Track>,
 }
 
 impl Sweep {
-    /// Reads each record's last position up to `horizon`, on a reader (the
-    /// writer, and the pushes waiting for it, go on).
+    /// Reads the last position up to `horizon` of each record with more
+    /// than one change, on a reader (the writer, and the pushes waiting for
+    /// it, go on). SQLite groups them, spilling to a temporary file when
+    /// there are many, rather than this process holding every record.
     async fn scan(store: &SqliteStore, log: &LogId, horizon: i64) -> StoreResult<Self> {
         let user = log.as_str().to_owned();
         SqliteStore::with_connection(&store.readers, move |conn| {
             let mut statement = conn
                 .prepare(
-                    "SELECT seq, app_id, table_name, record_id FROM mana_changes
-                     WHERE user_id = ?1 AND seq <= ?2 ORDER BY seq",
+                    "SELECT max(seq), app_id, table_name, record_id FROM mana_changes
+                     WHERE user_id = ?1 AND seq <= ?2
+                     GROUP BY app_id, table_name, record_id HAVING count(*) > 1",
                 )
                 .map_err(database_error)?;
             let mut rows = statement
@@ -249,8 +256,14 @@ impl Sweep {
                 .map_err(database_error)?;
             let mut records: HashMap<Record, Track> = HashMap::new();
             while let Some(row) = rows.next().map_err(database_error)? {
-                let (seq, record) = position_and_record(row)?;
-                records.entry(record).or_default().last = seq;
+                let (last, record) = position_and_record(row)?;
+                records.insert(
+                    record,
+                    Track {
+                        last,
+                        left: Vec::new(),
+                    },
+                );
             }
             Ok(Self { records })
         })
@@ -369,10 +382,12 @@ fn fold_window(
             ))
             .map_err(database_error)?;
         for (record, in_window) in records {
-            // The scan saw every change up to the horizon, so a record it
-            // missed cannot be here; if it were, fold it and never drop it.
+            // A record the scan did not keep had one change up to the
+            // horizon, and it is in this window: changes up to the horizon
+            // are never added after it (a push or an import takes later
+            // positions), only folded away.
             let track = sweep.records.remove(&record).unwrap_or(Track {
-                last: i64::MAX,
+                last: through,
                 left: Vec::new(),
             });
             // Its history up to the window's end: what earlier windows left
