@@ -26,14 +26,13 @@
 //! The log has one index keyed by user, by position: an index of records
 //! would cost every push a page (`0009_one_user_index.sql`). So a run first
 //! asks a reader for the last position up to the horizon of each record
-//! with more than one change, and the sweep remembers, for each record it has not finished,
-//! the positions the windows left of it ([`Sweep`]): memory for one entry
-//! per record with more than one change (after a compaction, about those
-//! changed since), for the length of the run. Another
-//! process compacting the same file works under the same lock and only
-//! ever moves a record's history to a later position of that record, so a
-//! remembered position it deleted is skipped, and no record is folded
-//! twice.
+//! with more than one change, and the sweep remembers, for each record it
+//! has not finished, the positions the windows left of it ([`Sweep`]):
+//! memory for one entry per such record (after a compaction, about those
+//! changed since), for the length of the run. Another process compacting
+//! the same file works under the same lock and only ever moves a record's
+//! history to a later position of that record, so a remembered position it
+//! deleted is skipped, and no record is folded twice.
 
 use std::collections::HashMap;
 
