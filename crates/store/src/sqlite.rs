@@ -130,12 +130,13 @@ pub(crate) fn database_error(error: rusqlite::Error) -> StoreError {
 
 /// The writer's own settings.
 ///
-/// Every push of a group under load touches a leaf page of each of the
-/// change log's indexes keyed by its user, so the pages the writer keeps
-/// going back to grow with the users pushing (three per user): past
-/// SQLite's default 2 MiB cache they were read again from the file or the
-/// WAL on every group. 16 MiB keeps those of about a thousand users pushing
-/// at once.
+/// Every push of a group under load touches a leaf page of the change
+/// log's index keyed by its user (by position, the only one since
+/// migration 9), so the pages the writer keeps going back to grow with the
+/// users pushing: past SQLite's default 2 MiB cache they were read again
+/// from the file or the WAL on every group. 16 MiB (4,096 pages) was sized
+/// for four such pages per user and about a thousand users pushing at once;
+/// with one, it holds about four times as many.
 /// A push stored under a savepoint (a group stored again after one of its
 /// pushes failed) keeps the pages it changes in a statement journal, which
 /// is a temporary file unless temporary storage is in memory; it only ever
