@@ -230,7 +230,7 @@ struct Track {
 /// compaction most records have one, so this holds about the records
 /// changed since; each entry is dropped by the window that holds the
 /// record's last change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sweep {
     records: HashMap<Record, Track>,
 }
@@ -338,30 +338,37 @@ fn fold_window(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(database_error)?;
     // The records with a change in the window, each once, in the order of
-    // their first change there, with their positions in it; and the
-    // window's end.
-    let mut records: Vec<(Record, Vec<i64>)> = Vec::new();
+    // their first change there, with their changes in it; and the window's
+    // end.
+    let mut records: Vec<(Record, Vec<StoredChange>)> = Vec::new();
     let mut through = None;
     {
         let mut changes = tx
-            .prepare_cached(
-                "SELECT seq, app_id, table_name, record_id FROM mana_changes
-                         WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
-            )
+            .prepare_cached(concat!(
+                select_columns!(),
+                " FROM mana_changes WHERE user_id = ?1 AND seq > ?2 AND seq <= ?3
+                  ORDER BY seq LIMIT ?4"
+            ))
             .map_err(database_error)?;
         let limit = i64::try_from(window.size).unwrap_or(i64::MAX);
-        let mut rows = changes
-            .query(params![user, window.after, horizon, limit])
+        let rows = changes
+            .query_map(params![user, window.after, horizon, limit], read_row)
             .map_err(database_error)?;
         let mut index: HashMap<Record, usize> = HashMap::new();
-        while let Some(row) = rows.next().map_err(database_error)? {
-            let (seq, record) = position_and_record(row)?;
-            through = Some(seq);
+        for row in rows {
+            let (head, raw) = row.map_err(database_error)?;
+            let change = assemble(head, raw)?;
+            through = Some(seq_param(change.seq));
+            let record = (
+                change.app_id.clone(),
+                change.table.clone(),
+                change.record_id.clone(),
+            );
             match index.get(&record) {
-                Some(&at) => records[at].1.push(seq),
+                Some(&at) => records[at].1.push(change),
                 None => {
                     index.insert(record.clone(), records.len());
-                    records.push((record, vec![seq]));
+                    records.push((record, vec![change]));
                 }
             }
         }
@@ -393,8 +400,8 @@ fn fold_window(
             // of it, then the window's changes. Another process compacting
             // the same file may have folded some of what was left into a
             // later change of the record; those are gone and skipped.
-            let mut history: Vec<StoredChange> = Vec::new();
-            for seq in track.left.iter().chain(&in_window) {
+            let mut history: Vec<StoredChange> = Vec::with_capacity(track.left.len());
+            for seq in &track.left {
                 let row = change_at
                     .query_row(params![user, seq], read_row)
                     .optional()
@@ -403,6 +410,7 @@ fn fold_window(
                     history.push(assemble(head, raw)?);
                 }
             }
+            history.extend(in_window);
             // A record with changes after this window is folded, never
             // dropped: its last change decides that.
             let continues = track.last > through;
