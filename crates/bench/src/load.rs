@@ -19,8 +19,10 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 mod baseline;
+mod push_client;
 
 use baseline::{RawNotify, raw_postgres, raw_sqlite};
+use push_client::PushClient;
 
 use crate::Backend;
 use crate::cpu::Cpu;
@@ -95,6 +97,9 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Where every device pushes.
+const PUSH_PATH: &str = "/sync/bench";
+
 fn change_id(user: usize, device: usize, n: usize) -> String {
     format!("u{user}-d{device}-{n}")
 }
@@ -109,7 +114,7 @@ fn push_body(user: usize, device: usize, n: usize, since: &str) -> String {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Reply {
+struct PushReply {
     synced_until: String,
 }
 
@@ -297,15 +302,13 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
     // Postgres instead of 0.15 ms.)
     let next_device = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(tokens);
-    let url = env.server.at("/sync/bench");
     let deadline = Instant::now() + shape.duration;
     let started = Instant::now();
     let cpu_before = Cpu::now(env.server.pid());
     let mut workers = Vec::new();
     for _ in 0..shape.concurrency {
-        let (http, url, book, cursors, next_device, tokens) = (
-            env.http.clone(),
-            url.clone(),
+        let mut client = PushClient::new(&env.server.url)?;
+        let (book, cursors, next_device, tokens) = (
             book.clone(),
             cursors.clone(),
             next_device.clone(),
@@ -330,19 +333,12 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
                     .lock()
                     .expect("lock")
                     .insert(change_id(u, d, n), begun);
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&tokens[u])
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let reply = match response {
-                    Ok(response) if response.status().is_success() => {
-                        response.json::<Reply>().await.ok()
+                let reply = match client.post_json(PUSH_PATH, &tokens[u], &body).await {
+                    Ok(reply) if (200..300).contains(&reply.status) => {
+                        serde_json::from_slice::<PushReply>(&reply.body).ok()
                     }
-                    Ok(response) => {
-                        eprintln!("push failed: {}", response.status());
+                    Ok(reply) => {
+                        eprintln!("push failed: {}", reply.status);
                         None
                     }
                     Err(error) => {
