@@ -98,4 +98,9 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "one user index",
         sql: include_str!("../migrations/sqlite/0009_one_user_index.sql"),
     },
+    Migration {
+        version: 10,
+        name: "op check without a temporary b-tree",
+        sql: include_str!("../migrations/sqlite/0010_op_check_without_temp_btree.sql"),
+    },
 ];

@@ -80,17 +80,23 @@ pub(crate) fn reserve_positions(
 ) -> StoreResult<Reserved> {
     let now = seq_param(Cursor::from_instant(OffsetDateTime::now_utc()).position())
         .max(seq_param(Cursor::START.position() + 1));
+    // Written, then read back, rather than `RETURNING`: SQLite collects a
+    // `RETURNING` statement's rows in a temporary B-tree, and opening and
+    // closing one for every push was a sixth of the writer's time.
     tx.prepare_cached(
         "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq, superseded)
          VALUES (?1, 0, ?2 + ?3 - 1, ?4)
          ON CONFLICT (user_id) DO UPDATE SET
              prev_seq = last_seq,
              last_seq = max(?2, last_seq + 1) + ?3 - 1,
-             superseded = superseded + ?4
-         RETURNING prev_seq, last_seq, expired_through",
+             superseded = superseded + ?4",
     )
-    .and_then(|mut statement| {
-        statement.query_row(params![user, now, count, superseding], |row| {
+    .and_then(|mut statement| statement.execute(params![user, now, count, superseding]))
+    .and_then(|_| {
+        tx.prepare_cached(
+            "SELECT prev_seq, last_seq, expired_through FROM mana_user_seq WHERE user_id = ?1",
+        )?
+        .query_row([user], |row| {
             Ok(Reserved {
                 after: row.get(0)?,
                 last: row.get(1)?,
@@ -208,8 +214,11 @@ impl SqliteStore {
         let cannot_open = |e: &dyn std::fmt::Display| {
             StoreError::Config(format!("cannot open {}: {e}", path.display()))
         };
-        let mut conn = open().map_err(|e| cannot_open(&e))?;
-        migrate(&mut conn, migrations)?;
+        // Migrated on a connection of its own: one that edited a table's
+        // definition in place would keep compiling statements from the
+        // definition it read before.
+        migrate(&mut open().map_err(|e| cannot_open(&e))?, migrations)?;
+        let conn = open().map_err(|e| cannot_open(&e))?;
         conn.execute_batch(WRITER_PRAGMAS)
             .map_err(|e| cannot_open(&e))?;
         let reader_manager = SqliteConnectionManager::file(path).with_init(|conn| {
@@ -283,11 +292,28 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[Migration]) -> StoreR
         )
         .map_err(database_error)?;
     for migration in migrations.iter().filter(|m| m.version > applied) {
-        tx.execute_batch(migration.sql)
-            .map_err(|e| StoreError::Migration {
-                version: migration.version,
-                message: e.to_string(),
-            })?;
+        let failed = |e: rusqlite::Error| StoreError::Migration {
+            version: migration.version,
+            message: e.to_string(),
+        };
+        tx.execute_batch(migration.sql).map_err(failed)?;
+        // A migration that edited a definition in sqlite_schema (SQLite's
+        // procedure for changing a CHECK in place) leaves writable_schema
+        // on: moving schema_version makes every connection read the new
+        // definition, as the procedure requires.
+        let edited_schema: bool = tx
+            .query_row("PRAGMA writable_schema", [], |row| row.get(0))
+            .map_err(failed)?;
+        if edited_schema {
+            let version: i64 = tx
+                .query_row("PRAGMA schema_version", [], |row| row.get(0))
+                .map_err(failed)?;
+            tx.execute_batch(&format!(
+                "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF;",
+                version + 1
+            ))
+            .map_err(failed)?;
+        }
         tx.execute(
             "INSERT INTO mana_schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
             params![

@@ -216,6 +216,25 @@ async fn sqlite_upgrades_in_place() {
         .await
         .expect("upgrades");
     check_upgraded(&new, t0).await;
+    // Migration 10 edited the log's definition in place: the file is whole
+    // and every connection reads the new rule on `op`.
+    let conn = rusqlite::Connection::open(&path).expect("opens");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("checks");
+    assert_eq!(check, "ok");
+    let refused = conn
+        .execute(
+            "UPDATE mana_changes SET op = 'rename' WHERE rowid = (SELECT min(rowid) FROM mana_changes)",
+            [],
+        )
+        .expect_err("an unknown op is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("op = 'insert' OR op = 'update'"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

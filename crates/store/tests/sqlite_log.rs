@@ -96,6 +96,37 @@ async fn the_log_has_one_index_keyed_by_user() {
     assert_eq!(keyed_by_user, ["mana_changes_user_seq"]);
 }
 
+/// Storing a change builds no temporary table: the log's rule on `op` is
+/// three comparisons (migration 10), not an IN list, for which SQLite opens
+/// and fills a temporary B-tree at every insert. The rule still refuses an
+/// operation it does not know.
+#[tokio::test]
+async fn storing_a_change_builds_no_temporary_table() {
+    let f = Fixture::sqlite().await;
+    let conn = rusqlite::Connection::open(database_file(&f)).expect("opens");
+    let insert = "INSERT INTO mana_changes (user_id, seq, event_id, app_id, table_name,
+                      record_id, op, client_id, schema_version, created_at)
+                  VALUES ('u', 1, 'e', 'a', 't', 'r', ?1, 'c', 1, 0)";
+    let opcodes: Vec<String> = conn
+        .prepare(&format!("EXPLAIN {insert}"))
+        .expect("prepares")
+        .query_map(["insert"], |row| row.get(1))
+        .expect("explains")
+        .collect::<Result<_, _>>()
+        .expect("reads");
+    assert!(
+        !opcodes.iter().any(|opcode| opcode == "OpenEphemeral"),
+        "{opcodes:?}"
+    );
+    let refused = conn
+        .execute(insert, ["rename"])
+        .expect_err("an unknown op is refused");
+    assert!(
+        refused.to_string().contains("CHECK constraint failed"),
+        "{refused}"
+    );
+}
+
 fn database_file(f: &Fixture) -> &Path {
     let Backend::Sqlite { path, .. } = &f.backend else {
         unreachable!("a SQLite fixture");
