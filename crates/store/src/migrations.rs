@@ -4,8 +4,9 @@
 //! ones run in a single transaction at start-up, so a crash mid-way leaves the
 //! schema as it was. On Postgres the transaction first takes an advisory lock,
 //! so instances starting together migrate one after the other instead of racing.
-//! Migrations only ever add: a database written by an older build is upgraded
-//! in place and keeps every change.
+//! Migrations never lose a change: they add, or reshape what holds the same
+//! rows (indexes, a CHECK rewritten into an equivalent one), so a database
+//! written by an older build is upgraded in place and keeps every change.
 
 /// A schema step.
 pub(crate) struct Migration {
