@@ -81,8 +81,9 @@ pub(crate) fn reserve_positions(
     let now = seq_param(Cursor::from_instant(OffsetDateTime::now_utc()).position())
         .max(seq_param(Cursor::START.position() + 1));
     // Written, then read back, rather than `RETURNING`: SQLite collects a
-    // `RETURNING` statement's rows in a temporary B-tree, and opening and
-    // closing one for every push was a sixth of the writer's time.
+    // `RETURNING` statement's rows in a temporary B-tree, opened and closed
+    // for every push (the writer's CPU per small push went from about 55 to
+    // 48 µs without it).
     tx.prepare_cached(
         "INSERT INTO mana_user_seq (user_id, prev_seq, last_seq, superseded)
          VALUES (?1, 0, ?2 + ?3 - 1, ?4)
