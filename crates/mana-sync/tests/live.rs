@@ -323,6 +323,13 @@ async fn live_reads(h: &Harness) -> u64 {
         .expect("the counter is exported as a number")
 }
 
+async fn catch_up_reads(h: &Harness) -> u64 {
+    h.server
+        .metric("mana_sync_live_catch_up_reads_total")
+        .await
+        .expect("the counter is exported as a number")
+}
+
 /// Pushes fan out to this instance's streams from what the push wrote, with
 /// no read of the database, and what they deliver is what a pull returns,
 /// field for field.
@@ -369,6 +376,44 @@ async fn fan_out_on_one_instance_reads_nothing_and_sends_what_a_pull_returns(h: 
     );
 }
 
+/// A device's own push does not wake its stream (it never receives its own
+/// changes); the stream only moves its cursor past it when something else
+/// wakes it. However long that takes, here while another user's pushes
+/// outrun the batches the hub keeps, it costs the stream no read, and the
+/// next change of another device arrives alone.
+async fn a_devices_own_pushes_cost_its_stream_no_read(h: Harness) {
+    let laptop = h.device("alice", "laptop");
+    let mut stream = laptop.stream("todo", "tasks", START).await;
+    stream.backlog(1).await;
+    let before = catch_up_reads(&h).await;
+    for n in 0..3 {
+        let (status, _) = laptop
+            .push("todo", START, json!([insert("tasks", &format!("own-{n}"))]))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let bob = h.device("bob", "phone");
+    for n in 0..70 {
+        let (status, _) = bob
+            .push(
+                "todo",
+                START,
+                json!([insert("tasks", &format!("bobs-{n}"))]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    h.device("alice", "phone")
+        .push("todo", START, json!([insert("tasks", "t1")]))
+        .await;
+    assert_eq!(changes_of(&stream.next_changes().await), ["t1"]);
+    assert_eq!(
+        catch_up_reads(&h).await,
+        before,
+        "the stream passed its own pushes without reading the log"
+    );
+}
+
 on_both_databases!(
     a_stream_sends_its_backlog_then_live_changes_but_never_the_devices_own,
     a_stream_opened_at_a_cursor_gets_exactly_what_came_after_it,
@@ -378,4 +423,5 @@ on_both_databases!(
     a_slow_consumer_delays_nobody_and_misses_nothing,
     sockets_answer_pings_and_hear_other_devices_pushes,
     fan_out_on_one_instance_reads_nothing_and_sends_what_a_pull_returns,
+    a_devices_own_pushes_cost_its_stream_no_read,
 );

@@ -165,6 +165,9 @@ impl Pending {
 struct Subscriber {
     id: u64,
     user: UserId,
+    /// The device (`clientId`) it serves, if it said; its own pushes do not
+    /// wake it.
+    device: Option<String>,
     /// `None`: every app (a `/ws` socket).
     app: Option<String>,
     /// Whether it follows the spaces its user belongs to.
@@ -183,18 +186,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Subscriber {
     fn add(&self, published: &PendingNotice, overflows: &IntCounter) {
+        let own = self.device.as_deref() == Some(published.notice.client_id.as_str());
         let mut pending = lock(&self.pending);
-        if pending.resync {
+        let wake = if pending.resync {
             // Already going to re-read everything.
+            true
         } else if pending.notices.len() >= MAX_PENDING {
             pending.notices.clear();
             pending.resync = true;
             overflows.inc();
+            true
         } else {
             pending.notices.push(published.clone());
-        }
+            // Its own push can wait for the next wake-up, unless the queue
+            // is about full: draining it then costs no re-read.
+            !own || pending.notices.len() >= MAX_PENDING / 2
+        };
         drop(pending);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     fn resync(&self) {
@@ -369,11 +380,13 @@ impl Hub {
     /// Starts receiving notices for `user`'s own log (of `app`, or of every
     /// app), and with `spaces` for the logs of those spaces and of every
     /// space the user joins from now on, if the user and the server are below
-    /// their [`LiveLimits`]. Subscribe *before* reading a backlog, so nothing
+    /// their [`LiveLimits`]. Pushes of `device` are queued without waking
+    /// the subscription. Subscribe *before* reading a backlog, so nothing
     /// committed meanwhile is missed.
     pub fn subscribe(
         self: &Arc<Self>,
         user: &UserId,
+        device: Option<&str>,
         app: Option<&str>,
         kind: SubscriberKind,
         spaces: Option<&[SpaceId]>,
@@ -381,6 +394,7 @@ impl Hub {
         let subscriber = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: user.clone(),
+            device: device.map(str::to_owned),
             app: app.map(str::to_owned),
             follows_spaces: spaces.is_some(),
             logs: Mutex::new(Vec::new()),

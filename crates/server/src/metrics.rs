@@ -45,6 +45,10 @@ pub struct Metrics {
     /// subscriber needed and that did not carry its changes (notices from
     /// other instances, shared spaces' logs, restores).
     pub live_reads: IntCounter,
+    /// Pages a stream read from its own cursor after it was woken: a notice
+    /// that did not continue where it stood, one whose batch the hub had
+    /// let go, or a resync.
+    pub catch_up_reads: IntCounter,
     /// Transactions that committed pushes (read from the store when
     /// scraped): pushes ÷ this is how many a group commit holds.
     pub push_transactions: IntCounter,
@@ -129,6 +133,10 @@ impl Metrics {
                 "mana_sync_live_reads_total",
                 "Reads of the database for live delivery: one per notice needed that did not carry its changes (from other instances, shared spaces, restores)",
             )?,
+            catch_up_reads: counter(
+                "mana_sync_live_catch_up_reads_total",
+                "Pages live streams read from their own cursors: a notice that did not continue where the stream stood, a batch no longer kept, a resync",
+            )?,
             push_transactions: counter(
                 "mana_sync_push_transactions_total",
                 "Database transactions that committed pushes: the pushes waiting are committed together, so under load fewer than the pushes",
@@ -187,6 +195,7 @@ mod tests {
             "mana_sync_notices_total",
             "mana_sync_resyncs_total",
             "mana_sync_live_reads_total",
+            "mana_sync_live_catch_up_reads_total",
             "mana_sync_push_transactions_total",
         ] {
             assert!(text.contains(name), "{name} missing");

@@ -432,6 +432,11 @@ impl SyncService {
             .await?)
     }
 
+    /// Counts a page a live stream read from its own cursor.
+    pub fn count_catch_up_read(&self) {
+        self.metrics.catch_up_reads.inc();
+    }
+
     /// Counts changes handed to devices by any route.
     pub fn count_sent(&self, changes: usize) {
         self.metrics.changes_sent.inc_by(changes as u64);

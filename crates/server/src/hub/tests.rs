@@ -14,7 +14,7 @@ fn user(name: &str) -> UserId {
 
 /// A stream of `who`'s changes in the app `todo`.
 fn todo_stream(hub: &Arc<Hub>, who: &UserId) -> Subscription {
-    hub.subscribe(who, Some("todo"), SubscriberKind::Stream, None)
+    hub.subscribe(who, None, Some("todo"), SubscriberKind::Stream, None)
         .expect("below the limits")
 }
 
@@ -38,22 +38,22 @@ fn subscriptions_are_capped_per_user_and_in_total() {
         per_user: 2,
         total: 3,
     });
-    let a1 = hub.subscribe(&user("a"), None, SubscriberKind::Stream, None);
-    let a2 = hub.subscribe(&user("a"), None, SubscriberKind::Socket, None);
+    let a1 = hub.subscribe(&user("a"), None, None, SubscriberKind::Stream, None);
+    let a2 = hub.subscribe(&user("a"), None, None, SubscriberKind::Socket, None);
     assert_eq!(
-        hub.subscribe(&user("a"), None, SubscriberKind::Stream, None)
+        hub.subscribe(&user("a"), None, None, SubscriberKind::Stream, None)
             .err(),
         Some(LiveRefusal::PerUser { max: 2 })
     );
-    let b1 = hub.subscribe(&user("b"), None, SubscriberKind::Stream, None);
+    let b1 = hub.subscribe(&user("b"), None, None, SubscriberKind::Stream, None);
     assert_eq!(
-        hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
+        hub.subscribe(&user("c"), None, None, SubscriberKind::Stream, None)
             .err(),
         Some(LiveRefusal::Full { max: 3 })
     );
     drop(a1);
     assert!(
-        hub.subscribe(&user("c"), None, SubscriberKind::Stream, None)
+        hub.subscribe(&user("c"), None, None, SubscriberKind::Stream, None)
             .is_ok()
     );
     assert_eq!(hub.open.load(Ordering::Relaxed), 2, "dropped again");
@@ -81,10 +81,10 @@ async fn notices_reach_only_their_user_and_app() {
     let alice = user("alice");
     let todo = todo_stream(&hub, &alice);
     let every_app = hub
-        .subscribe(&alice, None, SubscriberKind::Socket, None)
+        .subscribe(&alice, None, None, SubscriberKind::Socket, None)
         .expect("below the limits");
     let bob = hub
-        .subscribe(&user("bob"), None, SubscriberKind::Socket, None)
+        .subscribe(&user("bob"), None, None, SubscriberKind::Socket, None)
         .expect("below the limits");
     hub.publish(notice("alice", "notes", 1));
     hub.publish(notice("alice", "todo", 2));
@@ -109,7 +109,7 @@ async fn members_follow_a_space_from_the_moment_they_join_until_they_leave() {
     let bob = user("bob");
     let house = SpaceId::new("house").expect("valid");
     let follows = hub
-        .subscribe(&bob, Some("todo"), SubscriberKind::Stream, Some(&[]))
+        .subscribe(&bob, None, Some("todo"), SubscriberKind::Stream, Some(&[]))
         .expect("below the limits");
     let own_only = todo_stream(&hub, &bob);
     let member = |change: MemberChange| Arc::new(ChangeNotice::for_member(&house, &change));
@@ -175,4 +175,79 @@ async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memo
     assert!(pending.resync);
     assert!(pending.notices.is_empty());
     assert_eq!(hub.overflows.get(), 1, "counted once per fall-behind");
+}
+
+fn notice_from(device: &str, last: u64) -> Arc<ChangeNotice> {
+    let mut notice = Arc::unwrap_or_clone(notice("alice", "todo", last));
+    notice.client_id = device.into();
+    Arc::new(notice)
+}
+
+#[tokio::test]
+async fn a_devices_own_push_waits_for_the_next_wake_up() {
+    use futures::FutureExt as _;
+    let hub = hub();
+    let alice = user("alice");
+    let phone = hub
+        .subscribe(
+            &alice,
+            Some("phone"),
+            Some("todo"),
+            SubscriberKind::Stream,
+            None,
+        )
+        .expect("below the limits");
+    let laptop = hub
+        .subscribe(
+            &alice,
+            Some("laptop"),
+            Some("todo"),
+            SubscriberKind::Socket,
+            None,
+        )
+        .expect("below the limits");
+    hub.publish(notice_from("phone", 1));
+    hub.publish(notice_from("phone", 2));
+    assert!(
+        phone.changed().now_or_never().is_none(),
+        "its own pushes do not wake the phone"
+    );
+    assert_eq!(
+        lasts(&laptop.changed().await),
+        [1, 2],
+        "the laptop is woken"
+    );
+    hub.publish(notice_from("laptop", 3));
+    assert_eq!(
+        lasts(&phone.changed().await),
+        [1, 2, 3],
+        "woken by another device, it gets its own notices too, in order"
+    );
+}
+
+#[tokio::test]
+async fn own_pushes_alone_wake_a_device_before_its_queue_overflows() {
+    use futures::FutureExt as _;
+    let hub = hub();
+    let phone = hub
+        .subscribe(
+            &user("alice"),
+            Some("phone"),
+            Some("todo"),
+            SubscriberKind::Stream,
+            None,
+        )
+        .expect("below the limits");
+    let mut last = 0;
+    let pending = loop {
+        if let Some(pending) = phone.changed().now_or_never() {
+            break pending;
+        }
+        last += 1;
+        assert!(last <= MAX_PENDING as u64, "never woken by its own pushes");
+        hub.publish(notice_from("phone", last));
+    };
+    assert!(!pending.resync, "woken before anything was dropped");
+    assert_eq!(pending.notices.len() as u64, last, "every notice kept");
+    assert_eq!(hub.overflows.get(), 0);
 }

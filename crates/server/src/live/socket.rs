@@ -267,6 +267,7 @@ pub async fn serve_socket(
     };
     let subscription = match hub.subscribe(
         &user,
+        client_id.as_deref(),
         app.as_deref(),
         SubscriberKind::Socket,
         spaces.as_deref(),

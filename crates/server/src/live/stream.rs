@@ -301,6 +301,7 @@ pub fn change_stream(
                     let (table, cursors) = at.tables[i].clone();
                     let mut catch_up = std::pin::pin!(reader.followed_pages(table.clone(), cursors));
                     while let Some(page) = catch_up.next().await {
+                        service.count_catch_up_read();
                         match page {
                             Ok(page) => {
                                 for space in at.adopt(&subscription, &page) {
@@ -339,6 +340,21 @@ pub fn change_stream(
                     continue;
                 }
                 let continues = affected.iter().all(|&i| position(&at.tables[i].1) >= notice.after);
+                if continues && client_id.as_deref() == Some(notice.client_id.as_str()) {
+                    // The device's own push: nothing to send, the cursors
+                    // only move past it. No batch is needed, so it does not
+                    // matter that the hub may have let it go while this
+                    // notice waited (the hub does not wake us for our own).
+                    for i in affected {
+                        let cursors = &mut at.tables[i].1;
+                        let known_expiry = cursors.get(&log).map_or(0, |cursor| cursor.known_expiry);
+                        cursors.set(&log, LogCursor {
+                            since: Since::Cursor(Cursor::at(notice.last)),
+                            known_expiry,
+                        });
+                    }
+                    continue;
+                }
                 let batch = if continues {
                     published.batch(&*store).await.and_then(Result::ok)
                 } else {
@@ -388,6 +404,7 @@ pub fn change_stream(
                 let cursor = cursors.get(&log).unwrap_or(LogCursor::START);
                 let mut catch_up = std::pin::pin!(reader.log_pages(table.clone(), space.clone(), cursor));
                 while let Some(page) = catch_up.next().await {
+                    service.count_catch_up_read();
                     match page {
                         Ok(page) => {
                             let cursors = &mut at.tables[i].1;

@@ -91,6 +91,7 @@ pub async fn stream(
     // Subscribed before the response starts, so that a refusal is a status.
     let subscription = state.hub.subscribe(
         &request.user,
+        request.client_id.as_deref(),
         Some(&request.app_id),
         SubscriberKind::Stream,
         spaces.as_deref(),
