@@ -443,6 +443,38 @@ async fn backups_hold_what_a_user_reads_and_restore_only_into_writable_spaces(h:
     }
 }
 
+/// Device ids are chosen by each user's devices, so two members' devices
+/// may share one (`phone`). A change another member pushed into a space is
+/// never taken for the device's own: its stream and its socket get it.
+async fn a_members_change_reaches_a_device_of_the_same_name(h: Harness) {
+    let ann = h.spaces_device("ann", "phone");
+    let bob = h.spaces_device("bob", "phone");
+    let space = space_of(&ann, &[("bob", "editor")]).await;
+    let mut stream = bob.stream("todo", "items", START).await;
+    stream.backlog(1).await;
+    let url = format!(
+        "{}/ws/todo?features=spaces",
+        h.server.url.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("socket opens");
+    let auth = json!({"type": "auth", "token": h.server.token("bob"), "clientId": "phone"});
+    socket
+        .send(Message::text(auth.to_string()))
+        .await
+        .expect("sends");
+    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+
+    ann.push("todo", START, json!([item(&space, "milk")])).await;
+    let live = stream.next_changes().await;
+    assert_eq!(ids(live["changes"].as_array().expect("array")), ["milk"]);
+    assert_eq!(
+        next_message(&mut socket).await,
+        json!({"type": "sync-available", "appId": "todo", "tables": ["items"]})
+    );
+}
+
 async fn next_event(stream: &mut EventStream) -> (String, Value) {
     loop {
         let (kind, data) = stream.next().await;
@@ -459,4 +491,5 @@ on_both_databases!(
     sockets_hear_of_spaces_joined_changed_and_left,
     spaces_cursors_page_across_logs_and_refuse_bad_input,
     backups_hold_what_a_user_reads_and_restore_only_into_writable_spaces,
+    a_members_change_reaches_a_device_of_the_same_name,
 );

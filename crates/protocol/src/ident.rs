@@ -112,6 +112,11 @@ impl LogId {
         &self.0
     }
 
+    /// Whether this is a space's log.
+    pub fn is_space(&self) -> bool {
+        self.0.starts_with(SPACE_LOG_PREFIX)
+    }
+
     /// The space, when this is a space's log.
     pub fn space(&self) -> Option<SpaceId> {
         self.0
@@ -121,7 +126,7 @@ impl LogId {
 
     /// The user, when this is a user's own log.
     pub fn user(&self) -> Option<UserId> {
-        (!self.0.starts_with(SPACE_LOG_PREFIX)).then(|| UserId(self.0.clone()))
+        (!self.is_space()).then(|| UserId(self.0.clone()))
     }
 }
 

@@ -186,7 +186,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Subscriber {
     fn add(&self, published: &PendingNotice, overflows: &IntCounter) {
-        let own = self.device.as_deref() == Some(published.notice.client_id.as_str());
+        let own = published.notice.is_own_push_of(self.device.as_deref());
         let mut pending = lock(&self.pending);
         let wake = if pending.resync {
             // Already going to re-read everything.

@@ -157,6 +157,15 @@ pub(crate) struct Payload {
 }
 
 impl ChangeNotice {
+    /// Whether `device` pushed this into its user's own log: the one case a
+    /// device does not get the changes back. Device ids are chosen by each
+    /// user's devices, so in a space's log the same id may be another
+    /// member's device; a space's changes are never taken for a device's
+    /// own (a read of a space's log returns them too).
+    pub fn is_own_push_of(&self, device: Option<&str>) -> bool {
+        !self.log.is_space() && device == Some(self.client_id.as_str())
+    }
+
     /// The notice for a changeset stored at positions in `after + 1..=last`.
     pub(crate) fn for_changeset(
         log: &LogId,

@@ -251,3 +251,28 @@ async fn own_pushes_alone_wake_a_device_before_its_queue_overflows() {
     assert_eq!(pending.notices.len() as u64, last, "every notice kept");
     assert_eq!(hub.overflows.get(), 0);
 }
+
+#[tokio::test]
+async fn a_space_push_from_a_device_of_the_same_name_wakes_the_device() {
+    use futures::FutureExt as _;
+    let hub = hub();
+    let house = SpaceId::new("house").expect("valid");
+    let bobs_phone = hub
+        .subscribe(
+            &user("bob"),
+            Some("phone"),
+            Some("todo"),
+            SubscriberKind::Stream,
+            Some(std::slice::from_ref(&house)),
+        )
+        .expect("below the limits");
+    let mut anns_push = Arc::unwrap_or_clone(notice("~house", "todo", 1));
+    anns_push.client_id = "phone".into();
+    hub.publish(Arc::new(anns_push));
+    let pending = bobs_phone.changed().now_or_never();
+    assert_eq!(
+        pending.as_ref().map(lasts),
+        Some(vec![1]),
+        "another member's phone is not bob's phone"
+    );
+}

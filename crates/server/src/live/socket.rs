@@ -156,7 +156,7 @@ async fn authenticate(
 }
 
 /// The `sync-available` messages for what is pending, leaving out the
-/// device's own pushes, one per app.
+/// device's own pushes into its user's log, one per app.
 fn sync_available(
     pending: &Pending,
     app: Option<&str>,
@@ -187,7 +187,7 @@ fn sync_available(
     let mut by_app: Vec<(String, Option<Vec<String>>)> = Vec::new();
     for published in &pending.notices {
         let notice = &published.notice;
-        if client_id == Some(notice.client_id.as_str()) {
+        if notice.is_own_push_of(client_id) {
             continue;
         }
         let index = match by_app.iter().position(|(a, _)| *a == notice.app_id) {

@@ -7,7 +7,10 @@
 //! where a cursor stands (then the notice's shared batch is used, one database
 //! read for all streams) or it does not (then the stream pages from its own
 //! cursor). Either way each change is sent exactly once, in order, and never
-//! to the device that pushed it.
+//! to the device that pushed it into its user's own log. A space's changes
+//! go to every member's devices, the pusher's too, as a read of the space
+//! returns them: device ids are chosen per user, so another member's device
+//! may carry the same one.
 //!
 //! Spaces: a stream that follows spaces starts following a space the moment
 //! its user joins it (`event: space-added`, then the space's changes from
@@ -340,7 +343,7 @@ pub fn change_stream(
                     continue;
                 }
                 let continues = affected.iter().all(|&i| position(&at.tables[i].1) >= notice.after);
-                if continues && client_id.as_deref() == Some(notice.client_id.as_str()) {
+                if continues && notice.is_own_push_of(client_id.as_deref()) {
                     // The device's own push: nothing to send, the cursors
                     // only move past it. No batch is needed, so it does not
                     // matter that the hub may have let it go while this
@@ -377,7 +380,9 @@ pub fn change_stream(
                                 .changes
                                 .iter()
                                 .filter(|c| c.table == *table && c.seq > from)
-                                .filter(|c| client_id.as_deref() != Some(c.client_id.as_str()))
+                                // As a read: a space's changes are sent
+                                // whichever device pushed them.
+                                .filter(|c| space.is_some() || client_id.as_deref() != Some(c.client_id.as_str()))
                                 .cloned()
                                 .collect();
                             cursors.set(&log, LogCursor {
