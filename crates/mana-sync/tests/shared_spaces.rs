@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{Device, EventStream, Harness, START, assert_error, encode, ids, next_message};
+use common::{
+    Device, EventStream, Harness, START, Socket, assert_error, encode, ids, next_message,
+};
 use futures::SinkExt as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -276,8 +278,9 @@ async fn joining_a_space_downloads_it_and_follows_it_live(h: Harness) {
     assert!(again.is_empty());
 }
 
-async fn sockets_hear_of_spaces_joined_changed_and_left(h: Harness) {
-    let ann = h.spaces_device("ann", "anns-phone");
+/// A socket of `user`'s device `client_id` on `/ws/todo` that follows
+/// spaces, authenticated.
+async fn spaces_socket(h: &Harness, user: &str, client_id: &str) -> Socket {
     let url = format!(
         "{}/ws/todo?features=spaces",
         h.server.url.replace("http://", "ws://")
@@ -285,12 +288,18 @@ async fn sockets_hear_of_spaces_joined_changed_and_left(h: Harness) {
     let (mut socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("socket opens");
-    let auth = json!({"type": "auth", "token": h.server.token("bob"), "clientId": "bobs-phone"});
+    let auth = json!({"type": "auth", "token": h.server.token(user), "clientId": client_id});
     socket
         .send(Message::text(auth.to_string()))
         .await
         .expect("sends");
     assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+    socket
+}
+
+async fn sockets_hear_of_spaces_joined_changed_and_left(h: Harness) {
+    let ann = h.spaces_device("ann", "anns-phone");
+    let mut socket = spaces_socket(&h, "bob", "bobs-phone").await;
 
     let space = space_of(&ann, &[("bob", "editor")]).await;
     assert_eq!(
@@ -452,19 +461,7 @@ async fn a_members_change_reaches_a_device_of_the_same_name(h: Harness) {
     let space = space_of(&ann, &[("bob", "editor")]).await;
     let mut stream = bob.stream("todo", "items", START).await;
     stream.backlog(1).await;
-    let url = format!(
-        "{}/ws/todo?features=spaces",
-        h.server.url.replace("http://", "ws://")
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("socket opens");
-    let auth = json!({"type": "auth", "token": h.server.token("bob"), "clientId": "phone"});
-    socket
-        .send(Message::text(auth.to_string()))
-        .await
-        .expect("sends");
-    assert_eq!(next_message(&mut socket).await, json!({"type": "auth-ok"}));
+    let mut socket = spaces_socket(&h, "bob", "phone").await;
 
     ann.push("todo", START, json!([item(&space, "milk")])).await;
     let live = stream.next_changes().await;
