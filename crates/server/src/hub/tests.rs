@@ -1,4 +1,5 @@
 use super::*;
+use futures::FutureExt as _;
 use mana_sync_store::MemberChange;
 
 fn hub() -> Arc<Hub> {
@@ -185,7 +186,6 @@ fn notice_from(device: &str, last: u64) -> Arc<ChangeNotice> {
 
 #[tokio::test]
 async fn a_devices_own_push_waits_for_the_next_wake_up() {
-    use futures::FutureExt as _;
     let hub = hub();
     let alice = user("alice");
     let phone = hub
@@ -227,7 +227,6 @@ async fn a_devices_own_push_waits_for_the_next_wake_up() {
 
 #[tokio::test]
 async fn own_pushes_alone_wake_a_device_before_its_queue_overflows() {
-    use futures::FutureExt as _;
     let hub = hub();
     let phone = hub
         .subscribe(
@@ -254,7 +253,6 @@ async fn own_pushes_alone_wake_a_device_before_its_queue_overflows() {
 
 #[tokio::test]
 async fn a_space_push_from_a_device_of_the_same_name_wakes_the_device() {
-    use futures::FutureExt as _;
     let hub = hub();
     let house = SpaceId::new("house").expect("valid");
     let bobs_phone = hub
