@@ -270,8 +270,8 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
                         }
                         pushes[n - 1] += 1;
                         if pushes[n - 1] == 1 {
-                            let slot = device * users + user;
-                            if let Some(sent) = book.sent[slot].lock().expect("lock").get(n - 1) {
+                            let pusher = device * users + user;
+                            if let Some(sent) = book.sent[pusher].lock().expect("lock").get(n - 1) {
                                 result.latencies.push(now - *sent);
                             }
                             book.delivered.fetch_add(1, Ordering::SeqCst);

@@ -350,10 +350,10 @@ pub fn change_stream(
                     // notice waited (the hub does not wake us for our own).
                     for i in affected {
                         let cursors = &mut at.tables[i].1;
-                        let known_expiry = cursors.get(&log).map_or(0, |cursor| cursor.known_expiry);
+                        let cursor = cursors.get(&log).unwrap_or(LogCursor::START);
                         cursors.set(&log, LogCursor {
                             since: Since::Cursor(Cursor::at(notice.last)),
-                            known_expiry,
+                            ..cursor
                         });
                     }
                     continue;
