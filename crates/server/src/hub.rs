@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use mana_sync_protocol::{Cursor, LogId, Since, SpaceId, UserId};
 use mana_sync_store::{
-    ChangeNotice, ChangePage, ChangeQuery, ExpiredCursor, MAX_PAGE, MemberNotice, Role, Store,
-    StoreError, StoreEvent,
+    ChangeNotice, ChangeQuery, ExpiredCursor, MAX_PAGE, MemberNotice, Role, Store, StoreError,
+    StoreEvent, StoredChange,
 };
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Notify, OnceCell, broadcast};
@@ -51,8 +51,16 @@ pub struct Published {
 
 /// The changes a notice announced, read once for every subscriber.
 pub struct Batch {
-    /// Every change of the notice's app after `notice.after`.
-    pub page: ChangePage,
+    /// Every change of the notice's app after `notice.after`, in commit
+    /// order: what its push wrote (shared with the notice, not copied), or
+    /// a page read from the log.
+    pub changes: Arc<[StoredChange]>,
+    /// Where a read continues after the batch.
+    pub next: Cursor,
+    /// More changes followed than a page holds.
+    pub has_more: bool,
+    /// The last position compaction had dropped when the batch was made.
+    pub expired_through: u64,
     /// For a space's log: its members, read after the page. A subscriber
     /// whose user is not among them left before the batch was read and gets
     /// nothing of it. `None` for a user's own log.
@@ -116,7 +124,13 @@ impl Published {
                     Some(_) => Some(store.log_readers(log).await?),
                     None => None,
                 };
-                Ok(Arc::new(Batch { page, readers }))
+                Ok(Arc::new(Batch {
+                    changes: page.changes.into(),
+                    next: page.next,
+                    has_more: page.has_more,
+                    expired_through: page.expired_through,
+                    readers,
+                }))
             })
             .await
             .cloned()
@@ -132,12 +146,10 @@ fn written_batch(notice: &ChangeNotice) -> Option<Arc<Batch>> {
         return None;
     }
     Some(Arc::new(Batch {
-        page: ChangePage {
-            changes: written.changes.to_vec(),
-            next: Cursor::at(notice.last),
-            has_more: false,
-            expired_through: written.expired_through,
-        },
+        changes: written.changes.clone(),
+        next: Cursor::at(notice.last),
+        has_more: false,
+        expired_through: written.expired_through,
         readers: None,
     }))
 }

@@ -371,12 +371,11 @@ pub fn change_stream(
                             yield StreamItem::SpaceRemoved(space_event(space, None));
                         }
                     }
-                    Some(batch) if !batch.page.has_more => {
+                    Some(batch) if !batch.has_more => {
                         for i in affected {
                             let (table, cursors) = &mut at.tables[i];
                             let from = position(cursors);
                             let changes: Vec<_> = batch
-                                .page
                                 .changes
                                 .iter()
                                 .filter(|c| c.table == *table && c.seq > from)
@@ -386,8 +385,8 @@ pub fn change_stream(
                                 .cloned()
                                 .collect();
                             cursors.set(&log, LogCursor {
-                                since: Since::Cursor(Cursor::at(from.max(batch.page.next.position()))),
-                                known_expiry: batch.page.expired_through,
+                                since: Since::Cursor(Cursor::at(from.max(batch.next.position()))),
+                                known_expiry: batch.expired_through,
                             });
                             if !changes.is_empty() {
                                 yield changes_event(&service, table, changes, cursors, dialect, false);
