@@ -494,10 +494,13 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
             elapsed,
             p50: percentile(&latencies, 0.5),
             p99: percentile(&latencies, 0.99),
-            delivery: Some((
-                percentile(&delivery_latencies, 0.5),
-                percentile(&delivery_latencies, 0.99),
-            )),
+            // None with `--no-live`: no stream was open to receive.
+            delivery: (!delivery_latencies.is_empty()).then(|| {
+                (
+                    percentile(&delivery_latencies, 0.5),
+                    percentile(&delivery_latencies, 0.99),
+                )
+            }),
             cpu,
         },
         failed,
@@ -631,14 +634,17 @@ pub async fn run(
     let base = &raws[0];
     let mut rows = Vec::new();
     let s = &server.measured;
-    let (d50, d99) = s.delivery.unwrap_or_default();
+    let (d50, d99) = match s.delivery {
+        Some((d50, d99)) => (ms(d50), ms(d99)),
+        None => ("–".to_owned(), "–".to_owned()),
+    };
     rows.push(format!(
         "| {backend:?} | mana-sync, small pushes | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} of {} delivered, {} missing, {} twice; {} failed |",
         s.rate(),
         ms(s.p50),
         ms(s.p99),
-        ms(d50),
-        ms(d99),
+        d50,
+        d99,
         s.rate() / base.rate(),
         s.p99.as_secs_f64() / base.p99.as_secs_f64(),
         s.cpu.micros_per(s.pushes),
