@@ -178,8 +178,9 @@ async fn a_subscriber_that_falls_behind_is_told_to_resync_and_costs_bounded_memo
     assert_eq!(hub.overflows.get(), 1, "counted once per fall-behind");
 }
 
-fn notice_from(device: &str, last: u64) -> Arc<ChangeNotice> {
-    let mut notice = Arc::unwrap_or_clone(notice("alice", "todo", last));
+/// A notice of `log` in the app `todo`, pushed by the device `device`.
+fn notice_from(log: &str, device: &str, last: u64) -> Arc<ChangeNotice> {
+    let mut notice = Arc::unwrap_or_clone(notice(log, "todo", last));
     notice.client_id = device.into();
     Arc::new(notice)
 }
@@ -206,8 +207,8 @@ async fn a_devices_own_push_waits_for_the_next_wake_up() {
             None,
         )
         .expect("below the limits");
-    hub.publish(notice_from("phone", 1));
-    hub.publish(notice_from("phone", 2));
+    hub.publish(notice_from("alice", "phone", 1));
+    hub.publish(notice_from("alice", "phone", 2));
     assert!(
         phone.changed().now_or_never().is_none(),
         "its own pushes do not wake the phone"
@@ -217,7 +218,7 @@ async fn a_devices_own_push_waits_for_the_next_wake_up() {
         [1, 2],
         "the laptop is woken"
     );
-    hub.publish(notice_from("laptop", 3));
+    hub.publish(notice_from("alice", "laptop", 3));
     assert_eq!(
         lasts(&phone.changed().await),
         [1, 2, 3],
@@ -244,7 +245,7 @@ async fn own_pushes_alone_wake_a_device_before_its_queue_overflows() {
         }
         last += 1;
         assert!(last <= MAX_PENDING as u64, "never woken by its own pushes");
-        hub.publish(notice_from("phone", last));
+        hub.publish(notice_from("alice", "phone", last));
     };
     assert!(!pending.resync, "woken before anything was dropped");
     assert_eq!(pending.notices.len() as u64, last, "every notice kept");
@@ -264,9 +265,7 @@ async fn a_space_push_from_a_device_of_the_same_name_wakes_the_device() {
             Some(std::slice::from_ref(&house)),
         )
         .expect("below the limits");
-    let mut anns_push = Arc::unwrap_or_clone(notice("~house", "todo", 1));
-    anns_push.client_id = "phone".into();
-    hub.publish(Arc::new(anns_push));
+    hub.publish(notice_from("~house", "phone", 1));
     let pending = bobs_phone.changed().now_or_never();
     assert_eq!(
         pending.as_ref().map(lasts),
