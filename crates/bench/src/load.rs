@@ -262,8 +262,8 @@ pub async fn run_server(env: &Env, shape: &Shape) -> anyhow::Result<ServerRun> {
             label: "mana-sync".into(),
             pushes: pushed.accepted.len(),
             elapsed: pushed.elapsed,
-            p50: pushed.p50(),
-            p99: pushed.p99(),
+            p50: percentile(&pushed.latencies, 0.5),
+            p99: percentile(&pushed.latencies, 0.99),
             // None with `--no-live`: no stream was open to receive.
             delivery: (!deliveries.latencies.is_empty()).then(|| {
                 (

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::push_client::PushClient;
-use super::{Book, Shape, change_id, percentile};
+use super::{Book, Shape, change_id};
 use crate::cpu::Cpu;
 use crate::server::Env;
 
@@ -26,16 +26,6 @@ pub(super) struct Pushed {
     pub elapsed: Duration,
     /// The server's CPU over the pushes.
     pub cpu: Cpu,
-}
-
-impl Pushed {
-    pub fn p50(&self) -> Duration {
-        percentile(&self.latencies, 0.5)
-    }
-
-    pub fn p99(&self) -> Duration {
-        percentile(&self.latencies, 0.99)
-    }
 }
 
 fn push_body(user: usize, device: usize, n: usize, since: &str) -> String {
